@@ -1,0 +1,1 @@
+"""The torch-free runtime: tokenizer, schedulers, backends and the denoising loop."""
