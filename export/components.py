@@ -1,0 +1,101 @@
+"""One exporter per component: the module to trace, its example inputs, names and dynamic axes.
+
+Tensor names follow diffusers/optimum: `input_ids -> last_hidden_state` (text_encoder),
+`sample, timestep, encoder_hidden_states -> out_sample` (unet), `latent_sample -> sample`
+(vae_decoder), `sample -> latent_parameters` (vae_encoder; mean and log-variance, 2 x latent channels).
+The timestep is float32 of shape (batch,): the Euler-family schedulers use fractional timesteps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    module: torch.nn.Module
+    inputs: dict[str, torch.Tensor]  # example inputs, in the order of `module.forward`
+    output_name: str
+    dynamic_axes: dict[str, dict[int, str]]
+
+
+class _TextEncoder(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids):
+        return self.model(input_ids=input_ids, return_dict=False)[0]
+
+
+class _UNet(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, sample, timestep, encoder_hidden_states):
+        return self.model(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+
+
+class _VaeDecoder(torch.nn.Module):
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latent_sample):
+        return self.vae.decode(latent_sample, return_dict=False)[0]
+
+
+class _VaeEncoder(torch.nn.Module):
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, sample):
+        return self.vae.encode(sample, return_dict=False)[0].parameters
+
+
+def text_encoder_spec(model) -> ExportSpec:
+    length = model.config.max_position_embeddings
+    ids = torch.zeros((2, length), dtype=torch.int64)
+    return ExportSpec(_TextEncoder(model), {"input_ids": ids}, "last_hidden_state", {"input_ids": {0: "batch"}})
+
+
+def unet_spec(model) -> ExportSpec:
+    size, channels = model.config.sample_size, model.config.in_channels
+    inputs = {
+        "sample": torch.randn(2, channels, size, size),
+        "timestep": torch.tensor([999.0, 999.0]),
+        "encoder_hidden_states": torch.randn(2, 77, model.config.cross_attention_dim),
+    }
+    axes = {
+        "sample": {0: "batch", 2: "height", 3: "width"},
+        "timestep": {0: "batch"},
+        "encoder_hidden_states": {0: "batch", 1: "sequence"},
+    }
+    return ExportSpec(_UNet(model), inputs, "out_sample", axes)
+
+
+def vae_decoder_spec(vae) -> ExportSpec:
+    size = vae.config.sample_size // 2 ** (len(vae.config.block_out_channels) - 1)
+    latent = torch.randn(1, vae.config.latent_channels, size, size)
+    axes = {"latent_sample": {0: "batch", 2: "height", 3: "width"}}
+    return ExportSpec(_VaeDecoder(vae), {"latent_sample": latent}, "sample", axes)
+
+
+def vae_encoder_spec(vae) -> ExportSpec:
+    image = torch.randn(1, vae.config.in_channels, vae.config.sample_size, vae.config.sample_size)
+    axes = {"sample": {0: "batch", 2: "height", 3: "width"}}
+    return ExportSpec(_VaeEncoder(vae), {"sample": image}, "latent_parameters", axes)
+
+
+# component -> (which loaded model it is cut from, how to describe it for export)
+COMPONENT_SPECS: dict[str, tuple[str, Callable[..., ExportSpec]]] = {
+    "text_encoder": ("text_encoder", text_encoder_spec),
+    "unet": ("unet", unet_spec),
+    "vae_decoder": ("vae", vae_decoder_spec),
+    "vae_encoder": ("vae", vae_encoder_spec),
+}

@@ -1,0 +1,155 @@
+"""`sdcpu convert`: checkpoint -> a self-describing folder of OpenVINO IR or ONNX models.
+
+The folder is built beside OUT under a temporary name and renamed into place only when complete,
+manifest last, so a convert that fails or is killed never leaves a folder that `generate` accepts.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from sdcpu.export.components import COMPONENT_SPECS
+from sdcpu.export.sources import TOKENIZER_FILES, Source, open_source
+from sdcpu.export.writers import PRECISIONS, WRITERS
+from sdcpu.runtime.errors import SdcpuError
+from sdcpu.runtime.manifest import COMPONENTS, MANIFEST_NAME, Manifest, describe_files
+
+
+def check_target(fmt: str, precision: str, out: Path, force: bool) -> None:
+    """Refuse bad requests before any work starts."""
+    if fmt not in PRECISIONS:
+        raise SdcpuError(f"unknown format {fmt!r}; choose one of: {', '.join(PRECISIONS)}")
+    if precision not in PRECISIONS[fmt]:
+        raise SdcpuError(f"{fmt} export cannot do precision {precision!r}; available: {', '.join(PRECISIONS[fmt])}")
+    if out.exists() and not force:
+        raise SdcpuError(f"{out} already exists; pass --force to replace it")
+    if not out.parent.is_dir():
+        raise SdcpuError(f"the folder {out.parent} for the output does not exist")
+
+
+def convert(source: str, out: str | Path, format: str = "openvino", precision: str = "fp32", *,
+            force: bool = False, preset: str | None = None, config_dir: str | Path | None = None,
+            tokenizer_dir: str | Path | None = None,
+            progress: Callable[[str], None] = print) -> Manifest:  # fmt: skip
+    """Convert SOURCE (diffusers folder, hub id, or .safetensors/.ckpt file) into OUT; returns its manifest."""
+    out = Path(out).expanduser().absolute()
+    check_target(format, precision, out, force)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        options = {"preset": preset, "config_dir": _opt_path(config_dir), "tokenizer_dir": _opt_path(tokenizer_dir),
+                   "work_dir": work}  # fmt: skip
+        src = open_source(source, **options)
+        staged = work / "model"
+        staged.mkdir()
+        files = _export_components(src, staged, format, precision, progress)
+        files += _write_support_files(src, staged)
+        manifest = _manifest(src, staged, format, precision, files)
+        (staged / MANIFEST_NAME).write_text(manifest.to_json())
+        _move_into_place(staged, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    progress(f"done: {out}")
+    return manifest
+
+
+def _opt_path(value: str | Path | None) -> Path | None:
+    return Path(value).expanduser() if value is not None else None
+
+
+def _export_components(src: Source, staged: Path, fmt: str, precision: str,
+                       progress: Callable[[str], None]) -> list[str]:  # fmt: skip
+    files: list[str] = []
+    loaded: dict[str, Any] = {}
+    for component in COMPONENTS:
+        start = time.perf_counter()
+        kind, make_spec = COMPONENT_SPECS[component]
+        if kind not in loaded:
+            loaded.clear()  # one torch model in memory at a time (the VAE serves two components)
+            loaded[kind] = src.load(kind)
+        folder = staged / component
+        folder.mkdir()
+        names = WRITERS[fmt](make_spec(loaded[kind]), folder, precision)
+        (folder / "config.json").write_text(json.dumps(_config_dict(loaded[kind]), indent=2, default=str))
+        files += [f"{component}/{name}" for name in names]
+        progress(f"{component}: exported to {fmt} {precision} in {time.perf_counter() - start:.1f} s")
+    loaded.clear()
+    return files
+
+
+def _config_dict(model: Any) -> dict[str, Any]:
+    config = model.config  # diffusers: a FrozenDict; transformers: a PretrainedConfig
+    return dict(config.to_dict() if hasattr(config, "to_dict") else config)
+
+
+def _write_support_files(src: Source, staged: Path) -> list[str]:
+    (staged / "tokenizer").mkdir()
+    written = []
+    for name in TOKENIZER_FILES:
+        if (src.tokenizer_dir / name).exists():
+            shutil.copyfile(src.tokenizer_dir / name, staged / "tokenizer" / name)
+            written.append(f"tokenizer/{name}")
+    (staged / "scheduler").mkdir()
+    (staged / "scheduler" / "scheduler_config.json").write_text(json.dumps(src.scheduler_config, indent=2))
+    index = {
+        "_class_name": "StableDiffusionPipeline",
+        "scheduler": ["diffusers", src.scheduler_config.get("_class_name", "PNDMScheduler")],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "safety_checker": [None, None],
+        "feature_extractor": [None, None],
+        "requires_safety_checker": False,
+    }
+    (staged / "model_index.json").write_text(json.dumps(index, indent=2))
+    return [*written, "scheduler/scheduler_config.json", "model_index.json"]
+
+
+def _manifest(src: Source, staged: Path, fmt: str, precision: str, files: list[str]) -> Manifest:
+    vae_factor = 2 ** (len(src.vae_config["block_out_channels"]) - 1)
+    components = {c: {"precision": precision, "files": [f for f in files if f.startswith(c + "/")]}
+                  for c in COMPONENTS}  # fmt: skip
+    return Manifest(
+        source=src.description,
+        family=src.family,
+        prediction_type=src.scheduler_config.get("prediction_type", "epsilon"),
+        format=fmt,
+        precision=precision,
+        sample_size=int(src.unet_config.get("sample_size", 64)) * vae_factor,
+        vae_scale_factor=vae_factor,
+        vae_scaling_factor=float(src.vae_config.get("scaling_factor", 0.18215)),
+        latent_channels=int(src.unet_config.get("in_channels", 4)),
+        components=components,
+        files=describe_files(staged, files),
+        versions=_versions(fmt),
+        extra={"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+    )
+
+
+def _versions(fmt: str) -> dict[str, str]:
+    names = ["sdcpu", "torch", "diffusers", "transformers", "openvino" if fmt == "openvino" else "onnx"]
+    found = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def _move_into_place(staged: Path, out: Path) -> None:
+    # Rename is atomic within one filesystem; an existing OUT (with --force) is swapped out first.
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{time.time_ns()}"
+        out.rename(old)
+    staged.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,1 @@
+"""Architectures sdcpu knows without downloading anything: the single-file checkpoint presets."""

@@ -1,0 +1,40 @@
+"""Inference engines behind one small interface: `model(**inputs) -> first output as numpy`.
+
+`load_model(backend, path, device)` picks the engine by name. The OpenVINO backend reads both
+OpenVINO IR and ONNX; ONNX Runtime reads ONNX only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from sdcpu.runtime.errors import SdcpuError
+
+BACKENDS = ("openvino", "onnxruntime")
+NATIVE_BACKEND = {"openvino": "openvino", "onnx": "onnxruntime"}
+
+
+class Model(Protocol):
+    input_names: list[str]
+
+    def __call__(self, **inputs: np.ndarray) -> np.ndarray: ...
+
+
+def load_model(backend: str, path: Path, device: str) -> Model:
+    """Open the graph at `path` with `backend` on `device` (an OpenVINO device name: CPU, GPU, AUTO)."""
+    if backend == "openvino":
+        from sdcpu.runtime.backends.openvino import OpenVINOModel
+
+        return OpenVINOModel(path, device)
+    if backend == "onnxruntime":
+        if path.suffix != ".onnx":
+            raise SdcpuError(f"onnxruntime cannot read {path.name}; use --backend openvino for this folder")
+        if device.upper() != "CPU":
+            raise SdcpuError(f"the onnxruntime backend runs on the CPU only (asked for {device}); use --backend openvino")
+        from sdcpu.runtime.backends.onnxruntime import OnnxRuntimeModel
+
+        return OnnxRuntimeModel(path)
+    raise SdcpuError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")

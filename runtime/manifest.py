@@ -1,0 +1,99 @@
+"""The manifest `sdcpu.json` that makes a converted model folder self-describing and verifiable.
+
+It records where the model came from, what it is (family, prediction type, native size, VAE
+scaling), how it was exported (format, precision per component, library versions) and the sha256
+of every weight and graph file, so a damaged or half-copied folder is refused before it is run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sdcpu.runtime.errors import SdcpuError
+
+MANIFEST_NAME = "sdcpu.json"
+MANIFEST_VERSION = 1
+COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
+FORMATS = ("openvino", "onnx")
+# The file holding each component's graph, per format (optimum's names, so other tools can read it).
+GRAPH_FILE = {"openvino": "openvino_model.xml", "onnx": "model.onnx"}
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Manifest:
+    source: str
+    family: str
+    prediction_type: str
+    format: str
+    precision: str
+    sample_size: int
+    vae_scale_factor: int
+    vae_scaling_factor: float
+    latent_channels: int
+    components: dict[str, dict[str, Any]]
+    files: dict[str, dict[str, Any]]
+    versions: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        data = {"sdcpu_manifest": MANIFEST_VERSION, **self.__dict__}
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def load(cls, folder: Path) -> Manifest:
+        """Read `folder/sdcpu.json`; raises SdcpuError saying what to do when it is missing or unreadable."""
+        path = Path(folder) / MANIFEST_NAME
+        if not Path(folder).is_dir():
+            raise SdcpuError(f"model folder {folder} does not exist; convert a checkpoint with `sdcpu convert`")
+        if not path.exists():
+            raise SdcpuError(
+                f"{folder} is not an sdcpu model folder (no {MANIFEST_NAME}); "
+                "convert a checkpoint into it with `sdcpu convert SOURCE OUT`"
+            )
+        try:
+            data = json.loads(path.read_text())
+            data.pop("sdcpu_manifest")
+            return cls(**data)
+        except (ValueError, TypeError, KeyError) as err:
+            raise SdcpuError(f"{path} is damaged ({err}); convert the model again") from err
+
+    def graph_path(self, folder: Path, component: str) -> Path:
+        return Path(folder) / component / GRAPH_FILE[self.format]
+
+    def verify(self, folder: Path, hashes: bool = True) -> None:
+        """Check that every listed file is present with its size (and, with `hashes`, its sha256)."""
+        for rel, info in sorted(self.files.items()):
+            path = Path(folder) / rel
+            if not path.is_file():
+                raise SdcpuError(f"model folder {folder} is incomplete: {rel} is missing; convert the model again")
+            if path.stat().st_size != info["bytes"]:
+                raise SdcpuError(f"{rel} in {folder} has the wrong size; the folder is damaged, convert it again")
+            if hashes and sha256_file(path) != info["sha256"]:
+                raise SdcpuError(
+                    f"{rel} in {folder} does not match its sha256 in {MANIFEST_NAME}; "
+                    "the file was changed or damaged, convert the model again"
+                )
+        missing = [c for c in ("text_encoder", "unet", "vae_decoder") if c not in self.components]
+        if missing:
+            raise SdcpuError(f"model folder {folder} lacks {', '.join(missing)}; convert the model again")
+
+
+def describe_files(folder: Path, relative_paths: list[str]) -> dict[str, dict[str, Any]]:
+    """{path: {sha256, bytes}} for the manifest, computed from the files as written."""
+    out = {}
+    for rel in sorted(relative_paths):
+        path = Path(folder) / rel
+        out[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    return out

@@ -1,0 +1,174 @@
+"""The Stable Diffusion pipeline: tokenizer -> text encoder -> denoising loop -> VAE decoder.
+
+Torch-free: numpy drives the loop; OpenVINO or ONNX Runtime run the networks.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from sdcpu.runtime import images as imaging
+from sdcpu.runtime.backends import BACKENDS, NATIVE_BACKEND, Model, load_model
+from sdcpu.runtime.errors import SdcpuError
+from sdcpu.runtime.manifest import Manifest
+from sdcpu.runtime.schedulers import Scheduler, SchedulerConfig, default_scheduler_name, make_scheduler
+from sdcpu.runtime.settings import GenerationSettings
+from sdcpu.runtime.tokenizer import ClipTokenizer
+
+Callback = Callable[[int, int, np.ndarray], bool | None]
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    images: list[Image.Image]
+    array: np.ndarray  # (N, H, W, 3) float32 in [0, 1], before 8-bit rounding
+    settings: GenerationSettings
+    completed_steps: int
+
+    def save(self, path: str | Path) -> list[Path]:
+        """Write the images as PNG with the settings in their text metadata; returns the paths."""
+        path = Path(path)
+        paths = [path] if len(self.images) == 1 else [
+            path.with_name(f"{path.stem}-{i}{path.suffix or '.png'}") for i in range(len(self.images))
+        ]  # fmt: skip
+        for i, (image, target) in enumerate(zip(self.images, paths, strict=True)):
+            imaging.save_png(image, target, self.settings.png_metadata(i))
+        return paths
+
+
+class Pipeline:
+    """A converted model folder, loaded for generation. Build it with `Pipeline.load(DIR)`."""
+
+    def __init__(self, folder: Path, manifest: Manifest, backend: str, device: str):
+        self.folder, self.manifest, self.backend, self.device = folder, manifest, backend, device
+        self.tokenizer = ClipTokenizer(folder / "tokenizer")
+        self.scheduler_config = SchedulerConfig.load(folder / "scheduler" / "scheduler_config.json")
+        self.text_encoder = self._load("text_encoder")
+        self.unet = self._load("unet")
+        self.vae_decoder = self._load("vae_decoder")
+        self._vae_encoder: Model | None = None  # loaded on first img2img
+
+    @classmethod
+    def load(cls, model_dir: str | Path, backend: str | None = None, device: str = "CPU",
+             verify: bool = True) -> Pipeline:  # fmt: skip
+        """Open a folder made by `sdcpu convert`, checking its manifest (and file hashes with `verify`)."""
+        folder = Path(model_dir).expanduser()
+        manifest = Manifest.load(folder)
+        manifest.verify(folder, hashes=verify)
+        backend = backend or NATIVE_BACKEND[manifest.format]
+        if backend not in BACKENDS:
+            raise SdcpuError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+        return cls(folder, manifest, backend, device)
+
+    def _load(self, component: str) -> Model:
+        return load_model(self.backend, self.manifest.graph_path(self.folder, component), self.device)
+
+    @property
+    def vae_encoder(self) -> Model:
+        if self._vae_encoder is None:
+            if "vae_encoder" not in self.manifest.components:
+                raise SdcpuError(f"{self.folder} has no vae_encoder, so it cannot do img2img; convert it again")
+            self._vae_encoder = self._load("vae_encoder")
+        return self._vae_encoder
+
+    def __call__(self, prompt: str, negative_prompt: str | None = None, steps: int = 20, guidance: float = 7.5,
+                 seed: int | None = None, width: int | None = None, height: int | None = None, num_images: int = 1,
+                 scheduler: str | None = None, init_image: str | Path | Image.Image | None = None,
+                 strength: float = 0.8, latents: np.ndarray | None = None,
+                 callback: Callback | None = None) -> PipelineResult:  # fmt: skip
+        """Generate images (txt2img, or img2img with `init_image`); see the README for each option."""
+        image = imaging.open_init_image(init_image) if init_image is not None else None
+        default_w, default_h = self._default_size(image)
+        settings = GenerationSettings(
+            prompt=prompt, negative_prompt=negative_prompt or "", steps=steps, guidance=guidance,
+            seed=secrets.randbelow(2**32) if seed is None else seed, width=width or default_w,
+            height=height or default_h, num_images=num_images,
+            scheduler=scheduler or default_scheduler_name(self.scheduler_config),
+            strength=strength if image is not None else None, model=self.manifest.source,
+        ).validate(self.manifest.vae_scale_factor)  # fmt: skip
+        return self.generate(settings, image, latents, callback)
+
+    def _default_size(self, image: Image.Image | None) -> tuple[int, int]:
+        if image is None:
+            return self.manifest.sample_size, self.manifest.sample_size
+        f = self.manifest.vae_scale_factor
+        return max(f, image.width // f * f), max(f, image.height // f * f)
+
+    def generate(self, s: GenerationSettings, image: Image.Image | None = None, latents: np.ndarray | None = None,
+                 callback: Callback | None = None) -> PipelineResult:  # fmt: skip
+        """The denoising loop for validated settings; `latents` replaces the initial noise."""
+        rng = np.random.default_rng(s.seed)
+        cfg = s.guidance > 1.0  # classifier-free guidance, as diffusers: off for guidance <= 1
+        # 1. Text conditioning (Ho & Salimans, https://arxiv.org/abs/2207.12598): one batch of
+        #    [negative x N, prompt x N] so that one UNet call gives both predictions.
+        embeddings = self._encode_text(s.prompt, s.negative_prompt, s.num_images, cfg)
+        # 2. Timesteps of the chosen scheduler.
+        scheduler = make_scheduler(s.scheduler, self.scheduler_config)
+        scheduler.set_timesteps(s.steps)
+        # 3. Initial latents z_T ~ N(0, sigma_init^2 I), or for img2img (SDEdit, https://arxiv.org/abs/2108.01073)
+        #    the encoded image noised to the timestep where the strength-truncated schedule starts.
+        shape = (s.num_images, self.manifest.latent_channels, s.height // self.manifest.vae_scale_factor,
+                 s.width // self.manifest.vae_scale_factor)  # fmt: skip
+        start = 0
+        if image is None:
+            x = self._noise(latents, shape, rng) * np.float32(scheduler.init_noise_sigma)
+        else:
+            start = self._img2img_start(scheduler, s)
+            x0 = self._encode_image(image, s, rng)
+            x = scheduler.add_noise(x0, self._noise(latents, shape, rng), start)
+            scheduler.set_begin_index(start)
+        # 4. Denoise: eps = eps_u + w (eps_c - eps_u), then one scheduler step.
+        timesteps = scheduler.timesteps[start:]
+        done = 0
+        for t in timesteps:
+            model_input = np.concatenate([x, x]) if cfg else x
+            model_input = scheduler.scale_model_input(model_input, t)
+            timestep = np.full(len(model_input), t, dtype=np.float32)
+            eps = self.unet(sample=model_input, timestep=timestep, encoder_hidden_states=embeddings)
+            if cfg:
+                eps_uncond, eps_text = np.split(eps, 2)
+                eps = eps_uncond + np.float32(s.guidance) * (eps_text - eps_uncond)
+            x = scheduler.step(eps, t, x, rng)
+            done += 1
+            if callback is not None and callback(done, len(timesteps), x) is False:
+                break
+        # 5. Decode: z / scaling_factor through the VAE decoder, to [0, 1] pixels.
+        decoded = self.vae_decoder(latent_sample=(x / np.float32(self.manifest.vae_scaling_factor)).astype(np.float32))
+        array = imaging.decoded_to_float(decoded)
+        return PipelineResult(imaging.float_to_pil(array), array, s, done)
+
+    def _encode_text(self, prompt: str, negative: str, n: int, cfg: bool) -> np.ndarray:
+        prompts = [negative, prompt] if cfg else [prompt]
+        hidden = self.text_encoder(input_ids=self.tokenizer(prompts))
+        return np.repeat(hidden, n, axis=0).astype(np.float32)  # [neg]*n + [prompt]*n
+
+    def _noise(self, latents: np.ndarray | None, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+        if latents is None:
+            return rng.standard_normal(shape, dtype=np.float32)
+        if tuple(latents.shape) != shape:
+            raise SdcpuError(f"latents must have shape {shape} for these settings; got {tuple(latents.shape)}")
+        return latents.astype(np.float32)
+
+    def _img2img_start(self, scheduler: Scheduler, s: GenerationSettings) -> int:
+        # As diffusers: run the last int(steps * strength) steps of the schedule.
+        assert s.strength is not None
+        kept = min(int(s.steps * s.strength), s.steps)
+        if kept == 0:
+            raise SdcpuError(f"strength {s.strength} with {s.steps} steps leaves no step to run; raise either")
+        return (s.steps - kept) * scheduler.order
+
+    def _encode_image(self, image: Image.Image, s: GenerationSettings, rng: np.random.Generator) -> np.ndarray:
+        pixels = imaging.image_to_array(image, s.width, s.height)
+        moments = self.vae_encoder(sample=pixels)
+        # q(z|x) = N(mean, exp(logvar)): sample it (as diffusers does), then scale to the UNet's latent space.
+        mean, logvar = np.split(moments, 2, axis=1)
+        std = np.exp(0.5 * np.clip(logvar, -30.0, 20.0))
+        z = mean + std * rng.standard_normal(mean.shape, dtype=np.float32)
+        z = np.repeat(z, s.num_images, axis=0)
+        return (z * np.float32(self.manifest.vae_scaling_factor)).astype(np.float32)

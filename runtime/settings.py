@@ -1,0 +1,48 @@
+"""The settings of one generation, checked once and frozen; they also become the PNG metadata."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+from sdcpu.runtime.errors import SdcpuError
+from sdcpu.runtime.schedulers import SCHEDULERS
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    prompt: str
+    negative_prompt: str
+    steps: int
+    guidance: float
+    seed: int
+    width: int
+    height: int
+    num_images: int
+    scheduler: str
+    strength: float | None  # None for txt2img
+    model: str
+
+    def validate(self, multiple: int) -> GenerationSettings:
+        """Raise SdcpuError (with what to do) on any setting the pipeline cannot run."""
+        if self.width % multiple or self.height % multiple or self.width <= 0 or self.height <= 0:
+            raise SdcpuError(f"width and height must be positive multiples of {multiple}; got {self.width}x{self.height}")
+        if self.steps < 1:
+            raise SdcpuError(f"steps must be at least 1; got {self.steps}")
+        if self.guidance < 0:
+            raise SdcpuError(f"guidance must be >= 0 (1 or less turns classifier-free guidance off); got {self.guidance}")
+        if self.num_images < 1:
+            raise SdcpuError(f"num_images must be at least 1; got {self.num_images}")
+        if self.strength is not None and not 0 < self.strength <= 1:
+            raise SdcpuError(f"strength must be in (0, 1]; got {self.strength}")
+        if self.scheduler not in SCHEDULERS:
+            raise SdcpuError(f"unknown scheduler {self.scheduler!r}; choose one of: {', '.join(SCHEDULERS)}")
+        if not 0 <= self.seed < 2**63:
+            raise SdcpuError(f"seed must be a non-negative integer below 2**63; got {self.seed}")
+        return self
+
+    def png_metadata(self, index: int) -> dict[str, str]:
+        data = {k: str(v) for k, v in asdict(self).items() if v is not None}
+        data["image_index"] = str(index)
+        data["sdcpu"] = json.dumps({**asdict(self), "image_index": index})
+        return data

@@ -1,0 +1,52 @@
+"""Session fixtures: tiny random pipelines, written once and converted once per test run."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import tiny  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_sd1(tmp_path_factory) -> Path:
+    pytest.importorskip("diffusers")
+    return tiny.write_diffusers_folder(tmp_path_factory.mktemp("tiny") / "sd1")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd2v(tmp_path_factory) -> Path:
+    pytest.importorskip("diffusers")
+    return tiny.write_diffusers_folder(tmp_path_factory.mktemp("tiny") / "sd2v", seed=1, v_prediction=True)
+
+
+def _converted(source: Path, fmt: str, tmp_path_factory) -> Path:
+    from sdcpu.export import convert
+
+    out = tmp_path_factory.mktemp("converted") / f"{source.name}-{fmt}"
+    convert(str(source), out, fmt, "fp32", progress=lambda _: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def sd1_openvino(tiny_sd1, tmp_path_factory) -> Path:
+    return _converted(tiny_sd1, "openvino", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def sd1_onnx(tiny_sd1, tmp_path_factory) -> Path:
+    return _converted(tiny_sd1, "onnx", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def sd2v_openvino(tiny_sd2v, tmp_path_factory) -> Path:
+    return _converted(tiny_sd2v, "openvino", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def converted(request, sd1_openvino, sd1_onnx) -> Path:
+    return {"openvino": sd1_openvino, "onnx": sd1_onnx}[request.param]
