@@ -65,7 +65,10 @@ def text_encoder_spec(model) -> ExportSpec:
 
 
 def unet_spec(model) -> ExportSpec:
-    size, channels = model.config.sample_size, model.config.in_channels
+    # An odd example size makes diffusers take its general upsampling path (interpolate to the skip
+    # connection's size) while tracing, so the graph serves every size that is a multiple of 8 pixels,
+    # not only multiples of 8 latents.
+    size, channels = model.config.sample_size + 1, model.config.in_channels
     inputs = {
         "sample": torch.randn(2, channels, size, size),
         "timestep": torch.tensor([999.0, 999.0]),

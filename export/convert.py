@@ -34,17 +34,29 @@ def check_target(fmt: str, precision: str, out: Path, force: bool) -> None:
         raise SdcpuError(f"the folder {out.parent} for the output does not exist")
 
 
-def convert(source: str, out: str | Path, format: str = "openvino", precision: str = "fp32", *,
-            force: bool = False, preset: str | None = None, config_dir: str | Path | None = None,
-            tokenizer_dir: str | Path | None = None,
-            progress: Callable[[str], None] = print) -> Manifest:  # fmt: skip
+def convert(
+    source: str,
+    out: str | Path,
+    format: str = "openvino",
+    precision: str = "fp32",
+    *,
+    force: bool = False,
+    preset: str | None = None,
+    config_dir: str | Path | None = None,
+    tokenizer_dir: str | Path | None = None,
+    progress: Callable[[str], None] = print,
+) -> Manifest:
     """Convert SOURCE (diffusers folder, hub id, or .safetensors/.ckpt file) into OUT; returns its manifest."""
     out = Path(out).expanduser().absolute()
     check_target(format, precision, out, force)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        options = {"preset": preset, "config_dir": _opt_path(config_dir), "tokenizer_dir": _opt_path(tokenizer_dir),
-                   "work_dir": work}  # fmt: skip
+        options = {
+            "preset": preset,
+            "config_dir": _opt_path(config_dir),
+            "tokenizer_dir": _opt_path(tokenizer_dir),
+            "work_dir": work,
+        }
         src = open_source(source, **options)
         staged = work / "model"
         staged.mkdir()
@@ -63,8 +75,9 @@ def _opt_path(value: str | Path | None) -> Path | None:
     return Path(value).expanduser() if value is not None else None
 
 
-def _export_components(src: Source, staged: Path, fmt: str, precision: str,
-                       progress: Callable[[str], None]) -> list[str]:  # fmt: skip
+def _export_components(
+    src: Source, staged: Path, fmt: str, precision: str, progress: Callable[[str], None]
+) -> list[str]:
     files: list[str] = []
     loaded: dict[str, Any] = {}
     for component in COMPONENTS:
@@ -114,8 +127,7 @@ def _write_support_files(src: Source, staged: Path) -> list[str]:
 
 def _manifest(src: Source, staged: Path, fmt: str, precision: str, files: list[str]) -> Manifest:
     vae_factor = 2 ** (len(src.vae_config["block_out_channels"]) - 1)
-    components = {c: {"precision": precision, "files": [f for f in files if f.startswith(c + "/")]}
-                  for c in COMPONENTS}  # fmt: skip
+    components = {c: {"precision": precision, "files": [f for f in files if f.startswith(c + "/")]} for c in COMPONENTS}
     return Manifest(
         source=src.description,
         family=src.family,

@@ -19,7 +19,10 @@ from sdcpu.runtime.errors import SdcpuError
 
 OPEN_CLIP_KEY = "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight"
 UNET_PREFIX = "model.diffusion_model."
-TOKENIZER_REPOS = {"sd1": ("openai/clip-vit-large-patch14", None), "sd2": ("stabilityai/stable-diffusion-2-1", "tokenizer")}
+TOKENIZER_REPOS = {
+    "sd1": ("openai/clip-vit-large-patch14", None),
+    "sd2": ("stabilityai/stable-diffusion-2-1", "tokenizer"),
+}
 
 
 def load_state_dict(path: Path) -> dict[str, Any]:
@@ -53,20 +56,33 @@ def detect_preset(state: dict[str, Any]) -> Preset:
 
 
 def _configs(preset: Preset, config_dir: Path | None) -> dict[str, dict[str, Any]]:
-    configs = {"unet": preset.unet, "vae": preset.vae, "text_encoder": preset.text_encoder,
-               "scheduler": preset.scheduler}  # fmt: skip
+    configs = {
+        "unet": preset.unet,
+        "vae": preset.vae,
+        "text_encoder": preset.text_encoder,
+        "scheduler": preset.scheduler,
+    }
     if config_dir is None:
         return configs
-    files = {"unet": "unet/config.json", "vae": "vae/config.json", "text_encoder": "text_encoder/config.json",
-             "scheduler": "scheduler/scheduler_config.json"}  # fmt: skip
+    files = {
+        "unet": "unet/config.json",
+        "vae": "vae/config.json",
+        "text_encoder": "text_encoder/config.json",
+        "scheduler": "scheduler/scheduler_config.json",
+    }
     for name, rel in files.items():
         if (config_dir / rel).exists():
             configs[name] = json.loads((config_dir / rel).read_text())
     return configs
 
 
-def open_single_file(path: Path, preset: str | None = None, config_dir: Path | None = None,
-                     tokenizer_dir: Path | None = None, work_dir: Path | None = None) -> Source:  # fmt: skip
+def open_single_file(
+    path: Path,
+    preset: str | None = None,
+    config_dir: Path | None = None,
+    tokenizer_dir: Path | None = None,
+    work_dir: Path | None = None,
+) -> Source:
     """A Source for a single-file checkpoint; `work_dir` receives the tokenizer files it writes."""
     state = load_state_dict(path)
     if preset is not None and preset not in PRESETS:
@@ -81,8 +97,15 @@ def open_single_file(path: Path, preset: str | None = None, config_dir: Path | N
     def load(component: str) -> Any:
         return _build(component, state, configs, family)
 
-    return Source(f"{path.resolve()} (preset {chosen.name})", family, configs["unet"], configs["vae"],
-                  configs["scheduler"], tokenizer, load)  # fmt: skip
+    return Source(
+        f"{path.resolve()} (preset {chosen.name})",
+        family,
+        configs["unet"],
+        configs["vae"],
+        configs["scheduler"],
+        tokenizer,
+        load,
+    )
 
 
 def _build(component: str, state: dict[str, Any], configs: dict[str, dict[str, Any]], family: str) -> Any:
@@ -90,6 +113,7 @@ def _build(component: str, state: dict[str, Any], configs: dict[str, dict[str, A
     from diffusers.loaders import single_file_utils as sfu
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    model: Any
     if component == "unet":
         model = UNet2DConditionModel(**_clean(configs["unet"]))
         weights = sfu.convert_ldm_unet_checkpoint(state, dict(model.config))
@@ -140,8 +164,14 @@ def _write_tokenizer(source: Path, target: Path, pad_token: str) -> Path:
         if not (source / name).exists():
             raise SdcpuError(f"{source} is not a CLIP tokenizer folder: {name} is missing")
         (target / name).write_bytes((source / name).read_bytes())
-    config = {"model_max_length": 77, "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
-              "unk_token": "<|endoftext|>", "pad_token": pad_token, "tokenizer_class": "CLIPTokenizer",
-              "do_lower_case": True}  # fmt: skip
+    config = {
+        "model_max_length": 77,
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+        "pad_token": pad_token,
+        "tokenizer_class": "CLIPTokenizer",
+        "do_lower_case": True,
+    }
     (target / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
     return target

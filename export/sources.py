@@ -31,7 +31,8 @@ class Source:
 
 def family_of(unet_config: dict[str, Any]) -> str:
     """sd1 / sd2 / sdxl / other, from the UNet's text conditioning width."""
-    return {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(unet_config.get("cross_attention_dim"), "other")
+    width = int(unet_config.get("cross_attention_dim") or 0)
+    return {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(width, "other")
 
 
 def open_source(source: str, **single_file_options: Any) -> Source:

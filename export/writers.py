@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from sdcpu.export.components import ExportSpec
 
 ONNX_OPSET = 17
@@ -55,8 +54,14 @@ def write_onnx(spec: ExportSpec, folder: Path, precision: str) -> list[str]:
     model.metadata_props.add(key="sdcpu.precision", value=precision)
     # External data keeps the graph under protobuf's 2 GB limit (an fp32 SD 1.5 UNet is 3.4 GB).
     target = folder / "model.onnx"
-    onnx.save_model(model, str(target), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=ONNX_DATA, size_threshold=1024)  # fmt: skip
+    onnx.save_model(
+        model,
+        str(target),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=ONNX_DATA,
+        size_threshold=1024,
+    )
     onnx.checker.check_model(str(target))  # reloads graph and external data
     return ["model.onnx", ONNX_DATA]
 
@@ -73,7 +78,9 @@ def _store_weights_fp16(model, min_elements: int = 1024) -> None:
         name = init.name
         init.CopyFrom(half)
         casts.append(helper.make_node("Cast", [half.name], [name], to=TensorProto.FLOAT, name=name + "_cast"))
-    graph.node[:0] = casts  # topological order: casts first
+    nodes = casts + list(graph.node)  # topological order: casts first
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 WRITERS = {"openvino": write_openvino, "onnx": write_onnx}

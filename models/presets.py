@@ -65,8 +65,15 @@ _CLIP_L = {
 }
 
 # OpenCLIP ViT-H/14 without its last layer: SD 2 conditions on the penultimate layer's output.
-_OPEN_CLIP_H = {**_CLIP_L, "hidden_act": "gelu", "hidden_size": 1024, "intermediate_size": 4096,
-                "num_attention_heads": 16, "num_hidden_layers": 23, "projection_dim": 512}  # fmt: skip
+_OPEN_CLIP_H = {
+    **_CLIP_L,
+    "hidden_act": "gelu",
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_attention_heads": 16,
+    "num_hidden_layers": 23,
+    "projection_dim": 512,
+}
 
 _SCHEDULER = {
     "_class_name": "PNDMScheduler",

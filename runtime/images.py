@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
-
 from sdcpu.runtime.errors import SdcpuError
 
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-
 from sdcpu.runtime import images as imaging
 from sdcpu.runtime.backends import BACKENDS, NATIVE_BACKEND, Model, load_model
 from sdcpu.runtime.errors import SdcpuError
@@ -34,9 +33,11 @@ class PipelineResult:
     def save(self, path: str | Path) -> list[Path]:
         """Write the images as PNG with the settings in their text metadata; returns the paths."""
         path = Path(path)
-        paths = [path] if len(self.images) == 1 else [
-            path.with_name(f"{path.stem}-{i}{path.suffix or '.png'}") for i in range(len(self.images))
-        ]  # fmt: skip
+        paths = (
+            [path]
+            if len(self.images) == 1
+            else [path.with_name(f"{path.stem}-{i}{path.suffix or '.png'}") for i in range(len(self.images))]
+        )
         for i, (image, target) in enumerate(zip(self.images, paths, strict=True)):
             imaging.save_png(image, target, self.settings.png_metadata(i))
         return paths
@@ -55,8 +56,9 @@ class Pipeline:
         self._vae_encoder: Model | None = None  # loaded on first img2img
 
     @classmethod
-    def load(cls, model_dir: str | Path, backend: str | None = None, device: str = "CPU",
-             verify: bool = True) -> Pipeline:  # fmt: skip
+    def load(
+        cls, model_dir: str | Path, backend: str | None = None, device: str = "CPU", verify: bool = True
+    ) -> Pipeline:
         """Open a folder made by `sdcpu convert`, checking its manifest (and file hashes with `verify`)."""
         folder = Path(model_dir).expanduser()
         manifest = Manifest.load(folder)
@@ -77,21 +79,38 @@ class Pipeline:
             self._vae_encoder = self._load("vae_encoder")
         return self._vae_encoder
 
-    def __call__(self, prompt: str, negative_prompt: str | None = None, steps: int = 20, guidance: float = 7.5,
-                 seed: int | None = None, width: int | None = None, height: int | None = None, num_images: int = 1,
-                 scheduler: str | None = None, init_image: str | Path | Image.Image | None = None,
-                 strength: float = 0.8, latents: np.ndarray | None = None,
-                 callback: Callback | None = None) -> PipelineResult:  # fmt: skip
+    def __call__(
+        self,
+        prompt: str,
+        negative_prompt: str | None = None,
+        steps: int = 20,
+        guidance: float = 7.5,
+        seed: int | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        num_images: int = 1,
+        scheduler: str | None = None,
+        init_image: str | Path | Image.Image | None = None,
+        strength: float = 0.8,
+        latents: np.ndarray | None = None,
+        callback: Callback | None = None,
+    ) -> PipelineResult:
         """Generate images (txt2img, or img2img with `init_image`); see the README for each option."""
         image = imaging.open_init_image(init_image) if init_image is not None else None
         default_w, default_h = self._default_size(image)
         settings = GenerationSettings(
-            prompt=prompt, negative_prompt=negative_prompt or "", steps=steps, guidance=guidance,
-            seed=secrets.randbelow(2**32) if seed is None else seed, width=width or default_w,
-            height=height or default_h, num_images=num_images,
+            prompt=prompt,
+            negative_prompt=negative_prompt or "",
+            steps=steps,
+            guidance=guidance,
+            seed=secrets.randbelow(2**32) if seed is None else seed,
+            width=width or default_w,
+            height=height or default_h,
+            num_images=num_images,
             scheduler=scheduler or default_scheduler_name(self.scheduler_config),
-            strength=strength if image is not None else None, model=self.manifest.source,
-        ).validate(self.manifest.vae_scale_factor)  # fmt: skip
+            strength=strength if image is not None else None,
+            model=self.manifest.source,
+        ).validate(self.manifest.vae_scale_factor)
         return self.generate(settings, image, latents, callback)
 
     def _default_size(self, image: Image.Image | None) -> tuple[int, int]:
@@ -100,8 +119,13 @@ class Pipeline:
         f = self.manifest.vae_scale_factor
         return max(f, image.width // f * f), max(f, image.height // f * f)
 
-    def generate(self, s: GenerationSettings, image: Image.Image | None = None, latents: np.ndarray | None = None,
-                 callback: Callback | None = None) -> PipelineResult:  # fmt: skip
+    def generate(
+        self,
+        s: GenerationSettings,
+        image: Image.Image | None = None,
+        latents: np.ndarray | None = None,
+        callback: Callback | None = None,
+    ) -> PipelineResult:
         """The denoising loop for validated settings; `latents` replaces the initial noise."""
         rng = np.random.default_rng(s.seed)
         cfg = s.guidance > 1.0  # classifier-free guidance, as diffusers: off for guidance <= 1
@@ -113,8 +137,12 @@ class Pipeline:
         scheduler.set_timesteps(s.steps)
         # 3. Initial latents z_T ~ N(0, sigma_init^2 I), or for img2img (SDEdit, https://arxiv.org/abs/2108.01073)
         #    the encoded image noised to the timestep where the strength-truncated schedule starts.
-        shape = (s.num_images, self.manifest.latent_channels, s.height // self.manifest.vae_scale_factor,
-                 s.width // self.manifest.vae_scale_factor)  # fmt: skip
+        shape = (
+            s.num_images,
+            self.manifest.latent_channels,
+            s.height // self.manifest.vae_scale_factor,
+            s.width // self.manifest.vae_scale_factor,
+        )
         start = 0
         if image is None:
             x = self._noise(latents, shape, rng) * np.float32(scheduler.init_noise_sigma)

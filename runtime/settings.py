@@ -26,11 +26,15 @@ class GenerationSettings:
     def validate(self, multiple: int) -> GenerationSettings:
         """Raise SdcpuError (with what to do) on any setting the pipeline cannot run."""
         if self.width % multiple or self.height % multiple or self.width <= 0 or self.height <= 0:
-            raise SdcpuError(f"width and height must be positive multiples of {multiple}; got {self.width}x{self.height}")
+            raise SdcpuError(
+                f"width and height must be positive multiples of {multiple}; got {self.width}x{self.height}"
+            )
         if self.steps < 1:
             raise SdcpuError(f"steps must be at least 1; got {self.steps}")
         if self.guidance < 0:
-            raise SdcpuError(f"guidance must be >= 0 (1 or less turns classifier-free guidance off); got {self.guidance}")
+            raise SdcpuError(
+                f"guidance must be >= 0 (1 or less turns classifier-free guidance off); got {self.guidance}"
+            )
         if self.num_images < 1:
             raise SdcpuError(f"num_images must be at least 1; got {self.num_images}")
         if self.strength is not None and not 0 < self.strength <= 1:

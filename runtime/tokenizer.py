@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
-
 from sdcpu.runtime.errors import SdcpuError
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
 CLIP_SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 
@@ -77,9 +76,10 @@ class ClipTokenizer:
 
     def _encode_one(self, prompt: str) -> np.ndarray:
         n = self.config.max_length
-        ids = self._bpe.encode(prompt, add_special_tokens=False).ids
+        encoding = self._bpe.encode(prompt, add_special_tokens=False)
+        ids = encoding.ids
         if len(ids) > n - 2:
-            cut = self._bpe.decode(ids[n - 2 :]).replace("</w>", " ").strip()
+            cut = prompt[encoding.offsets[n - 2][0] :].strip()
             warnings.warn(
                 f"the prompt is longer than the model's {n} tokens; this part was cut: {cut!r}",
                 stacklevel=3,

@@ -13,7 +13,6 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 import tiny  # noqa: E402
-
 from sdcpu import Pipeline  # noqa: E402
 from sdcpu.runtime.backends import NATIVE_BACKEND, load_model  # noqa: E402
 from sdcpu.runtime.manifest import Manifest  # noqa: E402
@@ -83,8 +82,16 @@ def _reference(folder, scheduler, latents, steps, guidance, monkeypatch, seed):
     class_name, overrides = SCHEDULER_CLASSES[scheduler]
     pipe = tiny.diffusers_pipeline(folder, class_name, **overrides)
     _patch_noise(monkeypatch, seed)
-    out = pipe("a red circle on the left", negative_prompt="blurry", num_inference_steps=steps,
-               guidance_scale=guidance, latents=torch.from_numpy(latents), output_type="np", height=64, width=64)
+    out = pipe(
+        "a red circle on the left",
+        negative_prompt="blurry",
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        latents=torch.from_numpy(latents),
+        output_type="np",
+        height=64,
+        width=64,
+    )
     return out.images
 
 
@@ -94,9 +101,15 @@ def test_pipeline_matches_diffusers(scheduler, backend, tiny_sd1, sd1_openvino, 
     folder = sd1_openvino if backend == "openvino" else sd1_onnx
     latents = np.random.default_rng(7).standard_normal((1, 4, 8, 8), dtype=np.float32)
     steps, seed = 6, 11
-    ours = Pipeline.load(folder, backend=backend)("a red circle on the left", negative_prompt="blurry",
-                                                  steps=steps, guidance=7.5, seed=seed, scheduler=scheduler,
-                                                  latents=latents).array  # fmt: skip
+    ours = Pipeline.load(folder, backend=backend)(
+        "a red circle on the left",
+        negative_prompt="blurry",
+        steps=steps,
+        guidance=7.5,
+        seed=seed,
+        scheduler=scheduler,
+        latents=latents,
+    ).array
     theirs = _reference(tiny_sd1, scheduler, latents, steps, 7.5, monkeypatch, seed)
     diff = float(np.abs(ours - theirs).max())
     assert diff <= PIXEL_TOLERANCE, f"max abs pixel diff {diff:.4f}"
@@ -105,8 +118,9 @@ def test_pipeline_matches_diffusers(scheduler, backend, tiny_sd1, sd1_openvino, 
 def test_parity_detects_swapped_schedulers(tiny_sd1, sd1_openvino, monkeypatch):
     """The pipeline parity check has teeth: two schedulers give visibly different images."""
     latents = np.random.default_rng(7).standard_normal((1, 4, 8, 8), dtype=np.float32)
-    ours = Pipeline.load(sd1_openvino)("a red circle on the left", negative_prompt="blurry", steps=6,
-                                       scheduler="euler", latents=latents, seed=11).array  # fmt: skip
+    ours = Pipeline.load(sd1_openvino)(
+        "a red circle on the left", negative_prompt="blurry", steps=6, scheduler="euler", latents=latents, seed=11
+    ).array
     theirs = _reference(tiny_sd1, "ddim", latents, 6, 7.5, monkeypatch, 11)
     assert float(np.abs(ours - theirs).max()) > 10 * PIXEL_TOLERANCE
 
@@ -114,8 +128,9 @@ def test_parity_detects_swapped_schedulers(tiny_sd1, sd1_openvino, monkeypatch):
 @pytest.mark.parametrize("scheduler", ["ddim", "euler", "dpm++2m"])
 def test_sd2_v_prediction_matches_diffusers(scheduler, tiny_sd2v, sd2v_openvino, monkeypatch):
     latents = np.random.default_rng(3).standard_normal((1, 4, 8, 8), dtype=np.float32)
-    ours = Pipeline.load(sd2v_openvino)("a red circle on the left", negative_prompt="blurry", steps=6,
-                                        scheduler=scheduler, latents=latents, seed=2).array  # fmt: skip
+    ours = Pipeline.load(sd2v_openvino)(
+        "a red circle on the left", negative_prompt="blurry", steps=6, scheduler=scheduler, latents=latents, seed=2
+    ).array
     theirs = _reference(tiny_sd2v, scheduler, latents, 6, 7.5, monkeypatch, 2)
     assert float(np.abs(ours - theirs).max()) <= PIXEL_TOLERANCE
 
@@ -132,8 +147,9 @@ def test_img2img_matches_diffusers(scheduler, backend, tiny_sd1, sd1_openvino, s
     init = Image.fromarray(np.random.default_rng(5).integers(0, 255, (64, 64, 3), dtype=np.uint8))
     noise = np.random.default_rng(9).standard_normal((1, 4, 8, 8), dtype=np.float32)
     seed = 4
-    ours = Pipeline.load(folder, backend=backend)("a blue square", steps=10, seed=seed, scheduler=scheduler,
-                                                  init_image=init, strength=0.6, latents=noise).array  # fmt: skip
+    ours = Pipeline.load(folder, backend=backend)(
+        "a blue square", steps=10, seed=seed, scheduler=scheduler, init_image=init, strength=0.6, latents=noise
+    ).array
     # diffusers draws (1) the VAE posterior sample, (2) the noise added at the start; feed it ours.
     draws = iter([np.random.default_rng(seed).standard_normal((1, 4, 8, 8), dtype=np.float32), noise])
 
@@ -144,7 +160,8 @@ def test_img2img_matches_diffusers(scheduler, backend, tiny_sd1, sd1_openvino, s
     monkeypatch.setattr(img2img_module, "randn_tensor", queued)
     class_name, overrides = SCHEDULER_CLASSES[scheduler]
     pipe = diffusers.StableDiffusionImg2ImgPipeline.from_pretrained(
-        tiny_sd1, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        tiny_sd1, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
     pipe.scheduler = getattr(diffusers, class_name).from_config({**pipe.scheduler.config, **overrides})
     pipe.set_progress_bar_config(disable=True)
     theirs = pipe("a blue square", image=init, strength=0.6, num_inference_steps=10, output_type="np").images

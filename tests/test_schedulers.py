@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from sdcpu.runtime.schedulers import SCHEDULERS, SchedulerConfig, make_scheduler
 
 torch = pytest.importorskip("torch")
@@ -15,13 +14,25 @@ diffusers = pytest.importorskip("diffusers")
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference-configs"
 SD1 = {
-    "_class_name": "PNDMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
-    "num_train_timesteps": 1000, "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1,
-    "trained_betas": None, "clip_sample": False,
-}  # fmt: skip
+    "_class_name": "PNDMScheduler",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "num_train_timesteps": 1000,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "trained_betas": None,
+    "clip_sample": False,
+}
 SD2_V = {**SD1, "_class_name": "DDIMScheduler", "prediction_type": "v_prediction"}
-LINEAR_TRAILING = {**SD1, "beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02,
-                   "timestep_spacing": "trailing"}  # fmt: skip
+LINEAR_TRAILING = {
+    **SD1,
+    "beta_schedule": "linear",
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "timestep_spacing": "trailing",
+}
 
 DIFFUSERS_CLASSES = {
     "ddim": ("DDIMScheduler", {}),

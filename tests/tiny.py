@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -12,23 +13,49 @@ REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference-configs"
 SD1_TOKENIZER = REFERENCE / "stable-diffusion-v1-4" / "tokenizer"
 
 SD1_SCHEDULER = {
-    "_class_name": "PNDMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
-    "num_train_timesteps": 1000, "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1,
-    "trained_betas": None, "clip_sample": False,
-}  # fmt: skip
+    "_class_name": "PNDMScheduler",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "num_train_timesteps": 1000,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "trained_betas": None,
+    "clip_sample": False,
+}
 SD2_V_SCHEDULER = {**SD1_SCHEDULER, "_class_name": "DDIMScheduler", "prediction_type": "v_prediction"}
 
 UNET = dict(
-    block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
-    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=32, attention_head_dim=4, norm_num_groups=32,
-)  # fmt: skip
+    block_out_channels=(32, 64),
+    layers_per_block=1,
+    sample_size=8,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=32,
+    attention_head_dim=4,
+    norm_num_groups=32,
+)
 VAE = dict(
-    block_out_channels=(8, 8, 16, 16), layers_per_block=1, latent_channels=4, norm_num_groups=4, sample_size=64,
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-)  # fmt: skip
-TEXT = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-            vocab_size=49408, max_position_embeddings=77, projection_dim=32)  # fmt: skip
+    block_out_channels=(8, 8, 16, 16),
+    layers_per_block=1,
+    latent_channels=4,
+    norm_num_groups=4,
+    sample_size=64,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+)
+TEXT: dict[str, Any] = dict(
+    hidden_size=32,
+    intermediate_size=37,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    vocab_size=49408,
+    max_position_embeddings=77,
+    projection_dim=32,
+)
 
 
 def build_components(seed: int = 0, v_prediction: bool = False):
@@ -37,9 +64,11 @@ def build_components(seed: int = 0, v_prediction: bool = False):
 
     torch.manual_seed(seed)
     unet_config = dict(UNET, use_linear_projection=True, upcast_attention=True) if v_prediction else UNET
-    unet = UNet2DConditionModel(**unet_config).eval()
-    vae = AutoencoderKL(**VAE).eval()
-    text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT)).eval()
+    unet: Any = UNet2DConditionModel(**unet_config)
+    vae: Any = AutoencoderKL(**VAE)
+    text_encoder: Any = CLIPTextModel(CLIPTextConfig(**TEXT))
+    for model in (unet, vae, text_encoder):
+        model.eval()
     _unit_spread(unet)
     return text_encoder, unet, vae
 
@@ -64,10 +93,16 @@ def write_diffusers_folder(folder: Path, seed: int = 0, v_prediction: bool = Fal
     (folder / "scheduler").mkdir(parents=True)
     scheduler = SD2_V_SCHEDULER if v_prediction else SD1_SCHEDULER
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler))
-    index = {"_class_name": "StableDiffusionPipeline", "scheduler": ["diffusers", scheduler["_class_name"]],
-             "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
-             "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
-             "safety_checker": [None, None], "feature_extractor": [None, None]}  # fmt: skip
+    index = {
+        "_class_name": "StableDiffusionPipeline",
+        "scheduler": ["diffusers", scheduler["_class_name"]],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "safety_checker": [None, None],
+        "feature_extractor": [None, None],
+    }
     (folder / "model_index.json").write_text(json.dumps(index))
     return folder
 

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-
 from sdcpu.runtime.errors import SdcpuError
 
 BACKENDS = ("openvino", "onnxruntime")
@@ -33,7 +32,9 @@ def load_model(backend: str, path: Path, device: str) -> Model:
         if path.suffix != ".onnx":
             raise SdcpuError(f"onnxruntime cannot read {path.name}; use --backend openvino for this folder")
         if device.upper() != "CPU":
-            raise SdcpuError(f"the onnxruntime backend runs on the CPU only (asked for {device}); use --backend openvino")
+            raise SdcpuError(
+                f"the onnxruntime backend runs on the CPU only (asked for {device}); use --backend openvino"
+            )
         from sdcpu.runtime.backends.onnxruntime import OnnxRuntimeModel
 
         return OnnxRuntimeModel(path)

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-
 from sdcpu.runtime.errors import SdcpuError
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import openvino as ov
-
 from sdcpu.runtime.errors import SdcpuError
 
 

@@ -6,7 +6,6 @@ Eq. 12 with sigma_t = 0: x_prev = sqrt(alpha_bar_prev) x0_hat + sqrt(1 - alpha_b
 from __future__ import annotations
 
 import numpy as np
-
 from sdcpu.runtime.schedulers.common import Scheduler, discrete_timesteps, predicted_x0
 
 

@@ -9,7 +9,6 @@ r = h_prev / h. The first step (no history) and the last step (to sigma = 0) are
 from __future__ import annotations
 
 import numpy as np
-
 from sdcpu.runtime.schedulers.common import (
     Scheduler,
     SchedulerConfig,

@@ -7,7 +7,6 @@ The model sees x / sqrt(sigma^2 + 1) (its training input scale) at the fractiona
 from __future__ import annotations
 
 import numpy as np
-
 from sdcpu.runtime.schedulers.common import Scheduler, SchedulerConfig, karras_sigmas, sigma_to_t, spacing
 
 
@@ -15,6 +14,7 @@ def sigma_schedule(config: SchedulerConfig, alphas_cumprod: np.ndarray, n: int, 
     """(timesteps, sigmas) for the k-diffusion schedulers: sigmas has n + 1 entries, ending at 0."""
     total = config.num_train_timesteps
     kind = spacing(config, "linspace")
+    timesteps: np.ndarray
     if kind == "linspace":
         timesteps = np.linspace(0, total - 1, n, dtype=np.float64)[::-1].copy()
     elif kind == "leading":

@@ -7,7 +7,6 @@ sigma_up = sqrt(s_next^2 (s^2 - s_next^2) / s^2) and sigma_down = sqrt(s_next^2 
 from __future__ import annotations
 
 import numpy as np
-
 from sdcpu.runtime.schedulers.common import Scheduler
 from sdcpu.runtime.schedulers.euler import denoised, initial_sigma, sigma_schedule
 

@@ -9,7 +9,6 @@ Timesteps are drawn from the 50-step distillation schedule, so at most 50 steps 
 from __future__ import annotations
 
 import numpy as np
-
 from sdcpu.runtime.errors import SdcpuError
 from sdcpu.runtime.schedulers.common import Scheduler, predicted_x0
 

@@ -9,7 +9,6 @@ DDIM-like transfer phi (eq. 11). Like diffusers with `skip_prk_steps`, the first
 from __future__ import annotations
 
 import numpy as np
-
 from sdcpu.runtime.schedulers.common import Scheduler, discrete_timesteps
 
 

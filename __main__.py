@@ -1,0 +1,3 @@
+from sdcpu.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""The `sdcpu` command line: thin typer commands over `sdcpu.export.convert` and `sdcpu.Pipeline`."""

@@ -1,0 +1,131 @@
+"""`sdcpu convert` and `sdcpu generate`. No logic here: parse options, call the library, report.
+
+Errors the user can fix (SdcpuError) are printed without a traceback and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from sdcpu.runtime.errors import SdcpuError
+
+app = typer.Typer(
+    help="Stable Diffusion on the CPU: convert checkpoints, generate images.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+
+class Format(str, Enum):
+    openvino = "openvino"
+    onnx = "onnx"
+
+
+def fail(err: Exception) -> typer.Exit:
+    console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+    return typer.Exit(code=2)
+
+
+@app.command()
+def convert(
+    source: Annotated[str, typer.Argument(help="diffusers folder, Hugging Face hub id, or .safetensors/.ckpt file")],
+    out: Annotated[Path, typer.Argument(help="output folder (created atomically)")],
+    format: Annotated[Format, typer.Option("--format", "-f", help="model format to write")] = Format.openvino,
+    precision: Annotated[str, typer.Option(help="weight precision: fp32 or fp16")] = "fp32",
+    force: Annotated[bool, typer.Option(help="replace OUT if it exists")] = False,
+    preset: Annotated[str | None, typer.Option(help="single files: sd1, sd2-base or sd2-v (default: detected)")] = None,
+    config: Annotated[Path | None, typer.Option(help="single files: a diffusers folder whose configs to use")] = None,
+    tokenizer: Annotated[Path | None, typer.Option(help="single files: a CLIP tokenizer folder")] = None,
+) -> None:
+    """Convert a Stable Diffusion checkpoint to OpenVINO IR or ONNX."""
+    try:
+        from sdcpu.export import convert as run_convert
+    except ImportError as err:
+        missing = SdcpuError(f"convert needs the export extra ({err.name} is missing): pip install 'sdcpu[export]'")
+        raise fail(missing) from None
+    try:
+        run_convert(
+            source,
+            out,
+            format.value,
+            precision,
+            force=force,
+            preset=preset,
+            config_dir=config,
+            tokenizer_dir=tokenizer,
+            progress=lambda line: console.print(line, highlight=False),
+        )
+    except SdcpuError as err:
+        raise fail(err) from None
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="what to draw")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write (image-N.png for several)")],
+    model: Annotated[Path, typer.Option("--model", "-m", help="folder made by `sdcpu convert`")],
+    negative_prompt: Annotated[str | None, typer.Option(help="what to steer away from")] = None,
+    steps: Annotated[int, typer.Option(help="denoising steps")] = 20,
+    guidance: Annotated[float, typer.Option(help="classifier-free guidance scale (<= 1 turns it off)")] = 7.5,
+    seed: Annotated[int | None, typer.Option(help="random seed (default: a fresh one, stored in the PNG)")] = None,
+    width: Annotated[int | None, typer.Option(help="image width, a multiple of 8 (default: the model's)")] = None,
+    height: Annotated[int | None, typer.Option(help="image height, a multiple of 8 (default: the model's)")] = None,
+    num_images: Annotated[int, typer.Option(help="how many images")] = 1,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(help="ddim, pndm, euler, euler-a, dpm++2m, dpm++2m-karras, lcm (default: the model's own)"),
+    ] = None,
+    backend: Annotated[str | None, typer.Option(help="openvino or onnxruntime (default: the folder's)")] = None,
+    device: Annotated[str, typer.Option(help="OpenVINO device: CPU, GPU, AUTO")] = "CPU",
+    init_image: Annotated[Path | None, typer.Option(help="start from this image (img2img)")] = None,
+    strength: Annotated[float, typer.Option(help="img2img: how much to change the init image, (0, 1]")] = 0.8,
+) -> None:
+    """Generate images from a prompt (or from an init image and a prompt)."""
+    from sdcpu.cli.progress import StepProgress
+    from sdcpu.runtime.pipeline import Pipeline
+
+    try:
+        _check_writable(out)
+        with console.status("loading model"):
+            pipe = Pipeline.load(model, backend=backend, device=device)
+        with warnings.catch_warnings(record=True) as caught, StepProgress(console) as progress:
+            warnings.simplefilter("always")
+            result = pipe(
+                prompt,
+                negative_prompt=negative_prompt,
+                steps=steps,
+                guidance=guidance,
+                seed=seed,
+                width=width,
+                height=height,
+                num_images=num_images,
+                scheduler=scheduler,
+                init_image=init_image,
+                strength=strength,
+                callback=progress.update,
+            )
+        for warning in caught:
+            console.print(f"[yellow]warning:[/yellow] {warning.message}", highlight=False, soft_wrap=True)
+        for path in result.save(out):
+            console.print(f"wrote {path} (seed {result.settings.seed})", highlight=False, soft_wrap=True)
+    except SdcpuError as err:
+        raise fail(err) from None
+
+
+def _check_writable(out: Path) -> None:
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir():
+        raise SdcpuError(f"the output folder {folder} does not exist")
+    if out.is_dir():
+        raise SdcpuError(f"--out {out} is a folder; give a file name such as {out / 'image.png'}")
+
+
+def main() -> None:
+    sys.exit(app())

@@ -1,0 +1,132 @@
+"""The command line: happy paths, determinism, and every bad input (exit code 2, message, no output)."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+from sdcpu.cli.main import app
+from typer.testing import CliRunner
+
+runner = CliRunner()
+
+
+def generate(model, out, *extra):
+    return runner.invoke(
+        app,
+        ["generate", "a red circle", "--model", str(model), "--out", str(out), "--steps", "3", "--seed", "5", *extra],
+    )
+
+
+@pytest.mark.parametrize("converted", ["openvino", "onnx"], indirect=True)
+def test_generate_writes_png_with_metadata(converted, tmp_path):
+    out = tmp_path / "image.png"
+    result = generate(converted, out, "--negative-prompt", "blurry", "--scheduler", "euler-a")
+    assert result.exit_code == 0, result.output
+    image = Image.open(out)
+    assert image.size == (64, 64)
+    meta = image.text
+    assert meta["prompt"] == "a red circle" and meta["negative_prompt"] == "blurry"
+    assert (meta["seed"], meta["steps"], meta["scheduler"], meta["guidance"]) == ("5", "3", "euler-a", "7.5")
+    assert meta["width"] == "64" and meta["height"] == "64" and "model" in meta
+
+
+def test_same_seed_same_image_bit_for_bit(sd1_openvino, tmp_path):
+    for name in ("a.png", "b.png"):
+        assert generate(sd1_openvino, tmp_path / name, "--scheduler", "euler-a").exit_code == 0
+    a, b = (np.asarray(Image.open(tmp_path / n)) for n in ("a.png", "b.png"))
+    assert np.array_equal(a, b)
+    assert generate(sd1_openvino, tmp_path / "c.png", "--seed", "6").exit_code == 0
+    assert not np.array_equal(a, np.asarray(Image.open(tmp_path / "c.png")))
+
+
+def test_several_images_and_img2img(sd1_onnx, tmp_path):
+    result = generate(sd1_onnx, tmp_path / "many.png", "--num-images", "2")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "many-0.png").exists() and (tmp_path / "many-1.png").exists()
+    init = tmp_path / "init.png"
+    Image.fromarray(np.full((70, 90, 3), 200, dtype=np.uint8)).save(init)
+    result = generate(sd1_onnx, tmp_path / "i2i.png", "--init-image", str(init), "--strength", "0.5")
+    assert result.exit_code == 0, result.output
+    image = Image.open(tmp_path / "i2i.png")
+    assert image.size == (88, 64) and image.text["strength"] == "0.5"
+
+
+def test_long_prompt_warns_what_was_cut(sd1_openvino, tmp_path):
+    prompt = " ".join(f"word{i}" for i in range(120))
+    result = runner.invoke(
+        app, ["generate", prompt, "--model", str(sd1_openvino), "--out", str(tmp_path / "x.png"), "--steps", "1"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "cut" in result.output and "word119" in result.output
+
+
+BAD_SETTINGS = [
+    (["--width", "60"], "multiples of 8"),
+    (["--steps", "0"], "at least 1"),
+    (["--guidance", "-1"], "guidance"),
+    (["--init-image", "INIT", "--strength", "0"], "strength"),
+    (["--init-image", "INIT", "--strength", "1.5"], "strength"),
+    (["--scheduler", "heun"], "unknown scheduler"),
+    (["--backend", "tensorrt"], "unknown backend"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD_SETTINGS)
+def test_bad_settings_exit_2_and_write_nothing(args, message, sd1_openvino, tmp_path):
+    init = tmp_path / "init.png"
+    Image.new("RGB", (64, 64)).save(init)
+    out = tmp_path / "out.png"
+    result = generate(sd1_openvino, out, *[str(init) if a == "INIT" else a for a in args])
+    assert result.exit_code == 2 and message in result.output
+    assert list(tmp_path.iterdir()) == [init]
+
+
+def test_unreadable_init_image(sd1_openvino, tmp_path):
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    result = generate(sd1_openvino, tmp_path / "out.png", "--init-image", str(bad))
+    assert result.exit_code == 2 and "cannot read the init image" in result.output
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_output_folder_missing_or_a_folder(sd1_openvino, tmp_path):
+    result = generate(sd1_openvino, tmp_path / "missing" / "out.png")
+    assert result.exit_code == 2 and "does not exist" in result.output
+    result = generate(sd1_openvino, tmp_path)
+    assert result.exit_code == 2 and "is a folder" in result.output
+
+
+def test_missing_incomplete_and_tampered_model_folders(sd1_openvino, tmp_path):
+    result = generate(tmp_path / "nowhere", tmp_path / "o.png")
+    assert result.exit_code == 2 and "does not exist" in result.output
+    result = generate(tmp_path, tmp_path / "o.png")
+    assert result.exit_code == 2 and "not an sdcpu model folder" in result.output
+
+    incomplete = tmp_path / "incomplete"
+    shutil.copytree(sd1_openvino, incomplete)
+    (incomplete / "unet" / "openvino_model.bin").unlink()
+    result = generate(incomplete, tmp_path / "o.png")
+    assert result.exit_code == 2 and "incomplete" in result.output
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(sd1_openvino, tampered)
+    weights = tampered / "unet" / "openvino_model.bin"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    result = generate(tampered, tmp_path / "o.png")
+    assert result.exit_code == 2 and "sha256" in result.output
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_convert_refuses_bad_requests(tiny_sd1, sd1_openvino, tmp_path):
+    result = runner.invoke(app, ["convert", str(tiny_sd1), str(sd1_openvino)])
+    assert result.exit_code == 2 and "--force" in result.output
+    result = runner.invoke(app, ["convert", str(tiny_sd1), str(tmp_path / "x"), "--precision", "int3"])
+    assert result.exit_code == 2 and "fp32" in result.output and not (tmp_path / "x").exists()
+    result = runner.invoke(app, ["convert", str(tmp_path / "nothing-here"), str(tmp_path / "y")])
+    assert result.exit_code == 2 and "does not exist" in result.output
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,185 @@
+"""Conversion: manifest, single-file checkpoints, unsafe pickles, fp16, atomicity when killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+
+import ldm_checkpoint  # noqa: E402
+import tiny  # noqa: E402
+from sdcpu import Pipeline, SdcpuError  # noqa: E402
+from sdcpu.cli.main import app  # noqa: E402
+from sdcpu.export import convert  # noqa: E402
+from sdcpu.export.single_file import detect_preset  # noqa: E402
+from sdcpu.models.presets import PRESETS  # noqa: E402
+from sdcpu.runtime.manifest import Manifest, sha256_file  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+runner = CliRunner()
+quiet = {"progress": lambda _: None}
+
+
+def test_manifest_describes_and_hashes_the_folder(sd1_onnx, tiny_sd1):
+    manifest = Manifest.load(sd1_onnx)
+    assert (manifest.format, manifest.precision, manifest.prediction_type) == ("onnx", "fp32", "epsilon")
+    assert manifest.sample_size == 64 and manifest.vae_scale_factor == 8
+    assert manifest.source == str(tiny_sd1.resolve())
+    assert {"torch", "diffusers", "onnx"} <= set(manifest.versions)
+    assert set(manifest.components) == {"text_encoder", "unet", "vae_decoder", "vae_encoder"}
+    assert "unet/model.onnx_data" in manifest.files  # weights in external data
+    for rel, info in manifest.files.items():
+        assert sha256_file(sd1_onnx / rel) == info["sha256"]
+
+
+@pytest.fixture(scope="module")
+def single_file(tmp_path_factory):
+    """The tiny SD 1 pipeline (same weights as tiny_sd1) saved as an original single-file checkpoint."""
+    from safetensors.torch import save_file
+
+    folder = tmp_path_factory.mktemp("single")
+    state = ldm_checkpoint.sd1_checkpoint(*tiny.build_components())
+    save_file(state, folder / "tiny.safetensors")
+    torch.save({"state_dict": state, "global_step": 1}, folder / "tiny.ckpt")
+    return folder
+
+
+@pytest.mark.parametrize("name", ["tiny.safetensors", "tiny.ckpt"])
+def test_single_file_converts_offline_and_matches_diffusers(name, single_file, tiny_sd1, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "model"
+    convert(
+        str(single_file / name), out, "openvino", config_dir=tiny_sd1, tokenizer_dir=tiny_sd1 / "tokenizer", **quiet
+    )
+    assert "preset sd1" in Manifest.load(out).source
+    latents = np.random.default_rng(1).standard_normal((1, 4, 8, 8), dtype=np.float32)
+    ours = Pipeline.load(out)("a cat", steps=5, scheduler="ddim", latents=latents, seed=0).array
+    pipe = tiny.diffusers_pipeline(tiny_sd1, "DDIMScheduler")
+    theirs = pipe(
+        "a cat", num_inference_steps=5, latents=torch.from_numpy(latents), output_type="np", height=64, width=64
+    ).images
+    assert float(np.abs(ours - theirs).max()) <= 2 / 255
+
+
+def test_single_file_without_tokenizer_offline_says_what_to_do(single_file, tiny_sd1, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
+    result = runner.invoke(app, ["convert", str(single_file / "tiny.safetensors"), str(tmp_path / "o")])
+    assert result.exit_code == 2 and "--tokenizer" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+class Payload:
+    """Unpickling this would need arbitrary code: torch.load(weights_only=True) must refuse it."""
+
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_unsafe_pickle_is_refused(tmp_path):
+    bad = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"x": torch.zeros(1)}, "payload": Payload()}, bad)
+    result = runner.invoke(app, ["convert", str(bad), str(tmp_path / "o")])
+    assert result.exit_code == 2 and "refusing" in result.output and "arbitrary code" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_presets_match_the_real_configs():
+    if not tiny.REFERENCE.exists():
+        pytest.skip("reference configs not present")
+    pairs = {"sd1": "stable-diffusion-v1-4", "sd2-base": "stable-diffusion-2-1-base", "sd2-v": "stable-diffusion-2-1"}
+    for preset_name, model in pairs.items():
+        preset = PRESETS[preset_name]
+        for component, ours in (("unet", preset.unet), ("vae", preset.vae), ("text_encoder", preset.text_encoder)):
+            real = json.loads((tiny.REFERENCE / model / component / "config.json").read_text())
+            for key, value in ours.items():
+                if key in real and key not in ("sample_size", "scaling_factor"):
+                    assert real[key] == (list(value) if isinstance(value, tuple) else value), (preset_name, key)
+        real_scheduler = json.loads((tiny.REFERENCE / model / "scheduler" / "scheduler_config.json").read_text())
+        assert real_scheduler.get("prediction_type", "epsilon") == preset.prediction_type
+
+
+def test_detect_preset():
+    assert detect_preset({"model.diffusion_model.x": 0}).name == "sd1"
+    sd2 = {"model.diffusion_model.x": 0, "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight": 0}
+    assert detect_preset(sd2).name == "sd2-v"
+    with pytest.raises(SdcpuError, match="no Stable Diffusion UNet"):
+        detect_preset({"weight": 0})
+
+
+@pytest.mark.parametrize("fmt", ["openvino", "onnx"])
+def test_fp16_halves_the_weights_and_stays_close(fmt, tiny_sd1, sd1_openvino, sd1_onnx, tmp_path):
+    out = tmp_path / "fp16"
+    manifest = convert(str(tiny_sd1), out, fmt, "fp16", **quiet)
+    fp32 = sd1_openvino if fmt == "openvino" else sd1_onnx
+    weights = "unet/openvino_model.bin" if fmt == "openvino" else "unet/model.onnx_data"
+    ratio = manifest.files[weights]["bytes"] / Manifest.load(fp32).files[weights]["bytes"]
+    assert 0.45 < ratio < 0.6
+    assert manifest.components["unet"]["precision"] == "fp16"
+    latents = np.random.default_rng(2).standard_normal((1, 4, 8, 8), dtype=np.float32)
+    a = Pipeline.load(out)("a dog", steps=4, latents=latents, seed=1).array
+    b = Pipeline.load(fp32)("a dog", steps=4, latents=latents, seed=1).array
+    assert float(np.abs(a - b).mean()) < 0.02
+
+
+def test_failed_convert_leaves_nothing(tiny_sd1, tmp_path, monkeypatch):
+    from sdcpu.export import writers
+
+    def broken(spec, folder, precision):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setitem(writers.WRITERS, "onnx", broken)
+    with pytest.raises(RuntimeError):
+        convert(str(tiny_sd1), tmp_path / "out", "onnx", **quiet)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_killed_convert_leaves_nothing_generate_accepts(tiny_sd1, tmp_path):
+    out = tmp_path / "out"
+    script = (
+        f"from sdcpu.export import convert\n"
+        f"convert({str(tiny_sd1)!r}, {str(out)!r}, 'onnx', progress=lambda l: print(l, flush=True))"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "unet: exported" in line:  # half-way: text encoder and UNet written, VAE not yet
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    assert not out.exists()
+    leftovers = list(tmp_path.iterdir())
+    assert leftovers, "expected the killed convert's temporary folder"
+    for folder in leftovers:
+        for candidate in [folder, *folder.iterdir()]:
+            with pytest.raises(SdcpuError):
+                Pipeline.load(candidate)
+    convert(str(tiny_sd1), out, "onnx", **quiet)  # a new convert still works beside the debris
+    assert Manifest.load(out).format == "onnx"
+
+
+def test_runtime_imports_no_torch(sd1_openvino, sd1_onnx, tmp_path):
+    script = f"""
+import sys
+from sdcpu.cli.main import app
+for model in ({str(sd1_openvino)!r}, {str(sd1_onnx)!r}):
+    try:
+        app(["generate", "a cat", "--model", model, "--out", {str(tmp_path / "x.png")!r}, "--steps", "2",
+             "--init-image", {str(Path(__file__).parent / "data" / "init.png")!r}])
+    except SystemExit as exit:
+        assert exit.code in (0, None), exit.code
+heavy = sorted(m for m in ("torch", "diffusers", "transformers") if m in sys.modules)
+assert not heavy, heavy
+print("clean")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "clean" in result.stdout, result.stderr

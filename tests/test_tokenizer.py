@@ -1,0 +1,55 @@
+"""The torch-free CLIP tokenizer against transformers' CLIPTokenizer on the real vocabularies."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import tiny
+from sdcpu.runtime.tokenizer import ClipTokenizer
+
+PROMPTS = [
+    "A photo of an astronaut riding a horse on Mars, highly detailed, 8k!!",
+    "Ünïcode café's déjà-vu   test.\n\tnew  line",
+    "",
+    "it's a dog's life, we'll see; 3.14 <|endoftext|> <|startoftext|>hi",
+    "emoji 🐱🚀 日本語 ! ?",
+    "word " * 100,
+]
+
+
+@pytest.mark.parametrize("model", ["stable-diffusion-v1-4", "stable-diffusion-2-1"])
+def test_matches_transformers(model):
+    transformers = pytest.importorskip("transformers")
+    folder = tiny.REFERENCE / model / "tokenizer"
+    if not folder.exists():
+        pytest.skip("reference configs not present")
+    reference = transformers.CLIPTokenizer.from_pretrained(folder)
+    expected = np.array(reference(PROMPTS, padding="max_length", max_length=77, truncation=True).input_ids)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert np.array_equal(ClipTokenizer(folder)(PROMPTS), expected)
+
+
+def test_reads_length_and_pad_from_the_files(tmp_path):
+    """A word-level toy vocabulary with its own length (6) and pad token: nothing about CLIP is assumed."""
+    vocab = {
+        "<|startoftext|>": 0,
+        "<|endoftext|>": 1,
+        "!": 2,
+        "r": 3,
+        "e": 4,
+        "d</w>": 5,
+        "re": 6,
+        "red</w>": 7,
+        "e</w>": 8,
+    }
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\nr e\nre d</w>\n")
+    (tmp_path / "tokenizer_config.json").write_text('{"model_max_length": 6, "pad_token": "!"}')
+    tok = ClipTokenizer(tmp_path)
+    assert tok(["Red  e"]).tolist() == [[0, 7, 8, 1, 2, 2]]
+    with pytest.warns(UserWarning, match="cut: 'red e'"):
+        assert tok(["red red red e red e"]).tolist() == [[0, 7, 7, 7, 8, 1]]
