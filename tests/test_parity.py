@@ -39,7 +39,7 @@ def _runtime(folder, component):
 def test_components_match_pytorch(converted, tiny_sd1):
     text_encoder, unet, vae = tiny.build_components()
     rng = np.random.default_rng(0)
-    ids = rng.integers(0, 49408, size=(2, 77), dtype=np.int64)
+    ids = rng.integers(0, tiny.TEXT["vocab_size"], size=(2, 77), dtype=np.int64)
     sample = rng.standard_normal((2, 4, 8, 8), dtype=np.float32)
     timestep = np.array([801.5, 801.5], dtype=np.float32)
     hidden = rng.standard_normal((2, 77, 32), dtype=np.float32)

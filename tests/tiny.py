@@ -52,7 +52,7 @@ TEXT: dict[str, Any] = dict(
     intermediate_size=37,
     num_hidden_layers=2,
     num_attention_heads=4,
-    vocab_size=49408,
+    vocab_size=49408 if SD1_TOKENIZER.exists() else 514,
     max_position_embeddings=77,
     projection_dim=32,
 )
@@ -89,7 +89,7 @@ def write_diffusers_folder(folder: Path, seed: int = 0, v_prediction: bool = Fal
     unet.save_pretrained(folder / "unet")
     vae.save_pretrained(folder / "vae")
     text_encoder.save_pretrained(folder / "text_encoder")
-    shutil.copytree(SD1_TOKENIZER, folder / "tokenizer")
+    write_tokenizer(folder / "tokenizer")
     (folder / "scheduler").mkdir(parents=True)
     scheduler = SD2_V_SCHEDULER if v_prediction else SD1_SCHEDULER
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler))
@@ -105,6 +105,29 @@ def write_diffusers_folder(folder: Path, seed: int = 0, v_prediction: bool = Fal
     }
     (folder / "model_index.json").write_text(json.dumps(index))
     return folder
+
+
+def write_tokenizer(folder: Path) -> None:
+    """The real CLIP tokenizer where ../shared has it; else a byte-level one in CLIP's format (no merges)."""
+    if SD1_TOKENIZER.exists():
+        shutil.copytree(SD1_TOKENIZER, folder)
+        return
+    from transformers.models.clip.tokenization_clip import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
+    vocab = {t: i for i, t in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
+    folder.mkdir(parents=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    config = {
+        "model_max_length": 77,
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+        "tokenizer_class": "CLIPTokenizer",
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
 
 
 def diffusers_pipeline(folder: Path, scheduler_class: str | None = None, **scheduler_overrides):
