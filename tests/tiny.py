@@ -53,6 +53,8 @@ TEXT: dict[str, Any] = dict(
     num_hidden_layers=2,
     num_attention_heads=4,
     vocab_size=49408 if SD1_TOKENIZER.exists() else 514,
+    bos_token_id=49406 if SD1_TOKENIZER.exists() else 512,
+    eos_token_id=49407 if SD1_TOKENIZER.exists() else 513,
     max_position_embeddings=77,
     projection_dim=32,
 )
@@ -112,9 +114,10 @@ def write_tokenizer(folder: Path) -> None:
     if SD1_TOKENIZER.exists():
         shutil.copytree(SD1_TOKENIZER, folder)
         return
-    from transformers.models.clip.tokenization_clip import bytes_to_unicode
-
-    chars = list(bytes_to_unicode().values())
+    # GPT-2's byte-to-unicode table, which CLIP's byte-level BPE uses.
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    extra = [b for b in range(256) if b not in printable]
+    chars = [chr(b) for b in printable] + [chr(256 + i) for i in range(len(extra))]
     vocab = {t: i for i, t in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
     folder.mkdir(parents=True)
     (folder / "vocab.json").write_text(json.dumps(vocab))
