@@ -1,0 +1,249 @@
+"""Train the bundled demo model: a tiny latent diffusion model with Stable Diffusion's own classes.
+
+    python -m sdcpu.models.train_demo --work /tmp/demo-train --out models/demo/source
+
+Two stages, fixed seeds: (1) the VAE (diffusers AutoencoderKL, 4x downsampling, 4 latent channels)
+on rendered scenes; (2) the UNet (UNet2DConditionModel) and text encoder (transformers CLIPTextModel)
+jointly, with SD's epsilon objective and noise schedule and 10% caption dropout for classifier-free
+guidance. A checkpoint is written every few minutes and a restarted run resumes from it. The result is
+written as a diffusers folder (safetensors) that `sdcpu convert` reads like any SD checkpoint.
+Needs the `[export]` extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from sdcpu.models import demo_world as world
+from sdcpu.models.demo_tokenizer import write_tokenizer
+from sdcpu.runtime.tokenizer import ClipTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel
+
+MAX_LENGTH = 16
+SCHEDULER = {
+    "_class_name": "DDIMScheduler",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "clip_sample": False,
+    "prediction_type": "epsilon",
+    "timestep_spacing": "leading",
+}
+VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    layers_per_block=1,
+    norm_num_groups=16,
+    block_out_channels=(32, 64, 64),
+    down_block_types=("DownEncoderBlock2D",) * 3,
+    up_block_types=("UpDecoderBlock2D",) * 3,
+    sample_size=world.SIZE,
+)
+UNET = dict(
+    sample_size=world.SIZE // 4,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=1,
+    norm_num_groups=16,
+    block_out_channels=(64, 128, 128),
+    cross_attention_dim=64,
+    attention_head_dim=4,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+)
+TEXT = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=MAX_LENGTH,
+    projection_dim=64,
+    hidden_act="quick_gelu",
+)
+
+
+def batch(scenes: list[world.Scene], rng: np.random.Generator, size: int) -> tuple[torch.Tensor, list[str]]:
+    picks = [scenes[i] for i in rng.integers(0, len(scenes), size)]
+    captions = [s.caption(int(rng.integers(0, len(world.TEMPLATES)))) for s in picks]
+    pixels = np.stack([np.asarray(world.render(s, rng), dtype=np.float32) for s in picks]) / 127.5 - 1.0
+    return torch.from_numpy(pixels.transpose(0, 3, 1, 2)), captions
+
+
+class Trainer:
+    def __init__(self, work: Path, seed: int):
+        self.work = work
+        work.mkdir(parents=True, exist_ok=True)
+        write_tokenizer(work / "tokenizer", world.vocabulary(), MAX_LENGTH)
+        self.tokenizer = ClipTokenizer(work / "tokenizer")
+        torch.manual_seed(seed)
+        self.vae = AutoencoderKL(**VAE)
+        self.unet = UNet2DConditionModel(**UNET)
+        vocab = len(self.tokenizer.vocab)
+        self.text = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=vocab, bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1, **TEXT
+            )
+        )
+        self.vae_opt = torch.optim.AdamW(self.vae.parameters(), lr=1e-3)
+        params = [*self.unet.parameters(), *self.text.parameters()]
+        self.opt = torch.optim.AdamW(params, lr=5e-4, weight_decay=1e-4)
+        self.noise = DDPMScheduler.from_config(SCHEDULER)
+        self.state = {"vae_step": 0, "step": 0, "scaling_factor": 1.0, "seconds": 0.0}
+        self.rng = np.random.default_rng(seed)
+        self.train_scenes, _ = world.split_scenes()
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def save(self) -> None:
+        blob = {
+            "vae": self.vae.state_dict(),
+            "unet": self.unet.state_dict(),
+            "text": self.text.state_dict(),
+            "vae_opt": self.vae_opt.state_dict(),
+            "opt": self.opt.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        tmp = self.work / "checkpoint.pt.tmp"
+        torch.save(blob, tmp)
+        tmp.replace(self.work / "checkpoint.pt")
+        meta = {**self.state, "numpy_rng": self.rng.bit_generator.state}
+        (self.work / "checkpoint.json").write_text(json.dumps(meta))
+
+    def resume(self) -> bool:
+        if not (self.work / "checkpoint.pt").exists():
+            return False
+        blob = torch.load(self.work / "checkpoint.pt", weights_only=True)
+        self.vae.load_state_dict(blob["vae"])
+        self.unet.load_state_dict(blob["unet"])
+        self.text.load_state_dict(blob["text"])
+        self.vae_opt.load_state_dict(blob["vae_opt"])
+        self.opt.load_state_dict(blob["opt"])
+        torch.set_rng_state(blob["torch_rng"])
+        meta = json.loads((self.work / "checkpoint.json").read_text())
+        self.rng.bit_generator.state = meta.pop("numpy_rng")
+        self.state.update(meta)
+        return True
+
+    # -- stage 1: the VAE ----------------------------------------------------------------------
+    def vae_step(self, batch_size: int) -> float:
+        images, _ = batch(self.train_scenes, self.rng, batch_size)
+        posterior = self.vae.encode(images).latent_dist
+        recon = self.vae.decode(posterior.sample()).sample
+        loss = F.mse_loss(recon, images) + 1e-6 * posterior.kl().mean()
+        self.vae_opt.zero_grad()
+        loss.backward()
+        self.vae_opt.step()
+        self.state["vae_step"] += 1
+        return float(loss)
+
+    def fix_scaling_factor(self) -> None:
+        # SD's trick: scale latents to unit variance so the UNet sees the noise schedule it expects.
+        with torch.no_grad():
+            images, _ = batch(self.train_scenes, np.random.default_rng(0), 256)
+            latents = self.vae.encode(images).latent_dist.mean
+        self.state["scaling_factor"] = float(1.0 / latents.std())
+
+    # -- stage 2: UNet + text encoder ------------------------------------------------------------
+    def diffusion_step(self, batch_size: int) -> float:
+        images, captions = batch(self.train_scenes, self.rng, batch_size)
+        captions = [c if self.rng.random() > 0.1 else "" for c in captions]  # caption dropout for CFG
+        with torch.no_grad():
+            latents = self.vae.encode(images).latent_dist.mean * self.state["scaling_factor"]
+        ids = torch.from_numpy(self.tokenizer(captions))
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, 1000, (batch_size,))
+        noisy = self.noise.add_noise(latents, noise, t)
+        pred = self.unet(noisy, t, self.text(ids)[0]).sample
+        loss = F.mse_loss(pred, noise)
+        self.opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([*self.unet.parameters(), *self.text.parameters()], 1.0)
+        self.opt.step()
+        self.state["step"] += 1
+        return float(loss)
+
+    def text_sensitivity(self) -> float:
+        """Relative change of the noise prediction when the caption is dropped (0 = text ignored)."""
+        with torch.no_grad():
+            images, captions = batch(self.train_scenes, np.random.default_rng(1), 16)
+            latents = self.vae.encode(images).latent_dist.mean * self.state["scaling_factor"]
+            t = torch.full((16,), 500)
+            noisy = self.noise.add_noise(latents, torch.randn_like(latents), t)
+            with_text = self.unet(noisy, t, self.text(torch.from_numpy(self.tokenizer(captions)))[0]).sample
+            without = self.unet(noisy, t, self.text(torch.from_numpy(self.tokenizer([""] * 16)))[0]).sample
+        return float((with_text - without).norm() / with_text.norm())
+
+    def export(self, out: Path) -> None:
+        import shutil
+
+        out.mkdir(parents=True, exist_ok=True)
+        self.vae.register_to_config(scaling_factor=self.state["scaling_factor"])
+        self.vae.save_pretrained(out / "vae")
+        self.unet.save_pretrained(out / "unet")
+        self.text.save_pretrained(out / "text_encoder")
+        shutil.copytree(self.work / "tokenizer", out / "tokenizer", dirs_exist_ok=True)
+        (out / "scheduler").mkdir(exist_ok=True)
+        (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER, indent=2))
+        index = {
+            "_class_name": "StableDiffusionPipeline",
+            "scheduler": ["diffusers", "DDIMScheduler"],
+            "text_encoder": ["transformers", "CLIPTextModel"],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "unet": ["diffusers", "UNet2DConditionModel"],
+            "vae": ["diffusers", "AutoencoderKL"],
+            "safety_checker": [None, None],
+            "feature_extractor": [None, None],
+            "requires_safety_checker": False,
+        }
+        (out / "model_index.json").write_text(json.dumps(index, indent=2))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, required=True, help="checkpoints; a rerun resumes from here")
+    parser.add_argument("--out", type=Path, help="write the diffusers folder here when done")
+    parser.add_argument("--vae-steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=20000)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--checkpoint-minutes", type=float, default=3.0)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    trainer = Trainer(args.work, args.seed)
+    print("resumed" if trainer.resume() else "fresh start", trainer.state, flush=True)
+    last_save, start = time.monotonic(), time.monotonic() - trainer.state["seconds"]
+    while trainer.state["vae_step"] < args.vae_steps or trainer.state["step"] < args.steps:
+        if trainer.state["vae_step"] < args.vae_steps:
+            loss = trainer.vae_step(args.batch)
+            if trainer.state["vae_step"] == args.vae_steps:
+                trainer.fix_scaling_factor()
+            step = f"vae {trainer.state['vae_step']}"
+        else:
+            loss = trainer.diffusion_step(args.batch)
+            step = f"unet {trainer.state['step']}"
+        trainer.state["seconds"] = time.monotonic() - start
+        if time.monotonic() - last_save > 60 * args.checkpoint_minutes:
+            extra = f" text-sensitivity {trainer.text_sensitivity():.3f}" if trainer.state["step"] else ""
+            print(f"{step} loss {loss:.4f} {trainer.state['seconds'] / 60:.1f} min{extra}", flush=True)
+            trainer.save()
+            last_save = time.monotonic()
+    trainer.save()
+    if args.out:
+        trainer.export(args.out)
+        print(f"wrote {args.out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
