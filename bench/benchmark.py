@@ -79,7 +79,9 @@ def run_pytorch(model: Path, steps: int) -> dict:
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 
     start = time.perf_counter()
-    pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline.from_pretrained(
+        model, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
     pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     load = time.perf_counter() - start

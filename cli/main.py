@@ -119,6 +119,36 @@ def generate(
         raise fail(err) from None
 
 
+@app.command(name="eval")
+def evaluate(
+    model: Annotated[Path, typer.Option("--model", "-m", help="folder made by `sdcpu convert`")],
+    reference: Annotated[Path | None, typer.Option(help="another model folder to compare with (SSIM, PSNR)")] = None,
+    count: Annotated[int, typer.Option(help="how many held-out captions (at most 240)")] = 240,
+    steps: Annotated[int, typer.Option(help="denoising steps")] = 20,
+    guidance: Annotated[float, typer.Option(help="classifier-free guidance scale")] = 7.5,
+    scheduler: Annotated[str | None, typer.Option(help="scheduler (default: the model's own)")] = None,
+    backend: Annotated[str | None, typer.Option(help="openvino or onnxruntime (default: the folder's)")] = None,
+) -> None:
+    """Score a model on the demo world's held-out captions (prompt-following accuracy by the oracle)."""
+    from sdcpu.runtime.evaluation import evaluate as run_eval
+    from sdcpu.runtime.pipeline import Pipeline
+
+    try:
+        pipe = Pipeline.load(model, backend=backend)
+        other = Pipeline.load(reference) if reference is not None else None
+
+        def runner(p: Pipeline):
+            return lambda caption, seed: p(
+                caption, steps=steps, guidance=guidance, seed=seed, scheduler=scheduler
+            ).array[0]
+
+        report = run_eval(runner(pipe), count, runner(other) if other is not None else None)
+    except SdcpuError as err:
+        raise fail(err) from None
+    for key, value in report.summary().items():
+        typer.echo(f"{key}: {value:.4f}")
+
+
 def _check_writable(out: Path) -> None:
     folder = out.parent if str(out.parent) else Path(".")
     if not folder.is_dir():
