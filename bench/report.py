@@ -25,6 +25,23 @@ ROWS = [
 ]
 
 
+def render_steps(steps: dict) -> list[str]:
+    runners = list(steps["median_s"])
+    return [
+        "",
+        "## UNet step, side by side",
+        "",
+        f"Each runner in its own process, called in turn for {steps['rounds']} rounds (A B C A B C ...), after a",
+        "warm-up call; same inputs (512x512, batch 2). Produced by `python bench/unet_steps.py`.",
+        "",
+        "| | " + " | ".join(NAMES.get(r, r) for r in runners) + " |",
+        "|---|" + "---:|" * len(runners),
+        "| median step | " + " | ".join(f"{steps['median_s'][r]:.2f} s" for r in runners) + " |",
+        "| ratio to PyTorch | " + " | ".join(f"{steps['ratio_to_pytorch'][r]:.2f}x" for r in runners) + " |",
+        "| all steps | " + " | ".join(", ".join(f"{t:.1f}" for t in steps["times_s"][r]) for r in runners) + " |",
+    ]
+
+
 def render(record: dict) -> str:
     median = record["median"]
     runners = list(median)
@@ -65,4 +82,7 @@ def render(record: dict) -> str:
 
 
 if __name__ == "__main__":
-    print(render(json.loads(Path(sys.argv[1]).read_text())), end="")
+    text = render(json.loads(Path(sys.argv[1]).read_text()))
+    if len(sys.argv) > 2:
+        text += "\n".join(render_steps(json.loads(Path(sys.argv[2]).read_text()))) + "\n"
+    print(text, end="")

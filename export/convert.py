@@ -49,7 +49,10 @@ def convert(
     """Convert SOURCE (diffusers folder, hub id, or .safetensors/.ckpt file) into OUT; returns its manifest."""
     out = Path(out).expanduser().absolute()
     check_target(format, precision, out, force)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    except OSError as err:
+        raise SdcpuError(f"cannot write in {out.parent}: {err.strerror}; choose another OUT") from err
     try:
         options = {
             "preset": preset,

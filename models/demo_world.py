@@ -78,7 +78,7 @@ def split_scenes(held_out: int = 240, seed: int = 1234) -> tuple[list[Scene], li
 
 
 def vocabulary() -> list[str]:
-    words = set()
+    words: set[str] = set()
     for template in TEMPLATES:
         words.update(w for w in template.replace(",", " ").replace(";", " ").split() if "{" not in w)
     for phrase in PHRASES.values():
