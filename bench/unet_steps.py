@@ -67,21 +67,23 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         return worker(args.worker, args.work)
-    procs = {}
+    procs: dict[str, subprocess.Popen] = {}
+    pipes: dict[str, tuple] = {}
     for name in RUNNERS:  # started one at a time: loading and compiling stay out of each other's way
         cmd = [sys.executable, __file__, "--worker", name, "--work", str(args.work)]
         procs[name] = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert procs[name].stdout.readline().strip() == "ready"
+        pipes[name] = (procs[name].stdin, procs[name].stdout)
+        assert pipes[name][1].readline().strip() == "ready"
     times: dict[str, list[float]] = {name: [] for name in RUNNERS}
     for _ in range(args.rounds):
-        for name, proc in procs.items():
+        for name, (stdin, stdout) in pipes.items():
             time.sleep(1)  # let the previous runner's threads go idle
-            proc.stdin.write("run\n")
-            proc.stdin.flush()
-            times[name].append(float(proc.stdout.readline()))
+            stdin.write("run\n")
+            stdin.flush()
+            times[name].append(float(stdout.readline()))
             print(f"{name}: {times[name][-1]:.2f} s", flush=True)
-    for proc in procs.values():
-        proc.stdin.close()
+    for name, proc in procs.items():
+        pipes[name][0].close()
         proc.wait()
     medians = {name: statistics.median(t) for name, t in times.items()}
     ratios = {name: medians[name] / medians["pytorch"] for name in medians}

@@ -113,9 +113,16 @@ def _write_support_files(src: Source, staged: Path) -> list[str]:
             written.append(f"tokenizer/{name}")
     (staged / "scheduler").mkdir()
     (staged / "scheduler" / "scheduler_config.json").write_text(json.dumps(src.scheduler_config, indent=2))
-    index = {
+    index = model_index(src.scheduler_config.get("_class_name", "PNDMScheduler"))
+    (staged / "model_index.json").write_text(json.dumps(index, indent=2))
+    return [*written, "scheduler/scheduler_config.json", "model_index.json"]
+
+
+def model_index(scheduler_class: str) -> dict[str, Any]:
+    """diffusers' model_index.json for a Stable Diffusion pipeline without safety checker."""
+    return {
         "_class_name": "StableDiffusionPipeline",
-        "scheduler": ["diffusers", src.scheduler_config.get("_class_name", "PNDMScheduler")],
+        "scheduler": ["diffusers", scheduler_class],
         "text_encoder": ["transformers", "CLIPTextModel"],
         "tokenizer": ["transformers", "CLIPTokenizer"],
         "unet": ["diffusers", "UNet2DConditionModel"],
@@ -124,8 +131,6 @@ def _write_support_files(src: Source, staged: Path) -> list[str]:
         "feature_extractor": [None, None],
         "requires_safety_checker": False,
     }
-    (staged / "model_index.json").write_text(json.dumps(index, indent=2))
-    return [*written, "scheduler/scheduler_config.json", "model_index.json"]
 
 
 def _manifest(src: Source, staged: Path, fmt: str, precision: str, files: list[str]) -> Manifest:

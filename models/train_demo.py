@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from sdcpu.export.convert import model_index
 from sdcpu.models import demo_world as world
 from sdcpu.models.demo_tokenizer import write_tokenizer
 from sdcpu.runtime.tokenizer import ClipTokenizer
@@ -75,11 +76,16 @@ TEXT: dict[str, Any] = dict(
 )
 
 
+def render_batch(scenes: list[world.Scene], rng: np.random.Generator) -> torch.Tensor:
+    """Jittered renders as (N, 3, 64, 64) in [-1, 1]."""
+    pixels = np.stack([np.asarray(world.render(s, rng), dtype=np.float32) for s in scenes]) / 127.5 - 1.0
+    return torch.from_numpy(pixels.transpose(0, 3, 1, 2))
+
+
 def batch(scenes: list[world.Scene], rng: np.random.Generator, size: int) -> tuple[torch.Tensor, list[str]]:
     picks = [scenes[i] for i in rng.integers(0, len(scenes), size)]
     captions = [s.caption(int(rng.integers(0, len(world.TEMPLATES)))) for s in picks]
-    pixels = np.stack([np.asarray(world.render(s, rng), dtype=np.float32) for s in picks]) / 127.5 - 1.0
-    return torch.from_numpy(pixels.transpose(0, 3, 1, 2)), captions
+    return render_batch(picks, rng), captions
 
 
 class Trainer:
@@ -164,9 +170,7 @@ class Trainer:
         chunks = []
         with torch.no_grad():
             for start in range(0, count, 256):
-                scenes = [self.train_scenes[i] for i in picks[start : start + 256]]
-                pixels = np.stack([np.asarray(world.render(s, rng), dtype=np.float32) for s in scenes]) / 127.5 - 1
-                images = torch.from_numpy(pixels.transpose(0, 3, 1, 2))
+                images = render_batch([self.train_scenes[i] for i in picks[start : start + 256]], rng)
                 chunks.append(self.vae.encode(images).latent_dist.mean.numpy())
         np.save(self.work / "latents.npy", np.concatenate(chunks))
         np.save(self.work / "latent_scenes.npy", picks)
@@ -219,17 +223,7 @@ class Trainer:
         shutil.copytree(self.work / "tokenizer", out / "tokenizer", dirs_exist_ok=True)
         (out / "scheduler").mkdir(exist_ok=True)
         (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER, indent=2))
-        index = {
-            "_class_name": "StableDiffusionPipeline",
-            "scheduler": ["diffusers", "DDIMScheduler"],
-            "text_encoder": ["transformers", "CLIPTextModel"],
-            "tokenizer": ["transformers", "CLIPTokenizer"],
-            "unet": ["diffusers", "UNet2DConditionModel"],
-            "vae": ["diffusers", "AutoencoderKL"],
-            "safety_checker": [None, None],
-            "feature_extractor": [None, None],
-            "requires_safety_checker": False,
-        }
+        index = model_index(SCHEDULER["_class_name"])
         (out / "model_index.json").write_text(json.dumps(index, indent=2))
 
 

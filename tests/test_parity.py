@@ -19,15 +19,7 @@ from sdcpu.runtime.manifest import Manifest  # noqa: E402
 
 COMPONENT_TOLERANCE = 1e-4
 PIXEL_TOLERANCE = 2 / 255
-SCHEDULER_CLASSES = {
-    "ddim": ("DDIMScheduler", {}),
-    "pndm": ("PNDMScheduler", {}),
-    "euler": ("EulerDiscreteScheduler", {}),
-    "euler-a": ("EulerAncestralDiscreteScheduler", {}),
-    "dpm++2m": ("DPMSolverMultistepScheduler", {}),
-    "dpm++2m-karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
-    "lcm": ("LCMScheduler", {}),
-}
+SCHEDULER_CLASSES = tiny.DIFFUSERS_SCHEDULERS
 
 
 def _runtime(folder, component):

@@ -3,28 +3,17 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+import tiny
 from sdcpu.runtime.schedulers import SCHEDULERS, SchedulerConfig, make_scheduler
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference-configs"
-SD1 = {
-    "_class_name": "PNDMScheduler",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "num_train_timesteps": 1000,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "trained_betas": None,
-    "clip_sample": False,
-}
+REFERENCE = tiny.REFERENCE
+SD1 = tiny.SD1_SCHEDULER
 SD2_V = {**SD1, "_class_name": "DDIMScheduler", "prediction_type": "v_prediction"}
 LINEAR_TRAILING = {
     **SD1,
@@ -34,15 +23,7 @@ LINEAR_TRAILING = {
     "timestep_spacing": "trailing",
 }
 
-DIFFUSERS_CLASSES = {
-    "ddim": ("DDIMScheduler", {}),
-    "pndm": ("PNDMScheduler", {}),
-    "euler": ("EulerDiscreteScheduler", {}),
-    "euler-a": ("EulerAncestralDiscreteScheduler", {}),
-    "dpm++2m": ("DPMSolverMultistepScheduler", {}),
-    "dpm++2m-karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
-    "lcm": ("LCMScheduler", {}),
-}
+DIFFUSERS_CLASSES = tiny.DIFFUSERS_SCHEDULERS
 
 
 def dummy_model(x: np.ndarray, t: float) -> np.ndarray:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from sdcpu.export.convert import model_index
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference-configs"
 SD1_TOKENIZER = REFERENCE / "stable-diffusion-v1-4" / "tokenizer"
@@ -23,6 +24,16 @@ SD1_SCHEDULER = {
     "steps_offset": 1,
     "trained_betas": None,
     "clip_sample": False,
+}
+# sdcpu scheduler name -> the diffusers class (and config overrides) it reproduces
+DIFFUSERS_SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "ddim": ("DDIMScheduler", {}),
+    "pndm": ("PNDMScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler-a": ("EulerAncestralDiscreteScheduler", {}),
+    "dpm++2m": ("DPMSolverMultistepScheduler", {}),
+    "dpm++2m-karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    "lcm": ("LCMScheduler", {}),
 }
 SD2_V_SCHEDULER = {**SD1_SCHEDULER, "_class_name": "DDIMScheduler", "prediction_type": "v_prediction"}
 
@@ -95,16 +106,7 @@ def write_diffusers_folder(folder: Path, seed: int = 0, v_prediction: bool = Fal
     (folder / "scheduler").mkdir(parents=True)
     scheduler = SD2_V_SCHEDULER if v_prediction else SD1_SCHEDULER
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler))
-    index = {
-        "_class_name": "StableDiffusionPipeline",
-        "scheduler": ["diffusers", scheduler["_class_name"]],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-        "safety_checker": [None, None],
-        "feature_extractor": [None, None],
-    }
+    index = model_index(scheduler["_class_name"])
     (folder / "model_index.json").write_text(json.dumps(index))
     return folder
 

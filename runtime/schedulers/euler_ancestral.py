@@ -7,23 +7,11 @@ sigma_up = sqrt(s_next^2 (s^2 - s_next^2) / s^2) and sigma_down = sqrt(s_next^2 
 from __future__ import annotations
 
 import numpy as np
-from sdcpu.runtime.schedulers.common import Scheduler
-from sdcpu.runtime.schedulers.euler import denoised, initial_sigma, sigma_schedule
+from sdcpu.runtime.schedulers.euler import EulerDiscreteScheduler, denoised
 
 
-class EulerAncestralDiscreteScheduler(Scheduler):
-    def set_timesteps(self, num_inference_steps: int) -> None:
-        self.num_inference_steps = num_inference_steps
-        self.timesteps, self.sigmas = sigma_schedule(self.config, self.alphas_cumprod, num_inference_steps)
-        self.init_noise_sigma = initial_sigma(self.config, self.sigmas)
-        self.step_index = 0
-
-    def scale_model_input(self, sample, timestep):
-        sigma = self.sigmas[self.step_index]
-        return (sample / np.sqrt(sigma**2 + 1)).astype(np.float32)
-
-    def add_noise(self, original, noise, index):
-        return (original + noise * self.sigmas[index]).astype(np.float32)
+class EulerAncestralDiscreteScheduler(EulerDiscreteScheduler):
+    """Euler's timesteps, sigmas and input scaling; only the step differs."""
 
     def step(self, model_output, timestep, sample, rng=None) -> np.ndarray:
         assert rng is not None, "euler-a draws noise at every step: pass the generator"
