@@ -71,6 +71,13 @@ def render(record: dict) -> str:
         for key, label, _ in ROWS[:1] + ROWS[3:5] + ROWS[6:]:
             cells = [f"{median[r][key] / base[key]:.2f}x" for r in runners if r != "pytorch"]
             lines.append(f"| {label.format(steps=record['steps'])} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Reading these numbers: the machine is shared and noisy (the same PyTorch step measured 12.8 s to",
+        "19 s across runs on it), so only ratios within one run are compared. sdcpu's peak RSS is higher than",
+        "PyTorch's here; not yet profiled, the likely cause is that both engines hold the weights and a compiled",
+        "copy of them while compiling, with all components loaded at once. Lowering it is future work.",
+    ]
     if record.get("convert_s"):
         lines += [
             "",
