@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from sdcpu.runtime import images as imaging
-from sdcpu.runtime.backends import BACKENDS, NATIVE_BACKEND, Model, load_model
+from sdcpu.runtime.backends import NATIVE_BACKEND, Model, load_model
 from sdcpu.runtime.errors import SdcpuError
 from sdcpu.runtime.manifest import Manifest
 from sdcpu.runtime.schedulers import Scheduler, SchedulerConfig, default_scheduler_name, make_scheduler
@@ -63,10 +63,7 @@ class Pipeline:
         folder = Path(model_dir).expanduser()
         manifest = Manifest.load(folder)
         manifest.verify(folder, hashes=verify)
-        backend = backend or NATIVE_BACKEND[manifest.format]
-        if backend not in BACKENDS:
-            raise SdcpuError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
-        return cls(folder, manifest, backend, device)
+        return cls(folder, manifest, backend or NATIVE_BACKEND[manifest.format], device)
 
     def _load(self, component: str) -> Model:
         return load_model(self.backend, self.manifest.graph_path(self.folder, component), self.device)

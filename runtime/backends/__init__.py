@@ -17,8 +17,6 @@ NATIVE_BACKEND = {"openvino": "openvino", "onnx": "onnxruntime"}
 
 
 class Model(Protocol):
-    input_names: list[str]
-
     def __call__(self, **inputs: np.ndarray) -> np.ndarray: ...
 
 

@@ -18,7 +18,6 @@ class OnnxRuntimeModel:
             self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as err:  # ORT raises its own exception types for unreadable graphs
             raise SdcpuError(f"ONNX Runtime cannot load {path}: {err}") from err
-        self.input_names = [i.name for i in self._session.get_inputs()]
 
     def __call__(self, **inputs: np.ndarray) -> np.ndarray:
         return self._session.run(None, inputs)[0]

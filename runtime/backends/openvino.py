@@ -19,7 +19,6 @@ class OpenVINOModel:
         except RuntimeError as err:
             raise SdcpuError(f"OpenVINO cannot read {path}: {err}") from err
         self.device = device
-        self.input_names = [port.get_any_name() for port in self._model.inputs]
         self._shapes: dict[str, tuple[int, ...]] | None = None
         self._request: ov.InferRequest | None = None
 

@@ -129,6 +129,8 @@ class Scheduler(abc.ABC):
     def __init__(self, config: SchedulerConfig):
         self.config = config
         self.alphas_cumprod = alphas_cumprod(config)
+        # alpha_bar past t = 0, where DDIM-style chains end: 1 (x_0 itself) or, as SD ships, alpha_bar_0.
+        self.final_alpha_cumprod = np.float32(1.0) if config.set_alpha_to_one else self.alphas_cumprod[0]
         self.timesteps = np.zeros(0, dtype=np.int64)
         self.num_inference_steps = 0
         self.step_index = 0

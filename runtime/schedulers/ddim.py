@@ -19,9 +19,7 @@ class DDIMScheduler(Scheduler):
         t = int(timestep)
         prev_t = t - self.config.num_train_timesteps // self.num_inference_steps
         alpha_bar = self.alphas_cumprod[t]
-        # Past t = 0 the chain ends at alpha_bar = 1 (x_0 itself) or, as SD ships, at alpha_bar_0.
-        final = np.float32(1.0) if self.config.set_alpha_to_one else self.alphas_cumprod[0]
-        alpha_bar_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else final
+        alpha_bar_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod
         x0 = predicted_x0(self.config, model_output, sample, alpha_bar)
         # eps_hat recovered from x0_hat so that epsilon and v models share one update.
         eps = (sample - np.sqrt(alpha_bar) * x0) / np.sqrt(1 - alpha_bar)

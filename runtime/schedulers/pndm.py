@@ -50,12 +50,9 @@ class PNDMScheduler(Scheduler):
     def _transfer(self, sample, t: int, prev_t: int, eps) -> np.ndarray:
         # phi(x_t, eps, t, t-delta) of eq. 11, written as in diffusers (formula 9 of the paper).
         a_t = self.alphas_cumprod[t]
-        a_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self._final_alpha()
+        a_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod
         if self.config.prediction_type == "v_prediction":
             eps = np.sqrt(a_t) * eps + np.sqrt(1 - a_t) * sample
         sample_coeff = np.sqrt(a_prev / a_t)
         denom = a_t * np.sqrt(1 - a_prev) + np.sqrt(a_t * (1 - a_t) * a_prev)
         return (sample_coeff * sample - (a_prev - a_t) * eps / denom).astype(np.float32)
-
-    def _final_alpha(self) -> np.float32:
-        return np.float32(1.0) if self.config.set_alpha_to_one else self.alphas_cumprod[0]
