@@ -21,6 +21,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
+MODEL_HELP = "folder made by `sdcpu convert` (default: the bundled demo model)"
 
 
 class Format(str, Enum):
@@ -38,11 +39,17 @@ def convert(
     source: Annotated[str, typer.Argument(help="diffusers folder, Hugging Face hub id, or .safetensors/.ckpt file")],
     out: Annotated[Path, typer.Argument(help="output folder (created atomically)")],
     format: Annotated[Format, typer.Option("--format", "-f", help="model format to write")] = Format.openvino,
-    precision: Annotated[str, typer.Option(help="weight precision: fp32 or fp16")] = "fp32",
+    precision: Annotated[
+        str, typer.Option(help="fp32, fp16, int8; OpenVINO also int8-hybrid (int8 UNet activations) and int4")
+    ] = "fp32",
     force: Annotated[bool, typer.Option(help="replace OUT if it exists")] = False,
     preset: Annotated[str | None, typer.Option(help="single files: sd1, sd2-base or sd2-v (default: detected)")] = None,
     config: Annotated[Path | None, typer.Option(help="single files: a diffusers folder whose configs to use")] = None,
     tokenizer: Annotated[Path | None, typer.Option(help="single files: a CLIP tokenizer folder")] = None,
+    calibration_prompts: Annotated[
+        Path | None, typer.Option(help="int8-hybrid: a text file of prompts, one per line (default: 8 built in)")
+    ] = None,
+    calibration_size: Annotated[int, typer.Option(help="int8-hybrid: UNet inputs to calibrate on")] = 32,
 ) -> None:
     """Convert a Stable Diffusion checkpoint to OpenVINO IR or ONNX."""
     try:
@@ -51,6 +58,7 @@ def convert(
         missing = SdcpuError(f"convert needs the export extra ({err.name} is missing): pip install 'sdcpu[export]'")
         raise fail(missing) from None
     try:
+        calibration = _calibration(calibration_prompts, calibration_size)
         run_convert(
             source,
             out,
@@ -60,6 +68,7 @@ def convert(
             preset=preset,
             config_dir=config,
             tokenizer_dir=tokenizer,
+            calibration=calibration,
             progress=lambda line: console.print(line, highlight=False),
         )
     except SdcpuError as err:
@@ -70,7 +79,7 @@ def convert(
 def generate(
     prompt: Annotated[str, typer.Argument(help="what to draw")],
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write (image-N.png for several)")],
-    model: Annotated[Path, typer.Option("--model", "-m", help="folder made by `sdcpu convert`")],
+    model: Annotated[Path | None, typer.Option("--model", "-m", help=MODEL_HELP)] = None,
     negative_prompt: Annotated[str | None, typer.Option(help="what to steer away from")] = None,
     steps: Annotated[int, typer.Option(help="denoising steps")] = 20,
     guidance: Annotated[float, typer.Option(help="classifier-free guidance scale (<= 1 turns it off)")] = 7.5,
@@ -121,7 +130,7 @@ def generate(
 
 @app.command(name="eval")
 def evaluate(
-    model: Annotated[Path, typer.Option("--model", "-m", help="folder made by `sdcpu convert`")],
+    model: Annotated[Path | None, typer.Option("--model", "-m", help=MODEL_HELP)] = None,
     reference: Annotated[Path | None, typer.Option(help="another model folder to compare with (SSIM, PSNR)")] = None,
     count: Annotated[int, typer.Option(help="how many held-out captions (at most 240)")] = 240,
     steps: Annotated[int, typer.Option(help="denoising steps")] = 20,
@@ -147,6 +156,18 @@ def evaluate(
         raise fail(err) from None
     for key, value in report.summary().items():
         typer.echo(f"{key}: {value:.4f}")
+
+
+def _calibration(prompts: Path | None, size: int):
+    from sdcpu.export.calibration import CalibrationSettings
+
+    if size < 1:
+        raise SdcpuError(f"--calibration-size must be at least 1; got {size}")
+    if prompts is None:
+        return CalibrationSettings(size=size)
+    if not prompts.is_file():
+        raise SdcpuError(f"--calibration-prompts {prompts} is not a file; give a text file with one prompt per line")
+    return CalibrationSettings.from_file(prompts, size)
 
 
 def _check_writable(out: Path) -> None:

@@ -15,9 +15,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from sdcpu.export.calibration import CalibrationSettings, collect_unet_inputs
 from sdcpu.export.components import COMPONENT_SPECS
+from sdcpu.export.quantize import PRECISIONS, component_precision
 from sdcpu.export.sources import TOKENIZER_FILES, Source, open_source
-from sdcpu.export.writers import PRECISIONS, WRITERS
+from sdcpu.export.writers import WRITERS, Calibrate
 from sdcpu.runtime.errors import SdcpuError
 from sdcpu.runtime.manifest import COMPONENTS, MANIFEST_NAME, Manifest, describe_files
 
@@ -27,7 +29,11 @@ def check_target(fmt: str, precision: str, out: Path, force: bool) -> None:
     if fmt not in PRECISIONS:
         raise SdcpuError(f"unknown format {fmt!r}; choose one of: {', '.join(PRECISIONS)}")
     if precision not in PRECISIONS[fmt]:
-        raise SdcpuError(f"{fmt} export cannot do precision {precision!r}; available: {', '.join(PRECISIONS[fmt])}")
+        others = [f for f in PRECISIONS if precision in PRECISIONS[f]]
+        elsewhere = f" ({precision} needs --format {others[0]})" if others else ""
+        raise SdcpuError(
+            f"{fmt} export cannot do precision {precision!r}; available: {', '.join(PRECISIONS[fmt])}{elsewhere}"
+        )
     if out.exists() and not force:
         raise SdcpuError(f"{out} already exists; pass --force to replace it")
     if not out.parent.is_dir():
@@ -44,9 +50,11 @@ def convert(
     preset: str | None = None,
     config_dir: str | Path | None = None,
     tokenizer_dir: str | Path | None = None,
+    calibration: CalibrationSettings | None = None,
     progress: Callable[[str], None] = print,
 ) -> Manifest:
-    """Convert SOURCE (diffusers folder, hub id, or .safetensors/.ckpt file) into OUT; returns its manifest."""
+    """Convert SOURCE (diffusers folder, hub id, or .safetensors/.ckpt file) into OUT; returns its manifest.
+    `calibration` sets the prompts and sample count of `int8-hybrid` (default: CalibrationSettings())."""
     out = Path(out).expanduser().absolute()
     check_target(format, precision, out, force)
     try:
@@ -63,9 +71,10 @@ def convert(
         src = open_source(source, **options)
         staged = work / "model"
         staged.mkdir()
-        files = _export_components(src, staged, format, precision, progress)
+        calibration = (calibration or CalibrationSettings()) if precision == "int8-hybrid" else None
+        files = _export_components(src, staged, format, precision, calibration, progress)
         files += _write_support_files(src, staged)
-        manifest = _manifest(src, staged, format, precision, files)
+        manifest = _manifest(src, staged, format, precision, files, calibration)
         (staged / MANIFEST_NAME).write_text(manifest.to_json())
         _move_into_place(staged, out)
     finally:
@@ -79,7 +88,12 @@ def _opt_path(value: str | Path | None) -> Path | None:
 
 
 def _export_components(
-    src: Source, staged: Path, fmt: str, precision: str, progress: Callable[[str], None]
+    src: Source,
+    staged: Path,
+    fmt: str,
+    precision: str,
+    calibration: CalibrationSettings | None,
+    progress: Callable[[str], None],
 ) -> list[str]:
     files: list[str] = []
     loaded: dict[str, Any] = {}
@@ -91,12 +105,28 @@ def _export_components(
             loaded[kind] = src.load(kind)
         folder = staged / component
         folder.mkdir()
-        names = WRITERS[fmt](make_spec(loaded[kind]), folder, precision)
+        exact = component_precision(precision, component)
+        calibrate = _calibrator(src, staged, calibration, progress) if exact == "int8-hybrid" else None
+        names = WRITERS[fmt](make_spec(loaded[kind]), folder, exact, calibrate)
         (folder / "config.json").write_text(json.dumps(_config_dict(loaded[kind]), indent=2, default=str))
         files += [f"{component}/{name}" for name in names]
-        progress(f"{component}: exported to {fmt} {precision} in {time.perf_counter() - start:.1f} s")
+        progress(f"{component}: exported to {fmt} {exact} in {time.perf_counter() - start:.1f} s")
     loaded.clear()
     return files
+
+
+def _calibrator(
+    src: Source, staged: Path, settings: CalibrationSettings | None, progress: Callable[[str], None]
+) -> Calibrate:
+    assert settings is not None
+    shape = (int(src.unet_config.get("in_channels", 4)), *([int(src.unet_config.get("sample_size", 64))] * 2))
+
+    def calibrate(unet: Any) -> list[dict[str, Any]]:
+        progress(f"unet: recording {settings.size} calibration inputs from {len(settings.prompts)} prompts")
+        text_encoder = staged / "text_encoder" / "openvino_model.xml"
+        return collect_unet_inputs(unet, text_encoder, src.tokenizer_dir, src.scheduler_config, shape, settings)
+
+    return calibrate
 
 
 def _config_dict(model: Any) -> dict[str, Any]:
@@ -133,9 +163,17 @@ def model_index(scheduler_class: str) -> dict[str, Any]:
     }
 
 
-def _manifest(src: Source, staged: Path, fmt: str, precision: str, files: list[str]) -> Manifest:
+def _manifest(
+    src: Source, staged: Path, fmt: str, precision: str, files: list[str], calibration: CalibrationSettings | None
+) -> Manifest:
     vae_factor = 2 ** (len(src.vae_config["block_out_channels"]) - 1)
-    components = {c: {"precision": precision, "files": [f for f in files if f.startswith(c + "/")]} for c in COMPONENTS}
+    components = {
+        c: {"precision": component_precision(precision, c), "files": [f for f in files if f.startswith(c + "/")]}
+        for c in COMPONENTS
+    }
+    extra: dict[str, Any] = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if calibration is not None:
+        extra["calibration"] = calibration.to_dict()
     return Manifest(
         source=src.description,
         family=src.family,
@@ -149,12 +187,12 @@ def _manifest(src: Source, staged: Path, fmt: str, precision: str, files: list[s
         components=components,
         files=describe_files(staged, files),
         versions=_versions(fmt),
-        extra={"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+        extra=extra,
     )
 
 
 def _versions(fmt: str) -> dict[str, str]:
-    names = ["sdcpu", "torch", "diffusers", "transformers", "openvino" if fmt == "openvino" else "onnx"]
+    names = ["sdcpu", "torch", "diffusers", "transformers", "nncf", "openvino" if fmt == "openvino" else "onnx"]
     found = {}
     for name in names:
         try:

@@ -3,23 +3,28 @@
 fp32 keeps everything in float32. fp16 stores the weights in float16 and computes in float32
 (size only): OpenVINO's `compress_to_fp16`; for ONNX, each large float32 initializer is stored as
 float16 followed by a Cast node, which ONNX Runtime folds back to float32 when it loads the model.
+The int8 and int4 precisions are described in `quantize.py`.
 """
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from sdcpu.export.components import ExportSpec
+from sdcpu.export.quantize import compress_openvino, store_onnx_weights_int8
 
 ONNX_OPSET = 17
 ONNX_DATA = "model.onnx_data"
-PRECISIONS = {"openvino": ("fp32", "fp16"), "onnx": ("fp32", "fp16")}
+# Records UNet inputs from the float model (int8-hybrid only).
+Calibrate = Callable[[Any], list[dict[str, np.ndarray]]]
 
 
-def write_openvino(spec: ExportSpec, folder: Path, precision: str) -> list[str]:
+def write_openvino(spec: ExportSpec, folder: Path, precision: str, calibrate: Calibrate | None = None) -> list[str]:
     import openvino as ov
 
     with torch.no_grad():
@@ -27,12 +32,14 @@ def write_openvino(spec: ExportSpec, folder: Path, precision: str) -> list[str]:
     for port, name in zip(model.inputs, spec.inputs, strict=True):
         port.get_tensor().set_names({name})
     model.outputs[0].get_tensor().set_names({spec.output_name})
+    samples = calibrate(model) if calibrate is not None else []
+    model = compress_openvino(model, precision, samples)
     model.set_rt_info(precision, ["sdcpu", "precision"])
     ov.save_model(model, folder / "openvino_model.xml", compress_to_fp16=precision == "fp16")
     return ["openvino_model.xml", "openvino_model.bin"]
 
 
-def write_onnx(spec: ExportSpec, folder: Path, precision: str) -> list[str]:
+def write_onnx(spec: ExportSpec, folder: Path, precision: str, calibrate: Calibrate | None = None) -> list[str]:
     import onnx
 
     with tempfile.TemporaryDirectory(dir=folder) as tmp, torch.no_grad():
@@ -51,6 +58,8 @@ def write_onnx(spec: ExportSpec, folder: Path, precision: str) -> list[str]:
         model = onnx.load(str(traced))
     if precision == "fp16":
         _store_weights_fp16(model)
+    elif precision == "int8":
+        store_onnx_weights_int8(model)
     model.metadata_props.add(key="sdcpu.precision", value=precision)
     # External data keeps the graph under protobuf's 2 GB limit (an fp32 SD 1.5 UNet is 3.4 GB).
     target = folder / "model.onnx"

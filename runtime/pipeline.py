@@ -43,6 +43,14 @@ class PipelineResult:
         return paths
 
 
+def _demo_folder() -> Path:
+    from sdcpu.models.demo_model import CONVERTED
+
+    if not (CONVERTED / "sdcpu.json").is_file():
+        raise SdcpuError(f"the bundled demo model is missing from this install ({CONVERTED}); pass a model folder")
+    return CONVERTED
+
+
 class Pipeline:
     """A converted model folder, loaded for generation. Build it with `Pipeline.load(DIR)`."""
 
@@ -57,10 +65,11 @@ class Pipeline:
 
     @classmethod
     def load(
-        cls, model_dir: str | Path, backend: str | None = None, device: str = "CPU", verify: bool = True
+        cls, model_dir: str | Path | None = None, backend: str | None = None, device: str = "CPU", verify: bool = True
     ) -> Pipeline:
-        """Open a folder made by `sdcpu convert`, checking its manifest (and file hashes with `verify`)."""
-        folder = Path(model_dir).expanduser()
+        """Open a folder made by `sdcpu convert` (default: the bundled demo model), checking its manifest
+        (and file hashes with `verify`)."""
+        folder = Path(model_dir).expanduser() if model_dir is not None else _demo_folder()
         manifest = Manifest.load(folder)
         manifest.verify(folder, hashes=verify)
         return cls(folder, manifest, backend or NATIVE_BACKEND[manifest.format], device)

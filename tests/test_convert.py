@@ -134,7 +134,7 @@ def test_fp16_halves_the_weights_and_stays_close(fmt, tiny_sd1, sd1_openvino, sd
 def test_failed_convert_leaves_nothing(tiny_sd1, tmp_path, monkeypatch):
     from sdcpu.export import writers
 
-    def broken(spec, folder, precision):
+    def broken(spec, folder, precision, calibrate=None):
         raise RuntimeError("disk full")
 
     monkeypatch.setitem(writers.WRITERS, "onnx", broken)
