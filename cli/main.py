@@ -158,6 +158,62 @@ def evaluate(
         typer.echo(f"{key}: {value:.4f}")
 
 
+@app.command(name="bench")
+def benchmark(
+    model: Annotated[Path | None, typer.Option("--model", "-m", help=MODEL_HELP)] = None,
+    compare: Annotated[Path | None, typer.Option(help="a second model folder, run alternately with the first")] = None,
+    steps: Annotated[int, typer.Option(help="denoising steps per run")] = 20,
+    runs: Annotated[int, typer.Option(help="runs per model (medians are reported)")] = 3,
+    width: Annotated[int | None, typer.Option(help="image width (default: the model's)")] = None,
+    height: Annotated[int | None, typer.Option(help="image height (default: the model's)")] = None,
+    backend: Annotated[str | None, typer.Option(help="openvino or onnxruntime (default: the folder's)")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the results here")] = None,
+) -> None:
+    """Time load, text encoding, each UNet step, VAE decode and the whole run; peak RSS per model."""
+    import json
+
+    from sdcpu.runtime.bench import BenchSettings, bench
+
+    settings = BenchSettings(steps=steps, runs=runs, width=width, height=height, backend=backend)
+    if runs < 1 or steps < 1:
+        raise fail(SdcpuError("--runs and --steps must be at least 1"))
+    for folder in (model, compare):
+        if folder is not None and not folder.is_dir():
+            raise fail(SdcpuError(f"model folder {folder} does not exist; convert a checkpoint with `sdcpu convert`"))
+    folders = [model] if compare is None else [model, compare]
+    report = bench(folders, settings, progress=lambda line: console.print(line, highlight=False))
+    _print_bench(report)
+    if json_out is not None:
+        json_out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def _print_bench(report: dict) -> None:
+    from rich.table import Table
+
+    models = report["models"]
+    table = Table(title=f"sdcpu bench: {report['settings']['steps']} steps, medians of {report['settings']['runs']}")
+    table.add_column("")
+    for i, m in enumerate(models):
+        table.add_column(f"{'AB'[i]}: {m['source']} ({m['precision']})", justify="right")
+    if len(models) == 2:
+        table.add_column("B / A", justify="right")
+    rows = [
+        ("load", "load_s", "s"),
+        ("text encoder", "text_encoder_s", "s"),
+        ("UNet step", "unet_step_s", "s"),
+        ("first UNet step", "unet_first_step_s", "s"),
+        ("VAE decode", "vae_decode_s", "s"),
+        ("end to end", "end_to_end_s", "s"),
+        ("peak RSS", "peak_rss_gb", "GB"),
+    ]
+    for label, key, unit in rows:
+        cells = [f"{m[key]:.3f} {unit}" for m in models]
+        if len(models) == 2:
+            cells.append(f"{models[1][key] / models[0][key]:.2f}x" if models[0][key] else "")
+        table.add_row(label, *cells)
+    Console().print(table)
+
+
 def _calibration(prompts: Path | None, size: int):
     from sdcpu.export.calibration import CalibrationSettings
 

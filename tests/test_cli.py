@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -130,3 +131,21 @@ def test_convert_refuses_bad_requests(tiny_sd1, sd1_openvino, tmp_path):
     result = runner.invoke(app, ["convert", str(tmp_path / "nothing-here"), str(tmp_path / "y")])
     assert result.exit_code == 2 and "does not exist" in result.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_runs_two_models_alternately_and_writes_json(sd1_openvino, sd1_onnx, tmp_path):
+    out = tmp_path / "bench.json"
+    args = ["bench", "--model", str(sd1_openvino), "--compare", str(sd1_onnx), "--steps", "2", "--runs", "2"]
+    result = runner.invoke(app, [*args, "--backend", "openvino", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "B / A" in result.output and "UNet step" in result.output
+    report = json.loads(out.read_text())
+    assert [m["precision"] for m in report["models"]] == ["fp32", "fp32"]
+    for model in report["models"]:
+        assert model["unet_step_s"] > 0 and model["end_to_end_s"] > model["unet_step_s"]
+        assert model["peak_rss_gb"] > 0.05
+
+
+def test_bench_refuses_a_missing_folder(tmp_path):
+    result = runner.invoke(app, ["bench", "--model", str(tmp_path / "nope")])
+    assert result.exit_code == 2 and "does not exist" in result.output

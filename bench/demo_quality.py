@@ -1,0 +1,144 @@
+"""Quality of every conversion of the demo model, by the demo world's oracle on the held-out captions.
+
+    python bench/demo_quality.py [--count 240] [--work DIR]   (needs the [export] extra)
+
+Converts models/demo/source at each format and precision, runs the held-out captions with the same
+seeds through each (and through diffusers on the original weights, with the same initial latents),
+and writes docs/quality.json and docs/quality.md: per-attribute accuracy, and mean SSIM / PSNR against
+the OpenVINO fp32 images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from benchmark import machine  # bench/ is on the path when this file is run as a script
+from sdcpu.export import convert
+from sdcpu.export.calibration import CalibrationSettings
+from sdcpu.models import demo_world as world
+from sdcpu.models.demo_model import SOURCE
+from sdcpu.runtime.evaluation import evaluate
+from sdcpu.runtime.pipeline import Pipeline
+
+STEPS, GUIDANCE = 20, 7.5
+# (format, precision, backend)
+VARIANTS = [
+    ("openvino", "fp32", "openvino"),
+    ("onnx", "fp32", "onnxruntime"),
+    ("openvino", "fp16", "openvino"),
+    ("onnx", "fp16", "onnxruntime"),
+    ("openvino", "int8", "openvino"),
+    ("onnx", "int8", "onnxruntime"),
+    ("openvino", "int8-hybrid", "openvino"),
+    ("openvino", "int4", "openvino"),
+]
+
+
+def sdcpu_runner(folder: Path, backend: str):
+    pipe = Pipeline.load(folder, backend=backend)
+    return lambda caption, seed: pipe(caption, steps=STEPS, guidance=GUIDANCE, seed=seed).array[0]
+
+
+def diffusers_runner():
+    import torch
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(SOURCE, safety_checker=None, requires_safety_checker=False)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    latent = world.SIZE // 4
+
+    def run(caption: str, seed: int) -> np.ndarray:
+        # sdcpu's first draw from default_rng(seed) is the initial noise: give diffusers the same latents.
+        noise = np.random.default_rng(seed).standard_normal((1, 4, latent, latent), dtype=np.float32)
+        out = pipe(
+            caption,
+            num_inference_steps=STEPS,
+            guidance_scale=GUIDANCE,
+            latents=torch.from_numpy(noise),
+            output_type="np",
+            height=world.SIZE,
+            width=world.SIZE,
+        )
+        return out.images[0]
+
+    return run
+
+
+def calibration_prompts(count: int = 64) -> tuple[str, ...]:
+    # Training captions (never the held-out ones): what the demo model will be asked for.
+    train, _ = world.split_scenes()
+    rng = np.random.default_rng(7)
+    return tuple(train[int(i)].caption(int(i)) for i in rng.choice(len(train), count, replace=False))
+
+
+def measure(work: Path, count: int) -> dict:
+    reference = None
+    results = {}
+    calibration = CalibrationSettings(prompts=calibration_prompts(), size=128)
+    for fmt, precision, backend in VARIANTS:
+        folder = work / f"{fmt}-{precision}"
+        if not folder.exists():
+            convert(str(SOURCE), folder, fmt, precision, calibration=calibration, progress=lambda _: None)
+        start = time.perf_counter()
+        report = evaluate(sdcpu_runner(folder, backend), count, reference)
+        name = f"sdcpu {fmt} {precision} ({backend})"
+        results[name] = {**report.summary(), "seconds": time.perf_counter() - start}
+        results[name]["folder_mb"] = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6
+        print(name, results[name], flush=True)
+        if reference is None:
+            reference = sdcpu_runner(folder, backend)
+    start = time.perf_counter()
+    report = evaluate(diffusers_runner(), count, reference)
+    results["diffusers fp32 (PyTorch, original weights)"] = {**report.summary(), "seconds": time.perf_counter() - start}
+    return results
+
+
+def render(record: dict) -> str:
+    attributes = [*world.ATTRIBUTES, "all"]
+    lines = [
+        "# Quality",
+        "",
+        f"Machine: {record['machine']}. Produced by `python bench/demo_quality.py`.",
+        "",
+        f"The bundled demo model on the {record['count']} held-out captions of its world (attribute combinations",
+        f"never seen in training), {STEPS} DDIM steps (the model's scheduler), guidance {GUIDANCE}, seed = caption",
+        "index. Accuracy is the oracle's verdict (`models/demo_world.py`); `all` means every named attribute is",
+        "right. SSIM and PSNR compare each image with the OpenVINO fp32 image of the same caption and seed.",
+        "int8-hybrid is calibrated on 128 UNet inputs from 64 training captions.",
+        "",
+        "| model | " + " | ".join(attributes) + " | SSIM | PSNR (dB) | folder (MB) |",
+        "|---|" + "---:|" * (len(attributes) + 3),
+    ]
+    for name, r in record["results"].items():
+        accuracy = " | ".join(f"{100 * r[f'accuracy_{a}']:.1f}%" for a in attributes)
+        ssim = f"{r['ssim_mean']:.4f}" if "ssim_mean" in r else "(reference)"
+        psnr = f"{r['psnr_mean_db']:.1f}" if "psnr_mean_db" in r else ""
+        size = f"{r['folder_mb']:.1f}" if "folder_mb" in r else ""
+        lines.append(f"| {name} | {accuracy} | {ssim} | {psnr} | {size} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=240)
+    parser.add_argument("--work", type=Path, help="keep the conversions here (default: a temporary folder)")
+    parser.add_argument("--docs", type=Path, default=Path(__file__).parent.parent / "docs")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        results = measure(work, args.count)
+    record = {"machine": machine(), "count": args.count}
+    record["results"] = results
+    (args.docs / "quality.json").write_text(json.dumps(record, indent=2) + "\n")
+    (args.docs / "quality.md").write_text(render(record))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""`sdcpu bench`: where the time and memory of a generation go, for one model folder or two side by side.
+
+Each model runs in its own worker process, so that its peak RSS is its own and one model's caches do
+not help the other; with two models the runs alternate (A B A B ...), because on a shared or
+thermally throttled machine only same-run ratios mean anything. Each component is timed by wrapping
+the pipeline's model objects; the denoising loop itself is the pipeline's, unchanged.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import resource
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PROMPT = "a photograph of an astronaut riding a horse"
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    steps: int = 20
+    runs: int = 3
+    width: int | None = None
+    height: int | None = None
+    guidance: float = 7.5
+    backend: str | None = None
+    device: str = "CPU"
+
+
+class _Timed:
+    """Calls the wrapped model and records how long each call took."""
+
+    def __init__(self, model: Any):
+        self.model, self.seconds = model, []  # type: ignore[var-annotated]
+
+    def __call__(self, **inputs: np.ndarray) -> np.ndarray:
+        start = time.perf_counter()
+        out = self.model(**inputs)
+        self.seconds.append(time.perf_counter() - start)
+        return out
+
+
+def _peak_rss_gb() -> float:
+    kilobytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, KiB on Linux
+    return kilobytes / (1024**3 if sys.platform == "darwin" else 1024**2)
+
+
+def _worker(folder: str | None, settings: BenchSettings, conn: Any) -> None:
+    from sdcpu.runtime.pipeline import Pipeline
+
+    start = time.perf_counter()
+    pipe = Pipeline.load(folder, backend=settings.backend, device=settings.device)
+    load_s = time.perf_counter() - start
+    for name in ("text_encoder", "unet", "vae_decoder"):
+        setattr(pipe, name, _Timed(getattr(pipe, name)))
+    conn.send({"load_s": load_s, "source": pipe.manifest.source, "precision": pipe.manifest.precision})
+    while conn.recv():
+        timed = {name: getattr(pipe, name) for name in ("text_encoder", "unet", "vae_decoder")}
+        for t in timed.values():
+            t.seconds = []
+        start = time.perf_counter()
+        kwargs = {"steps": settings.steps, "guidance": settings.guidance, "seed": 0}
+        pipe(PROMPT, width=settings.width, height=settings.height, **kwargs)
+        conn.send(
+            {
+                "end_to_end_s": time.perf_counter() - start,
+                "text_encoder_s": sum(timed["text_encoder"].seconds),
+                "unet_steps_s": timed["unet"].seconds,
+                "vae_decode_s": sum(timed["vae_decoder"].seconds),
+                "peak_rss_gb": _peak_rss_gb(),
+            }
+        )
+
+
+def bench(folders: list[Path | None], settings: BenchSettings, progress=print) -> dict[str, Any]:
+    """Run each folder (None: the demo model) `settings.runs` times, alternating; medians per folder."""
+    context = mp.get_context("spawn")
+    workers = []
+    for folder in folders:
+        ours, theirs = context.Pipe()
+        process = context.Process(target=_worker, args=(None if folder is None else str(folder), settings, theirs))
+        process.start()
+        workers.append((ours, process, ours.recv()))
+    runs: list[list[dict[str, Any]]] = [[] for _ in folders]
+    try:
+        for i in range(settings.runs):
+            for k, (conn, _, _) in enumerate(workers):
+                conn.send(True)
+                runs[k].append(conn.recv())
+                progress(f"run {i + 1}/{settings.runs}, model {k + 1}: {runs[k][-1]['end_to_end_s']:.2f} s")
+    finally:
+        for conn, process, _ in workers:
+            conn.send(False)
+            process.join()
+    return {"settings": settings.__dict__, "models": [_summary(w[2], r) for w, r in zip(workers, runs, strict=True)]}
+
+
+def _summary(info: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
+    # The first UNet call of a run includes OpenVINO's compile for the shape on the first run only.
+    steps = [s for run in runs for s in run["unet_steps_s"][1:]] or [runs[0]["unet_steps_s"][0]]
+    return {
+        **info,
+        "unet_step_s": statistics.median(steps),
+        "unet_first_step_s": runs[0]["unet_steps_s"][0],
+        **{key: statistics.median(r[key] for r in runs) for key in ("text_encoder_s", "vae_decode_s", "end_to_end_s")},
+        "peak_rss_gb": max(r["peak_rss_gb"] for r in runs),
+    }

