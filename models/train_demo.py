@@ -281,7 +281,8 @@ def main() -> None:
             print(f"{step} loss {loss:.4f} {trainer.state['seconds'] / 60:.1f} min{extra}", flush=True)
             trainer.save()
             last_save = time.monotonic()
-    trainer.save()
+    if not args.export_only:
+        trainer.save()
     if args.out:
         trainer.export(args.out)
         print(f"wrote {args.out}", flush=True)
