@@ -113,6 +113,7 @@ class Trainer:
         self.rng = np.random.default_rng(seed)
         self.train_scenes, _ = world.split_scenes()
         self._cache: tuple[np.ndarray, np.ndarray] | None = None
+        self.min_x0_weight = 0.0
 
     # -- checkpoints -------------------------------------------------------------------------
     def save(self) -> None:
@@ -200,10 +201,12 @@ class Trainer:
         t = torch.where(torch.rand(batch_size) < 0.5, 500 + t // 2, t)
         noisy = self.noise.add_noise(latents, noise, t)
         pred = self.unet(noisy, t, self.text(ids)[0]).sample
-        # min-SNR-5 weighting (Hang et al., https://arxiv.org/abs/2303.09556): w = min(SNR, 5) / SNR.
+        # min-SNR-5 weighting (Hang et al., https://arxiv.org/abs/2303.09556): w = min(SNR, 5) / SNR, i.e. the
+        # error in x0 = (x_t - sqrt(1 - a) eps) / sqrt(a) weighs min(SNR, 5). `min_x0_weight` raises that
+        # weight to at least the floor at high noise, where the layout (the shape's position) is decided.
         alpha_bar = self.noise.alphas_cumprod[t]
         snr = alpha_bar / (1 - alpha_bar)
-        weight = torch.clamp(snr, max=5.0) / snr
+        weight = torch.clamp(snr, min=self.min_x0_weight, max=5.0) / snr
         loss = (weight * F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
         self.opt.zero_grad()
         loss.backward()
@@ -255,11 +258,13 @@ def main() -> None:
     parser.add_argument("--checkpoint-minutes", type=float, default=3.0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--min-x0-weight", type=float, default=0.0, help="floor of the x0-error weight")
     parser.add_argument("--export-only", action="store_true", help="write --out from the last checkpoint and stop")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     trainer = Trainer(args.work, args.seed)
+    trainer.min_x0_weight = args.min_x0_weight
     print("resumed" if trainer.resume() else "fresh start", trainer.state, flush=True)
     if args.export_only:
         args.vae_steps = args.steps = 0
