@@ -70,6 +70,16 @@ def test_demo_matches_diffusers_on_the_original_weights():
         assert float(np.abs(generate(None, seed=seed) - theirs).max()) <= 2 / 255
 
 
+def test_pixel_slice_golden():
+    # Red and blue channels where the circle of CAPTION should be (x = 0.27, y = 0.5), seed 0, recorded from
+    # the bundled model. 2/255 absorbs differences between CPU instruction sets and OpenVINO versions.
+    image = generate(None)
+    red = [[0.8505, 0.8846, 0.8871], [0.8465, 0.8820, 0.8814], [0.8290, 0.8642, 0.8652]]
+    blue = [[0.2668, 0.2870, 0.2958], [0.3073, 0.3259, 0.3279], [0.3244, 0.3455, 0.3446]]
+    np.testing.assert_allclose(image[30:33, 15:18, 0], red, atol=2 / 255)
+    np.testing.assert_allclose(image[30:33, 15:18, 2], blue, atol=2 / 255)
+
+
 def test_sixteen_caption_sample_reaches_the_full_set_accuracy():
     pipe = Pipeline.load()
     report = evaluate(lambda caption, seed: pipe(caption, seed=seed).array[0], count=16)
@@ -79,8 +89,11 @@ def test_sixteen_caption_sample_reaches_the_full_set_accuracy():
 def test_first_command_of_the_readme_needs_no_model(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     prompt = "a red circle on the left, blue background"
-    result = CliRunner().invoke(app, ["generate", prompt, "--out", "out.png"])
+    # The README's command, with a fixed seed so that the oracle's verdict is reproducible.
+    result = CliRunner().invoke(app, ["generate", prompt, "--out", "out.png", "--seed", "0"])
     assert result.exit_code == 0, result.output
     image = Image.open(tmp_path / "out.png")
     assert image.size == (world.SIZE, world.SIZE)
     assert image.info["prompt"] == prompt and "sdcpu" in image.info
+    seen = world.judge(image)
+    assert (seen["shape"], seen["colour"], seen["position"], seen["background"]) == ("circle", "red", "left", "blue")
