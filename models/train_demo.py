@@ -148,6 +148,19 @@ class Trainer:
         self.state.update(meta)
         return True
 
+    def init_from(self, folder: Path, vae_steps: int, cache: int) -> None:
+        """Continue from a trained diffusers folder (such as models/demo/source): its weights become the live
+        and the EMA weights, the VAE stage is skipped and the latent cache rebuilt. Optimiser state starts anew."""
+        from safetensors.torch import load_file
+
+        self.vae.load_state_dict(load_file(folder / "vae" / "diffusion_pytorch_model.safetensors"))
+        self.unet.load_state_dict(load_file(folder / "unet" / "diffusion_pytorch_model.safetensors"))
+        self.text.load_state_dict(load_file(folder / "text_encoder" / "model.safetensors"))
+        self.ema = [p.detach().clone() for p in (*self.unet.parameters(), *self.text.parameters())]
+        scaling = json.loads((folder / "vae" / "config.json").read_text())["scaling_factor"]
+        self.state.update(vae_step=vae_steps, scaling_factor=scaling)
+        self.build_latent_cache(cache)
+
     # -- stage 1: the VAE ----------------------------------------------------------------------
     def vae_step(self, batch_size: int) -> float:
         images, _ = batch(self.train_scenes, self.rng, batch_size)
@@ -259,13 +272,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--min-x0-weight", type=float, default=0.0, help="floor of the x0-error weight")
+    parser.add_argument("--init-from", type=Path, help="start from this trained diffusers folder (fine-tuning)")
     parser.add_argument("--export-only", action="store_true", help="write --out from the last checkpoint and stop")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     trainer = Trainer(args.work, args.seed)
     trainer.min_x0_weight = args.min_x0_weight
-    print("resumed" if trainer.resume() else "fresh start", trainer.state, flush=True)
+    resumed = trainer.resume()
+    if not resumed and args.init_from:
+        trainer.init_from(args.init_from, args.vae_steps, args.cache)
+    print("resumed" if resumed else f"start from {args.init_from or 'scratch'}", trainer.state, flush=True)
     if args.export_only:
         args.vae_steps = args.steps = 0
     last_save, start = time.monotonic(), time.monotonic() - trainer.state["seconds"]

@@ -32,11 +32,15 @@ def evaluate(
     count: int = 240,
     reference: Callable[[str, int], np.ndarray] | None = None,
 ) -> EvalReport:
-    """Score `generate(caption, seed) -> float image` on `count` held-out scenes (seed = index);
-    with `reference`, also compare each image with the reference's for the same caption and seed."""
+    """Score `generate(caption, seed) -> float image` on `count` held-out scenes spread evenly over the
+    set (seed = the scene's index, so a smaller count is a subset of the full run); with `reference`,
+    also compare each image with the reference's for the same caption and seed."""
     _, held_out = world.split_scenes()
     report = EvalReport()
-    for i, scene in enumerate(held_out[:count]):
+    # The held-out list is ordered by shape, then colour: a prefix would be all circles.
+    picks = sorted({int(i) for i in np.linspace(0, len(held_out) - 1, min(count, len(held_out))).round()})
+    for i in picks:
+        scene = held_out[i]
         caption = scene.caption(i)
         image = generate(caption, i)
         pixels = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
