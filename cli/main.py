@@ -175,13 +175,11 @@ def benchmark(
     from sdcpu.runtime.bench import BenchSettings, bench
 
     settings = BenchSettings(steps=steps, runs=runs, width=width, height=height, backend=backend)
-    if runs < 1 or steps < 1:
-        raise fail(SdcpuError("--runs and --steps must be at least 1"))
-    for folder in (model, compare):
-        if folder is not None and not folder.is_dir():
-            raise fail(SdcpuError(f"model folder {folder} does not exist; convert a checkpoint with `sdcpu convert`"))
     folders = [model] if compare is None else [model, compare]
-    report = bench(folders, settings, progress=lambda line: console.print(line, highlight=False))
+    try:
+        report = bench(folders, settings, progress=lambda line: console.print(line, highlight=False))
+    except SdcpuError as err:
+        raise fail(err) from None
     _print_bench(report)
     if json_out is not None:
         json_out.write_text(json.dumps(report, indent=2) + "\n")

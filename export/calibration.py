@@ -61,10 +61,11 @@ def collect_unet_inputs(
     tokenizer = ClipTokenizer(tokenizer_dir)
     rng = np.random.default_rng(settings.seed)
     steps = max(1, math.ceil(settings.size / len(settings.prompts)))
+    config = SchedulerConfig.from_dict(scheduler_config)
     samples: list[dict[str, np.ndarray]] = []
     for prompt in settings.prompts:
         embeddings = text_encoder(tokenizer(["", prompt]))[0]
-        scheduler = make_scheduler("ddim", SchedulerConfig.from_dict(scheduler_config))
+        scheduler = make_scheduler("ddim", config)
         scheduler.set_timesteps(steps)
         x = rng.standard_normal((1, *latent_shape), dtype=np.float32) * np.float32(scheduler.init_noise_sigma)
         for t in scheduler.timesteps:

@@ -97,6 +97,7 @@ def _export_components(
 ) -> list[str]:
     files: list[str] = []
     loaded: dict[str, Any] = {}
+    calibrate = _calibrator(src, staged, calibration, progress) if calibration is not None else None
     for component in COMPONENTS:
         start = time.perf_counter()
         kind, make_spec = COMPONENT_SPECS[component]
@@ -106,8 +107,7 @@ def _export_components(
         folder = staged / component
         folder.mkdir()
         exact = component_precision(precision, component)
-        calibrate = _calibrator(src, staged, calibration, progress) if exact == "int8-hybrid" else None
-        names = WRITERS[fmt](make_spec(loaded[kind]), folder, exact, calibrate)
+        names = WRITERS[fmt](make_spec(loaded[kind]), folder, exact, calibrate if exact == "int8-hybrid" else None)
         (folder / "config.json").write_text(json.dumps(_config_dict(loaded[kind]), indent=2, default=str))
         files += [f"{component}/{name}" for name in names]
         progress(f"{component}: exported to {fmt} {exact} in {time.perf_counter() - start:.1f} s")
@@ -115,10 +115,7 @@ def _export_components(
     return files
 
 
-def _calibrator(
-    src: Source, staged: Path, settings: CalibrationSettings | None, progress: Callable[[str], None]
-) -> Calibrate:
-    assert settings is not None
+def _calibrator(src: Source, staged: Path, settings: CalibrationSettings, progress: Callable[[str], None]) -> Calibrate:
     shape = (int(src.unet_config.get("in_channels", 4)), *([int(src.unet_config.get("sample_size", 64))] * 2))
 
     def calibrate(unet: Any) -> list[dict[str, Any]]:

@@ -65,7 +65,7 @@ def _hybrid(model: Any, calibration: Sequence[dict[str, np.ndarray]]) -> Any:
     if not calibration:
         raise ValueError("int8-hybrid needs calibration samples")
     # Weight-only int8 for everything but convolutions; those get int8 weights *and* activations.
-    weighted = _ops_with_constant_weights(model, skip_types=("Convolution",))
+    weighted = _matmuls_with_constant_weights(model)
     compressed = nncf.compress_weights(
         model,
         mode=nncf.CompressWeightsMode.INT8_ASYM,
@@ -81,10 +81,11 @@ def _hybrid(model: Any, calibration: Sequence[dict[str, np.ndarray]]) -> Any:
     )
 
 
-def _ops_with_constant_weights(model: Any, skip_types: tuple[str, ...]) -> list[str]:
+def _matmuls_with_constant_weights(model: Any) -> list[str]:
+    """MatMuls and embedding lookups (Gather) with a weight: weight-only int8, float activations."""
     names = []
     for op in model.get_ops():
-        if op.get_type_name() not in ("MatMul", "Gather", "Convolution") or op.get_type_name() in skip_types:
+        if op.get_type_name() not in ("MatMul", "Gather"):
             continue
         producers = [op.input_value(i).get_node() for i in range(op.get_input_size())]
         if any(_is_constant(p) for p in producers):

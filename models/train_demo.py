@@ -104,7 +104,7 @@ class Trainer:
             )
         )
         self.vae_opt = torch.optim.AdamW(self.vae.parameters(), lr=1e-3)
-        params = [*self.unet.parameters(), *self.text.parameters()]
+        params = self.diffusion_params()
         self.opt = torch.optim.AdamW(params, lr=5e-4, weight_decay=1e-4)
         # An exponential moving average of the weights samples better than the last iterate; it is what ships.
         self.ema = [p.detach().clone() for p in params]
@@ -114,6 +114,10 @@ class Trainer:
         self.train_scenes, _ = world.split_scenes()
         self._cache: tuple[np.ndarray, np.ndarray] | None = None
         self.min_x0_weight = 0.0
+
+    def diffusion_params(self) -> list[torch.nn.Parameter]:
+        """What stage 2 trains (and averages): the UNet and the text encoder."""
+        return [*self.unet.parameters(), *self.text.parameters()]
 
     # -- checkpoints -------------------------------------------------------------------------
     def save(self) -> None:
@@ -156,7 +160,7 @@ class Trainer:
         self.vae.load_state_dict(load_file(folder / "vae" / "diffusion_pytorch_model.safetensors"))
         self.unet.load_state_dict(load_file(folder / "unet" / "diffusion_pytorch_model.safetensors"))
         self.text.load_state_dict(load_file(folder / "text_encoder" / "model.safetensors"))
-        self.ema = [p.detach().clone() for p in (*self.unet.parameters(), *self.text.parameters())]
+        self.ema = [p.detach().clone() for p in self.diffusion_params()]
         scaling = json.loads((folder / "vae" / "config.json").read_text())["scaling_factor"]
         self.state.update(vae_step=vae_steps, scaling_factor=scaling)
         self.build_latent_cache(cache)
@@ -223,11 +227,11 @@ class Trainer:
         loss = (weight * F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
         self.opt.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_([*self.unet.parameters(), *self.text.parameters()], 1.0)
+        torch.nn.utils.clip_grad_norm_(self.diffusion_params(), 1.0)
         self.opt.step()
         self.state["step"] += 1
         decay = min(0.999, (1 + self.state["step"]) / (10 + self.state["step"]))
-        live = [p.detach() for p in (*self.unet.parameters(), *self.text.parameters())]
+        live = [p.detach() for p in self.diffusion_params()]
         torch._foreach_lerp_(self.ema, live, 1 - decay)
         return float(loss.detach())
 
@@ -247,7 +251,7 @@ class Trainer:
 
         out.mkdir(parents=True, exist_ok=True)
         with torch.no_grad():
-            for live, ema in zip((*self.unet.parameters(), *self.text.parameters()), self.ema, strict=True):
+            for live, ema in zip(self.diffusion_params(), self.ema, strict=True):
                 live.copy_(ema)
         self.vae.register_to_config(scaling_factor=self.state["scaling_factor"])
         self.vae.save_pretrained(out / "vae")

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sdcpu.runtime.errors import SdcpuError
+from sdcpu.runtime.manifest import Manifest
 
 PROMPT = "a photograph of an astronaut riding a horse"
 
@@ -37,7 +39,8 @@ class _Timed:
     """Calls the wrapped model and records how long each call took."""
 
     def __init__(self, model: Any):
-        self.model, self.seconds = model, []  # type: ignore[var-annotated]
+        self.model = model
+        self.seconds: list[float] = []
 
     def __call__(self, **inputs: np.ndarray) -> np.ndarray:
         start = time.perf_counter()
@@ -52,18 +55,25 @@ def _peak_rss_gb() -> float:
 
 
 def _worker(folder: str | None, settings: BenchSettings, conn: Any) -> None:
+    try:
+        _serve(folder, settings, conn)
+    except SdcpuError as err:  # the parent raises it again: bad input reads the same as in `generate`
+        conn.send({"error": str(err)})
+
+
+def _serve(folder: str | None, settings: BenchSettings, conn: Any) -> None:
     from sdcpu.runtime.pipeline import Pipeline
 
     start = time.perf_counter()
     pipe = Pipeline.load(folder, backend=settings.backend, device=settings.device)
     load_s = time.perf_counter() - start
-    for name in ("text_encoder", "unet", "vae_decoder"):
-        setattr(pipe, name, _Timed(getattr(pipe, name)))
+    timed = {name: _Timed(getattr(pipe, name)) for name in ("text_encoder", "unet", "vae_decoder")}
+    for name, model in timed.items():
+        setattr(pipe, name, model)
     conn.send({"load_s": load_s, "source": pipe.manifest.source, "precision": pipe.manifest.precision})
     while conn.recv():
-        timed = {name: getattr(pipe, name) for name in ("text_encoder", "unet", "vae_decoder")}
-        for t in timed.values():
-            t.seconds = []
+        for model in timed.values():
+            model.seconds = []
         start = time.perf_counter()
         kwargs = {"steps": settings.steps, "guidance": settings.guidance, "seed": 0}
         pipe(PROMPT, width=settings.width, height=settings.height, **kwargs)
@@ -78,27 +88,46 @@ def _worker(folder: str | None, settings: BenchSettings, conn: Any) -> None:
         )
 
 
+def _receive(conn: Any) -> dict[str, Any]:
+    try:
+        message = conn.recv()
+    except EOFError:
+        raise SdcpuError("a bench worker process died; run `sdcpu generate` with the same model to see why") from None
+    if "error" in message:
+        raise SdcpuError(message["error"])
+    return message
+
+
 def bench(folders: list[Path | None], settings: BenchSettings, progress=print) -> dict[str, Any]:
     """Run each folder (None: the demo model) `settings.runs` times, alternating; medians per folder."""
-    context = mp.get_context("spawn")
-    workers = []
+    if settings.runs < 1 or settings.steps < 1:
+        raise SdcpuError("--runs and --steps must be at least 1")
     for folder in folders:
-        ours, theirs = context.Pipe()
-        process = context.Process(target=_worker, args=(None if folder is None else str(folder), settings, theirs))
-        process.start()
-        workers.append((ours, process, ours.recv()))
+        if folder is not None:
+            Manifest.load(folder)  # a missing or foreign folder is refused before any worker starts
+    context = mp.get_context("spawn")
+    workers: list[tuple[Any, Any]] = []
+    infos: list[dict[str, Any]] = []
     runs: list[list[dict[str, Any]]] = [[] for _ in folders]
     try:
+        for folder in folders:
+            ours, theirs = context.Pipe()
+            process = context.Process(target=_worker, args=(None if folder is None else str(folder), settings, theirs))
+            process.start()
+            theirs.close()  # only the worker holds its end, so its exit ends our recv()
+            workers.append((ours, process))
+            infos.append(_receive(ours))
         for i in range(settings.runs):
-            for k, (conn, _, _) in enumerate(workers):
+            for k, (conn, _) in enumerate(workers):
                 conn.send(True)
-                runs[k].append(conn.recv())
+                runs[k].append(_receive(conn))
                 progress(f"run {i + 1}/{settings.runs}, model {k + 1}: {runs[k][-1]['end_to_end_s']:.2f} s")
     finally:
-        for conn, process, _ in workers:
-            conn.send(False)
+        for conn, process in workers:
+            if process.is_alive():
+                conn.send(False)
             process.join()
-    return {"settings": settings.__dict__, "models": [_summary(w[2], r) for w, r in zip(workers, runs, strict=True)]}
+    return {"settings": settings.__dict__, "models": [_summary(i, r) for i, r in zip(infos, runs, strict=True)]}
 
 
 def _summary(info: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -149,3 +149,8 @@ def test_bench_runs_two_models_alternately_and_writes_json(sd1_openvino, sd1_onn
 def test_bench_refuses_a_missing_folder(tmp_path):
     result = runner.invoke(app, ["bench", "--model", str(tmp_path / "nope")])
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_bench_reports_a_worker_error_instead_of_hanging(sd1_openvino):
+    result = runner.invoke(app, ["bench", "--model", str(sd1_openvino), "--backend", "nope", "--steps", "1"])
+    assert result.exit_code == 2 and "unknown backend" in result.output
