@@ -22,6 +22,8 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 MODEL_HELP = "folder made by `sdcpu convert` (default: the bundled demo model)"
+LOW_MEMORY_HELP = "one network in memory at a time, batch-1 guidance, tiled VAE decode: slower, far smaller peak"
+CACHE_HELP = "keep OpenVINO's compiled models in $SDCPU_CACHE_DIR or ~/.cache/sdcpu for a warm next start"
 
 
 class Format(str, Enum):
@@ -95,6 +97,8 @@ def generate(
     device: Annotated[str, typer.Option(help="OpenVINO device: CPU, GPU, AUTO")] = "CPU",
     init_image: Annotated[Path | None, typer.Option(help="start from this image (img2img)")] = None,
     strength: Annotated[float, typer.Option(help="img2img: how much to change the init image, (0, 1]")] = 0.8,
+    low_memory: Annotated[bool, typer.Option(help=LOW_MEMORY_HELP)] = False,
+    cache: Annotated[bool, typer.Option(help=CACHE_HELP)] = True,
 ) -> None:
     """Generate images from a prompt (or from an init image and a prompt)."""
     from sdcpu.cli.progress import StepProgress
@@ -103,7 +107,8 @@ def generate(
     try:
         _check_writable(out)
         with console.status("loading model"):
-            pipe = Pipeline.load(model, backend=backend, device=device)
+            cache_dir = "auto" if cache else None
+            pipe = Pipeline.load(model, backend=backend, device=device, cache_dir=cache_dir, low_memory=low_memory)
         with warnings.catch_warnings(record=True) as caught, StepProgress(console) as progress:
             warnings.simplefilter("always")
             result = pipe(
@@ -168,13 +173,23 @@ def benchmark(
     height: Annotated[int | None, typer.Option(help="image height (default: the model's)")] = None,
     backend: Annotated[str | None, typer.Option(help="openvino or onnxruntime (default: the folder's)")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the results here")] = None,
+    low_memory: Annotated[bool, typer.Option(help=LOW_MEMORY_HELP)] = False,
+    cache: Annotated[bool, typer.Option(help=CACHE_HELP)] = True,
 ) -> None:
     """Time load, text encoding, each UNet step, VAE decode and the whole run; peak RSS per model."""
     import json
 
     from sdcpu.runtime.bench import BenchSettings, bench
 
-    settings = BenchSettings(steps=steps, runs=runs, width=width, height=height, backend=backend)
+    settings = BenchSettings(
+        steps=steps,
+        runs=runs,
+        width=width,
+        height=height,
+        backend=backend,
+        cache_dir="auto" if cache else None,
+        low_memory=low_memory,
+    )
     folders = [model] if compare is None else [model, compare]
     try:
         report = bench(folders, settings, progress=lambda line: console.print(line, highlight=False))

@@ -138,13 +138,15 @@ def judge(image: Image.Image | np.ndarray) -> dict[str, str | None]:
     centre = np.array([xs.mean(), ys.mean()]) / SIZE
     seen["colour"] = _nearest_colour(np.median(pixels[mask], axis=0))
     seen["size"] = "large" if extent > SIZE * (SIZES["small"] + SIZES["large"]) else "small"
-    seen["shape"] = max(SHAPES, key=lambda shape: _iou(mask, _template(shape, x0, x1 + 1, y0, y1 + 1)))
+    seen["shape"] = max(SHAPES, key=lambda shape: _iou(mask, _template(shape, x0, x1, y0, y1)))
     seen["position"] = min(POSITIONS, key=lambda p: float(np.sum((centre - np.array(POSITIONS[p])) ** 2)))
     return seen
 
 
 def _template(shape: str, x0: float, x1: float, y0: float, y1: float) -> np.ndarray:
-    """The ideal silhouette of `shape` filling the box, as a mask."""
+    """The ideal silhouette of `shape` filling the box, as a mask. The box is inclusive (x1 is the last
+    pixel column), as Pillow draws it: on exact renders a box one pixel larger lowers the true shape's
+    IoU from 0.96 to 0.86 on average and its margin over the next best shape from 0.20 to 0.06 at worst."""
     image = Image.new("L", (SIZE, SIZE), 0)
     draw = ImageDraw.Draw(image)
     if shape == "circle":

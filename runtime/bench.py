@@ -33,6 +33,8 @@ class BenchSettings:
     guidance: float = 7.5
     backend: str | None = None
     device: str = "CPU"
+    cache_dir: str | None = "auto"  # as Pipeline.load: "auto", a folder, or None for no compile cache
+    low_memory: bool = False
 
 
 class _Timed:
@@ -47,6 +49,9 @@ class _Timed:
         out = self.model(**inputs)
         self.seconds.append(time.perf_counter() - start)
         return out
+
+    def release(self) -> None:
+        self.model.release()
 
 
 def _peak_rss_gb() -> float:
@@ -65,7 +70,13 @@ def _serve(folder: str | None, settings: BenchSettings, conn: Any) -> None:
     from sdcpu.runtime.pipeline import Pipeline
 
     start = time.perf_counter()
-    pipe = Pipeline.load(folder, backend=settings.backend, device=settings.device)
+    pipe = Pipeline.load(
+        folder,
+        backend=settings.backend,
+        device=settings.device,
+        cache_dir=settings.cache_dir,
+        low_memory=settings.low_memory,
+    )
     load_s = time.perf_counter() - start
     timed = {name: _Timed(getattr(pipe, name)) for name in ("text_encoder", "unet", "vae_decoder")}
     for name, model in timed.items():

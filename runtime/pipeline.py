@@ -5,6 +5,7 @@ Torch-free: numpy drives the loop; OpenVINO or ONNX Runtime run the networks.
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,8 +19,11 @@ from sdcpu.runtime.errors import SdcpuError
 from sdcpu.runtime.manifest import Manifest
 from sdcpu.runtime.schedulers import Scheduler, SchedulerConfig, default_scheduler_name, make_scheduler
 from sdcpu.runtime.settings import GenerationSettings
+from sdcpu.runtime.tiling import decode_tiled
 from sdcpu.runtime.tokenizer import ClipTokenizer
 
+# --low-memory decodes tiles of 32x32 latents (256x256 pixels for SD) that share 8 latent pixels.
+VAE_TILE, VAE_TILE_OVERLAP = 32, 8
 Callback = Callable[[int, int, np.ndarray], bool | None]
 
 
@@ -43,6 +47,13 @@ class PipelineResult:
         return paths
 
 
+def default_cache_dir() -> Path:
+    """Where compiled models are cached unless told otherwise: $SDCPU_CACHE_DIR, else the user cache."""
+    if os.environ.get("SDCPU_CACHE_DIR"):
+        return Path(os.environ["SDCPU_CACHE_DIR"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "sdcpu" / "openvino"
+
+
 def _demo_folder() -> Path:
     from sdcpu.models.demo_model import CONVERTED
 
@@ -54,8 +65,17 @@ def _demo_folder() -> Path:
 class Pipeline:
     """A converted model folder, loaded for generation. Build it with `Pipeline.load(DIR)`."""
 
-    def __init__(self, folder: Path, manifest: Manifest, backend: str, device: str):
+    def __init__(
+        self,
+        folder: Path,
+        manifest: Manifest,
+        backend: str,
+        device: str,
+        cache_dir: Path | None = None,
+        low_memory: bool = False,
+    ):
         self.folder, self.manifest, self.backend, self.device = folder, manifest, backend, device
+        self.cache_dir, self.low_memory = cache_dir, low_memory
         self.tokenizer = ClipTokenizer(folder / "tokenizer")
         self.scheduler_config = SchedulerConfig.load(folder / "scheduler" / "scheduler_config.json")
         self.text_encoder = self._load("text_encoder")
@@ -65,17 +85,28 @@ class Pipeline:
 
     @classmethod
     def load(
-        cls, model_dir: str | Path | None = None, backend: str | None = None, device: str = "CPU", verify: bool = True
+        cls,
+        model_dir: str | Path | None = None,
+        backend: str | None = None,
+        device: str = "CPU",
+        verify: bool = True,
+        cache_dir: str | Path | None = "auto",
+        low_memory: bool = False,
     ) -> Pipeline:
         """Open a folder made by `sdcpu convert` (default: the bundled demo model), checking its manifest
-        (and file hashes with `verify`)."""
+        (and file hashes with `verify`). `cache_dir`: where OpenVINO keeps compiled models, so that the
+        next process starts warm ("auto": $SDCPU_CACHE_DIR or ~/.cache/sdcpu; None: no cache).
+        `low_memory`: hold one network at a time, run guidance as two batch-1 UNet calls and decode the
+        image in tiles; slower, with a much smaller peak RSS."""
         folder = Path(model_dir).expanduser() if model_dir is not None else _demo_folder()
         manifest = Manifest.load(folder)
         manifest.verify(folder, hashes=verify)
-        return cls(folder, manifest, backend or NATIVE_BACKEND[manifest.format], device)
+        cache = default_cache_dir() if cache_dir == "auto" else None if cache_dir is None else Path(cache_dir)
+        return cls(folder, manifest, backend or NATIVE_BACKEND[manifest.format], device, cache, low_memory)
 
     def _load(self, component: str) -> Model:
-        return load_model(self.backend, self.manifest.graph_path(self.folder, component), self.device)
+        path = self.manifest.graph_path(self.folder, component)
+        return load_model(self.backend, path, self.device, self.cache_dir, lazy=self.low_memory)
 
     @property
     def vae_encoder(self) -> Model:
@@ -164,7 +195,7 @@ class Pipeline:
             model_input = np.concatenate([x, x]) if cfg else x
             model_input = scheduler.scale_model_input(model_input, t)
             timestep = np.full(len(model_input), t, dtype=np.float32)
-            eps = self.unet(sample=model_input, timestep=timestep, encoder_hidden_states=embeddings)
+            eps = self._predict_noise(model_input, timestep, embeddings)
             if cfg:
                 eps_uncond, eps_text = np.split(eps, 2)
                 eps = eps_uncond + np.float32(s.guidance) * (eps_text - eps_uncond)
@@ -173,14 +204,33 @@ class Pipeline:
             if callback is not None and callback(done, len(timesteps), x) is False:
                 break
         # 5. Decode: z / scaling_factor through the VAE decoder, to [0, 1] pixels.
-        decoded = self.vae_decoder(latent_sample=(x / np.float32(self.manifest.vae_scaling_factor)).astype(np.float32))
+        decoded = self._decode((x / np.float32(self.manifest.vae_scaling_factor)).astype(np.float32))
         array = imaging.decoded_to_float(decoded)
         return PipelineResult(imaging.float_to_pil(array), array, s, done)
 
     def _encode_text(self, prompt: str, negative: str, n: int, cfg: bool) -> np.ndarray:
         prompts = [negative, prompt] if cfg else [prompt]
         hidden = self.text_encoder(input_ids=self.tokenizer(prompts))
+        if self.low_memory:
+            self.text_encoder.release()
         return np.repeat(hidden, n, axis=0).astype(np.float32)  # [neg]*n + [prompt]*n
+
+    def _predict_noise(self, sample: np.ndarray, timestep: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
+        if not self.low_memory:
+            return self.unet(sample=sample, timestep=timestep, encoder_hidden_states=embeddings)
+        # One sample per call: the same arithmetic with half (or less) of the activations alive at once.
+        rows = [slice(i, i + 1) for i in range(len(sample))]
+        parts = [self.unet(sample=sample[r], timestep=timestep[r], encoder_hidden_states=embeddings[r]) for r in rows]
+        return np.concatenate(parts)
+
+    def _decode(self, latents: np.ndarray) -> np.ndarray:
+        if not self.low_memory:
+            return self.vae_decoder(latent_sample=latents)
+        self.unet.release()
+        decode = lambda z: self.vae_decoder(latent_sample=z)  # noqa: E731
+        pixels = decode_tiled(decode, latents, self.manifest.vae_scale_factor, VAE_TILE, VAE_TILE_OVERLAP)
+        self.vae_decoder.release()
+        return pixels
 
     def _noise(self, latents: np.ndarray | None, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
         if latents is None:
@@ -200,6 +250,8 @@ class Pipeline:
     def _encode_image(self, image: Image.Image, s: GenerationSettings, rng: np.random.Generator) -> np.ndarray:
         pixels = imaging.image_to_array(image, s.width, s.height)
         moments = self.vae_encoder(sample=pixels)
+        if self.low_memory:
+            self.vae_encoder.release()
         # q(z|x) = N(mean, exp(logvar)): sample it (as diffusers does), then scale to the UNet's latent space.
         mean, logvar = np.split(moments, 2, axis=1)
         std = np.exp(0.5 * np.clip(logvar, -30.0, 20.0))

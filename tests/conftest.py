@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +11,14 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 import tiny  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compile_cache(tmp_path_factory) -> Path:
+    """Compiled models go to a folder of this run, not the user's cache (subprocesses inherit it)."""
+    folder = tmp_path_factory.mktemp("compile-cache")
+    os.environ["SDCPU_CACHE_DIR"] = str(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -19,13 +19,17 @@ NATIVE_BACKEND = {"openvino": "openvino", "onnx": "onnxruntime"}
 class Model(Protocol):
     def __call__(self, **inputs: np.ndarray) -> np.ndarray: ...
 
+    def release(self) -> None: ...
 
-def load_model(backend: str, path: Path, device: str) -> Model:
-    """Open the graph at `path` with `backend` on `device` (an OpenVINO device name: CPU, GPU, AUTO)."""
+
+def load_model(backend: str, path: Path, device: str, cache_dir: Path | None = None, lazy: bool = False) -> Model:
+    """Open the graph at `path` with `backend` on `device` (an OpenVINO device name: CPU, GPU, AUTO).
+    `cache_dir`: where OpenVINO keeps compiled models between processes (ONNX Runtime has no such
+    cache). `lazy`: read nothing until the first call."""
     if backend == "openvino":
         from sdcpu.runtime.backends.openvino import OpenVINOModel
 
-        return OpenVINOModel(path, device)
+        return OpenVINOModel(path, device, cache_dir, lazy)
     if backend == "onnxruntime":
         if path.suffix != ".onnx":
             raise SdcpuError(f"onnxruntime cannot read {path.name}; use --backend openvino for this folder")
@@ -35,5 +39,5 @@ def load_model(backend: str, path: Path, device: str) -> Model:
             )
         from sdcpu.runtime.backends.onnxruntime import OnnxRuntimeModel
 
-        return OnnxRuntimeModel(path)
+        return OnnxRuntimeModel(path, lazy)
     raise SdcpuError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")

@@ -10,14 +10,23 @@ from sdcpu.runtime.errors import SdcpuError
 
 
 class OnnxRuntimeModel:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, lazy: bool = False):
+        self.path = path
+        self._session: ort.InferenceSession | None = None if lazy else self._open()
+
+    def _open(self) -> ort.InferenceSession:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
         try:
-            self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            return ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as err:  # ORT raises its own exception types for unreadable graphs
-            raise SdcpuError(f"ONNX Runtime cannot load {path}: {err}") from err
+            raise SdcpuError(f"ONNX Runtime cannot load {self.path}: {err}") from err
 
     def __call__(self, **inputs: np.ndarray) -> np.ndarray:
+        self._session = self._session or self._open()
         return self._session.run(None, inputs)[0]
+
+    def release(self) -> None:
+        """Free the session and its weights; the next call opens the graph again."""
+        self._session = None
