@@ -15,11 +15,12 @@ import numpy as np
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of size `tile` covering `length`, consecutive tiles sharing `overlap`."""
+    """Start offsets of the fewest tiles of size `tile` that cover `length` with consecutive tiles
+    sharing at least `overlap`, spread evenly (so no tile is mostly a repeat of its neighbour)."""
     if length <= tile:
         return [0]
-    starts = list(range(0, length - tile, tile - overlap))
-    return [*starts, length - tile]
+    count = -(-(length - overlap) // (tile - overlap))  # ceil
+    return [round(i * (length - tile) / (count - 1)) for i in range(count)]
 
 
 def _ramp(size: int, ramp: int, up: bool, down: bool) -> np.ndarray:

@@ -15,8 +15,9 @@ def _upsample(scale: int):
 
 def test_tiles_cover_the_image_and_share_the_overlap():
     assert tile_starts(16, 32, 8) == [0]
-    assert tile_starts(64, 32, 8) == [0, 24, 32]
-    assert tile_starts(40, 32, 8) == [0, 8]
+    assert tile_starts(64, 40, 8) == [0, 24]  # SD at 512x512: 2 tiles a side
+    assert tile_starts(96, 40, 8) == [0, 28, 56]
+    assert tile_starts(64, 32, 8) == [0, 16, 32]
 
 
 @pytest.mark.parametrize("shape", [(1, 4, 64, 64), (2, 4, 40, 72)])
@@ -57,9 +58,9 @@ class _Spy:
 def test_low_memory_decodes_large_images_in_tiles(sd1_openvino):
     pipe = Pipeline.load(sd1_openvino, low_memory=True)
     pipe.vae_decoder = spy = _Spy(pipe.vae_decoder)
-    result = pipe("a cat", steps=2, seed=0, width=320, height=256)
-    assert result.array.shape == (1, 256, 320, 3)
-    assert spy.shapes == [(1, 4, 32, 32)] * 2  # 40x32 latents: two 32x32 tiles sharing 24 columns
+    result = pipe("a cat", steps=2, seed=0, width=384, height=320)
+    assert result.array.shape == (1, 320, 384, 3)
+    assert spy.shapes == [(1, 4, 40, 40)] * 2  # 48x40 latents: two 40x40 tiles sharing 32 columns
 
 
 def test_compiled_models_are_cached_and_reused(sd1_openvino, tmp_path):

@@ -27,7 +27,7 @@ class OpenVINOModel:
             raise SdcpuError(f"OpenVINO cannot read {self.path}: {err}") from err
 
     def _compile(self, shapes: dict[str, tuple[int, ...]]) -> ov.InferRequest:
-        model = self._model = self._model or self._read()
+        model = self._model or self._read()
         model.reshape({name: ov.PartialShape(list(shape)) for name, shape in shapes.items()})
         config = {"PERFORMANCE_HINT": "LATENCY"}
         if self.cache_dir is not None:
@@ -36,7 +36,9 @@ class OpenVINOModel:
             compiled = self._core.compile_model(model, self.device, config)
         except RuntimeError as err:
             raise SdcpuError(f"OpenVINO cannot compile for device {self.device!r}: {err}") from err
-        self._shapes = shapes
+        # The compiled model holds its own (repacked) weights: drop the read graph and its mapped file,
+        # or both copies stay resident. A call with new shapes reads it again.
+        self._model, self._shapes = None, shapes
         return compiled.create_infer_request()
 
     def __call__(self, **inputs: np.ndarray) -> np.ndarray:
