@@ -1,0 +1,195 @@
+"""sdcpu against its peers on the real SD 1.5 architecture (random weights), in one run, alternating.
+
+Runners: diffusers + PyTorch fp32; optimum-intel's OVStableDiffusionPipeline fp32 and int8 (static
+512x512 shapes, as its docs advise); sdcpu on OpenVINO at fp32, int8, int8-hybrid and int4, and on
+ONNX Runtime at fp32. Every run is a fresh process (its peak RSS is its own), runners alternate
+round by round (A B C ... A B C ...), medians over rounds. Results: docs/peers.json, a chart
+docs/peers.png (with matplotlib) and the table printed for docs/benchmarks.md.
+
+    python bench/compare_peers.py --work /tmp/sd15 --steps 20 --runs 3 --peer-python /path/to/python
+
+`--peer-python`: an interpreter with optimum-intel and diffusers (default: this one); optimum-intel
+pins its own transformers, so it usually lives in its own virtual environment. `--work` holds the
+random-weight diffusers folder and every export; missing ones are made first (not timed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmark import PROMPT, Timer, _report, build_random_pipeline, machine, run_pytorch, run_sdcpu
+
+ROOT = Path(__file__).resolve().parents[1]
+# name -> (kind, folder under --work, precision)
+RUNNERS = {
+    "diffusers + PyTorch fp32": ("pytorch", "diffusers", "fp32"),
+    "optimum-intel fp32": ("optimum", "optimum-fp32", "fp32"),
+    "optimum-intel int8": ("optimum", "optimum-int8", "int8"),
+    "sdcpu OpenVINO fp32": ("openvino", "openvino-fp32", "fp32"),
+    "sdcpu OpenVINO int8": ("openvino", "openvino-int8", "int8"),
+    "sdcpu OpenVINO int8-hybrid": ("openvino", "openvino-int8-hybrid", "int8-hybrid"),
+    "sdcpu OpenVINO int4": ("openvino", "openvino-int4", "int4"),
+    "sdcpu ONNX Runtime fp32": ("onnxruntime", "onnx-fp32", "fp32"),
+}
+
+
+def run_optimum(folder: Path, steps: int) -> dict:
+    import torch
+    from diffusers import EulerDiscreteScheduler
+    from optimum.intel import OVStableDiffusionPipeline
+
+    start = time.perf_counter()
+    pipe = OVStableDiffusionPipeline.from_pretrained(folder, compile=False)
+    pipe.reshape(batch_size=1, height=512, width=512, num_images_per_prompt=1)
+    pipe.compile()
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    load = time.perf_counter() - start
+    text, unet, vae = Timer(pipe.text_encoder.forward), Timer(pipe.unet.forward), Timer(pipe.vae_decoder.forward)
+    pipe.text_encoder.forward, pipe.unet.forward, pipe.vae_decoder.forward = text, unet, vae
+    start = time.perf_counter()
+    pipe(PROMPT, num_inference_steps=steps, generator=torch.Generator().manual_seed(0), height=512, width=512)
+    total = time.perf_counter() - start
+    return _report(load, total, text.times, unet.times, vae.times)
+
+
+def worker(name: str, work: Path, steps: int) -> None:
+    kind, folder, _ = RUNNERS[name]
+    if kind == "pytorch":
+        result = run_pytorch(work / folder, steps)
+    elif kind == "optimum":
+        result = run_optimum(work / folder, steps)
+    else:
+        result = run_sdcpu(work / folder, kind, steps)
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def prepare(work: Path, names: list[str], peer_python: str) -> None:
+    if not (work / "diffusers" / "unet").exists():
+        build_random_pipeline(work / "diffusers")
+    for name in names:
+        kind, folder, precision = RUNNERS[name]
+        if kind == "pytorch" or (work / folder).exists():
+            continue
+        print(f"preparing {folder}", flush=True)
+        if kind == "optimum":
+            cli = [peer_python, "-m", "optimum.commands.optimum_cli", "export", "openvino", "--task", "text-to-image"]
+            subprocess.run([*cli, "--model", str(work / "diffusers"), "--weight-format", precision, str(work / folder)])
+        else:
+            from sdcpu.export import convert
+
+            convert(str(work / "diffusers"), work / folder, "onnx" if kind == "onnxruntime" else "openvino", precision)
+
+
+def run_round(names: list[str], work: Path, steps: int, peer_python: str) -> dict[str, dict]:
+    results = {}
+    for name in names:
+        python = peer_python if RUNNERS[name][0] in ("pytorch", "optimum") else sys.executable
+        cmd = [python, __file__, "--worker", name, "--work", str(work), "--steps", str(steps)]
+        env = {**os.environ, "SDCPU_CACHE_DIR": str(work / "compile-cache")}
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if "RESULT " not in out.stdout:
+            raise SystemExit(f"{name} failed:\n{out.stderr[-3000:]}")
+        results[name] = json.loads(out.stdout.split("RESULT ", 1)[1])
+        print(f"{name}: {results[name]}", flush=True)
+    return results
+
+
+def summarise(runs: dict[str, list[dict]], steps: int) -> dict[str, dict]:
+    summary = {}
+    for name, rounds in runs.items():
+        median = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
+        # 20 steps from the measured parts: text encoder, first step, 19 further steps, decode.
+        median["estimated_20_steps_s"] = (
+            median["text_encoder_s"] + median["unet_first_step_s"] + 19 * median["unet_step_s"] + median["vae_decode_s"]
+        )
+        median["peak_rss_gb"] = max(r["peak_rss_gb"] for r in rounds)
+        summary[name] = median
+    return summary
+
+
+def table(summary: dict[str, dict], sizes: dict[str, float], flops: dict | None) -> str:
+    base = summary.get("sdcpu OpenVINO fp32")
+    torch_e2e = summary.get("diffusers + PyTorch fp32", {}).get("estimated_20_steps_s")
+    columns = ["UNet step", "vs sdcpu fp32", "first step", "VAE decode", "20 steps (est.)", "vs PyTorch", "peak RSS"]
+    lines = ["| | " + " | ".join(columns) + " | folder |", "|---|" + "---:|" * 8]
+    for name, m in summary.items():
+        ratio = f"{m['unet_step_s'] / base['unet_step_s']:.2f}x" if base else ""
+        vs_torch = f"{m['estimated_20_steps_s'] / torch_e2e:.2f}x" if torch_e2e else ""
+        lines.append(
+            f"| {name} | {m['unet_step_s']:.2f} s | {ratio} | {m['unet_first_step_s']:.1f} s"
+            f" | {m['vae_decode_s']:.1f} s | {m['estimated_20_steps_s']:.0f} s | {vs_torch}"
+            f" | {m['peak_rss_gb']:.2f} GB | {sizes[name]:.2f} GB |"
+        )
+    if flops:
+        lines += ["", "| | GFLOP/s per UNet step | of the 157 GFLOP/s fp32 peak |", "|---|---:|---:|"]
+        for name, m in summary.items():
+            rate = flops["unet_step_gflop"] / m["unet_step_s"]
+            lines.append(f"| {name} | {rate:.0f} | {100 * rate / flops['peak_gflops']:.0f}% |")
+    return "\n".join(lines)
+
+
+def chart(summary: dict[str, dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(summary)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 0.45 * len(names) + 1.5), sharey=True)
+    colours = ["#c44" if not n.startswith("sdcpu") else "#2a7" for n in names]
+    left.barh(names, [summary[n]["estimated_20_steps_s"] for n in names], color=colours)
+    left.set_xlabel("seconds for a 20-step 512x512 image (lower is better)")
+    right.barh(names, [summary[n]["peak_rss_gb"] for n in names], color=colours)
+    right.set_xlabel("peak RSS, GB (lower is better)")
+    left.invert_yaxis()
+    fig.suptitle("SD 1.5 architecture on the CPU, same machine, same run")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def folder_gb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and "compile-cache" not in f.parts) / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/sd15"))
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--runs", type=int, default=3, help="rounds; every runner runs once per round")
+    parser.add_argument("--runners", default=",".join(RUNNERS), help="comma-separated names from the list above")
+    parser.add_argument("--peer-python", default=sys.executable)
+    parser.add_argument("--flops", type=Path, help="JSON from bench/flops.py, for GFLOP/s")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "peers.json")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args.worker, args.work, args.steps)
+    names = args.runners.split(",")
+    prepare(args.work, names, args.peer_python)
+    runs: dict[str, list[dict]] = {name: [] for name in names}
+    for i in range(args.runs):
+        print(f"round {i + 1}/{args.runs}", flush=True)
+        for name, result in run_round(names, args.work, args.steps, args.peer_python).items():
+            runs[name].append(result)
+    summary = summarise(runs, args.steps)
+    sizes = {name: folder_gb(args.work / RUNNERS[name][1]) for name in names}
+    flops = json.loads(args.flops.read_text()) if args.flops else None
+    record = {"machine": machine(), "steps": args.steps, "runs": args.runs, "median": summary, "all": runs}
+    args.out.write_text(json.dumps({**record, "folder_gb": sizes, "flops": flops}, indent=2) + "\n")
+    print(table(summary, sizes, flops))
+    try:
+        chart(summary, args.out.with_suffix(".png"))
+    except ImportError:
+        print("matplotlib is not installed: no chart", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
