@@ -2,7 +2,7 @@
 
 Runners: diffusers + PyTorch fp32; optimum-intel's OVStableDiffusionPipeline fp32 and int8 (static
 512x512 shapes, as its docs advise); sdcpu on OpenVINO at fp32, int8, int8-hybrid and int4, and on
-ONNX Runtime at fp32. Every run is a fresh process (its peak RSS is its own), runners alternate
+ONNX Runtime at fp32 and int8. Every run is a fresh process (its peak RSS is its own), runners alternate
 round by round (A B C ... A B C ...), medians over rounds. Results: docs/peers.json, a chart
 docs/peers.png (with matplotlib) and the table printed for docs/benchmarks.md.
 
@@ -37,6 +37,7 @@ RUNNERS = {
     "sdcpu OpenVINO int8-hybrid": ("openvino", "openvino-int8-hybrid", "int8-hybrid"),
     "sdcpu OpenVINO int4": ("openvino", "openvino-int4", "int4"),
     "sdcpu ONNX Runtime fp32": ("onnxruntime", "onnx-fp32", "fp32"),
+    "sdcpu ONNX Runtime int8": ("onnxruntime", "onnx-int8", "int8"),
 }
 
 

@@ -41,6 +41,13 @@ def test_same_seed_same_image_bit_for_bit(sd1_openvino, tmp_path):
     assert np.array_equal(a, b)
     assert generate(sd1_openvino, tmp_path / "c.png", "--seed", "6").exit_code == 0
     assert not np.array_equal(a, np.asarray(Image.open(tmp_path / "c.png")))
+    # --low-memory computes the same image (guidance as batch-1 calls: at most one 8-bit level apart)
+    assert (
+        generate(sd1_openvino, tmp_path / "d.png", "--scheduler", "euler-a", "--low-memory", "--no-cache").exit_code
+        == 0
+    )
+    d = np.asarray(Image.open(tmp_path / "d.png"))
+    assert np.abs(a.astype(int) - d).max() <= 1
 
 
 def test_several_images_and_img2img(sd1_onnx, tmp_path):
@@ -53,6 +60,10 @@ def test_several_images_and_img2img(sd1_onnx, tmp_path):
     assert result.exit_code == 0, result.output
     image = Image.open(tmp_path / "i2i.png")
     assert image.size == (88, 64) and image.text["strength"] == "0.5"
+    extra = ("--init-image", str(init), "--num-images", "2", "--low-memory")
+    result = generate(sd1_onnx, tmp_path / "low.png", *extra)
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "low-1.png").size == (88, 64)
 
 
 def test_long_prompt_warns_what_was_cut(sd1_openvino, tmp_path):
