@@ -43,7 +43,10 @@ def build_random_pipeline(folder: Path) -> None:
         make().save_pretrained(folder / name)
     for name in ("tokenizer", "scheduler"):
         shutil.copytree(REFERENCE / name, folder / name)
-    shutil.copyfile(REFERENCE / "model_index.json", folder / "model_index.json")
+    index = json.loads((REFERENCE / "model_index.json").read_text())
+    # No safety checker weights are written: say so, as diffusers does, so that every loader accepts the folder.
+    index |= {"safety_checker": [None, None], "feature_extractor": [None, None], "requires_safety_checker": False}
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
 
 
 class Timer:
