@@ -83,20 +83,31 @@ def _serve(folder: str | None, settings: BenchSettings, conn: Any) -> None:
         setattr(pipe, name, model)
     conn.send({"load_s": load_s, "source": pipe.manifest.source, "precision": pipe.manifest.precision})
     while conn.recv():
-        for model in timed.values():
-            model.seconds = []
-        start = time.perf_counter()
-        kwargs = {"steps": settings.steps, "guidance": settings.guidance, "seed": 0}
-        pipe(PROMPT, width=settings.width, height=settings.height, **kwargs)
-        conn.send(
-            {
-                "end_to_end_s": time.perf_counter() - start,
-                "text_encoder_s": sum(timed["text_encoder"].seconds),
-                "unet_steps_s": timed["unet"].seconds,
-                "vae_decode_s": sum(timed["vae_decoder"].seconds),
-                "peak_rss_gb": _peak_rss_gb(),
-            }
-        )
+        conn.send(_run(pipe, timed, settings))
+
+
+def _run(pipe: Any, timed: dict[str, _Timed], settings: BenchSettings) -> dict[str, Any]:
+    for model in timed.values():
+        model.seconds = []
+    # UNet seconds so far at the end of each step (with --low-memory a step is several UNet calls)
+    marks: list[float] = []
+    start = time.perf_counter()
+    pipe(
+        PROMPT,
+        steps=settings.steps,
+        guidance=settings.guidance,
+        seed=0,
+        width=settings.width,
+        height=settings.height,
+        callback=lambda *_: marks.append(sum(timed["unet"].seconds)),
+    )
+    return {
+        "end_to_end_s": time.perf_counter() - start,
+        "text_encoder_s": sum(timed["text_encoder"].seconds),
+        "unet_steps_s": np.diff([0.0, *marks]).tolist(),
+        "vae_decode_s": sum(timed["vae_decoder"].seconds),
+        "peak_rss_gb": _peak_rss_gb(),
+    }
 
 
 def _receive(conn: Any) -> dict[str, Any]:

@@ -157,6 +157,16 @@ def test_bench_runs_two_models_alternately_and_writes_json(sd1_openvino, sd1_onn
         assert model["peak_rss_gb"] > 0.05
 
 
+def test_bench_low_memory_times_whole_steps(sd1_openvino, tmp_path):
+    out = tmp_path / "bench.json"
+    args = ["bench", "--model", str(sd1_openvino), "--steps", "3", "--runs", "1", "--low-memory", "--no-cache"]
+    result = runner.invoke(app, [*args, "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["settings"]["low_memory"] is True and report["settings"]["cache_dir"] is None
+    assert report["models"][0]["unet_step_s"] > 0
+
+
 def test_bench_refuses_a_missing_folder(tmp_path):
     result = runner.invoke(app, ["bench", "--model", str(tmp_path / "nope")])
     assert result.exit_code == 2 and "does not exist" in result.output
