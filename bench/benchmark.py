@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -97,6 +96,12 @@ def run_pytorch(model: Path, steps: int) -> dict:
     return _report(load, total, text.times, unet.times, vae.times)
 
 
+def peak_rss_gb() -> float:
+    # VmHWM, not getrusage's ru_maxrss: that survives exec, so a worker would inherit its parent's peak.
+    line = next(row for row in Path("/proc/self/status").read_text().splitlines() if row.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024**2
+
+
 def _report(load: float, total: float, text: list, unet: list, vae: list) -> dict:
     steady = unet[1:] if len(unet) > 1 else unet  # the first call may include compilation
     return {
@@ -106,7 +111,7 @@ def _report(load: float, total: float, text: list, unet: list, vae: list) -> dic
         "unet_step_s": statistics.median(steady),
         "unet_first_step_s": unet[0],
         "vae_decode_s": sum(vae),
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
+        "peak_rss_gb": peak_rss_gb(),
     }
 
 

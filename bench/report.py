@@ -1,6 +1,6 @@
-"""Render docs/benchmarks.md from the JSON that benchmark.py writes.
+"""Render the fp32 tables of docs/benchmarks.md ("Earlier runs") from the JSON that benchmark.py writes.
 
-python bench/report.py docs/benchmarks.json > docs/benchmarks.md
+python bench/report.py docs/benchmarks.json   (paste under "Earlier runs")
 """
 
 from __future__ import annotations

@@ -54,8 +54,14 @@ class _Timed:
         self.model.release()
 
 
-def _peak_rss_gb() -> float:
-    kilobytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, KiB on Linux
+def peak_rss_gb() -> float:
+    """This process's peak resident set size. On Linux, VmHWM: getrusage's ru_maxrss survives exec, so a
+    worker started by a large parent would report at least the parent's peak."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        line = next(row for row in status.read_text().splitlines() if row.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024**2
+    kilobytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, KiB elsewhere
     return kilobytes / (1024**3 if sys.platform == "darwin" else 1024**2)
 
 
@@ -106,7 +112,7 @@ def _run(pipe: Any, timed: dict[str, _Timed], settings: BenchSettings) -> dict[s
         "text_encoder_s": sum(timed["text_encoder"].seconds),
         "unet_steps_s": np.diff([0.0, *marks]).tolist(),
         "vae_decode_s": sum(timed["vae_decoder"].seconds),
-        "peak_rss_gb": _peak_rss_gb(),
+        "peak_rss_gb": peak_rss_gb(),
     }
 
 
