@@ -204,7 +204,10 @@ class Pipeline:
             done += 1
             if callback is not None and callback(done, len(timesteps), x) is False:
                 break
-        # 5. Decode: z / scaling_factor through the VAE decoder, to [0, 1] pixels.
+        # 5. Decode: z / scaling_factor through the VAE decoder, to [0, 1] pixels (--low-memory: with the
+        #    UNet freed first, tile by tile).
+        if self.low_memory:
+            self.unet.release()
         decoded = self._decode((x / np.float32(self.manifest.vae_scaling_factor)).astype(np.float32))
         array = imaging.decoded_to_float(decoded)
         return PipelineResult(imaging.float_to_pil(array), array, s, done)
@@ -227,7 +230,6 @@ class Pipeline:
     def _decode(self, latents: np.ndarray) -> np.ndarray:
         if not self.low_memory:
             return self.vae_decoder(latent_sample=latents)
-        self.unet.release()
         decode = lambda z: self.vae_decoder(latent_sample=z)  # noqa: E731
         pixels = decode_tiled(decode, latents, self.manifest.vae_scale_factor, VAE_TILE, VAE_TILE_OVERLAP)
         self.vae_decoder.release()
