@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,15 +72,18 @@ class Manifest:
     def graph_path(self, folder: Path, component: str) -> Path:
         return Path(folder) / component / GRAPH_FILE[self.format]
 
-    def verify(self, folder: Path, hashes: bool = True) -> None:
-        """Check that every listed file is present with its size (and, with `hashes`, its sha256)."""
+    def verify(self, folder: Path, hashes: bool = True, record: Path | None = None) -> None:
+        """Check that every listed file is present with its size (and, with `hashes`, its sha256).
+        `record`: a JSON file of hashes already checked; a file whose size, mtime and inode are unchanged
+        since is not read again (as `git status` does), so a warm start skips hashing gigabytes."""
+        known = _read_record(record)
         for rel, info in sorted(self.files.items()):
             path = Path(folder) / rel
             if not path.is_file():
                 raise SdcpuError(f"model folder {folder} is incomplete: {rel} is missing; convert the model again")
             if path.stat().st_size != info["bytes"]:
                 raise SdcpuError(f"{rel} in {folder} has the wrong size; the folder is damaged, convert it again")
-            if hashes and sha256_file(path) != info["sha256"]:
+            if hashes and _known_sha256(path, known) != info["sha256"]:
                 raise SdcpuError(
                     f"{rel} in {folder} does not match its sha256 in {MANIFEST_NAME}; "
                     "the file was changed or damaged, convert the model again"
@@ -87,6 +91,31 @@ class Manifest:
         missing = [c for c in ("text_encoder", "unet", "vae_decoder") if c not in self.components]
         if missing:
             raise SdcpuError(f"model folder {folder} lacks {', '.join(missing)}; convert the model again")
+        if hashes and record is not None:
+            _write_record(record, known)
+
+
+def _known_sha256(path: Path, known: dict[str, Any]) -> str:
+    st = path.stat()
+    key, stamp = str(path.resolve()), [st.st_size, st.st_mtime_ns, st.st_ino]
+    if known.get(key, {}).get("stat") != stamp:
+        known[key] = {"stat": stamp, "sha256": sha256_file(path)}
+    return str(known[key]["sha256"])
+
+
+def _read_record(record: Path | None) -> dict[str, Any]:
+    try:
+        return dict(json.loads(record.read_text())) if record is not None and record.is_file() else {}
+    except ValueError:  # a damaged record only costs a re-hash
+        return {}
+
+
+def _write_record(record: Path, known: dict[str, Any]) -> None:
+    # Written whole to a temporary name, then renamed: a concurrent reader never sees half a file.
+    record.parent.mkdir(parents=True, exist_ok=True)
+    tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(known, indent=1, sort_keys=True))
+    os.replace(tmp, record)
 
 
 def describe_files(folder: Path, relative_paths: list[str]) -> dict[str, dict[str, Any]]:

@@ -48,6 +48,10 @@ class PipelineResult:
         return paths
 
 
+# In the cache folder: the sha256 of model files already checked, with their size, mtime and inode.
+VERIFIED_FILES = "verified-files.json"
+
+
 def default_cache_dir() -> Path:
     """Where compiled models are cached unless told otherwise: $SDCPU_CACHE_DIR, else the user cache."""
     if os.environ.get("SDCPU_CACHE_DIR"):
@@ -96,13 +100,14 @@ class Pipeline:
     ) -> Pipeline:
         """Open a folder made by `sdcpu convert` (default: the bundled demo model), checking its manifest
         (and file hashes with `verify`). `cache_dir`: where OpenVINO keeps compiled models, so that the
-        next process starts warm ("auto": $SDCPU_CACHE_DIR or ~/.cache/sdcpu; None: no cache).
+        next process starts warm ("auto": $SDCPU_CACHE_DIR or ~/.cache/sdcpu; None: no cache); the
+        cache also records which files were hashed, so unchanged files are not hashed again.
         `low_memory`: hold one network at a time, run guidance as two batch-1 UNet calls and decode the
         image in tiles; slower, with a much smaller peak RSS."""
         folder = Path(model_dir).expanduser() if model_dir is not None else _demo_folder()
         manifest = Manifest.load(folder)
-        manifest.verify(folder, hashes=verify)
         cache = default_cache_dir() if cache_dir == "auto" else None if cache_dir is None else Path(cache_dir)
+        manifest.verify(folder, hashes=verify, record=cache / VERIFIED_FILES if cache is not None else None)
         return cls(folder, manifest, backend or NATIVE_BACKEND[manifest.format], device, cache, low_memory)
 
     def _load(self, component: str) -> Model:

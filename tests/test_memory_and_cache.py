@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 from sdcpu import Pipeline
+from sdcpu.runtime.errors import SdcpuError
 from sdcpu.runtime.tiling import decode_tiled, tile_starts
 
 
@@ -72,3 +75,26 @@ def test_compiled_models_are_cached_and_reused(sd1_openvino, tmp_path):
     np.testing.assert_array_equal(first, second)
     none = Pipeline.load(sd1_openvino, cache_dir=None)
     assert none.unet.cache_dir is None  # type: ignore[attr-defined]
+
+
+def test_verified_hashes_are_recorded_and_rechecked_when_a_file_changes(sd1_openvino, tmp_path, monkeypatch):
+    import sdcpu.runtime.manifest as manifest_module
+
+    folder, record = tmp_path / "model", tmp_path / "cache" / "verified-files.json"
+    shutil.copytree(sd1_openvino, folder)
+    manifest = manifest_module.Manifest.load(folder)
+    hashed: list[str] = []
+    real_sha256 = manifest_module.sha256_file
+    monkeypatch.setattr(manifest_module, "sha256_file", lambda p: hashed.append(p.name) or real_sha256(p))
+    manifest.verify(folder, record=record)
+    assert len(hashed) == len(manifest.files) and record.is_file()
+    hashed.clear()
+    manifest.verify(folder, record=record)
+    assert hashed == []  # unchanged files: taken from the record
+    weights = folder / "unet" / "openvino_model.bin"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))  # same size, new mtime
+    with pytest.raises(SdcpuError, match="sha256"):
+        manifest.verify(folder, record=record)
+    assert hashed == ["openvino_model.bin"]
