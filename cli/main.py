@@ -23,6 +23,10 @@ app = typer.Typer(
 console = Console(stderr=True)
 MODEL_HELP = "folder made by `sdcpu convert` (default: the bundled demo model)"
 LOW_MEMORY_HELP = "one network in memory at a time, batch-1 guidance, tiled VAE decode: slower, far smaller peak"
+DEEP_CACHE_HELP = (
+    "DeepCache: run the whole UNet every N steps and only its outermost layers in between, reusing "
+    "the deep features (faster, approximate; 1 = off)"
+)
 CACHE_HELP = "keep OpenVINO's compiled models in $SDCPU_CACHE_DIR or ~/.cache/sdcpu for a warm next start"
 
 
@@ -99,6 +103,7 @@ def generate(
     strength: Annotated[float, typer.Option(help="img2img: how much to change the init image, (0, 1]")] = 0.8,
     low_memory: Annotated[bool, typer.Option(help=LOW_MEMORY_HELP)] = False,
     cache: Annotated[bool, typer.Option(help=CACHE_HELP)] = True,
+    deep_cache: Annotated[int, typer.Option(help=DEEP_CACHE_HELP)] = 1,
 ) -> None:
     """Generate images from a prompt (or from an init image and a prompt)."""
     from sdcpu.cli.progress import StepProgress
@@ -124,6 +129,7 @@ def generate(
                 init_image=init_image,
                 strength=strength,
                 callback=progress.update,
+                deep_cache=deep_cache,
             )
         for warning in caught:
             console.print(f"[yellow]warning:[/yellow] {warning.message}", highlight=False, soft_wrap=True)
@@ -175,6 +181,7 @@ def benchmark(
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the results here")] = None,
     low_memory: Annotated[bool, typer.Option(help=LOW_MEMORY_HELP)] = False,
     cache: Annotated[bool, typer.Option(help=CACHE_HELP)] = True,
+    deep_cache: Annotated[int, typer.Option(help=DEEP_CACHE_HELP)] = 1,
 ) -> None:
     """Time load, text encoding, each UNet step, VAE decode and the whole run; peak RSS per model."""
     import json
@@ -189,6 +196,7 @@ def benchmark(
         backend=backend,
         cache_dir="auto" if cache else None,
         low_memory=low_memory,
+        deep_cache=deep_cache,
     )
     folders = [model] if compare is None else [model, compare]
     try:

@@ -4,6 +4,13 @@ Tensor names follow diffusers/optimum: `input_ids -> last_hidden_state` (text_en
 `sample, timestep, encoder_hidden_states -> out_sample` (unet), `latent_sample -> sample`
 (vae_decoder), `sample -> latent_parameters` (vae_encoder; mean and log-variance, 2 x latent channels).
 The timestep is float32 of shape (batch,): the Euler-family schedulers use fractional timesteps.
+
+DeepCache (Ma et al. 2023, https://arxiv.org/abs/2312.00858): the UNet's deep features change slowly
+from one denoising step to the next, so a step may reuse those of an earlier step and recompute only
+the outermost skip branch (their branch 1: conv_in, the first down block's layers, the last up block,
+conv_out). The unet graph therefore also outputs `deep_features`, the input of its last up block, and
+`unet_shallow` computes `sample, timestep, encoder_hidden_states, deep_features -> out_sample` along
+that branch alone. With the features of the same step it returns exactly what the unet does.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import torch
 class ExportSpec:
     module: torch.nn.Module
     inputs: dict[str, torch.Tensor]  # example inputs, in the order of `module.forward`
-    output_name: str
+    output_names: tuple[str, ...]
     dynamic_axes: dict[str, dict[int, str]]
 
 
@@ -37,7 +44,44 @@ class _UNet(torch.nn.Module):
         self.model = model
 
     def forward(self, sample, timestep, encoder_hidden_states):
-        return self.model(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+        deep = []  # the last up block's input, caught on its way in
+
+        def catch(module, args, kwargs):
+            deep.append(kwargs["hidden_states"])
+
+        hook = self.model.up_blocks[-1].register_forward_pre_hook(catch, with_kwargs=True)
+        try:
+            out = self.model(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+        finally:
+            hook.remove()
+        return out, deep[0]
+
+
+class _UNetShallow(torch.nn.Module):
+    """The UNet's outermost skip branch around given deep features (DeepCache, see the module notes)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, sample, timestep, encoder_hidden_states, deep_features):
+        unet = self.model
+        emb = unet.time_embedding(unet.time_proj(timestep).to(sample.dtype))
+        h = unet.conv_in(sample)
+        skips = [h]  # what the first down block hands to the last up block; its downsampler is not needed
+        first = unet.down_blocks[0]
+        attentions = getattr(first, "attentions", None) or [None] * len(first.resnets)
+        for resnet, attention in zip(first.resnets, attentions, strict=True):
+            h = resnet(h, emb)
+            if attention is not None:
+                h = attention(h, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+            skips.append(h)
+        last = unet.up_blocks[-1]
+        text = {"encoder_hidden_states": encoder_hidden_states} if getattr(last, "has_cross_attention", False) else {}
+        h = last(hidden_states=deep_features, res_hidden_states_tuple=tuple(skips), temb=emb, **text)
+        if unet.conv_norm_out is not None:
+            h = unet.conv_act(unet.conv_norm_out(h))
+        return unet.conv_out(h)
 
 
 class _VaeDecoder(torch.nn.Module):
@@ -61,10 +105,10 @@ class _VaeEncoder(torch.nn.Module):
 def text_encoder_spec(model) -> ExportSpec:
     length = model.config.max_position_embeddings
     ids = torch.zeros((2, length), dtype=torch.int64)
-    return ExportSpec(_TextEncoder(model), {"input_ids": ids}, "last_hidden_state", {"input_ids": {0: "batch"}})
+    return ExportSpec(_TextEncoder(model), {"input_ids": ids}, ("last_hidden_state",), {"input_ids": {0: "batch"}})
 
 
-def unet_spec(model) -> ExportSpec:
+def _unet_inputs(model) -> tuple[dict[str, torch.Tensor], dict[str, dict[int, str]]]:
     # An odd example size makes diffusers take its general upsampling path (interpolate to the skip
     # connection's size) while tracing, so the graph serves every size that is a multiple of 8 pixels,
     # not only multiples of 8 latents.
@@ -79,26 +123,41 @@ def unet_spec(model) -> ExportSpec:
         "timestep": {0: "batch"},
         "encoder_hidden_states": {0: "batch", 1: "sequence"},
     }
-    return ExportSpec(_UNet(model), inputs, "out_sample", axes)
+    return inputs, axes
+
+
+def unet_spec(model) -> ExportSpec:
+    inputs, axes = _unet_inputs(model)
+    return ExportSpec(_UNet(model), inputs, ("out_sample", "deep_features"), axes)
+
+
+def unet_shallow_spec(model) -> ExportSpec:
+    inputs, axes = _unet_inputs(model)
+    # The last up block's input has the second level's width at the full latent size.
+    batch, _, height, width = inputs["sample"].shape
+    inputs["deep_features"] = torch.randn(batch, model.config.block_out_channels[1], height, width)
+    axes["deep_features"] = {0: "batch", 2: "height", 3: "width"}
+    return ExportSpec(_UNetShallow(model), inputs, ("out_sample",), axes)
 
 
 def vae_decoder_spec(vae) -> ExportSpec:
     size = vae.config.sample_size // 2 ** (len(vae.config.block_out_channels) - 1)
     latent = torch.randn(1, vae.config.latent_channels, size, size)
     axes = {"latent_sample": {0: "batch", 2: "height", 3: "width"}}
-    return ExportSpec(_VaeDecoder(vae), {"latent_sample": latent}, "sample", axes)
+    return ExportSpec(_VaeDecoder(vae), {"latent_sample": latent}, ("sample",), axes)
 
 
 def vae_encoder_spec(vae) -> ExportSpec:
     image = torch.randn(1, vae.config.in_channels, vae.config.sample_size, vae.config.sample_size)
     axes = {"sample": {0: "batch", 2: "height", 3: "width"}}
-    return ExportSpec(_VaeEncoder(vae), {"sample": image}, "latent_parameters", axes)
+    return ExportSpec(_VaeEncoder(vae), {"sample": image}, ("latent_parameters",), axes)
 
 
 # component -> (which loaded model it is cut from, how to describe it for export)
 COMPONENT_SPECS: dict[str, tuple[str, Callable[..., ExportSpec]]] = {
     "text_encoder": ("text_encoder", text_encoder_spec),
     "unet": ("unet", unet_spec),
+    "unet_shallow": ("unet", unet_shallow_spec),
     "vae_decoder": ("vae", vae_decoder_spec),
     "vae_encoder": ("vae", vae_encoder_spec),
 }

@@ -31,7 +31,8 @@ def write_openvino(spec: ExportSpec, folder: Path, precision: str, calibrate: Ca
         model = ov.convert_model(spec.module, example_input=spec.inputs)
     for port, name in zip(model.inputs, spec.inputs, strict=True):
         port.get_tensor().set_names({name})
-    model.outputs[0].get_tensor().set_names({spec.output_name})
+    for port, name in zip(model.outputs, spec.output_names, strict=True):
+        port.get_tensor().set_names({name})
     samples = calibrate(model) if calibrate is not None else []
     model = compress_openvino(model, precision, samples)
     model.set_rt_info(precision, ["sdcpu", "precision"])
@@ -49,7 +50,7 @@ def write_onnx(spec: ExportSpec, folder: Path, precision: str, calibrate: Calibr
             tuple(spec.inputs.values()),
             str(traced),
             input_names=list(spec.inputs),
-            output_names=[spec.output_name],
+            output_names=list(spec.output_names),
             dynamic_axes=spec.dynamic_axes,
             opset_version=ONNX_OPSET,
             do_constant_folding=True,

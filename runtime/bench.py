@@ -35,6 +35,7 @@ class BenchSettings:
     device: str = "CPU"
     cache_dir: str | None = "auto"  # as Pipeline.load: "auto", a folder, or None for no compile cache
     low_memory: bool = False
+    deep_cache: int = 1  # as Pipeline's deep_cache: the whole UNet every N steps
 
 
 class _Timed:
@@ -47,6 +48,12 @@ class _Timed:
     def __call__(self, **inputs: np.ndarray) -> np.ndarray:
         start = time.perf_counter()
         out = self.model(**inputs)
+        self.seconds.append(time.perf_counter() - start)
+        return out
+
+    def outputs(self, **inputs: np.ndarray) -> list[np.ndarray]:
+        start = time.perf_counter()
+        out = self.model.outputs(**inputs)
         self.seconds.append(time.perf_counter() - start)
         return out
 
@@ -84,7 +91,8 @@ def _serve(folder: str | None, settings: BenchSettings, conn: Any) -> None:
         low_memory=settings.low_memory,
     )
     load_s = time.perf_counter() - start
-    timed = {name: _Timed(getattr(pipe, name)) for name in ("text_encoder", "unet", "vae_decoder")}
+    names = ("text_encoder", "unet", "unet_shallow", "vae_decoder")
+    timed = {name: _Timed(getattr(pipe, name)) for name in names if getattr(pipe, name) is not None}
     for name, model in timed.items():
         setattr(pipe, name, model)
     conn.send({"load_s": load_s, "source": pipe.manifest.source, "precision": pipe.manifest.precision})
@@ -97,6 +105,7 @@ def _run(pipe: Any, timed: dict[str, _Timed], settings: BenchSettings) -> dict[s
         model.seconds = []
     # UNet seconds so far at the end of each step (with --low-memory a step is several UNet calls)
     marks: list[float] = []
+    unets = [timed[name] for name in ("unet", "unet_shallow") if name in timed]
     start = time.perf_counter()
     pipe(
         PROMPT,
@@ -105,7 +114,8 @@ def _run(pipe: Any, timed: dict[str, _Timed], settings: BenchSettings) -> dict[s
         seed=0,
         width=settings.width,
         height=settings.height,
-        callback=lambda *_: marks.append(sum(timed["unet"].seconds)),
+        callback=lambda *_: marks.append(sum(sum(u.seconds) for u in unets)),
+        deep_cache=settings.deep_cache,
     )
     return {
         "end_to_end_s": time.perf_counter() - start,

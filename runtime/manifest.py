@@ -18,7 +18,7 @@ from sdcpu.runtime.errors import SdcpuError
 
 MANIFEST_NAME = "sdcpu.json"
 MANIFEST_VERSION = 1
-COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
+COMPONENTS = ("text_encoder", "unet", "unet_shallow", "vae_decoder", "vae_encoder")
 # The file holding each component's graph, per format (optimum's names, so other tools can read it).
 GRAPH_FILE = {"openvino": "openvino_model.xml", "onnx": "model.onnx"}
 

@@ -85,6 +85,8 @@ class Pipeline:
         self.scheduler_config = SchedulerConfig.load(folder / "scheduler" / "scheduler_config.json")
         self.text_encoder = self._load("text_encoder")
         self.unet = self._load("unet")
+        # DeepCache's shallow UNet pass, read on first use; folders converted before it have none.
+        self.unet_shallow = self._load("unet_shallow", lazy=True) if "unet_shallow" in manifest.components else None
         self.vae_decoder = self._load("vae_decoder")
         self._vae_encoder: Model | None = None  # loaded on first img2img
 
@@ -110,9 +112,9 @@ class Pipeline:
         manifest.verify(folder, hashes=verify, record=cache / VERIFIED_FILES if cache is not None else None)
         return cls(folder, manifest, backend or NATIVE_BACKEND[manifest.format], device, cache, low_memory)
 
-    def _load(self, component: str) -> Model:
+    def _load(self, component: str, lazy: bool = False) -> Model:
         path = self.manifest.graph_path(self.folder, component)
-        return load_model(self.backend, path, self.device, self.cache_dir, lazy=self.low_memory)
+        return load_model(self.backend, path, self.device, self.cache_dir, lazy=lazy or self.low_memory)
 
     @property
     def vae_encoder(self) -> Model:
@@ -137,6 +139,7 @@ class Pipeline:
         strength: float = 0.8,
         latents: np.ndarray | None = None,
         callback: Callback | None = None,
+        deep_cache: int = 1,
     ) -> PipelineResult:
         """Generate images (txt2img, or img2img with `init_image`); see the README for each option."""
         image = imaging.open_init_image(init_image) if init_image is not None else None
@@ -153,7 +156,10 @@ class Pipeline:
             scheduler=scheduler or default_scheduler_name(self.scheduler_config),
             strength=strength if image is not None else None,
             model=self.manifest.source,
+            deep_cache=deep_cache,
         ).validate(self.manifest.vae_scale_factor)
+        if deep_cache > 1 and self.unet_shallow is None:
+            raise SdcpuError(f"{self.folder} has no unet_shallow for deep_cache; convert it again with this sdcpu")
         return self.generate(settings, image, latents, callback)
 
     def _default_size(self, image: Image.Image | None) -> tuple[int, int]:
@@ -194,14 +200,15 @@ class Pipeline:
             x0 = self._encode_image(image, s, rng)
             x = scheduler.add_noise(x0, self._noise(latents, shape, rng), start)
             scheduler.set_begin_index(start)
-        # 4. Denoise: eps = eps_u + w (eps_c - eps_u), then one scheduler step.
+        # 4. Denoise: eps = eps_u + w (eps_c - eps_u), then one scheduler step. DeepCache: only every
+        #    deep_cache-th step runs the whole UNet; the steps between reuse its deep features.
         timesteps = scheduler.timesteps[start:]
-        done = 0
-        for t in timesteps:
+        done, deep = 0, None
+        for i, t in enumerate(timesteps):
             model_input = np.concatenate([x, x]) if cfg else x
             model_input = scheduler.scale_model_input(model_input, t)
             timestep = np.full(len(model_input), t, dtype=np.float32)
-            eps = self._predict_noise(model_input, timestep, embeddings)
+            eps, deep = self._predict_noise(model_input, timestep, embeddings, deep if i % s.deep_cache else None)
             if cfg:
                 eps_uncond, eps_text = np.split(eps, 2)
                 eps = eps_uncond + np.float32(s.guidance) * (eps_text - eps_uncond)
@@ -213,6 +220,8 @@ class Pipeline:
         #    UNet freed first, tile by tile).
         if self.low_memory:
             self.unet.release()
+            if self.unet_shallow is not None:
+                self.unet_shallow.release()
         decoded = self._decode((x / np.float32(self.manifest.vae_scaling_factor)).astype(np.float32))
         array = imaging.decoded_to_float(decoded)
         return PipelineResult(imaging.float_to_pil(array), array, s, done)
@@ -224,13 +233,24 @@ class Pipeline:
             self.text_encoder.release()
         return np.repeat(hidden, n, axis=0).astype(np.float32)  # [neg]*n + [prompt]*n
 
-    def _predict_noise(self, sample: np.ndarray, timestep: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
-        if not self.low_memory:
-            return self.unet(sample=sample, timestep=timestep, encoder_hidden_states=embeddings)
-        # One sample per call: the same arithmetic with half (or less) of the activations alive at once.
-        rows = [slice(i, i + 1) for i in range(len(sample))]
-        parts = [self.unet(sample=sample[r], timestep=timestep[r], encoder_hidden_states=embeddings[r]) for r in rows]
-        return np.concatenate(parts)
+    def _predict_noise(
+        self, sample: np.ndarray, timestep: np.ndarray, embeddings: np.ndarray, deep: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        # Given deep features: the shallow pass around them; otherwise the whole UNet, which returns
+        # fresh ones too. --low-memory: one sample per call, the same arithmetic with half (or less) of
+        # the activations alive at once.
+        model = self.unet if deep is None or self.unet_shallow is None else self.unet_shallow
+        rows = [slice(i, i + 1) for i in range(len(sample))] if self.low_memory else [slice(None)]
+        parts = []
+        for r in rows:
+            extra = {} if deep is None else {"deep_features": deep[r]}
+            parts.append(
+                model.outputs(sample=sample[r], timestep=timestep[r], encoder_hidden_states=embeddings[r], **extra)
+            )
+        eps = np.concatenate([p[0] for p in parts])
+        if deep is None and len(parts[0]) > 1:  # folders converted before DeepCache have no second output
+            deep = np.concatenate([p[1] for p in parts])
+        return eps, deep
 
     def _decode(self, latents: np.ndarray) -> np.ndarray:
         if not self.low_memory:

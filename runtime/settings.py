@@ -22,6 +22,7 @@ class GenerationSettings:
     scheduler: str
     strength: float | None  # None for txt2img
     model: str
+    deep_cache: int = 1  # DeepCache: the whole UNet every N steps, a shallow pass between (1: every step)
 
     def validate(self, multiple: int) -> GenerationSettings:
         """Raise SdcpuError (with what to do) on any setting the pipeline cannot run."""
@@ -39,6 +40,8 @@ class GenerationSettings:
             raise SdcpuError(f"num_images must be at least 1; got {self.num_images}")
         if self.strength is not None and not 0 < self.strength <= 1:
             raise SdcpuError(f"strength must be in (0, 1]; got {self.strength}")
+        if self.deep_cache < 1:
+            raise SdcpuError(f"deep_cache must be at least 1 (1 runs the whole UNet every step); got {self.deep_cache}")
         if self.scheduler not in SCHEDULERS:
             raise SdcpuError(f"unknown scheduler {self.scheduler!r}; choose one of: {', '.join(SCHEDULERS)}")
         if not 0 <= self.seed < 2**63:

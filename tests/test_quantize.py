@@ -18,7 +18,7 @@ from sdcpu.runtime.pipeline import Pipeline
 pytest.importorskip("nncf")
 
 CASES = [("openvino", "int8"), ("openvino", "int4"), ("openvino", "int8-hybrid"), ("onnx", "int8")]
-COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
+COMPONENTS = ("text_encoder", "unet", "unet_shallow", "vae_decoder", "vae_encoder")
 LARGE = 1024  # weights smaller than this stay float (biases, norms)
 
 
@@ -70,7 +70,7 @@ def test_openvino_int8_compresses_every_large_weight(quantized, component):
 def test_openvino_int4_is_4_bit_on_unet_and_text_encoder_only(quantized, component):
     counts = openvino_weight_types(quantized["openvino", "int4"] / component / "openvino_model.xml")
     assert counts["f32"] == 0, counts
-    if component in ("unet", "text_encoder"):
+    if component in ("unet", "unet_shallow", "text_encoder"):
         assert counts["i4"] >= 4, counts  # attention and feed-forward MatMuls
     else:
         assert counts["i4"] == 0 and counts["u8"] >= 4, counts
@@ -80,7 +80,7 @@ def test_openvino_hybrid_quantizes_unet_activations_only(quantized):
     folder = quantized["openvino", "int8-hybrid"]
     unet = openvino_weight_types(folder / "unet" / "openvino_model.xml")
     assert unet["fake_quantize"] >= 10 and unet["i8"] >= 10 and unet["f32"] == 0, unet
-    for component in ("text_encoder", "vae_decoder"):
+    for component in ("text_encoder", "unet_shallow", "vae_decoder"):
         counts = openvino_weight_types(folder / component / "openvino_model.xml")
         assert counts["fake_quantize"] == 0 and counts["u8"] >= 4, counts
     calibration = Manifest.load(folder).extra["calibration"]

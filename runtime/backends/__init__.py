@@ -1,4 +1,5 @@
-"""Inference engines behind one small interface: `model(**inputs) -> first output as numpy`.
+"""Inference engines behind one small interface: `model(**inputs) -> first output as numpy`
+(`model.outputs(**inputs)` for all of them).
 
 `load_model(backend, path, device)` picks the engine by name. The OpenVINO backend reads both
 OpenVINO IR and ONNX; ONNX Runtime reads ONNX only.
@@ -18,6 +19,8 @@ NATIVE_BACKEND = {"openvino": "openvino", "onnx": "onnxruntime"}
 
 class Model(Protocol):
     def __call__(self, **inputs: np.ndarray) -> np.ndarray: ...
+
+    def outputs(self, **inputs: np.ndarray) -> list[np.ndarray]: ...
 
     def release(self) -> None: ...
 

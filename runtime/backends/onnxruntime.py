@@ -24,8 +24,12 @@ class OnnxRuntimeModel:
             raise SdcpuError(f"ONNX Runtime cannot load {self.path}: {err}") from err
 
     def __call__(self, **inputs: np.ndarray) -> np.ndarray:
+        return self.outputs(**inputs)[0]
+
+    def outputs(self, **inputs: np.ndarray) -> list[np.ndarray]:
+        """Every output of the graph, in order."""
         self._session = self._session or self._open()
-        return self._session.run(None, inputs)[0]
+        return list(self._session.run(None, inputs))
 
     def release(self) -> None:
         """Free the session and its weights; the next call opens the graph again."""

@@ -42,11 +42,19 @@ class OpenVINOModel:
         return compiled.create_infer_request()
 
     def __call__(self, **inputs: np.ndarray) -> np.ndarray:
+        return self._infer(inputs).get_output_tensor(0).data.copy()
+
+    def outputs(self, **inputs: np.ndarray) -> list[np.ndarray]:
+        """Every output of the graph, in order."""
+        request = self._infer(inputs)
+        return [request.get_output_tensor(i).data.copy() for i in range(len(request.model_outputs))]
+
+    def _infer(self, inputs: dict[str, np.ndarray]) -> ov.InferRequest:
         shapes = {name: tuple(value.shape) for name, value in inputs.items()}
         if self._request is None or shapes != self._shapes:
             self._request = self._compile(shapes)
         self._request.infer(inputs)
-        return self._request.get_output_tensor(0).data.copy()
+        return self._request
 
     def release(self) -> None:
         """Free the graph and the compiled model; the next call reads (and compiles or imports) again."""
