@@ -60,8 +60,14 @@ class Timer:
         self.times.append(time.perf_counter() - start)
         return out
 
+    def outputs(self, **inputs):  # an sdcpu model's every output
+        start = time.perf_counter()
+        out = self.fn.outputs(**inputs)
+        self.times.append(time.perf_counter() - start)
+        return out
 
-def run_sdcpu(model: Path, backend: str, steps: int) -> dict:
+
+def run_sdcpu(model: Path, backend: str, steps: int, deep_cache: int = 1) -> dict:
     start = time.perf_counter()
     from sdcpu import Pipeline
 
@@ -70,10 +76,15 @@ def run_sdcpu(model: Path, backend: str, steps: int) -> dict:
     pipe.text_encoder, pipe.unet, pipe.vae_decoder = (
         Timer(m) for m in (pipe.text_encoder, pipe.unet, pipe.vae_decoder)
     )
+    pipe.unet_shallow = shallow = Timer(pipe.unet_shallow)
     start = time.perf_counter()
-    pipe(PROMPT, steps=steps, seed=0, scheduler="euler", width=512, height=512)
+    pipe(PROMPT, steps=steps, seed=0, scheduler="euler", width=512, height=512, deep_cache=deep_cache)
     total = time.perf_counter() - start
-    return _report(load, total, pipe.text_encoder.times, pipe.unet.times, pipe.vae_decoder.times)
+    report = _report(load, total, pipe.text_encoder.times, pipe.unet.times, pipe.vae_decoder.times)
+    if shallow.times:  # DeepCache: the shallow steps, and all UNet time spent
+        report["unet_shallow_step_s"] = statistics.median(shallow.times[1:] or shallow.times)
+        report["unet_total_s"] = sum(pipe.unet.times) + sum(shallow.times)
+    return report
 
 
 def run_pytorch(model: Path, steps: int) -> dict:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -27,7 +28,8 @@ from pathlib import Path
 from benchmark import PROMPT, Timer, _report, build_random_pipeline, machine, run_pytorch, run_sdcpu
 
 ROOT = Path(__file__).resolve().parents[1]
-# name -> (kind, folder under --work, precision)
+# name -> (kind, folder under --work, precision); sdcpu runners named "..., DeepCache N" reuse the
+# UNet's deep features for N-1 of every N steps (opt-in, approximate; its quality is in docs/quality.md).
 RUNNERS = {
     "diffusers + PyTorch fp32": ("pytorch", "diffusers", "fp32"),
     "optimum-intel fp32": ("optimum", "optimum-fp32", "fp32"),
@@ -38,6 +40,8 @@ RUNNERS = {
     "sdcpu OpenVINO int4": ("openvino", "openvino-int4", "int4"),
     "sdcpu ONNX Runtime fp32": ("onnxruntime", "onnx-fp32", "fp32"),
     "sdcpu ONNX Runtime int8": ("onnxruntime", "onnx-int8", "int8"),
+    "sdcpu OpenVINO fp32, DeepCache 3": ("openvino", "openvino-fp32", "fp32"),
+    "sdcpu OpenVINO int8-hybrid, DeepCache 3": ("openvino", "openvino-int8-hybrid", "int8-hybrid"),
 }
 
 
@@ -61,6 +65,10 @@ def run_optimum(folder: Path, steps: int) -> dict:
     return _report(load, total, text.times, unet.times, vae.times)
 
 
+def deep_cache(name: str) -> int:
+    return int(name.rsplit("DeepCache ", 1)[1]) if "DeepCache" in name else 1
+
+
 def worker(name: str, work: Path, steps: int) -> None:
     kind, folder, _ = RUNNERS[name]
     if kind == "pytorch":
@@ -68,7 +76,7 @@ def worker(name: str, work: Path, steps: int) -> None:
     elif kind == "optimum":
         result = run_optimum(work / folder, steps)
     else:
-        result = run_sdcpu(work / folder, kind, steps)
+        result = run_sdcpu(work / folder, kind, steps, deep_cache(name))
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -107,9 +115,12 @@ def summarise(runs: dict[str, list[dict]]) -> dict[str, dict]:
     summary = {}
     for name, rounds in runs.items():
         median = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
-        # 20 steps from the measured parts: text encoder, first step, 19 further steps, decode.
+        # 20 steps from the measured parts: text encoder, first step, 19 further steps, decode. With
+        # DeepCache N, ceil(20 / N) of the 20 steps run the whole UNet and the rest the shallow pass.
+        full = math.ceil(20 / deep_cache(name))
+        unet = (full - 1) * median["unet_step_s"] + (20 - full) * median.get("unet_shallow_step_s", 0.0)
         median["estimated_20_steps_s"] = (
-            median["text_encoder_s"] + median["unet_first_step_s"] + 19 * median["unet_step_s"] + median["vae_decode_s"]
+            median["text_encoder_s"] + median["unet_first_step_s"] + unet + median["vae_decode_s"]
         )
         median["peak_rss_gb"] = max(r["peak_rss_gb"] for r in rounds)
         # Start-up: load plus what the first step costs beyond a steady one (compiling, or importing a
@@ -136,14 +147,19 @@ def table(summary: dict[str, dict], sizes: dict[str, float], flops: dict | None)
     for name, m in summary.items():
         ratio = f"{m['unet_step_s'] / base['unet_step_s']:.2f}x" if base else ""
         vs_torch = f"{m['estimated_20_steps_s'] / torch_e2e:.2f}x" if torch_e2e else ""
+        step = f"{m['unet_step_s']:.2f} s" + (
+            f" (shallow {m['unet_shallow_step_s']:.2f} s)" if deep_cache(name) > 1 else ""
+        )
         lines.append(
-            f"| {name} | {m['unet_step_s']:.2f} s | {ratio} | {m['startup_cold_s']:.1f} / {m['startup_warm_s']:.1f} s"
+            f"| {name} | {step} | {ratio} | {m['startup_cold_s']:.1f} / {m['startup_warm_s']:.1f} s"
             f" | {m['vae_decode_s']:.1f} s | {m['estimated_20_steps_s']:.0f} s | {vs_torch}"
             f" | {m['peak_rss_gb']:.2f} GB | {sizes[name]:.2f} GB |"
         )
     if flops:
         lines += ["", "| | GFLOP/s per UNet step | of the 157 GFLOP/s fp32 peak |", "|---|---:|---:|"]
         for name, m in summary.items():
+            if deep_cache(name) > 1:
+                continue  # the shallow steps skip work: a FLOP rate per step would not compare
             rate = flops["unet_step_gflop"] / m["unet_step_s"]
             lines.append(f"| {name} | {rate:.0f} | {100 * rate / flops['peak_gflops']:.0f}% |")
     return "\n".join(lines)

@@ -1,11 +1,12 @@
 """Quality of every conversion of the demo model, by the demo world's oracle on the held-out captions.
 
-    python bench/demo_quality.py [--count 240] [--work DIR]   (needs the [export] extra)
+    python bench/demo_quality.py [--count 240] [--work DIR] [--only TEXT]   (needs the [export] extra)
 
 Converts models/demo/source at each format and precision, runs the held-out captions with the same
 seeds through each (and through diffusers on the original weights, with the same initial latents),
 and writes docs/quality.json and docs/quality.md: per-attribute accuracy, and mean SSIM / PSNR against
-the OpenVINO fp32 images.
+the OpenVINO fp32 images. DeepCache rows reuse the UNet's deep features for N-1 of every N steps.
+`--only TEXT` measures only the rows whose name contains TEXT and keeps the others from docs/quality.json.
 """
 
 from __future__ import annotations
@@ -26,22 +27,32 @@ from sdcpu.runtime.evaluation import evaluate
 from sdcpu.runtime.pipeline import Pipeline
 
 STEPS, GUIDANCE = 20, 7.5
-# (format, precision, backend)
+# (format, precision, backend, DeepCache interval)
 VARIANTS = [
-    ("openvino", "fp32", "openvino"),
-    ("onnx", "fp32", "onnxruntime"),
-    ("openvino", "fp16", "openvino"),
-    ("onnx", "fp16", "onnxruntime"),
-    ("openvino", "int8", "openvino"),
-    ("onnx", "int8", "onnxruntime"),
-    ("openvino", "int8-hybrid", "openvino"),
-    ("openvino", "int4", "openvino"),
+    ("openvino", "fp32", "openvino", 1),
+    ("onnx", "fp32", "onnxruntime", 1),
+    ("openvino", "fp16", "openvino", 1),
+    ("onnx", "fp16", "onnxruntime", 1),
+    ("openvino", "int8", "openvino", 1),
+    ("onnx", "int8", "onnxruntime", 1),
+    ("openvino", "int8-hybrid", "openvino", 1),
+    ("openvino", "int4", "openvino", 1),
+    ("openvino", "fp32", "openvino", 2),
+    ("openvino", "fp32", "openvino", 3),
+    ("openvino", "fp32", "openvino", 5),
+    ("openvino", "int8-hybrid", "openvino", 3),
 ]
 
 
-def sdcpu_runner(folder: Path, backend: str):
+def variant_name(fmt: str, precision: str, backend: str, deep_cache: int) -> str:
+    return f"sdcpu {fmt} {precision} ({backend})" + (f", DeepCache {deep_cache}" if deep_cache > 1 else "")
+
+
+def sdcpu_runner(folder: Path, backend: str, deep_cache: int = 1):
     pipe = Pipeline.load(folder, backend=backend)
-    return lambda caption, seed: pipe(caption, steps=STEPS, guidance=GUIDANCE, seed=seed).array[0]
+    return lambda caption, seed: pipe(caption, steps=STEPS, guidance=GUIDANCE, seed=seed, deep_cache=deep_cache).array[
+        0
+    ]
 
 
 def diffusers_runner():
@@ -77,26 +88,34 @@ def calibration_prompts(count: int = 16) -> tuple[str, ...]:
     return tuple(train[int(i)].caption(int(i)) for i in rng.choice(len(train), count, replace=False))
 
 
-def measure(work: Path, count: int) -> dict:
-    reference = None
-    results = {}
+def measure(work: Path, count: int, only: str | None, results: dict) -> dict:
     calibration = CalibrationSettings(prompts=calibration_prompts(), size=128)
-    for fmt, precision, backend in VARIANTS:
+    reference = None
+    for fmt, precision, backend, deep_cache in VARIANTS:
+        name = variant_name(fmt, precision, backend, deep_cache)
         folder = work / f"{fmt}-{precision}"
+        if reference is not None and only is not None and only not in name:
+            continue
         if not folder.exists():
             convert(str(SOURCE), folder, fmt, precision, calibration=calibration, progress=lambda _: None)
+        if reference is None:  # the first row, OpenVINO fp32, is every other row's reference
+            reference = sdcpu_runner(folder, backend)
+            if only is not None and only not in name:
+                continue
         start = time.perf_counter()
-        report = evaluate(sdcpu_runner(folder, backend), count, reference)
-        name = f"sdcpu {fmt} {precision} ({backend})"
+        report = evaluate(sdcpu_runner(folder, backend, deep_cache), count, None if name == NAMES[0] else reference)
         results[name] = {**report.summary(), "seconds": time.perf_counter() - start}
         results[name]["folder_mb"] = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6
         print(name, results[name], flush=True)
-        if reference is None:
-            reference = sdcpu_runner(folder, backend)
-    start = time.perf_counter()
-    report = evaluate(diffusers_runner(), count, reference)
-    results["diffusers fp32 (PyTorch, original weights)"] = {**report.summary(), "seconds": time.perf_counter() - start}
-    return results
+    if only is None or only in DIFFUSERS:
+        start = time.perf_counter()
+        report = evaluate(diffusers_runner(), count, reference)
+        results[DIFFUSERS] = {**report.summary(), "seconds": time.perf_counter() - start}
+    return {name: results[name] for name in [*NAMES, DIFFUSERS] if name in results}
+
+
+NAMES = [variant_name(*v) for v in VARIANTS]
+DIFFUSERS = "diffusers fp32 (PyTorch, original weights)"
 
 
 def render(record: dict) -> str:
@@ -129,11 +148,13 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=240)
     parser.add_argument("--work", type=Path, help="keep the conversions here (default: a temporary folder)")
     parser.add_argument("--docs", type=Path, default=Path(__file__).parent.parent / "docs")
+    parser.add_argument("--only", help="measure only the rows whose name contains this; keep the rest")
     args = parser.parse_args()
+    previous = json.loads((args.docs / "quality.json").read_text())["results"] if args.only else {}
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        results = measure(work, args.count)
+        results = measure(work, args.count, args.only, previous)
     record = {"machine": machine(), "count": args.count}
     record["results"] = results
     (args.docs / "quality.json").write_text(json.dumps(record, indent=2) + "\n")
