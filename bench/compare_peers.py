@@ -40,8 +40,8 @@ RUNNERS = {
     "sdcpu OpenVINO int4": ("openvino", "openvino-int4", "int4"),
     "sdcpu ONNX Runtime fp32": ("onnxruntime", "onnx-fp32", "fp32"),
     "sdcpu ONNX Runtime int8": ("onnxruntime", "onnx-int8", "int8"),
-    "sdcpu OpenVINO fp32, DeepCache 3": ("openvino", "openvino-fp32", "fp32"),
-    "sdcpu OpenVINO int8-hybrid, DeepCache 3": ("openvino", "openvino-int8-hybrid", "int8-hybrid"),
+    "sdcpu OpenVINO fp32, DeepCache 2": ("openvino", "openvino-fp32", "fp32"),
+    "sdcpu OpenVINO int8-hybrid, DeepCache 2": ("openvino", "openvino-int8-hybrid", "int8-hybrid"),
 }
 
 
