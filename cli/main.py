@@ -222,6 +222,7 @@ def _print_bench(report: dict) -> None:
         ("load", "load_s", "s"),
         ("text encoder", "text_encoder_s", "s"),
         ("UNet step", "unet_step_s", "s"),
+        *([("shallow UNet step", "unet_shallow_step_s", "s")] if "unet_shallow_step_s" in models[0] else []),
         ("first UNet step", "unet_first_step_s", "s"),
         ("VAE decode", "vae_decode_s", "s"),
         ("end to end", "end_to_end_s", "s"),

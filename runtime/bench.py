@@ -165,15 +165,21 @@ def bench(folders: list[Path | None], settings: BenchSettings, progress=print) -
             if process.is_alive():
                 conn.send(False)
             process.join()
-    return {"settings": settings.__dict__, "models": [_summary(i, r) for i, r in zip(infos, runs, strict=True)]}
+    summaries = [_summary(i, r, settings.deep_cache) for i, r in zip(infos, runs, strict=True)]
+    return {"settings": settings.__dict__, "models": summaries}
 
 
-def _summary(info: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
-    # The first UNet call of a run includes OpenVINO's compile for the shape on the first run only.
-    steps = [s for run in runs for s in run["unet_steps_s"][1:]] or [runs[0]["unet_steps_s"][0]]
+def _summary(info: dict[str, Any], runs: list[dict[str, Any]], deep_cache: int) -> dict[str, Any]:
+    # The first UNet call of a run includes OpenVINO's compile for the shape on the first run only. With
+    # DeepCache, steps i % deep_cache == 0 run the whole UNet and the others the shallow pass (whose
+    # first call compiles it).
+    full = [s for run in runs for i, s in enumerate(run["unet_steps_s"]) if i and i % deep_cache == 0]
+    shallow = [s for run in runs for i, s in enumerate(run["unet_steps_s"]) if i > 1 and i % deep_cache]
+    extra = {"unet_shallow_step_s": statistics.median(shallow)} if shallow else {}
     return {
         **info,
-        "unet_step_s": statistics.median(steps),
+        "unet_step_s": statistics.median(full or [runs[0]["unet_steps_s"][0]]),
+        **extra,
         "unet_first_step_s": runs[0]["unet_steps_s"][0],
         **{key: statistics.median(r[key] for r in runs) for key in ("text_encoder_s", "vae_decode_s", "end_to_end_s")},
         "peak_rss_gb": max(r["peak_rss_gb"] for r in runs),

@@ -167,6 +167,16 @@ def test_bench_low_memory_times_whole_steps(sd1_openvino, tmp_path):
     assert report["models"][0]["unet_step_s"] > 0
 
 
+def test_bench_reports_full_and_shallow_steps_with_deep_cache(sd1_openvino, tmp_path):
+    out = tmp_path / "bench.json"
+    args = ["bench", "--model", str(sd1_openvino), "--steps", "5", "--runs", "1", "--deep-cache", "2"]
+    result = runner.invoke(app, [*args, "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "shallow UNet step" in result.output
+    model = json.loads(out.read_text())["models"][0]
+    assert model["unet_step_s"] > 0 and model["unet_shallow_step_s"] > 0
+
+
 def test_bench_refuses_a_missing_folder(tmp_path):
     result = runner.invoke(app, ["bench", "--model", str(tmp_path / "nope")])
     assert result.exit_code == 2 and "does not exist" in result.output
