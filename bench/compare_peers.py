@@ -28,7 +28,7 @@ from pathlib import Path
 from benchmark import PROMPT, Timer, _report, build_random_pipeline, machine, run_pytorch, run_sdcpu
 
 ROOT = Path(__file__).resolve().parents[1]
-# name -> (kind, folder under --work, precision); sdcpu runners named "..., DeepCache N" reuse the
+# name -> (kind, folder under --work, precision); sdcpu runners named "... + DeepCache N" reuse the
 # UNet's deep features for N-1 of every N steps (opt-in, approximate; its quality is in docs/quality.md).
 RUNNERS = {
     "diffusers + PyTorch fp32": ("pytorch", "diffusers", "fp32"),
@@ -40,8 +40,8 @@ RUNNERS = {
     "sdcpu OpenVINO int4": ("openvino", "openvino-int4", "int4"),
     "sdcpu ONNX Runtime fp32": ("onnxruntime", "onnx-fp32", "fp32"),
     "sdcpu ONNX Runtime int8": ("onnxruntime", "onnx-int8", "int8"),
-    "sdcpu OpenVINO fp32, DeepCache 2": ("openvino", "openvino-fp32", "fp32"),
-    "sdcpu OpenVINO int8-hybrid, DeepCache 2": ("openvino", "openvino-int8-hybrid", "int8-hybrid"),
+    "sdcpu OpenVINO fp32 + DeepCache 2": ("openvino", "openvino-fp32", "fp32"),
+    "sdcpu OpenVINO int8-hybrid + DeepCache 2": ("openvino", "openvino-int8-hybrid", "int8-hybrid"),
 }
 
 
