@@ -8,8 +8,9 @@
   calibrated on UNet inputs collected by running the float model on prompts. This is NNCF's hybrid
   recipe for diffusion models (as in optimum-intel): activation quantization of the attention and
   feed-forward MatMuls is what ruins Stable Diffusion images, so those keep float activations.
-- `int4` (OpenVINO): 4-bit weights (symmetric, groups of 64) for the UNet and text encoder, 8-bit
-  for the VAE; NNCF keeps the first and last layers at 8 bits.
+- `int4` (OpenVINO): 4-bit weights (symmetric, groups of 64) for the UNet, its shallow DeepCache
+  pass and the text encoder, 8-bit for the VAE; NNCF keeps the first and last layers at 8 bits.
+  With int8-hybrid the shallow pass gets int8 weights only: it is not calibrated.
 """
 
 from __future__ import annotations
