@@ -7,7 +7,8 @@
 - `int8-hybrid` (OpenVINO): int8 weights everywhere, plus int8 activations on the UNet's convolutions,
   calibrated on UNet inputs collected by running the float model on prompts. This is NNCF's hybrid
   recipe for diffusion models (as in optimum-intel): activation quantization of the attention and
-  feed-forward MatMuls is what ruins Stable Diffusion images, so those keep float activations.
+  feed-forward MatMuls is what ruins Stable Diffusion images, so those keep float activations (on the
+  demo model, quantizing them too lost 11.2 points of accuracy; docs/benchmarks.md).
 - `int4` (OpenVINO): 4-bit weights (symmetric, groups of 64) for the UNet, its shallow DeepCache
   pass and the text encoder, 8-bit for the VAE; NNCF keeps the first and last layers at 8 bits.
   With int8-hybrid the shallow pass gets int8 weights only: it is not calibrated.
