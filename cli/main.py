@@ -148,6 +148,7 @@ def evaluate(
     guidance: Annotated[float, typer.Option(help="classifier-free guidance scale")] = 7.5,
     scheduler: Annotated[str | None, typer.Option(help="scheduler (default: the model's own)")] = None,
     backend: Annotated[str | None, typer.Option(help="openvino or onnxruntime (default: the folder's)")] = None,
+    deep_cache: Annotated[int, typer.Option(help=DEEP_CACHE_HELP + "; for --model only, not --reference")] = 1,
 ) -> None:
     """Score a model on the demo world's held-out captions (prompt-following accuracy by the oracle)."""
     from sdcpu.runtime.evaluation import evaluate as run_eval
@@ -157,12 +158,12 @@ def evaluate(
         pipe = Pipeline.load(model, backend=backend)
         other = Pipeline.load(reference) if reference is not None else None
 
-        def runner(p: Pipeline):
+        def runner(p: Pipeline, deep: int = 1):
             return lambda caption, seed: p(
-                caption, steps=steps, guidance=guidance, seed=seed, scheduler=scheduler
+                caption, steps=steps, guidance=guidance, seed=seed, scheduler=scheduler, deep_cache=deep
             ).array[0]
 
-        report = run_eval(runner(pipe), count, runner(other) if other is not None else None)
+        report = run_eval(runner(pipe, deep_cache), count, runner(other) if other is not None else None)
     except SdcpuError as err:
         raise fail(err) from None
     for key, value in report.summary().items():
