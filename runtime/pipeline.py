@@ -200,8 +200,9 @@ class Pipeline:
             x0 = self._encode_image(image, s, rng)
             x = scheduler.add_noise(x0, self._noise(latents, shape, rng), start)
             scheduler.set_begin_index(start)
-        # 4. Denoise: eps = eps_u + w (eps_c - eps_u), then one scheduler step. DeepCache: only every
-        #    deep_cache-th step runs the whole UNet; the steps between reuse its deep features.
+        # 4. Denoise: eps = eps_u + w (eps_c - eps_u), then one scheduler step. DeepCache (Ma et al.,
+        #    https://arxiv.org/abs/2312.00858, uniform 1:N): only every deep_cache-th step runs the whole
+        #    UNet; the steps between reuse its deep features and run the outermost level alone.
         timesteps = scheduler.timesteps[start:]
         done, deep = 0, None
         for i, t in enumerate(timesteps):
