@@ -55,14 +55,14 @@ class Timer:
         self.fn, self.times = fn, []
 
     def __call__(self, *args, **kwargs):
-        start = time.perf_counter()
-        out = self.fn(*args, **kwargs)
-        self.times.append(time.perf_counter() - start)
-        return out
+        return self._timed(self.fn, args, kwargs)
 
     def outputs(self, **inputs):  # an sdcpu model's every output
+        return self._timed(self.fn.outputs, (), inputs)
+
+    def _timed(self, fn, args, kwargs):
         start = time.perf_counter()
-        out = self.fn.outputs(**inputs)
+        out = fn(*args, **kwargs)
         self.times.append(time.perf_counter() - start)
         return out
 

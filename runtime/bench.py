@@ -46,14 +46,14 @@ class _Timed:
         self.seconds: list[float] = []
 
     def __call__(self, **inputs: np.ndarray) -> np.ndarray:
-        start = time.perf_counter()
-        out = self.model(**inputs)
-        self.seconds.append(time.perf_counter() - start)
-        return out
+        return self._timed(self.model, inputs)
 
     def outputs(self, **inputs: np.ndarray) -> list[np.ndarray]:
+        return self._timed(self.model.outputs, inputs)
+
+    def _timed(self, call: Any, inputs: dict[str, np.ndarray]) -> Any:
         start = time.perf_counter()
-        out = self.model.outputs(**inputs)
+        out = call(**inputs)
         self.seconds.append(time.perf_counter() - start)
         return out
 

@@ -77,6 +77,7 @@ class Manifest:
         `record`: a JSON file of hashes already checked; a file whose size, mtime and inode are unchanged
         since is not read again (as `git status` does), so a warm start skips hashing gigabytes."""
         known = _read_record(record)
+        recorded = dict(known)
         for rel, info in sorted(self.files.items()):
             path = Path(folder) / rel
             if not path.is_file():
@@ -91,7 +92,7 @@ class Manifest:
         missing = [c for c in ("text_encoder", "unet", "vae_decoder") if c not in self.components]
         if missing:
             raise SdcpuError(f"model folder {folder} lacks {', '.join(missing)}; convert the model again")
-        if hashes and record is not None:
+        if record is not None and known != recorded:  # written only when a file was hashed
             _write_record(record, known)
 
 

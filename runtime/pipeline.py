@@ -209,7 +209,8 @@ class Pipeline:
             model_input = np.concatenate([x, x]) if cfg else x
             model_input = scheduler.scale_model_input(model_input, t)
             timestep = np.full(len(model_input), t, dtype=np.float32)
-            eps, deep = self._predict_noise(model_input, timestep, embeddings, deep if i % s.deep_cache else None)
+            reuse, keep = (deep if i % s.deep_cache else None), s.deep_cache > 1
+            eps, deep = self._predict_noise(model_input, timestep, embeddings, reuse, keep)
             if cfg:
                 eps_uncond, eps_text = np.split(eps, 2)
                 eps = eps_uncond + np.float32(s.guidance) * (eps_text - eps_uncond)
@@ -235,23 +236,22 @@ class Pipeline:
         return np.repeat(hidden, n, axis=0).astype(np.float32)  # [neg]*n + [prompt]*n
 
     def _predict_noise(
-        self, sample: np.ndarray, timestep: np.ndarray, embeddings: np.ndarray, deep: np.ndarray | None
+        self, sample: np.ndarray, timestep: np.ndarray, embeddings: np.ndarray, deep: np.ndarray | None, keep: bool
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        # Given deep features: the shallow pass around them; otherwise the whole UNet, which returns
-        # fresh ones too. --low-memory: one sample per call, the same arithmetic with half (or less) of
-        # the activations alive at once.
-        model = self.unet if deep is None or self.unet_shallow is None else self.unet_shallow
+        # Given deep features: the shallow pass around them. Otherwise the whole UNet, which also returns
+        # fresh ones when `keep` (DeepCache on; only then are they fetched). --low-memory: one sample per
+        # call, the same arithmetic with half (or less) of the activations alive at once.
         rows = [slice(i, i + 1) for i in range(len(sample))] if self.low_memory else [slice(None)]
         parts = []
         for r in rows:
-            extra = {} if deep is None else {"deep_features": deep[r]}
-            parts.append(
-                model.outputs(sample=sample[r], timestep=timestep[r], encoder_hidden_states=embeddings[r], **extra)
-            )
-        eps = np.concatenate([p[0] for p in parts])
-        if deep is None and len(parts[0]) > 1:  # folders converted before DeepCache have no second output
-            deep = np.concatenate([p[1] for p in parts])
-        return eps, deep
+            inputs = {"sample": sample[r], "timestep": timestep[r], "encoder_hidden_states": embeddings[r]}
+            if deep is not None and self.unet_shallow is not None:
+                parts.append([self.unet_shallow(**inputs, deep_features=deep[r])])
+            else:
+                parts.append(self.unet.outputs(**inputs) if keep else [self.unet(**inputs)])
+        # Each output's rows joined (one row as is); folders converted before DeepCache have one output.
+        joined = [np.concatenate(rows_of) if len(rows_of) > 1 else rows_of[0] for rows_of in zip(*parts, strict=True)]
+        return joined[0], joined[1] if len(joined) > 1 else deep
 
     def _decode(self, latents: np.ndarray) -> np.ndarray:
         if not self.low_memory:

@@ -89,8 +89,10 @@ def test_verified_hashes_are_recorded_and_rechecked_when_a_file_changes(sd1_open
     manifest.verify(folder, record=record)
     assert len(hashed) == len(manifest.files) and record.is_file()
     hashed.clear()
+    written = record.stat().st_mtime_ns
     manifest.verify(folder, record=record)
     assert hashed == []  # unchanged files: taken from the record
+    assert record.stat().st_mtime_ns == written  # and the record is not rewritten
     weights = folder / "unet" / "openvino_model.bin"
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0xFF
