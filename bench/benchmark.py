@@ -60,6 +60,9 @@ class Timer:
     def outputs(self, **inputs):  # an sdcpu model's every output
         return self._timed(self.fn.outputs, (), inputs)
 
+    def release_memory(self):  # an sdcpu model's buffers, freed between phases
+        self.fn.release_memory()
+
     def _timed(self, fn, args, kwargs):
         start = time.perf_counter()
         out = fn(*args, **kwargs)
@@ -108,9 +111,10 @@ def run_pytorch(model: Path, steps: int) -> dict:
 
 
 def peak_rss_gb() -> float:
-    # VmHWM, not getrusage's ru_maxrss: that survives exec, so a worker would inherit its parent's peak.
+    # VmHWM (KiB), not getrusage's ru_maxrss: that survives exec, so a worker would inherit its parent's
+    # peak. In GB (10^9 bytes), as folder sizes.
     line = next(row for row in Path("/proc/self/status").read_text().splitlines() if row.startswith("VmHWM:"))
-    return int(line.split()[1]) / 1024**2
+    return int(line.split()[1]) * 1024 / 1e9
 
 
 def _report(load: float, total: float, text: list, unet: list, vae: list) -> dict:

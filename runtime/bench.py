@@ -57,19 +57,22 @@ class _Timed:
         self.seconds.append(time.perf_counter() - start)
         return out
 
+    def release_memory(self) -> None:
+        self.model.release_memory()
+
     def release(self) -> None:
         self.model.release()
 
 
 def peak_rss_gb() -> float:
-    """This process's peak resident set size. On Linux, VmHWM: getrusage's ru_maxrss survives exec, so a
-    worker started by a large parent would report at least the parent's peak."""
+    """This process's peak resident set size in GB (10^9 bytes). On Linux, VmHWM: getrusage's ru_maxrss
+    survives exec, so a worker started by a large parent would report at least the parent's peak."""
     status = Path("/proc/self/status")
     if status.exists():
         line = next(row for row in status.read_text().splitlines() if row.startswith("VmHWM:"))
-        return int(line.split()[1]) / 1024**2
-    kilobytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, KiB elsewhere
-    return kilobytes / (1024**3 if sys.platform == "darwin" else 1024**2)
+        return int(line.split()[1]) * 1024 / 1e9  # VmHWM is in KiB
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, KiB elsewhere
+    return peak / 1e9 if sys.platform == "darwin" else peak * 1024 / 1e9
 
 
 def _worker(folder: str | None, settings: BenchSettings, conn: Any) -> None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import mmap
 import shutil
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from sdcpu import Pipeline
 from sdcpu.runtime.errors import SdcpuError
+from sdcpu.runtime.pages import drop_mapped_pages
 from sdcpu.runtime.tiling import decode_tiled, tile_starts
 
 
@@ -53,6 +57,9 @@ class _Spy:
     def __call__(self, **inputs):
         self.shapes.append(inputs["latent_sample"].shape)
         return self.model(**inputs)
+
+    def release_memory(self):
+        self.model.release_memory()
 
     def release(self):
         self.model.release()
@@ -100,3 +107,59 @@ def test_verified_hashes_are_recorded_and_rechecked_when_a_file_changes(sd1_open
     with pytest.raises(SdcpuError, match="sha256"):
         manifest.verify(folder, record=record)
     assert hashed == ["openvino_model.bin"]
+
+
+def _resident_kb(path) -> int:
+    # Sum of the Rss lines of this process's mappings of `path`, from /proc/self/smaps.
+    total, current = 0, None
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if fields[0].endswith(":"):
+            total += int(fields[1]) if fields[0] == "Rss:" and current == str(path) else 0
+        else:
+            current = fields[5] if len(fields) > 5 else None
+    return total
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="dropping mapped pages is done on Linux only")
+def test_dropped_pages_leave_the_resident_set_and_read_back_unchanged(tmp_path):
+    data = np.random.default_rng(0).integers(0, 256, 8 << 20, dtype=np.uint8).tobytes()
+    (tmp_path / "weights.bin").write_bytes(data)
+    with open(tmp_path / "weights.bin", "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        assert mapped[:] == data  # every page read, so resident
+        assert _resident_kb(tmp_path / "weights.bin") >= 8 << 10
+        assert drop_mapped_pages(tmp_path) >= len(data)
+        assert _resident_kb(tmp_path / "weights.bin") == 0
+        assert mapped[:] == data
+
+
+class _Recorder:
+    """Passes calls on to a model and logs (name, what) for each."""
+
+    def __init__(self, model, name, log):
+        self.model, self.name, self.log = model, name, log
+
+    def __call__(self, **inputs):
+        self.log.append((self.name, "call"))
+        return self.model(**inputs)
+
+    def release_memory(self):
+        self.log.append((self.name, "release_memory"))
+        self.model.release_memory()
+
+    def release(self):
+        self.log.append((self.name, "release"))
+        self.model.release()
+
+
+@pytest.mark.parametrize("low_memory", [False, True])
+def test_each_network_frees_its_memory_when_its_phase_ends(sd1_openvino, low_memory):
+    pipe, log = Pipeline.load(sd1_openvino, low_memory=low_memory), []
+    for name in ("text_encoder", "unet", "vae_decoder"):
+        setattr(pipe, name, _Recorder(getattr(pipe, name), name, log))
+    first, second = (pipe("a cat", steps=2, seed=5, scheduler="ddim").array for _ in range(2))
+    free = "release" if low_memory else "release_memory"  # default: the compiled weights stay
+    calls = 2 if low_memory else 1  # --low-memory runs guidance as two batch-1 UNet calls
+    phases = [("text_encoder", "call"), ("text_encoder", free)] + [("unet", "call")] * 2 * calls
+    assert log == 2 * (phases + [("unet", free), ("vae_decoder", "call"), ("vae_decoder", free)])
+    np.testing.assert_array_equal(first, second)

@@ -1,15 +1,27 @@
 """OpenVINO backend. The graph is kept with dynamic shapes on disk and compiled for the static
 shapes of the first call (OpenVINO's CPU plugin runs static shapes faster); a call with other
-shapes recompiles. With a cache folder, OpenVINO stores each compiled model there (keyed by graph,
-shapes, device and settings), so the next process imports it instead of compiling again."""
+shapes recompiles.
+
+With a cache folder, each compiled model is exported there as a blob, keyed by the graph files'
+size, mtime and inode, the shapes, the device and the OpenVINO version, and the next process imports
+it instead of compiling. The blob is memory-mapped and imported as is: the graph is not read at all,
+whereas OpenVINO's own CACHE_DIR reads it and hashes every weight to find its blob, which pages in a
+second copy of the weights (0.9 GB for an int8 SD 1.5 UNet). Devices that cannot export compiled
+models use CACHE_DIR."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from pathlib import Path
 
 import numpy as np
 import openvino as ov
 from sdcpu.runtime.errors import SdcpuError
+from sdcpu.runtime.pages import drop_mapped_pages
+
+CONFIG = {"PERFORMANCE_HINT": "LATENCY"}
 
 
 class OpenVINOModel:
@@ -18,6 +30,8 @@ class OpenVINOModel:
         self._core = ov.Core()
         self._model: ov.Model | None = None if lazy else self._read()
         self._shapes: dict[str, tuple[int, ...]] | None = None
+        self._compiled: ov.CompiledModel | None = None
+        self._blob: np.memmap | None = None  # an imported model may use the blob's memory in place
         self._request: ov.InferRequest | None = None
 
     def _read(self) -> ov.Model:
@@ -27,19 +41,61 @@ class OpenVINOModel:
             raise SdcpuError(f"OpenVINO cannot read {self.path}: {err}") from err
 
     def _compile(self, shapes: dict[str, tuple[int, ...]]) -> ov.InferRequest:
+        blob = self._blob_path(shapes) if self.cache_dir is not None and self._can_export() else None
+        compiled = self._import(blob) if blob is not None and blob.is_file() else None
+        if compiled is None:
+            compiled = self._compile_graph(shapes, use_cache_dir=blob is None)
+            if blob is not None:
+                self._export(compiled, blob)
+        # The compiled model holds its own (repacked) weights: drop the read graph, and the pages of the
+        # weights file and of the blob that stay mapped, or both copies stay resident.
+        self._model, self._shapes, self._compiled = None, shapes, compiled
+        for folder in (self.path.parent, self.cache_dir):
+            if folder is not None:
+                drop_mapped_pages(folder)
+        return compiled.create_infer_request()
+
+    def _compile_graph(self, shapes: dict[str, tuple[int, ...]], use_cache_dir: bool) -> ov.CompiledModel:
         model = self._model or self._read()
         model.reshape({name: ov.PartialShape(list(shape)) for name, shape in shapes.items()})
-        config = {"PERFORMANCE_HINT": "LATENCY"}
-        if self.cache_dir is not None:
+        config = dict(CONFIG)
+        if use_cache_dir and self.cache_dir is not None:
             config["CACHE_DIR"] = str(self.cache_dir)
         try:
-            compiled = self._core.compile_model(model, self.device, config)
+            return self._core.compile_model(model, self.device, config)
         except RuntimeError as err:
             raise SdcpuError(f"OpenVINO cannot compile for device {self.device!r}: {err}") from err
-        # The compiled model holds its own (repacked) weights: drop the read graph and its mapped file,
-        # or both copies stay resident. A call with new shapes reads it again.
-        self._model, self._shapes = None, shapes
-        return compiled.create_infer_request()
+
+    def _can_export(self) -> bool:
+        try:
+            return "EXPORT_IMPORT" in self._core.get_property(self.device, "OPTIMIZATION_CAPABILITIES")
+        except RuntimeError:  # a virtual device (AUTO, MULTI) has no such property
+            return False
+
+    def _blob_path(self, shapes: dict[str, tuple[int, ...]]) -> Path:
+        assert self.cache_dir is not None
+        key: list = [ov.__version__, self.device, CONFIG, sorted(shapes.items())]
+        for file in (self.path, self.path.with_suffix(".bin")):  # an ONNX graph has no .bin
+            if file.exists():
+                stat = file.stat()
+                key.append([str(file.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino])
+        return self.cache_dir / f"{hashlib.sha256(json.dumps(key).encode()).hexdigest()[:32]}.blob"
+
+    def _import(self, blob: Path) -> ov.CompiledModel | None:
+        # Copy-on-write mapping: OpenVINO needs a writable buffer, and never writes to it.
+        data = np.memmap(blob, dtype=np.uint8, mode="c")
+        try:
+            compiled = self._core.import_model(ov.Tensor(data, shared_memory=True), self.device, CONFIG)
+        except RuntimeError:  # a damaged blob: compile again and replace it
+            return None
+        self._blob = data
+        return compiled
+
+    def _export(self, compiled: ov.CompiledModel, blob: Path) -> None:
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        partial = blob.with_name(f"{blob.name}.{os.getpid()}.partial")
+        partial.write_bytes(compiled.export_model().getbuffer())
+        os.replace(partial, blob)  # whole or absent, even with two processes at once
 
     def __call__(self, **inputs: np.ndarray) -> np.ndarray:
         return self._infer(inputs).get_output_tensor(0).data.copy()
@@ -52,10 +108,17 @@ class OpenVINOModel:
     def _infer(self, inputs: dict[str, np.ndarray]) -> ov.InferRequest:
         shapes = {name: tuple(value.shape) for name, value in inputs.items()}
         if self._request is None or shapes != self._shapes:
+            self._request = self._compiled = self._blob = None  # in this order: each may use the next
             self._request = self._compile(shapes)
         self._request.infer(inputs)
         return self._request
 
+    def release_memory(self) -> None:
+        """Free the buffers of intermediate results (about 1 GB for an SD 1.5 UNet at 512x512), keeping
+        the compiled model; the next call allocates them again."""
+        if self._compiled is not None:
+            self._compiled.release_memory()
+
     def release(self) -> None:
         """Free the graph and the compiled model; the next call reads (and compiles or imports) again."""
-        self._model = self._request = self._shapes = None
+        self._model = self._request = self._shapes = self._compiled = self._blob = None
