@@ -84,6 +84,31 @@ def test_compiled_models_are_cached_and_reused(sd1_openvino, tmp_path):
     assert none.unet.cache_dir is None  # type: ignore[attr-defined]
 
 
+def test_a_warm_start_imports_and_a_damaged_blob_is_compiled_again(sd1_openvino, tmp_path, monkeypatch):
+    from sdcpu.runtime.backends.openvino import OpenVINOModel
+
+    first = Pipeline.load(sd1_openvino, cache_dir=tmp_path)("a cat", steps=2, seed=0).array
+    compile_graph = OpenVINOModel._compile_graph
+    monkeypatch.setattr(OpenVINOModel, "_compile_graph", lambda *_: pytest.fail("compiled on a warm start"))
+    np.testing.assert_array_equal(
+        Pipeline.load(sd1_openvino, cache_dir=tmp_path)("a cat", steps=2, seed=0).array, first
+    )
+    blob = max(tmp_path.glob("*.blob"), key=lambda b: b.stat().st_size)
+    size = blob.stat().st_size
+    blob.write_bytes(blob.read_bytes()[: size // 2])
+    compiled: list[str] = []
+    monkeypatch.setattr(
+        OpenVINOModel,
+        "_compile_graph",
+        lambda m, *a, **k: compiled.append(m.path.parent.name) or compile_graph(m, *a, **k),
+    )
+    np.testing.assert_array_equal(
+        Pipeline.load(sd1_openvino, cache_dir=tmp_path)("a cat", steps=2, seed=0).array, first
+    )
+    assert len(compiled) == 1 and blob.stat().st_size == size  # compiled again, blob replaced
+    assert not list(tmp_path.glob("*.partial"))
+
+
 def test_verified_hashes_are_recorded_and_rechecked_when_a_file_changes(sd1_openvino, tmp_path, monkeypatch):
     import sdcpu.runtime.manifest as manifest_module
 
