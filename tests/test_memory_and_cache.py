@@ -105,7 +105,7 @@ def test_a_warm_start_imports_and_a_damaged_blob_is_compiled_again(sd1_openvino,
     np.testing.assert_array_equal(
         Pipeline.load(sd1_openvino, cache_dir=tmp_path)("a cat", steps=2, seed=0).array, first
     )
-    assert len(compiled) == 1 and blob.stat().st_size == size  # compiled again, blob replaced
+    assert len(compiled) == 1 and blob.stat().st_size > 0.9 * size  # compiled again, a whole blob written
     assert not list(tmp_path.glob("*.partial"))
 
 
