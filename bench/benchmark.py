@@ -79,7 +79,9 @@ def run_sdcpu(model: Path, backend: str, steps: int, deep_cache: int = 1) -> dic
     pipe.text_encoder, pipe.unet, pipe.vae_decoder = (
         Timer(m) for m in (pipe.text_encoder, pipe.unet, pipe.vae_decoder)
     )
-    pipe.unet_shallow = shallow = Timer(pipe.unet_shallow)
+    shallow = Timer(pipe.unet_shallow)
+    if pipe.unet_shallow is not None:  # folders converted before DeepCache have none
+        pipe.unet_shallow = shallow
     start = time.perf_counter()
     pipe(PROMPT, steps=steps, seed=0, scheduler="euler", width=512, height=512, deep_cache=deep_cache)
     total = time.perf_counter() - start
