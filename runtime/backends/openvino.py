@@ -28,7 +28,8 @@ class OpenVINOModel:
     def __init__(self, path: Path, device: str, cache_dir: Path | None = None, lazy: bool = False):
         self.path, self.device, self.cache_dir = path, device, cache_dir
         self._core = ov.Core()
-        self._model: ov.Model | None = None if lazy else self._read()
+        # With a cache folder, the graph is read only when there is no blob to import.
+        self._model: ov.Model | None = None if lazy or cache_dir is not None else self._read()
         self._shapes: dict[str, tuple[int, ...]] | None = None
         self._compiled: ov.CompiledModel | None = None
         self._blob: np.memmap | None = None  # an imported model may use the blob's memory in place
