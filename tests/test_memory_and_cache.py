@@ -109,6 +109,18 @@ def test_a_warm_start_imports_and_a_damaged_blob_is_compiled_again(sd1_openvino,
     assert not list(tmp_path.glob("*.partial"))
 
 
+def test_devices_that_cannot_export_use_openvinos_cache_dir(sd1_openvino, tmp_path, monkeypatch):
+    from sdcpu.runtime.backends.openvino import OpenVINOModel
+
+    monkeypatch.setattr(OpenVINOModel, "_can_export", lambda self: False)  # as for AUTO
+    first = Pipeline.load(sd1_openvino, cache_dir=tmp_path)("a cat", steps=2, seed=0).array
+    blobs = sorted(tmp_path.glob("*.blob"))
+    assert len(blobs) >= 3 and all(b.stem.isdigit() for b in blobs)  # OpenVINO's own names
+    second = Pipeline.load(sd1_openvino, cache_dir=tmp_path)("a cat", steps=2, seed=0).array
+    assert sorted(tmp_path.glob("*.blob")) == blobs
+    np.testing.assert_array_equal(first, second)
+
+
 def test_verified_hashes_are_recorded_and_rechecked_when_a_file_changes(sd1_openvino, tmp_path, monkeypatch):
     import sdcpu.runtime.manifest as manifest_module
 
