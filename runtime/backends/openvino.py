@@ -93,10 +93,18 @@ class OpenVINOModel:
         return compiled
 
     def _export(self, compiled: ov.CompiledModel, blob: Path) -> None:
-        blob.parent.mkdir(parents=True, exist_ok=True)
         partial = blob.with_name(f"{blob.name}.{os.getpid()}.partial")
-        partial.write_bytes(compiled.export_model().getbuffer())
-        os.replace(partial, blob)  # whole or absent, even with two processes at once
+        try:
+            blob.parent.mkdir(parents=True, exist_ok=True)
+            partial.write_bytes(compiled.export_model().getbuffer())
+            os.replace(partial, blob)  # whole or absent, even with two processes at once
+        except OSError as err:
+            if partial.exists():  # no half-written file is left behind
+                partial.unlink()
+            raise SdcpuError(
+                f"cannot write to the cache folder {blob.parent} ({err}); set SDCPU_CACHE_DIR to a writable "
+                "folder or pass --no-cache"
+            ) from err
 
     def __call__(self, **inputs: np.ndarray) -> np.ndarray:
         return self._infer(inputs).get_output_tensor(0).data.copy()
