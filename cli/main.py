@@ -1,4 +1,4 @@
-"""`sdcpu convert` and `sdcpu generate`. No logic here: parse options, call the library, report.
+"""The `sdcpu` commands (convert, generate, eval, bench, cache). No logic here: parse options, call the library, report.
 
 Errors the user can fix (SdcpuError) are printed without a traceback and exit with code 2.
 """
@@ -207,6 +207,26 @@ def benchmark(
     _print_bench(report)
     if json_out is not None:
         json_out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+@app.command(name="cache")
+def cache_command(
+    clear: Annotated[bool, typer.Option("--clear", help="delete the compiled models and the record of hashes")] = False,
+) -> None:
+    """Show where compiled models are cached ($SDCPU_CACHE_DIR or ~/.cache/sdcpu) and their size; --clear
+    empties it (the next run compiles again)."""
+    from sdcpu.runtime.cache import cache_files, clear_cache
+    from sdcpu.runtime.pipeline import default_cache_dir
+
+    folder = default_cache_dir()
+    files = cache_files(folder)
+    typer.echo(f"{folder}: {len(files)} files, {sum(f.stat().st_size for f in files) / 1e6:,.0f} MB")
+    if clear:
+        try:
+            freed = clear_cache(folder)
+        except SdcpuError as err:
+            raise fail(err) from None
+        typer.echo(f"cleared: {freed / 1e6:,.0f} MB freed")
 
 
 def _print_bench(report: dict) -> None:

@@ -185,3 +185,15 @@ def test_bench_refuses_a_missing_folder(tmp_path):
 def test_bench_reports_a_worker_error_instead_of_hanging(sd1_openvino):
     result = runner.invoke(app, ["bench", "--model", str(sd1_openvino), "--backend", "nope", "--steps", "1"])
     assert result.exit_code == 2 and "unknown backend" in result.output
+
+
+def test_cache_shows_and_clears_only_its_own_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("SDCPU_CACHE_DIR", str(tmp_path))
+    for name, size in (("a.blob", 3_000_000), ("b.blob", 1_000_000), ("verified-files.json", 10), ("notes.txt", 5)):
+        (tmp_path / name).write_bytes(b"x" * size)
+    shown = runner.invoke(app, ["cache"])
+    assert shown.exit_code == 0 and f"{tmp_path}: 3 files, 4 MB" in shown.output
+    assert (tmp_path / "a.blob").exists()  # showing deletes nothing
+    cleared = runner.invoke(app, ["cache", "--clear"])
+    assert cleared.exit_code == 0 and "4 MB freed" in cleared.output
+    assert [f.name for f in tmp_path.iterdir()] == ["notes.txt"]  # not the cache's: kept
