@@ -7,7 +7,7 @@ size, mtime and inode, the shapes, the device and the OpenVINO version, and the 
 it instead of compiling. The blob is memory-mapped and imported as is: the graph is not read at all,
 whereas OpenVINO's own CACHE_DIR reads it and hashes every weight to find its blob, which pages in a
 second copy of the weights (0.9 GB for an int8 SD 1.5 UNet). Devices that cannot export compiled
-models use CACHE_DIR."""
+models (AUTO) use CACHE_DIR."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ class OpenVINOModel:
     def _can_export(self) -> bool:
         try:
             return "EXPORT_IMPORT" in self._core.get_property(self.device, "OPTIMIZATION_CAPABILITIES")
-        except RuntimeError:  # a virtual device (AUTO, MULTI) has no such property
+        except RuntimeError:  # a device that is not there: compiling for it will say so
             return False
 
     def _blob_path(self, shapes: dict[str, tuple[int, ...]]) -> Path:
