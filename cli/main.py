@@ -215,8 +215,7 @@ def cache_command(
 ) -> None:
     """Show where compiled models are cached ($SDCPU_CACHE_DIR or ~/.cache/sdcpu) and their size; --clear
     empties it (the next run compiles again)."""
-    from sdcpu.runtime.cache import cache_files, clear_cache
-    from sdcpu.runtime.pipeline import default_cache_dir
+    from sdcpu.runtime.cache import cache_files, clear_cache, default_cache_dir
 
     folder = default_cache_dir()
     files = cache_files(folder)

@@ -6,11 +6,21 @@ writes, the record of verified hashes), so pointing $SDCPU_CACHE_DIR at a shared
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from sdcpu.runtime.errors import SdcpuError
 
-PATTERNS = ("*.blob", "*.blob.*.partial", "verified-files.json", ".verified-files.json.*.tmp")
+# The sha256 of model files already checked, with their size, mtime and inode.
+VERIFIED_FILES = "verified-files.json"
+PATTERNS = ("*.blob", "*.blob.*.partial", VERIFIED_FILES, f".{VERIFIED_FILES}.*.tmp")
+
+
+def default_cache_dir() -> Path:
+    """Where compiled models are cached unless told otherwise: $SDCPU_CACHE_DIR, else the user cache."""
+    if os.environ.get("SDCPU_CACHE_DIR"):
+        return Path(os.environ["SDCPU_CACHE_DIR"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "sdcpu" / "openvino"
 
 
 def cache_files(folder: Path) -> list[Path]:

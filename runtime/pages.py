@@ -19,30 +19,30 @@ from pathlib import Path
 MADV_DONTNEED = 4  # linux/mman.h
 
 
-def drop_mapped_pages(folder: Path) -> int:
-    """Drop the resident pages of unwritten mappings of files under `folder`; returns the bytes covered."""
+def drop_mapped_pages(*folders: Path) -> int:
+    """Drop the resident pages of unwritten mappings of files under `folders`; returns the bytes covered."""
     if sys.platform != "linux":
         return 0
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     covered = 0
-    for start, end in _unwritten_mappings(str(folder.resolve()) + "/"):
+    for start, end in _unwritten_mappings(tuple(str(f.resolve()) + "/" for f in folders)):
         if libc.madvise(start, end - start, MADV_DONTNEED) == 0:
             covered += end - start
     return covered
 
 
-def _unwritten_mappings(prefix: str) -> list[tuple[int, int]]:
+def _unwritten_mappings(prefixes: tuple[str, ...]) -> list[tuple[int, int]]:
     # /proc/self/smaps: a header "start-end perms offset dev inode path" per mapping, then "Key: value kB"
     # lines; "Anonymous" counts the pages of a file mapping that were written (copied on write).
-    found: list[list] = []  # [start, end, writable, anonymous kB]
+    found: list[list] = []  # [start, end, writable, anonymous kB, under one of the prefixes]
     with open("/proc/self/smaps") as smaps:
         for line in smaps:
             fields = line.split(maxsplit=5)
             if not fields[0].endswith(":"):
                 path = fields[5].rstrip("\n") if len(fields) == 6 else ""
                 start, end = (int(x, 16) for x in fields[0].split("-"))
-                found.append([start, end, "w" in fields[1], 0, path.startswith(prefix)])
+                found.append([start, end, "w" in fields[1], 0, path.startswith(prefixes)])
             elif fields[0] == "Anonymous:":
                 found[-1][3] = int(fields[1])
     return [(start, end) for start, end, writable, anonymous, ours in found if ours and not (writable and anonymous)]

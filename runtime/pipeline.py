@@ -5,7 +5,6 @@ Torch-free: numpy drives the loop; OpenVINO or ONNX Runtime run the networks.
 
 from __future__ import annotations
 
-import os
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ import numpy as np
 from PIL import Image
 from sdcpu.runtime import images as imaging
 from sdcpu.runtime.backends import NATIVE_BACKEND, Model, load_model
+from sdcpu.runtime.cache import VERIFIED_FILES, default_cache_dir
 from sdcpu.runtime.errors import SdcpuError
 from sdcpu.runtime.manifest import Manifest
 from sdcpu.runtime.schedulers import Scheduler, SchedulerConfig, default_scheduler_name, make_scheduler
@@ -46,17 +46,6 @@ class PipelineResult:
         for i, (image, target) in enumerate(zip(self.images, paths, strict=True)):
             imaging.save_png(image, target, self.settings.png_metadata(i))
         return paths
-
-
-# In the cache folder: the sha256 of model files already checked, with their size, mtime and inode.
-VERIFIED_FILES = "verified-files.json"
-
-
-def default_cache_dir() -> Path:
-    """Where compiled models are cached unless told otherwise: $SDCPU_CACHE_DIR, else the user cache."""
-    if os.environ.get("SDCPU_CACHE_DIR"):
-        return Path(os.environ["SDCPU_CACHE_DIR"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "sdcpu" / "openvino"
 
 
 def _demo_folder() -> Path:

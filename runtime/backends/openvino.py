@@ -51,9 +51,7 @@ class OpenVINOModel:
         # The compiled model holds its own (repacked) weights: drop the read graph, and the pages of the
         # weights file and of the blob that stay mapped, or both copies stay resident.
         self._model, self._shapes, self._compiled = None, shapes, compiled
-        for folder in (self.path.parent, self.cache_dir):
-            if folder is not None:
-                drop_mapped_pages(folder)
+        drop_mapped_pages(*[f for f in (self.path.parent, self.cache_dir) if f is not None])
         return compiled.create_infer_request()
 
     def _compile_graph(self, shapes: dict[str, tuple[int, ...]], use_cache_dir: bool) -> ov.CompiledModel:
