@@ -27,14 +27,17 @@ class Model(Protocol):
     def release(self) -> None: ...
 
 
-def load_model(backend: str, path: Path, device: str, cache_dir: Path | None = None, lazy: bool = False) -> Model:
+def load_model(
+    backend: str, path: Path, device: str, cache_dir: Path | None = None, lazy: bool = False, winograd: bool = False
+) -> Model:
     """Open the graph at `path` with `backend` on `device` (an OpenVINO device name: CPU, GPU, AUTO).
     `cache_dir`: where OpenVINO keeps compiled models between processes (ONNX Runtime has no such
-    cache). `lazy`: read nothing until the first call."""
+    cache). `lazy`: read nothing until the first call. `winograd`: OpenVINO on the CPU computes 3x3
+    convolutions with Winograd's algorithm (faster, larger in memory; see backends/winograd.py)."""
     if backend == "openvino":
         from sdcpu.runtime.backends.openvino import OpenVINOModel
 
-        return OpenVINOModel(path, device, cache_dir, lazy)
+        return OpenVINOModel(path, device, cache_dir, lazy, winograd)
     if backend == "onnxruntime":
         if path.suffix != ".onnx":
             raise SdcpuError(f"onnxruntime cannot read {path.name}; use --backend openvino for this folder")

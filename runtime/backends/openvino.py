@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import openvino as ov
+from sdcpu.runtime.backends.winograd import rewrite_convolutions
 from sdcpu.runtime.errors import SdcpuError
 from sdcpu.runtime.pages import drop_mapped_pages
 
@@ -25,8 +26,12 @@ CONFIG = {"PERFORMANCE_HINT": "LATENCY"}
 
 
 class OpenVINOModel:
-    def __init__(self, path: Path, device: str, cache_dir: Path | None = None, lazy: bool = False):
+    def __init__(
+        self, path: Path, device: str, cache_dir: Path | None = None, lazy: bool = False, winograd: bool = False
+    ):
         self.path, self.device, self.cache_dir = path, device, cache_dir
+        # oneDNN has Winograd convolutions for AVX-512 only; on other devices the plugin picks its own.
+        self.winograd = winograd and device.upper() == "CPU"
         self._core = ov.Core()
         # With a cache folder, the graph is read only when there is no blob to import.
         self._model: ov.Model | None = None if lazy or cache_dir is not None else self._read()
@@ -57,6 +62,8 @@ class OpenVINOModel:
     def _compile_graph(self, shapes: dict[str, tuple[int, ...]], use_cache_dir: bool) -> ov.CompiledModel:
         model = self._model or self._read()
         model.reshape({name: ov.PartialShape(list(shape)) for name, shape in shapes.items()})
+        if self.winograd:  # needs the static shapes: the tile size depends on the map's size
+            rewrite_convolutions(model)
         config = dict(CONFIG)
         if use_cache_dir and self.cache_dir is not None:
             config["CACHE_DIR"] = str(self.cache_dir)
@@ -73,7 +80,7 @@ class OpenVINOModel:
 
     def _blob_path(self, shapes: dict[str, tuple[int, ...]]) -> Path:
         assert self.cache_dir is not None
-        key: list = [ov.__version__, self.device, CONFIG, sorted(shapes.items())]
+        key: list = [ov.__version__, self.device, CONFIG, sorted(shapes.items()), self.winograd]
         for file in (self.path, self.path.with_suffix(".bin")):  # an ONNX graph has no .bin
             if file.exists():
                 stat = file.stat()
