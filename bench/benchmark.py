@@ -70,11 +70,11 @@ class Timer:
         return out
 
 
-def run_sdcpu(model: Path, backend: str, steps: int, deep_cache: int = 1) -> dict:
+def run_sdcpu(model: Path, backend: str, steps: int, deep_cache: int = 1, winograd: bool = True) -> dict:
     start = time.perf_counter()
     from sdcpu import Pipeline
 
-    pipe = Pipeline.load(model, backend=backend)
+    pipe = Pipeline.load(model, backend=backend, winograd=winograd)
     load = time.perf_counter() - start
     pipe.text_encoder, pipe.unet, pipe.vae_decoder = (
         Timer(m) for m in (pipe.text_encoder, pipe.unet, pipe.vae_decoder)

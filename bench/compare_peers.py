@@ -29,12 +29,14 @@ from benchmark import PROMPT, Timer, _report, build_random_pipeline, machine, ru
 
 ROOT = Path(__file__).resolve().parents[1]
 # name -> (kind, folder under --work, precision); sdcpu runners named "... + DeepCache N" reuse the
-# UNet's deep features for N-1 of every N steps (opt-in, approximate; its quality is in docs/quality.md).
+# UNet's deep features for N-1 of every N steps (opt-in, approximate; its quality is in docs/quality.md);
+# "direct convolutions" turns Winograd's off (as --low-memory does).
 RUNNERS = {
     "diffusers + PyTorch fp32": ("pytorch", "diffusers", "fp32"),
     "optimum-intel fp32": ("optimum", "optimum-fp32", "fp32"),
     "optimum-intel int8": ("optimum", "optimum-int8", "int8"),
     "sdcpu OpenVINO fp32": ("openvino", "openvino-fp32", "fp32"),
+    "sdcpu OpenVINO fp32 (direct convolutions)": ("openvino", "openvino-fp32", "fp32"),
     "sdcpu OpenVINO int8": ("openvino", "openvino-int8", "int8"),
     "sdcpu OpenVINO int8-hybrid": ("openvino", "openvino-int8-hybrid", "int8-hybrid"),
     "sdcpu OpenVINO int4": ("openvino", "openvino-int4", "int4"),
@@ -76,7 +78,7 @@ def worker(name: str, work: Path, steps: int) -> None:
     elif kind == "optimum":
         result = run_optimum(work / folder, steps)
     else:
-        result = run_sdcpu(work / folder, kind, steps, deep_cache(name))
+        result = run_sdcpu(work / folder, kind, steps, deep_cache(name), winograd="direct" not in name)
     print("RESULT " + json.dumps(result), flush=True)
 
 

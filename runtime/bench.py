@@ -35,6 +35,7 @@ class BenchSettings:
     device: str = "CPU"
     cache_dir: str | None = "auto"  # as Pipeline.load: "auto", a folder, or None for no compile cache
     low_memory: bool = False
+    winograd: bool = True  # as Pipeline.load's winograd
     deep_cache: int = 1  # as Pipeline's deep_cache: the whole UNet every N steps
 
 
@@ -92,6 +93,7 @@ def _serve(folder: str | None, settings: BenchSettings, conn: Any) -> None:
         device=settings.device,
         cache_dir=settings.cache_dir,
         low_memory=settings.low_memory,
+        winograd=settings.winograd,
     )
     load_s = time.perf_counter() - start
     names = ("text_encoder", "unet", "unet_shallow", "vae_decoder")

@@ -16,7 +16,8 @@ def _conv_model(
     rng = np.random.default_rng(0)
     weights = rng.standard_normal((out_ch, shape[1], kernel, kernel)) / np.sqrt(kernel * kernel * shape[1])
     x = ops.parameter(list(shape), np.float32, name="sample")
-    w = ops.convert(ops.constant(weights.astype(np.float16)), "f32") if fp16 else ops.constant(weights.astype(np.float32))
+    w = ops.constant(weights.astype(np.float16 if fp16 else np.float32))
+    w = ops.convert(w, "f32") if fp16 else w  # as an fp16 folder stores them
     pad = kernel // 2
     y = ops.convolution(x, w, [stride, stride], [pad, pad], [pad, pad], [1, 1])
     y = ops.relu(ops.add(y, ops.constant(rng.standard_normal((1, out_ch, 1, 1)).astype(np.float32))))

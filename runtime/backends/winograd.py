@@ -42,7 +42,14 @@ TRANSFORMS = {
             [0, 2, -1, -2, 1, 0],
             [0, 4, 0, -5, 0, 1],
         ],
-        [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]],
+        [
+            [1 / 4, 0, 0],
+            [-1 / 6, -1 / 6, -1 / 6],
+            [-1 / 6, 1 / 6, -1 / 6],
+            [1 / 24, 1 / 12, 1 / 6],
+            [1 / 24, -1 / 12, 1 / 6],
+            [0, 0, 1],
+        ],
         [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
     ),
 }
@@ -122,8 +129,8 @@ def _winograd(x: ov.Output, weights: np.ndarray, m: int, shape: tuple[int, int, 
     v = ops.reshape(v, _i64([batch, a * a, in_ch, th * tw]), False)
     # 4. U = G g G^T per filter, then the a*a products U [out, in] @ V [in, tiles].
     u = np.kron(g, g) @ weights.reshape(out_ch * in_ch, 9).astype(np.float64).T  # one GEMM for all filters
-    u = u.astype(np.float32).reshape(a * a, out_ch, in_ch)
-    product = ops.matmul(ops.constant(u, shared_memory=True), v, False, False)
+    filters = u.astype(np.float32).reshape(a * a, out_ch, in_ch)
+    product = ops.matmul(ops.constant(filters, shared_memory=True), v, False, False)
     product = ops.reshape(product, _i64([batch, a * a, out_ch * th * tw]), False)
     # 5. Y = A^T (U ⊙ V) A, then each tile's m x m outputs moved into place.
     y = ops.matmul(ops.constant(np.kron(at, at).astype(np.float32)), product, False, False)
