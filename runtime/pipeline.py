@@ -109,7 +109,9 @@ class Pipeline:
     def _load(self, component: str, lazy: bool = False) -> Model:
         path = self.manifest.graph_path(self.folder, component)
         lazy = lazy or self.low_memory
-        return load_model(self.backend, path, self.device, self.cache_dir, lazy=lazy, winograd=self.winograd)
+        # The UNet only: the VAE decoder's large maps of few channels ran slower with Winograd's transforms.
+        winograd = self.winograd and component.startswith("unet")
+        return load_model(self.backend, path, self.device, self.cache_dir, lazy=lazy, winograd=winograd)
 
     @property
     def vae_encoder(self) -> Model:
