@@ -80,7 +80,8 @@ class OpenVINOModel:
 
     def _blob_path(self, shapes: dict[str, tuple[int, ...]]) -> Path:
         assert self.cache_dir is not None
-        key: list = [ov.__version__, self.device, CONFIG, sorted(shapes.items()), self.winograd]
+        key: list = [ov.__version__, self.device, CONFIG, sorted(shapes.items())]
+        key += ["winograd"] if self.winograd else []  # blobs of direct convolutions keep their key
         for file in (self.path, self.path.with_suffix(".bin")):  # an ONNX graph has no .bin
             if file.exists():
                 stat = file.stat()

@@ -6,15 +6,17 @@ eq. 8: an m x m output tile Y of the 3x3 filter g over an (m+2) x (m+2) input ti
 
     Y = A^T [ (G g G^T) ⊙ (B^T d B) ] A
 
-Why: OpenVINO's CPU plugin runs 3x3 convolutions directly on AVX2 machines (oneDNN's Winograd needs
-AVX-512), and they are 61% of an SD 1.5 UNet step. The element-wise product over all channels is a
-batched matrix multiplication: for each of the (m+2)^2 tile positions, U [out, in] @ V [in, tiles].
+Why: OpenVINO's CPU plugin runs 3x3 convolutions as direct convolutions on AVX2 CPUs (its per-layer
+profile shows jit_avx2 kernels), and they are 58% of the FLOPs of an SD 1.5 UNet step. The element-wise
+product over all channels is a batched matrix multiplication: for each of the (m+2)^2 tile positions,
+U [out, in] @ V [in, tiles].
 
 The graph below maps the paper's notation to tensors: the padded input is cut into 2x2 blocks
 (SpaceToDepth), and the (m/2+1)^2 strided slices of the block grid hold every tile's d; B^T d B is one
 MatMul over the tile positions; G g G^T is computed here in float64; A^T (.) A is one MatMul, and
-DepthToSpace puts the output tiles in place. The result equals the direct convolution within float32
-rounding: 2e-5 of the output's scale for F(4x4, 3x3), 3e-6 for F(2x2, 3x3).
+DepthToSpace puts the output tiles in place. The result equals the convolution within float32
+rounding: at most 2e-5 of the output's scale for F(4x4, 3x3) against a float64 reference, where
+OpenVINO's direct convolution is at 5e-6.
 
 The cost: U holds (m+2)^2 / 9 times the filter's values (4x for F(4x4, 3x3)), so the compiled model is
 larger; see `tile_size` for where each is used.
