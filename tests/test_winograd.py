@@ -74,5 +74,5 @@ def test_pipeline_with_winograd_matches_direct_convolutions(tmp_path):
     fast, direct = generate(True), generate(False)
     # the UNet compiled twice (the option is part of its blob's key), the other networks once: they stay direct
     assert len(list(tmp_path.glob("*.blob"))) == 4
-    assert float(np.abs(fast - direct).max()) <= 1e-3
+    assert float(np.abs(fast - direct).max()) <= 1e-4  # 6e-6 measured: the same 8-bit image
     assert not np.array_equal(fast, direct)  # the rewrite did happen

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import openvino as ov
+from sdcpu.runtime.backends.winograd import REVISION as WINOGRAD_REVISION
 from sdcpu.runtime.backends.winograd import rewrite_convolutions
 from sdcpu.runtime.errors import SdcpuError
 from sdcpu.runtime.pages import drop_mapped_pages
@@ -81,7 +82,7 @@ class OpenVINOModel:
     def _blob_path(self, shapes: dict[str, tuple[int, ...]]) -> Path:
         assert self.cache_dir is not None
         key: list = [ov.__version__, self.device, CONFIG, sorted(shapes.items())]
-        key += ["winograd"] if self.winograd else []  # blobs of direct convolutions keep their key
+        key += [f"winograd {WINOGRAD_REVISION}"] if self.winograd else []  # direct ones keep their key
         for file in (self.path, self.path.with_suffix(".bin")):  # an ONNX graph has no .bin
             if file.exists():
                 stat = file.stat()

@@ -12,7 +12,7 @@ product over all channels is a batched matrix multiplication: for each of the (m
 U [out, in] @ V [in, tiles].
 
 The graph below maps the paper's notation to tensors: the padded input is cut into 2x2 blocks
-(SpaceToDepth), and the (m/2+1)^2 strided slices of the block grid hold every tile's d; B^T d B is one
+(SpaceToDepth), and one Gather picks the (m/2+1)^2 blocks of every tile's d; B^T d B is one
 MatMul over the tile positions; G g G^T is computed here in float64; A^T (.) A is one MatMul, and
 DepthToSpace puts the output tiles in place. The result equals the convolution within float32
 rounding: at most 2e-5 of the output's scale for F(4x4, 3x3) against a float64 reference, where
@@ -27,6 +27,8 @@ from __future__ import annotations
 import numpy as np
 import openvino as ov
 import openvino.opset13 as ops
+
+REVISION = 2  # in the key of cached compiled models: raise it whenever the rewritten graph changes
 
 # (B^T, G, A^T) of F(m x m, 3 x 3), from the paper's section 4.1 (m = 2) and 4.2 (m = 4).
 TRANSFORMS = {
@@ -114,17 +116,20 @@ def _winograd(x: ov.Output, weights: np.ndarray, m: int, shape: tuple[int, int, 
     th, tw = height // m, width // m  # tiles per column and per row
     # 1. Pad by one and cut into 2x2 blocks: blocks[n, (bi, bj, c), i, j] = padded[n, c, 2i+bi, 2j+bj].
     padded = ops.pad(x, _i64([0, 0, 1, 1]), _i64([0, 0, 1, 1]), "constant")
-    blocks = ops.space_to_depth(padded, "blocks_first", 2)
-    # 2. d: tile (ti, tj) starts at block (ti m/2, tj m/2) and spans a/2 x a/2 blocks; slice (di, dj)
-    #    of the block grid, stride m/2, holds its rows 2di+bi and columns 2dj+bj for every tile.
-    slices, positions = [], []
+    grid = (height // 2 + 1, width // 2 + 1)
+    blocks = ops.reshape(
+        ops.space_to_depth(padded, "blocks_first", 2), _i64([batch, 4 * in_ch, grid[0] * grid[1]]), False
+    )
+    # 2. d: tile (ti, tj) starts at block (ti m/2, tj m/2) and spans a/2 x a/2 blocks; block (di, dj) of
+    #    every tile, one Gather for all (strided Slices ran slower and OpenVINO kept each one's buffer).
+    index, positions = [], []
     for di in range(a // 2):
         for dj in range(a // 2):
-            start, stop = [di, dj], [di + m // 2 * th, dj + m // 2 * tw]
-            part = ops.slice(blocks, _i64(start), _i64(stop), _i64([m // 2, m // 2]), _i64([2, 3]))
-            slices.append(ops.reshape(part, _i64([batch, 4, in_ch * th * tw]), False))
+            rows, cols = di + m // 2 * np.arange(th), dj + m // 2 * np.arange(tw)
+            index.append((rows[:, None] * grid[1] + cols[None, :]).ravel())
             positions += [(2 * di + bi) * a + 2 * dj + bj for bi in (0, 1) for bj in (0, 1)]
-    d = ops.concat(slices, 1)  # [n, a*a tile positions, in * tiles]
+    d = ops.gather(blocks, ops.constant(np.stack(index).astype(np.int32)), _i64([2]))  # [n, 4 in, blocks, tiles]
+    d = ops.reshape(ops.transpose(d, _i64([0, 2, 1, 3])), _i64([batch, a * a, in_ch * th * tw]), False)
     # 3. V = B^T d B for all tiles at once: kron(B^T, B^T) acts on the flattened a x a tile.
     transform_in = np.kron(bt, bt)[:, positions].astype(np.float32)
     v = ops.matmul(ops.constant(transform_in), d, False, False)
