@@ -197,3 +197,19 @@ def test_cache_shows_and_clears_only_its_own_files(tmp_path, monkeypatch):
     cleared = runner.invoke(app, ["cache", "--clear"])
     assert cleared.exit_code == 0 and "4 MB freed" in cleared.output
     assert [f.name for f in tmp_path.iterdir()] == ["notes.txt"]  # not the cache's: kept
+
+
+def test_generate_passes_no_winograd_to_the_pipeline(monkeypatch, tmp_path):
+    from sdcpu.runtime.errors import SdcpuError
+    from sdcpu.runtime.pipeline import Pipeline
+
+    seen = {}
+
+    def load(*args, **kwargs):
+        seen.update(kwargs)
+        raise SdcpuError("stop here")
+
+    monkeypatch.setattr(Pipeline, "load", load)
+    result = runner.invoke(app, ["generate", "a cat", "--out", str(tmp_path / "a.png"), "--no-winograd"])
+    assert result.exit_code == 2 and "stop here" in result.output
+    assert seen["winograd"] is False and seen["low_memory"] is False
