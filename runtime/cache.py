@@ -13,7 +13,7 @@ from sdcpu.runtime.errors import SdcpuError
 
 # The sha256 of model files already checked, with their size, mtime and inode.
 VERIFIED_FILES = "verified-files.json"
-PATTERNS = ("*.blob", "*.blob.*.partial", VERIFIED_FILES, f".{VERIFIED_FILES}.*.tmp")
+PATTERNS = ("*.blob", "*.blob.*.partial", VERIFIED_FILES, f"{VERIFIED_FILES}.*.partial")
 
 
 def default_cache_dir() -> Path:
@@ -21,6 +21,23 @@ def default_cache_dir() -> Path:
     if os.environ.get("SDCPU_CACHE_DIR"):
         return Path(os.environ["SDCPU_CACHE_DIR"]).expanduser()
     return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "sdcpu" / "openvino"
+
+
+def write_cache_file(path: Path, data: bytes | memoryview) -> None:
+    """Write `path` in the cache folder whole or not at all: to a temporary name, then renamed, so that a
+    concurrent reader never sees half a file and a failed write leaves nothing behind."""
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_bytes(data)
+        os.replace(partial, path)
+    except OSError as err:
+        if partial.exists():
+            partial.unlink()
+        raise SdcpuError(
+            f"cannot write to the cache folder {path.parent} ({err}); set SDCPU_CACHE_DIR to a writable "
+            "folder or pass --no-cache"
+        ) from err
 
 
 def cache_files(folder: Path) -> list[Path]:

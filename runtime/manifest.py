@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sdcpu.runtime.cache import write_cache_file
 from sdcpu.runtime.errors import SdcpuError
 
 MANIFEST_NAME = "sdcpu.json"
@@ -112,19 +112,7 @@ def _read_record(record: Path | None) -> dict[str, Any]:
 
 
 def _write_record(record: Path, known: dict[str, Any]) -> None:
-    # Written whole to a temporary name, then renamed: a concurrent reader never sees half a file.
-    tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")
-    try:
-        record.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(known, indent=1, sort_keys=True))
-        os.replace(tmp, record)
-    except OSError as err:
-        if tmp.exists():  # no half-written file is left behind
-            tmp.unlink()
-        raise SdcpuError(
-            f"cannot write to the cache folder {record.parent} ({err}); set SDCPU_CACHE_DIR to a writable "
-            "folder or pass --no-cache"
-        ) from err
+    write_cache_file(record, json.dumps(known, indent=1, sort_keys=True).encode())
 
 
 def describe_files(folder: Path, relative_paths: list[str]) -> dict[str, dict[str, Any]]:

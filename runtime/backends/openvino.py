@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import openvino as ov
 from sdcpu.runtime.backends.winograd import REVISION as WINOGRAD_REVISION
 from sdcpu.runtime.backends.winograd import rewrite_convolutions
+from sdcpu.runtime.cache import write_cache_file
 from sdcpu.runtime.errors import SdcpuError
 from sdcpu.runtime.pages import drop_mapped_pages
 
@@ -31,7 +31,7 @@ class OpenVINOModel:
         self, path: Path, device: str, cache_dir: Path | None = None, lazy: bool = False, winograd: bool = False
     ):
         self.path, self.device, self.cache_dir = path, device, cache_dir
-        # oneDNN has Winograd convolutions for AVX-512 only; on other devices the plugin picks its own.
+        # Measured and tuned on the CPU plugin; other devices (GPU) pick their own convolution algorithms.
         self.winograd = winograd and device.upper() == "CPU"
         self._core = ov.Core()
         # With a cache folder, the graph is read only when there is no blob to import.
@@ -100,18 +100,7 @@ class OpenVINOModel:
         return compiled
 
     def _export(self, compiled: ov.CompiledModel, blob: Path) -> None:
-        partial = blob.with_name(f"{blob.name}.{os.getpid()}.partial")
-        try:
-            blob.parent.mkdir(parents=True, exist_ok=True)
-            partial.write_bytes(compiled.export_model().getbuffer())
-            os.replace(partial, blob)  # whole or absent, even with two processes at once
-        except OSError as err:
-            if partial.exists():  # no half-written file is left behind
-                partial.unlink()
-            raise SdcpuError(
-                f"cannot write to the cache folder {blob.parent} ({err}); set SDCPU_CACHE_DIR to a writable "
-                "folder or pass --no-cache"
-            ) from err
+        write_cache_file(blob, compiled.export_model().getbuffer())  # whole or absent, even with two processes
 
     def __call__(self, **inputs: np.ndarray) -> np.ndarray:
         return self._infer(inputs).get_output_tensor(0).data.copy()
