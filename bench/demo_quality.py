@@ -27,29 +27,32 @@ from sdcpu.runtime.evaluation import evaluate
 from sdcpu.runtime.pipeline import Pipeline
 
 STEPS, GUIDANCE = 20, 7.5
-# (format, precision, backend, DeepCache interval)
+# (format, precision, backend, DeepCache interval, token downsampling factor)
 VARIANTS = [
-    ("openvino", "fp32", "openvino", 1),
-    ("onnx", "fp32", "onnxruntime", 1),
-    ("openvino", "fp16", "openvino", 1),
-    ("onnx", "fp16", "onnxruntime", 1),
-    ("openvino", "int8", "openvino", 1),
-    ("onnx", "int8", "onnxruntime", 1),
-    ("openvino", "int8-hybrid", "openvino", 1),
-    ("openvino", "int4", "openvino", 1),
-    ("openvino", "fp32", "openvino", 2),
-    ("openvino", "fp32", "openvino", 3),
-    ("openvino", "fp32", "openvino", 5),
-    ("openvino", "int8-hybrid", "openvino", 2),
+    ("openvino", "fp32", "openvino", 1, 1),
+    ("onnx", "fp32", "onnxruntime", 1, 1),
+    ("openvino", "fp16", "openvino", 1, 1),
+    ("onnx", "fp16", "onnxruntime", 1, 1),
+    ("openvino", "int8", "openvino", 1, 1),
+    ("onnx", "int8", "onnxruntime", 1, 1),
+    ("openvino", "int8-hybrid", "openvino", 1, 1),
+    ("openvino", "int4", "openvino", 1, 1),
+    ("openvino", "fp32", "openvino", 2, 1),
+    ("openvino", "fp32", "openvino", 3, 1),
+    ("openvino", "fp32", "openvino", 5, 1),
+    ("openvino", "int8-hybrid", "openvino", 2, 1),
+    ("openvino", "fp32", "openvino", 1, 2),
+    ("openvino", "fp32", "openvino", 2, 2),
 ]
 
 
-def variant_name(fmt: str, precision: str, backend: str, deep_cache: int) -> str:
-    return f"sdcpu {fmt} {precision} ({backend})" + (f", DeepCache {deep_cache}" if deep_cache > 1 else "")
+def variant_name(fmt: str, precision: str, backend: str, deep_cache: int, token_downsampling: int) -> str:
+    name = f"sdcpu {fmt} {precision} ({backend})" + (f", DeepCache {deep_cache}" if deep_cache > 1 else "")
+    return name + (f", ToDo {token_downsampling}" if token_downsampling > 1 else "")
 
 
-def sdcpu_runner(folder: Path, backend: str, deep_cache: int = 1):
-    pipe = Pipeline.load(folder, backend=backend)
+def sdcpu_runner(folder: Path, backend: str, deep_cache: int = 1, token_downsampling: int = 1):
+    pipe = Pipeline.load(folder, backend=backend, token_downsampling=token_downsampling)
     return lambda caption, seed: pipe(caption, steps=STEPS, guidance=GUIDANCE, seed=seed, deep_cache=deep_cache).array[
         0
     ]
@@ -91,8 +94,8 @@ def calibration_prompts(count: int = 16) -> tuple[str, ...]:
 def measure(work: Path, count: int, only: str | None, results: dict) -> dict:
     calibration = CalibrationSettings(prompts=calibration_prompts(), size=128)
     reference = None
-    for fmt, precision, backend, deep_cache in VARIANTS:
-        name = variant_name(fmt, precision, backend, deep_cache)
+    for fmt, precision, backend, deep_cache, token_downsampling in VARIANTS:
+        name = variant_name(fmt, precision, backend, deep_cache, token_downsampling)
         folder = work / f"{fmt}-{precision}"
         if reference is not None and only is not None and only not in name:
             continue
@@ -103,7 +106,8 @@ def measure(work: Path, count: int, only: str | None, results: dict) -> dict:
             if only is not None and only not in name:
                 continue
         start = time.perf_counter()
-        report = evaluate(sdcpu_runner(folder, backend, deep_cache), count, None if name == NAMES[0] else reference)
+        runner = sdcpu_runner(folder, backend, deep_cache, token_downsampling)
+        report = evaluate(runner, count, None if name == NAMES[0] else reference)
         results[name] = {**report.summary(), "seconds": time.perf_counter() - start}
         results[name]["folder_mb"] = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6
         print(name, results[name], flush=True)
@@ -131,6 +135,8 @@ def render(record: dict) -> str:
         "right. SSIM and PSNR compare each image with the OpenVINO fp32 image of the same caption and seed.",
         "int8-hybrid is calibrated on 128 UNet inputs: 16 training captions, 8 DDIM steps each.",
         "DeepCache N (`--deep-cache N`) runs the whole UNet on every N-th step and the shallow pass between.",
+        "ToDo F (`--token-downsampling F`) gives the highest-resolution self-attention one key and value per",
+        "F x F block: in the demo UNet its 8x8 level (64 tokens to 16); in SD 1.5 at 512x512, 64x64 (4096 to 1024).",
         "Folder sizes include `unet_shallow/` only in rows measured since it was added (the DeepCache rows).",
         "",
         "| model | " + " | ".join(attributes) + " | SSIM | PSNR (dB) | folder (MB) |",

@@ -31,6 +31,10 @@ WINOGRAD_HELP = (
     "OpenVINO on the CPU: compute 3x3 convolutions with Winograd's algorithm (about 1.2x faster UNet steps "
     "at fp32, more memory for the larger filters; --low-memory turns it off)"
 )
+TOKEN_DOWNSAMPLING_HELP = (
+    "ToDo: the highest-resolution self-attention uses one key and value per F x F block of latents "
+    "(faster, approximate; OpenVINO folders only; 1 = off, 2 is the usual choice)"
+)
 CACHE_HELP = "keep OpenVINO's compiled models in $SDCPU_CACHE_DIR or ~/.cache/sdcpu for a warm next start"
 
 
@@ -109,6 +113,7 @@ def generate(
     winograd: Annotated[bool, typer.Option(help=WINOGRAD_HELP)] = True,
     cache: Annotated[bool, typer.Option(help=CACHE_HELP)] = True,
     deep_cache: Annotated[int, typer.Option(help=DEEP_CACHE_HELP)] = 1,
+    token_downsampling: Annotated[int, typer.Option(help=TOKEN_DOWNSAMPLING_HELP)] = 1,
 ) -> None:
     """Generate images from a prompt (or from an init image and a prompt)."""
     from sdcpu.cli.progress import StepProgress
@@ -119,7 +124,13 @@ def generate(
         with console.status("loading model"):
             cache_dir = "auto" if cache else None
             pipe = Pipeline.load(
-                model, backend=backend, device=device, cache_dir=cache_dir, low_memory=low_memory, winograd=winograd
+                model,
+                backend=backend,
+                device=device,
+                cache_dir=cache_dir,
+                low_memory=low_memory,
+                winograd=winograd,
+                token_downsampling=token_downsampling,
             )
         with warnings.catch_warnings(record=True) as caught, StepProgress(console) as progress:
             warnings.simplefilter("always")
@@ -191,6 +202,7 @@ def benchmark(
     winograd: Annotated[bool, typer.Option(help=WINOGRAD_HELP)] = True,
     cache: Annotated[bool, typer.Option(help=CACHE_HELP)] = True,
     deep_cache: Annotated[int, typer.Option(help=DEEP_CACHE_HELP)] = 1,
+    token_downsampling: Annotated[int, typer.Option(help=TOKEN_DOWNSAMPLING_HELP)] = 1,
 ) -> None:
     """Time load, text encoding, each UNet step, VAE decode and the whole run; peak RSS per model."""
     import json
@@ -207,6 +219,7 @@ def benchmark(
         low_memory=low_memory,
         winograd=winograd,
         deep_cache=deep_cache,
+        token_downsampling=token_downsampling,
     )
     folders = [model] if compare is None else [model, compare]
     try:

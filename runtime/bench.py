@@ -36,6 +36,7 @@ class BenchSettings:
     cache_dir: str | None = "auto"  # as Pipeline.load: "auto", a folder, or None for no compile cache
     low_memory: bool = False
     winograd: bool = True  # as Pipeline.load's winograd
+    token_downsampling: int = 1  # as Pipeline.load's token_downsampling
     deep_cache: int = 1  # as Pipeline's deep_cache: the whole UNet every N steps
 
 
@@ -94,6 +95,7 @@ def _serve(folder: str | None, settings: BenchSettings, conn: Any) -> None:
         cache_dir=settings.cache_dir,
         low_memory=settings.low_memory,
         winograd=settings.winograd,
+        token_downsampling=settings.token_downsampling,
     )
     load_s = time.perf_counter() - start
     names = ("text_encoder", "unet", "unet_shallow", "vae_decoder")

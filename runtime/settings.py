@@ -23,6 +23,7 @@ class GenerationSettings:
     strength: float | None  # None for txt2img
     model: str
     deep_cache: int = 1  # DeepCache: the whole UNet every N steps, a shallow pass between (1: every step)
+    token_downsampling: int = 1  # as loaded: self-attention keys and values on a grid f times coarser (ToDo)
 
     def validate(self, multiple: int) -> GenerationSettings:
         """Raise SdcpuError (with what to do) on any setting the pipeline cannot run."""

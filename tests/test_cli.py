@@ -199,7 +199,7 @@ def test_cache_shows_and_clears_only_its_own_files(tmp_path, monkeypatch):
     assert [f.name for f in tmp_path.iterdir()] == ["notes.txt"]  # not the cache's: kept
 
 
-def test_generate_passes_no_winograd_to_the_pipeline(monkeypatch, tmp_path):
+def test_generate_passes_graph_rewrites_to_the_pipeline(monkeypatch, tmp_path):
     from sdcpu.runtime.errors import SdcpuError
     from sdcpu.runtime.pipeline import Pipeline
 
@@ -210,6 +210,7 @@ def test_generate_passes_no_winograd_to_the_pipeline(monkeypatch, tmp_path):
         raise SdcpuError("stop here")
 
     monkeypatch.setattr(Pipeline, "load", load)
-    result = runner.invoke(app, ["generate", "a cat", "--out", str(tmp_path / "a.png"), "--no-winograd"])
+    args = ["generate", "a cat", "--out", str(tmp_path / "a.png"), "--no-winograd", "--token-downsampling", "2"]
+    result = runner.invoke(app, args)
     assert result.exit_code == 2 and "stop here" in result.output
-    assert seen["winograd"] is False and seen["low_memory"] is False
+    assert seen["winograd"] is False and seen["low_memory"] is False and seen["token_downsampling"] == 2

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sdcpu import Pipeline
+from sdcpu.runtime.backends import load_model
 from sdcpu.runtime.errors import SdcpuError
 from sdcpu.runtime.pages import drop_mapped_pages
 from sdcpu.runtime.tiling import decode_tiled, tile_starts
@@ -122,13 +123,11 @@ def test_devices_that_cannot_export_use_openvinos_cache_dir(sd1_openvino, tmp_pa
 
 
 def test_a_cache_folder_that_cannot_be_written_is_a_clear_error(sd1_openvino, tmp_path):
-    from sdcpu.runtime.backends.openvino import OpenVINOModel
-
     not_a_folder = tmp_path / "cache"
     not_a_folder.write_text("a file")
     with pytest.raises(SdcpuError, match="cannot write to the cache folder .*--no-cache"):
         Pipeline.load(sd1_openvino, cache_dir=not_a_folder)  # the record of verified hashes
-    model = OpenVINOModel(sd1_openvino / "vae_decoder" / "openvino_model.xml", "CPU", not_a_folder / "blobs")
+    model = load_model("openvino", sd1_openvino / "vae_decoder" / "openvino_model.xml", "CPU", not_a_folder / "blobs")
     with pytest.raises(SdcpuError, match="cannot write to the cache folder .*--no-cache"):
         model(latent_sample=np.zeros((1, 4, 8, 8), dtype=np.float32))  # the compiled model's blob
     assert not_a_folder.read_text() == "a file"

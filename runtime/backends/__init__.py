@@ -7,6 +7,7 @@ OpenVINO IR and ONNX; ONNX Runtime reads ONNX only.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -15,6 +16,18 @@ from sdcpu.runtime.errors import SdcpuError
 
 BACKENDS = ("openvino", "onnxruntime")
 NATIVE_BACKEND = {"openvino": "openvino", "onnx": "onnxruntime"}
+
+
+@dataclass(frozen=True)
+class GraphRewrites:
+    """Changes the OpenVINO backend makes to a graph before compiling it; ONNX Runtime makes none.
+    `winograd`: 3x3 convolutions by Winograd's algorithm, on the CPU only (exact within float32
+    rounding; faster, larger in memory; see backends/winograd.py). `token_downsampling`: a factor f > 1
+    makes the highest-resolution self-attention use every f-th key and value along each axis
+    (approximate; see backends/token_downsampling.py)."""
+
+    winograd: bool = False
+    token_downsampling: int = 1
 
 
 class Model(Protocol):
@@ -28,16 +41,20 @@ class Model(Protocol):
 
 
 def load_model(
-    backend: str, path: Path, device: str, cache_dir: Path | None = None, lazy: bool = False, winograd: bool = False
+    backend: str,
+    path: Path,
+    device: str,
+    cache_dir: Path | None = None,
+    lazy: bool = False,
+    rewrites: GraphRewrites = GraphRewrites(),
 ) -> Model:
     """Open the graph at `path` with `backend` on `device` (an OpenVINO device name: CPU, GPU, AUTO).
     `cache_dir`: where OpenVINO keeps compiled models between processes (ONNX Runtime has no such
-    cache). `lazy`: read nothing until the first call. `winograd`: OpenVINO on the CPU computes 3x3
-    convolutions with Winograd's algorithm (faster, larger in memory; see backends/winograd.py)."""
+    cache). `lazy`: read nothing until the first call. `rewrites`: see GraphRewrites."""
     if backend == "openvino":
         from sdcpu.runtime.backends.openvino import OpenVINOModel
 
-        return OpenVINOModel(path, device, cache_dir, lazy, winograd)
+        return OpenVINOModel(path, device, cache_dir, lazy, rewrites)
     if backend == "onnxruntime":
         if path.suffix != ".onnx":
             raise SdcpuError(f"onnxruntime cannot read {path.name}; use --backend openvino for this folder")

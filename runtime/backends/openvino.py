@@ -17,8 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import openvino as ov
-from sdcpu.runtime.backends.winograd import REVISION as WINOGRAD_REVISION
-from sdcpu.runtime.backends.winograd import rewrite_convolutions
+from sdcpu.runtime.backends import GraphRewrites, token_downsampling, winograd
 from sdcpu.runtime.cache import write_cache_file
 from sdcpu.runtime.errors import SdcpuError
 from sdcpu.runtime.pages import drop_mapped_pages
@@ -28,11 +27,16 @@ CONFIG = {"PERFORMANCE_HINT": "LATENCY"}
 
 class OpenVINOModel:
     def __init__(
-        self, path: Path, device: str, cache_dir: Path | None = None, lazy: bool = False, winograd: bool = False
+        self,
+        path: Path,
+        device: str,
+        cache_dir: Path | None,
+        lazy: bool,
+        rewrites: GraphRewrites,
     ):
         self.path, self.device, self.cache_dir = path, device, cache_dir
-        # Measured and tuned on the CPU plugin; other devices (GPU) pick their own convolution algorithms.
-        self.winograd = winograd and device.upper() == "CPU"
+        # Winograd is measured and tuned on the CPU plugin; other devices (GPU) pick their own algorithms.
+        self.rewrites = GraphRewrites(rewrites.winograd and device.upper() == "CPU", rewrites.token_downsampling)
         self._core = ov.Core()
         # With a cache folder, the graph is read only when there is no blob to import.
         self._model: ov.Model | None = None if lazy or cache_dir is not None else self._read()
@@ -63,8 +67,10 @@ class OpenVINOModel:
     def _compile_graph(self, shapes: dict[str, tuple[int, ...]], use_cache_dir: bool) -> ov.CompiledModel:
         model = self._model or self._read()
         model.reshape({name: ov.PartialShape(list(shape)) for name, shape in shapes.items()})
-        if self.winograd:  # needs the static shapes: the tile size depends on the map's size
-            rewrite_convolutions(model)
+        # Both need the static shapes: the tile size depends on the map's size, the picked tokens on the grid's.
+        if self.rewrites.winograd:
+            winograd.rewrite_convolutions(model)
+        token_downsampling.downsample_self_attention(model, self.rewrites.token_downsampling)
         config = dict(CONFIG)
         if use_cache_dir and self.cache_dir is not None:
             config["CACHE_DIR"] = str(self.cache_dir)
@@ -82,7 +88,10 @@ class OpenVINOModel:
     def _blob_path(self, shapes: dict[str, tuple[int, ...]]) -> Path:
         assert self.cache_dir is not None
         key: list = [ov.__version__, self.device, CONFIG, sorted(shapes.items())]
-        key += [f"winograd {WINOGRAD_REVISION}"] if self.winograd else []  # direct ones keep their key
+        # Blobs without rewrites keep the key they had before rewrites existed.
+        key += [f"winograd {winograd.REVISION}"] if self.rewrites.winograd else []
+        factor = self.rewrites.token_downsampling
+        key += [f"token downsampling {factor} {token_downsampling.REVISION}"] if factor > 1 else []
         for file in (self.path, self.path.with_suffix(".bin")):  # an ONNX graph has no .bin
             if file.exists():
                 stat = file.stat()
