@@ -70,11 +70,13 @@ class Timer:
         return out
 
 
-def run_sdcpu(model: Path, backend: str, steps: int, deep_cache: int = 1, winograd: bool = True) -> dict:
+def run_sdcpu(
+    model: Path, backend: str, steps: int, deep_cache: int = 1, winograd: bool = True, token_downsampling: int = 1
+) -> dict:
     start = time.perf_counter()
     from sdcpu import Pipeline
 
-    pipe = Pipeline.load(model, backend=backend, winograd=winograd)
+    pipe = Pipeline.load(model, backend=backend, winograd=winograd, token_downsampling=token_downsampling)
     load = time.perf_counter() - start
     pipe.text_encoder, pipe.unet, pipe.vae_decoder = (
         Timer(m) for m in (pipe.text_encoder, pipe.unet, pipe.vae_decoder)

@@ -29,7 +29,8 @@ from benchmark import PROMPT, Timer, _report, build_random_pipeline, machine, ru
 
 ROOT = Path(__file__).resolve().parents[1]
 # name -> (kind, folder under --work, precision); sdcpu runners named "... + DeepCache N" reuse the
-# UNet's deep features for N-1 of every N steps (opt-in, approximate; its quality is in docs/quality.md);
+# UNet's deep features for N-1 of every N steps, "... + ToDo F" downsample the keys and values of the
+# highest-resolution self-attention by F (both opt-in, approximate; their quality is in docs/quality.md);
 # "direct convolutions" turns Winograd's off (as --low-memory does).
 RUNNERS = {
     "diffusers + PyTorch fp32": ("pytorch", "diffusers", "fp32"),
@@ -44,6 +45,8 @@ RUNNERS = {
     "sdcpu ONNX Runtime int8": ("onnxruntime", "onnx-int8", "int8"),
     "sdcpu OpenVINO fp32 + DeepCache 2": ("openvino", "openvino-fp32", "fp32"),
     "sdcpu OpenVINO int8-hybrid + DeepCache 2": ("openvino", "openvino-int8-hybrid", "int8-hybrid"),
+    "sdcpu OpenVINO fp32 + ToDo 2": ("openvino", "openvino-fp32", "fp32"),
+    "sdcpu OpenVINO fp32 + DeepCache 2 + ToDo 2": ("openvino", "openvino-fp32", "fp32"),
 }
 
 
@@ -67,8 +70,12 @@ def run_optimum(folder: Path, steps: int) -> dict:
     return _report(load, total, text.times, unet.times, vae.times)
 
 
+def _option(name: str, option: str) -> int:
+    return int(name.split(f"{option} ", 1)[1].split()[0]) if option in name else 1
+
+
 def deep_cache(name: str) -> int:
-    return int(name.rsplit("DeepCache ", 1)[1]) if "DeepCache" in name else 1
+    return _option(name, "DeepCache")
 
 
 def worker(name: str, work: Path, steps: int) -> None:
@@ -78,7 +85,8 @@ def worker(name: str, work: Path, steps: int) -> None:
     elif kind == "optimum":
         result = run_optimum(work / folder, steps)
     else:
-        result = run_sdcpu(work / folder, kind, steps, deep_cache(name), winograd="direct" not in name)
+        winograd, factor = "direct" not in name, _option(name, "ToDo")
+        result = run_sdcpu(work / folder, kind, steps, deep_cache(name), winograd, token_downsampling=factor)
     print("RESULT " + json.dumps(result), flush=True)
 
 
