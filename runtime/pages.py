@@ -14,6 +14,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 MADV_DONTNEED = 4  # linux/mman.h
@@ -46,3 +49,26 @@ def _unwritten_mappings(prefixes: tuple[str, ...]) -> list[tuple[int, int]]:
             elif fields[0] == "Anonymous:":
                 found[-1][3] = int(fields[1])
     return [(start, end) for start, end, writable, anonymous, ours in found if ours and not (writable and anonymous)]
+
+
+@contextmanager
+def dropping_mapped_pages(*folders: Path, interval_s: float = 0.05) -> Iterator[None]:
+    """Drop the unwritten mapped pages of files under `folders` every `interval_s` while the block runs
+    (Linux only). For OpenVINO's import of a compiled model: it reads the whole mapped blob once while
+    building its own buffers, and the pages it has read would otherwise stay resident until it returns."""
+    if sys.platform != "linux":
+        yield
+        return
+    done = threading.Event()
+
+    def drop() -> None:
+        while not done.wait(interval_s):
+            drop_mapped_pages(*folders)
+
+    worker = threading.Thread(target=drop, name="sdcpu-drop-pages", daemon=True)
+    worker.start()
+    try:
+        yield
+    finally:
+        done.set()
+        worker.join()

@@ -25,6 +25,9 @@ from sdcpu.runtime.tokenizer import ClipTokenizer
 # --low-memory decodes tiles of 40x40 latents (320x320 pixels for SD) that share at least 8 latent
 # pixels: 2x2 tiles for 512x512, each with 39% of the whole image's decoder activations.
 VAE_TILE, VAE_TILE_OVERLAP = 40, 8
+# Precisions whose UNet holds FakeQuantize nodes (export/quantize.py), for which OpenVINO's CPU plugin runs
+# attention unfused, holding whole score matrices: their attention is chunked (backends/chunked_attention.py).
+QUANTIZED_ACTIVATIONS = ("int8-hybrid",)
 Callback = Callable[[int, int, np.ndarray], bool | None]
 
 
@@ -131,7 +134,8 @@ class Pipeline:
         # The UNet only: the VAE decoder gains too (10.6 against 14.8 s at 512x512) but holds 2.97 GB against
         # 1.35 GB, and the pipeline's peak with it is not measured yet.
         unet = component.startswith("unet")
-        rewrites = GraphRewrites(self.winograd and unet, self.token_downsampling if unet else 1)
+        chunked = unet and self.manifest.precision in QUANTIZED_ACTIVATIONS
+        rewrites = GraphRewrites(self.winograd and unet, self.token_downsampling if unet else 1, chunked)
         return load_model(self.backend, path, self.device, self.cache_dir, lazy=lazy, rewrites=rewrites)
 
     @property

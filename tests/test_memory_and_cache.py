@@ -5,6 +5,7 @@ from __future__ import annotations
 import mmap
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 from sdcpu import Pipeline
 from sdcpu.runtime.backends import load_model
 from sdcpu.runtime.errors import SdcpuError
-from sdcpu.runtime.pages import drop_mapped_pages
+from sdcpu.runtime.pages import drop_mapped_pages, dropping_mapped_pages
 from sdcpu.runtime.tiling import decode_tiled, tile_starts
 
 
@@ -179,6 +180,19 @@ def test_dropped_pages_leave_the_resident_set_and_read_back_unchanged(tmp_path):
         assert _resident_kb(tmp_path / "weights.bin") >= 8 << 10
         assert drop_mapped_pages(tmp_path) >= len(data)
         assert _resident_kb(tmp_path / "weights.bin") == 0
+        assert mapped[:] == data
+
+
+def test_pages_are_dropped_while_a_block_reads_them(tmp_path):
+    data = np.random.default_rng(0).integers(0, 256, 8 << 20, dtype=np.uint8).tobytes()
+    (tmp_path / "model.blob").write_bytes(data)
+    with open(tmp_path / "model.blob", "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        with dropping_mapped_pages(tmp_path, interval_s=0.01):
+            assert mapped[:] == data  # every page read, as an import reads the blob
+            deadline = time.monotonic() + 5
+            while _resident_kb(tmp_path / "model.blob") and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert _resident_kb(tmp_path / "model.blob") == 0  # dropped before the block ends
         assert mapped[:] == data
 
 

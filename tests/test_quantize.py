@@ -123,3 +123,24 @@ def test_precision_the_format_cannot_do_is_refused_before_work(tiny_sd1, tmp_pat
     with pytest.raises(SdcpuError, match="needs --format openvino"):
         convert(str(tiny_sd1), tmp_path / "out", "onnx", precision, progress=lambda _: None)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_chunked_attention_on_the_hybrid_unet_changes_nothing_but_slices(quantized):
+    import openvino as ov
+    from sdcpu.runtime.backends.chunked_attention import split_queries
+
+    path = quantized["openvino", "int8-hybrid"] / "unet" / "openvino_model.xml"
+    rng = np.random.default_rng(0)
+    inputs = {
+        "sample": rng.standard_normal((2, 4, 8, 8), dtype=np.float32),
+        "timestep": np.array([500.0, 500.0], np.float32),
+        "encoder_hidden_states": rng.standard_normal((2, 77, 32), dtype=np.float32),
+    }
+    outputs = []
+    for max_bytes in (None, 4096):  # 4 kB: every attention of the tiny UNet is sliced
+        model = ov.Core().read_model(path)
+        model.reshape({name: list(value.shape) for name, value in inputs.items()})
+        if max_bytes is not None:
+            assert split_queries(model, max_bytes) >= 4
+        outputs.append(ov.Core().compile_model(model, "CPU")(inputs)[0])
+    np.testing.assert_allclose(outputs[1], outputs[0], rtol=0, atol=1e-5)

@@ -24,10 +24,13 @@ class GraphRewrites:
     `winograd`: 3x3 convolutions by Winograd's algorithm, on the CPU only (exact within float32
     rounding; faster, larger in memory; see backends/winograd.py). `token_downsampling`: a factor f > 1
     makes the highest-resolution self-attention use every f-th key and value along each axis
-    (approximate; see backends/token_downsampling.py)."""
+    (approximate; see backends/token_downsampling.py). `chunked_attention`: in a graph with FakeQuantize,
+    large attentions are computed over slices of their queries, on the CPU only (exact; far less
+    memory; see backends/chunked_attention.py)."""
 
     winograd: bool = False
     token_downsampling: int = 1
+    chunked_attention: bool = False
 
 
 class Model(Protocol):
