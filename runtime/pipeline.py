@@ -27,6 +27,7 @@ from sdcpu.runtime.tokenizer import ClipTokenizer
 VAE_TILE, VAE_TILE_OVERLAP = 40, 8
 # Precisions whose UNet holds FakeQuantize nodes (export/quantize.py), for which OpenVINO's CPU plugin runs
 # attention unfused, holding whole score matrices: their attention is chunked (backends/chunked_attention.py).
+# Decided from the manifest, not the graph, because the cached blob's key is made before the graph is read.
 QUANTIZED_ACTIVATIONS = ("int8-hybrid",)
 Callback = Callable[[int, int, np.ndarray], bool | None]
 
@@ -131,8 +132,8 @@ class Pipeline:
     def _load(self, component: str, lazy: bool = False) -> Model:
         path = self.manifest.graph_path(self.folder, component)
         lazy = lazy or self.low_memory
-        # The UNet only: the VAE decoder gains too (10.6 against 14.8 s at 512x512) but holds 2.97 GB against
-        # 1.35 GB, and the pipeline's peak with it is not measured yet.
+        # Every rewrite is for the UNet graphs only. Winograd would speed the VAE decoder too (10.6 against
+        # 14.8 s at 512x512), but it then holds 2.97 GB against 1.35 GB.
         unet = component.startswith("unet")
         chunked = unet and self.manifest.precision in QUANTIZED_ACTIVATIONS
         rewrites = GraphRewrites(self.winograd and unet, self.token_downsampling if unet else 1, chunked)

@@ -75,7 +75,8 @@ class OpenVINOModel:
         # Both need the static shapes: the tile size depends on the map's size, the picked tokens on the grid's.
         if self.rewrites.winograd:
             winograd.rewrite_convolutions(model)
-        token_downsampling.downsample_self_attention(model, self.rewrites.token_downsampling)
+        if self.rewrites.token_downsampling > 1:
+            token_downsampling.downsample_self_attention(model, self.rewrites.token_downsampling)
         if self.rewrites.chunked_attention:  # after token downsampling, which shrinks the score matrices
             chunked_attention.split_queries(model)
         config = dict(CONFIG)
