@@ -63,6 +63,10 @@ class Timer:
     def release_memory(self):  # an sdcpu model's buffers, freed between phases
         self.fn.release_memory()
 
+    @property
+    def compute_precision(self):  # what an sdcpu model computed in
+        return getattr(self.fn, "compute_precision", None)
+
     def _timed(self, fn, args, kwargs):
         start = time.perf_counter()
         out = fn(*args, **kwargs)

@@ -35,12 +35,22 @@ TOKEN_DOWNSAMPLING_HELP = (
     "ToDo: the highest-resolution self-attention uses one key and value per F x F block of latents "
     "(faster, approximate; OpenVINO folders only; 1 = off, 2 is the usual choice)"
 )
+PRECISION_HELP = (
+    "arithmetic of the networks, apart from the stored weights: f32; bf16 (OpenVINO, CPUs with native bf16); "
+    "auto = bf16 where the CPU has it, else f32"
+)
 CACHE_HELP = "keep OpenVINO's compiled models in $SDCPU_CACHE_DIR or ~/.cache/sdcpu for a warm next start"
 
 
 class Format(str, Enum):
     openvino = "openvino"
     onnx = "onnx"
+
+
+class ComputePrecision(str, Enum):
+    auto = "auto"
+    f32 = "f32"
+    bf16 = "bf16"
 
 
 def fail(err: Exception) -> typer.Exit:
@@ -114,6 +124,7 @@ def generate(
     cache: Annotated[bool, typer.Option(help=CACHE_HELP)] = True,
     deep_cache: Annotated[int, typer.Option(help=DEEP_CACHE_HELP)] = 1,
     token_downsampling: Annotated[int, typer.Option(help=TOKEN_DOWNSAMPLING_HELP)] = 1,
+    compute_precision: Annotated[ComputePrecision, typer.Option(help=PRECISION_HELP)] = ComputePrecision.auto,
 ) -> None:
     """Generate images from a prompt (or from an init image and a prompt)."""
     from sdcpu.cli.progress import StepProgress
@@ -131,6 +142,7 @@ def generate(
                 low_memory=low_memory,
                 winograd=winograd,
                 token_downsampling=token_downsampling,
+                compute_precision=compute_precision.value,
             )
         with warnings.catch_warnings(record=True) as caught, StepProgress(console) as progress:
             warnings.simplefilter("always")
@@ -152,7 +164,8 @@ def generate(
         for warning in caught:
             console.print(f"[yellow]warning:[/yellow] {warning.message}", highlight=False, soft_wrap=True)
         for path in result.save(out):
-            console.print(f"wrote {path} (seed {result.settings.seed})", highlight=False, soft_wrap=True)
+            ran = f"seed {result.settings.seed}, {result.runtime['compute_precision']} on {result.runtime['device']}"
+            console.print(f"wrote {path} ({ran})", highlight=False, soft_wrap=True)
     except SdcpuError as err:
         raise fail(err) from None
 
@@ -167,14 +180,17 @@ def evaluate(
     scheduler: Annotated[str | None, typer.Option(help="scheduler (default: the model's own)")] = None,
     backend: Annotated[str | None, typer.Option(help="openvino or onnxruntime (default: the folder's)")] = None,
     deep_cache: Annotated[int, typer.Option(help=DEEP_CACHE_HELP + "; for --model only, not --reference")] = 1,
+    compute_precision: Annotated[
+        ComputePrecision, typer.Option(help=PRECISION_HELP + "; for --model only, --reference runs at f32")
+    ] = ComputePrecision.auto,
 ) -> None:
     """Score a model on the demo world's held-out captions (prompt-following accuracy by the oracle)."""
     from sdcpu.runtime.evaluation import evaluate as run_eval
     from sdcpu.runtime.pipeline import Pipeline
 
     try:
-        pipe = Pipeline.load(model, backend=backend)
-        other = Pipeline.load(reference) if reference is not None else None
+        pipe = Pipeline.load(model, backend=backend, compute_precision=compute_precision.value)
+        other = Pipeline.load(reference, compute_precision="f32") if reference is not None else None
 
         def runner(p: Pipeline, deep: int = 1):
             return lambda caption, seed: p(
@@ -184,6 +200,8 @@ def evaluate(
         report = run_eval(runner(pipe, deep_cache), count, runner(other) if other is not None else None)
     except SdcpuError as err:
         raise fail(err) from None
+    for key, value in pipe.runtime_info().items():
+        typer.echo(f"{key}: {value}")
     for key, value in report.summary().items():
         typer.echo(f"{key}: {value:.4f}")
 
@@ -203,6 +221,7 @@ def benchmark(
     cache: Annotated[bool, typer.Option(help=CACHE_HELP)] = True,
     deep_cache: Annotated[int, typer.Option(help=DEEP_CACHE_HELP)] = 1,
     token_downsampling: Annotated[int, typer.Option(help=TOKEN_DOWNSAMPLING_HELP)] = 1,
+    compute_precision: Annotated[ComputePrecision, typer.Option(help=PRECISION_HELP)] = ComputePrecision.auto,
 ) -> None:
     """Time load, text encoding, each UNet step, VAE decode and the whole run; peak RSS per model."""
     import json
@@ -220,6 +239,7 @@ def benchmark(
         winograd=winograd,
         deep_cache=deep_cache,
         token_downsampling=token_downsampling,
+        compute_precision=compute_precision.value,
     )
     folders = [model] if compare is None else [model, compare]
     try:
@@ -229,6 +249,15 @@ def benchmark(
     _print_bench(report)
     if json_out is not None:
         json_out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+@app.command(name="info")
+def info() -> None:
+    """Show the CPU, its ISA, OpenVINO's capabilities and default precision, and what auto precision picks."""
+    from sdcpu.runtime.precision import system_report
+
+    for key, value in system_report().items():
+        typer.echo(f"{key}: {value}")
 
 
 @app.command(name="cache")
@@ -253,11 +282,13 @@ def cache_command(
 def _print_bench(report: dict) -> None:
     from rich.table import Table
 
-    models = report["models"]
-    table = Table(title=f"sdcpu bench: {report['settings']['steps']} steps, medians of {report['settings']['runs']}")
+    models, machine = report["models"], report["machine"]
+    title = f"sdcpu bench: {report['settings']['steps']} steps, medians of {report['settings']['runs']}"
+    cpu = f"{machine['cpu']}, {machine['cores']} cores, {' '.join(machine['isa'])}"
+    table = Table(title=f"{title}\n{cpu}")
     table.add_column("")
     for i, m in enumerate(models):
-        table.add_column(f"{'AB'[i]}: {m['source']} ({m['precision']})", justify="right")
+        table.add_column(f"{'AB'[i]}: {m['source']}", justify="right")
     if len(models) == 2:
         table.add_column("B / A", justify="right")
     rows = [
@@ -270,6 +301,8 @@ def _print_bench(report: dict) -> None:
         ("end to end", "end_to_end_s", "s"),
         ("peak RSS", "peak_rss_gb", "GB"),
     ]
+    for label, key in (("weights", "precision"), ("compute", "compute_precision")):
+        table.add_row(label, *[str(m[key]) for m in models], *([""] if len(models) == 2 else []))
     for label, key, unit in rows:
         cells = [f"{m[key]:.3f} {unit}" for m in models]
         if len(models) == 2:

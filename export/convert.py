@@ -18,10 +18,11 @@ from typing import Any
 from sdcpu.export.calibration import CalibrationSettings, collect_unet_inputs
 from sdcpu.export.components import COMPONENT_SPECS
 from sdcpu.export.quantize import PRECISIONS, component_precision
-from sdcpu.export.sources import TOKENIZER_FILES, Source, open_source
+from sdcpu.export.sources import Source, open_source
 from sdcpu.export.writers import WRITERS, Calibrate
 from sdcpu.runtime.errors import SdcpuError
 from sdcpu.runtime.manifest import COMPONENTS, MANIFEST_NAME, Manifest, describe_files
+from sdcpu.runtime.tokenizer import TOKENIZER_FILES
 
 
 def check_target(fmt: str, precision: str, out: Path, force: bool) -> None:

@@ -13,9 +13,10 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-from sdcpu.export.sources import TOKENIZER_FILES, Source, family_of
+from sdcpu.export.sources import Source, family_of
 from sdcpu.models.presets import PRESETS, Preset
 from sdcpu.runtime.errors import SdcpuError
+from sdcpu.runtime.tokenizer import TOKENIZER_FILES, has_vocabulary
 
 OPEN_CLIP_KEY = "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight"
 UNET_PREFIX = "model.diffusion_model."
@@ -153,17 +154,21 @@ def _hub_tokenizer(family: str) -> Path:
         raise SdcpuError(
             f"a single-file checkpoint has no tokenizer, and {repo} could not be fetched or found in the "
             f"local Hugging Face cache ({type(err).__name__}); pass --tokenizer DIR, a folder with the CLIP "
-            "vocab.json and merges.txt (the tokenizer/ folder of any Stable Diffusion diffusers model)"
+            "vocab.json and merges.txt or a tokenizer.json (the tokenizer/ folder of any Stable Diffusion "
+            "diffusers model)"
         ) from err
     return folder / sub if sub else folder
 
 
 def _write_tokenizer(source: Path, target: Path, pad_token: str) -> Path:
     target.mkdir(parents=True, exist_ok=True)
-    for name in ("vocab.json", "merges.txt"):
-        if not (source / name).exists():
-            raise SdcpuError(f"{source} is not a CLIP tokenizer folder: {name} is missing")
-        (target / name).write_bytes((source / name).read_bytes())
+    if not has_vocabulary(source):
+        raise SdcpuError(
+            f"{source} is not a CLIP tokenizer folder: it needs vocab.json and merges.txt, or tokenizer.json"
+        )
+    for name in ("vocab.json", "merges.txt", "tokenizer.json"):
+        if (source / name).is_file():
+            (target / name).write_bytes((source / name).read_bytes())
     config = {
         "model_max_length": 77,
         "bos_token": "<|startoftext|>",

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from sdcpu.runtime.errors import SdcpuError
+from sdcpu.runtime.tokenizer import has_vocabulary
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
-TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
 
 
 @dataclass(frozen=True)
@@ -63,9 +63,14 @@ def _download(repo_id: str) -> Path:
 
 
 def open_diffusers_folder(folder: Path, description: str) -> Source:
-    for sub in ("unet/config.json", "vae/config.json", "text_encoder/config.json", "tokenizer/vocab.json"):
+    for sub in ("unet/config.json", "vae/config.json", "text_encoder/config.json", "tokenizer/tokenizer_config.json"):
         if not (folder / sub).exists():
             raise SdcpuError(f"{folder} is not a Stable Diffusion diffusers folder: {sub} is missing")
+    if not has_vocabulary(folder / "tokenizer"):
+        raise SdcpuError(
+            f"{folder} is not a Stable Diffusion diffusers folder: tokenizer/ needs vocab.json and merges.txt, "
+            "or tokenizer.json"
+        )
     unet_config = json.loads((folder / "unet/config.json").read_text())
     scheduler_path = folder / "scheduler/scheduler_config.json"
     scheduler = json.loads(scheduler_path.read_text()) if scheduler_path.exists() else {}

@@ -38,6 +38,7 @@ class BenchSettings:
     winograd: bool = True  # as Pipeline.load's winograd
     token_downsampling: int = 1  # as Pipeline.load's token_downsampling
     deep_cache: int = 1  # as Pipeline's deep_cache: the whole UNet every N steps
+    compute_precision: str = "auto"  # as Pipeline.load's compute_precision
 
 
 class _Timed:
@@ -58,6 +59,10 @@ class _Timed:
         out = call(**inputs)
         self.seconds.append(time.perf_counter() - start)
         return out
+
+    @property
+    def compute_precision(self) -> str | None:
+        return self.model.compute_precision
 
     def release_memory(self) -> None:
         self.model.release_memory()
@@ -96,6 +101,7 @@ def _serve(folder: str | None, settings: BenchSettings, conn: Any) -> None:
         low_memory=settings.low_memory,
         winograd=settings.winograd,
         token_downsampling=settings.token_downsampling,
+        compute_precision=settings.compute_precision,
     )
     load_s = time.perf_counter() - start
     names = ("text_encoder", "unet", "unet_shallow", "vae_decoder")
@@ -130,7 +136,17 @@ def _run(pipe: Any, timed: dict[str, _Timed], settings: BenchSettings) -> dict[s
         "unet_steps_s": np.diff([0.0, *marks]).tolist(),
         "vae_decode_s": sum(timed["vae_decoder"].seconds),
         "peak_rss_gb": peak_rss_gb(),
+        "runtime": pipe.runtime_info(),  # each network's compute precision, known once compiled
     }
+
+
+def machine() -> dict[str, Any]:
+    """What the benchmark ran on: the CPU model, its cores, the ISA that decides speed, and OpenVINO's
+    view of the CPU (OPTIMIZATION_CAPABILITIES: BF16, INT8, ...)."""
+    from sdcpu.runtime.precision import cpu_info, openvino_capabilities
+
+    cpu = cpu_info()
+    return {"cpu": cpu.model, "cores": cpu.cores, "isa": list(cpu.isa), "openvino": list(openvino_capabilities("CPU"))}
 
 
 def _receive(conn: Any) -> dict[str, Any]:
@@ -173,7 +189,7 @@ def bench(folders: list[Path | None], settings: BenchSettings, progress=print) -
                 conn.send(False)
             process.join()
     summaries = [_summary(i, r, settings.deep_cache) for i, r in zip(infos, runs, strict=True)]
-    return {"settings": settings.__dict__, "models": summaries}
+    return {"machine": machine(), "settings": settings.__dict__, "models": summaries}
 
 
 def _summary(info: dict[str, Any], runs: list[dict[str, Any]], deep_cache: int) -> dict[str, Any]:
@@ -190,4 +206,5 @@ def _summary(info: dict[str, Any], runs: list[dict[str, Any]], deep_cache: int) 
         "unet_first_step_s": runs[0]["unet_steps_s"][0],
         **{key: statistics.median(r[key] for r in runs) for key in ("text_encoder_s", "vae_decode_s", "end_to_end_s")},
         "peak_rss_gb": max(r["peak_rss_gb"] for r in runs),
+        **runs[-1]["runtime"],
     }

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from sdcpu.runtime import images as imaging
+from sdcpu.runtime import precision as compute
 from sdcpu.runtime.backends import NATIVE_BACKEND, GraphRewrites, Model, load_model
 from sdcpu.runtime.cache import VERIFIED_FILES, default_cache_dir
 from sdcpu.runtime.errors import SdcpuError
@@ -38,6 +39,7 @@ class PipelineResult:
     array: np.ndarray  # (N, H, W, 3) float32 in [0, 1], before 8-bit rounding
     settings: GenerationSettings
     completed_steps: int
+    runtime: dict[str, str] = field(default_factory=dict)  # how it ran: backend, device, compute precision
 
     def save(self, path: str | Path) -> list[Path]:
         """Write the images as PNG with the settings in their text metadata; returns the paths."""
@@ -48,7 +50,7 @@ class PipelineResult:
             else [path.with_name(f"{path.stem}-{i}{path.suffix or '.png'}") for i in range(len(self.images))]
         )
         for i, (image, target) in enumerate(zip(self.images, paths, strict=True)):
-            imaging.save_png(image, target, self.settings.png_metadata(i))
+            imaging.save_png(image, target, self.settings.png_metadata(i, self.runtime))
         return paths
 
 
@@ -85,8 +87,12 @@ class Pipeline:
         low_memory: bool = False,
         winograd: bool = True,
         token_downsampling: int = 1,
+        compute_precision: str = "auto",
     ):
         self.folder, self.manifest, self.backend, self.device = folder, manifest, backend, device
+        capabilities = compute.openvino_capabilities(device) if backend == "openvino" else ()
+        self.requested_precision = compute_precision
+        self.compute_precision = compute.resolve(compute_precision, backend, device, capabilities)
         self.cache_dir, self.low_memory = cache_dir, low_memory
         self.winograd = winograd and not low_memory  # its filters take 1.8-4x the memory of direct ones
         self.token_downsampling = _check_token_downsampling(token_downsampling, backend, manifest.format)
@@ -110,6 +116,7 @@ class Pipeline:
         low_memory: bool = False,
         winograd: bool = True,
         token_downsampling: int = 1,
+        compute_precision: str = "auto",
     ) -> Pipeline:
         """Open a folder made by `sdcpu convert` (default: the bundled demo model), checking its manifest
         (and file hashes with `verify`). `cache_dir`: where OpenVINO keeps compiled models, so that the
@@ -121,13 +128,17 @@ class Pipeline:
         faster, its filters 2.4x larger (0.5 GB more at the run's peak); off with `low_memory`.
         `token_downsampling`: a factor f > 1 makes the UNet's highest-resolution self-attention attend to
         one key and value of every f x f block (ToDo; approximate, OpenVINO folders only): an SD 1.5 fp32
-        UNet step 1.19x faster at f = 2."""
+        UNet step 1.19x faster at f = 2. `compute_precision`: "f32", "bf16" (OpenVINO on CPUs with native
+        bf16) or "auto" (bf16 where the CPU has it, else f32; see runtime/precision.py); the precision
+        each network ran in is recorded in the result and the PNG."""
         folder = Path(model_dir).expanduser() if model_dir is not None else _demo_folder()
         manifest = Manifest.load(folder)
         cache = default_cache_dir() if cache_dir == "auto" else None if cache_dir is None else Path(cache_dir)
         manifest.verify(folder, hashes=verify, record=cache / VERIFIED_FILES if cache is not None else None)
         backend = backend or NATIVE_BACKEND[manifest.format]
-        return cls(folder, manifest, backend, device, cache, low_memory, winograd, token_downsampling)
+        return cls(
+            folder, manifest, backend, device, cache, low_memory, winograd, token_downsampling, compute_precision
+        )
 
     def _load(self, component: str, lazy: bool = False) -> Model:
         path = self.manifest.graph_path(self.folder, component)
@@ -137,7 +148,15 @@ class Pipeline:
         unet = component.startswith("unet")
         chunked = unet and self.manifest.precision in QUANTIZED_ACTIVATIONS
         rewrites = GraphRewrites(self.winograd and unet, self.token_downsampling if unet else 1, chunked)
-        return load_model(self.backend, path, self.device, self.cache_dir, lazy=lazy, rewrites=rewrites)
+        return load_model(
+            self.backend,
+            path,
+            self.device,
+            self.cache_dir,
+            lazy=lazy,
+            rewrites=rewrites,
+            precision=self.compute_precision,
+        )
 
     @property
     def vae_encoder(self) -> Model:
@@ -249,7 +268,23 @@ class Pipeline:
             self._free(self.unet_shallow)
         decoded = self._decode((x / np.float32(self.manifest.vae_scaling_factor)).astype(np.float32))
         array = imaging.decoded_to_float(decoded)
-        return PipelineResult(imaging.float_to_pil(array), array, s, done)
+        return PipelineResult(imaging.float_to_pil(array), array, s, done, self.runtime_info())
+
+    def runtime_info(self) -> dict[str, str]:
+        """How the networks ran: backend, device (with its name), and the compute precision each network
+        was compiled for (as the engine reports it) next to the one asked for."""
+        networks = {"text_encoder": self.text_encoder, "unet": self.unet, "unet_shallow": self.unet_shallow}
+        networks |= {"vae_decoder": self.vae_decoder, "vae_encoder": self._vae_encoder}
+        ran = {name: m.compute_precision for name, m in networks.items() if m is not None and m.compute_precision}
+        kinds = set(ran.values())
+        return {
+            "backend": self.backend,
+            "device": f"{self.device} ({compute.device_name(self.backend, self.device)})",
+            "compute_precision": kinds.pop() if len(kinds) == 1 else ", ".join(f"{k}={v}" for k, v in ran.items()),
+            "compute_precision_requested": self.requested_precision,
+            "low_memory": str(self.low_memory),
+            "winograd": str(self.winograd),
+        }
 
     def _encode_text(self, prompt: str, negative: str, n: int, cfg: bool) -> np.ndarray:
         prompts = [negative, prompt] if cfg else [prompt]

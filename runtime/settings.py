@@ -49,8 +49,11 @@ class GenerationSettings:
             raise SdcpuError(f"seed must be a non-negative integer below 2**63; got {self.seed}")
         return self
 
-    def png_metadata(self, index: int) -> dict[str, str]:
-        data = {k: str(v) for k, v in asdict(self).items() if v is not None}
+    def png_metadata(self, index: int, runtime: dict[str, str] | None = None) -> dict[str, str]:
+        """PNG text chunks: each setting, then how it ran (`runtime`: backend, device, compute precision),
+        and all of it as one JSON chunk "sdcpu"."""
+        runtime = runtime or {}
+        data = {k: str(v) for k, v in asdict(self).items() if v is not None} | runtime
         data["image_index"] = str(index)
-        data["sdcpu"] = json.dumps({**asdict(self), "image_index": index})
+        data["sdcpu"] = json.dumps({**asdict(self), "image_index": index, "runtime": runtime})
         return data

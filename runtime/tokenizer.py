@@ -1,4 +1,5 @@
-"""CLIP's byte-level BPE tokenizer, rebuilt from a model folder's vocab.json and merges.txt.
+"""CLIP's byte-level BPE tokenizer, rebuilt from a model folder's vocab.json and merges.txt, or from
+tokenizer.json alone (as transformers 5 saves it).
 
 It reproduces transformers' CLIPTokenizer (the `tokenizers` pipeline it uses) without transformers:
 NFC + whitespace folding + lowercasing, CLIP's split regex, byte-level BPE with a `</w>` end-of-word
@@ -17,6 +18,8 @@ import numpy as np
 from sdcpu.runtime.errors import SdcpuError
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
+# Every file a tokenizer folder may have; a converted folder keeps those its source had.
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 CLIP_SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 
 
@@ -57,10 +60,9 @@ class ClipTokenizer:
     def __init__(self, folder: Path):
         try:
             self.config = TokenizerConfig.load(folder)
-            vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise SdcpuError(f"cannot read the tokenizer in {folder}: {err}") from err
-        merges = _read_merges(folder / "merges.txt")
+            vocab, merges = read_vocabulary(folder)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise SdcpuError(f"cannot read the tokenizer in {folder}: {err!r}") from err
         self.vocab: dict[str, int] = vocab
         self._bpe = _build_bpe(vocab, merges, self.config.unk_token)
         # Special tokens typed in a prompt map to their ids, as in transformers (SD 2's pad token is "!").
@@ -89,13 +91,29 @@ class ClipTokenizer:
         return np.array(row + [self.pad_id] * (n - len(row)), dtype=np.int64)
 
 
-def _read_merges(path: Path) -> list[tuple[str, str]]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as err:
-        raise SdcpuError(f"cannot read {path}: {err}") from err
-    pairs = [line.split() for line in lines if line and not line.startswith("#version")]
-    return [(a, b) for a, b in pairs]
+def has_vocabulary(folder: Path) -> bool:
+    """Whether `folder` holds a BPE vocabulary: vocab.json with merges.txt, or tokenizer.json."""
+    return ((folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()) or (
+        folder / "tokenizer.json"
+    ).is_file()
+
+
+def read_vocabulary(folder: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """The BPE vocabulary and merges: from vocab.json + merges.txt where both exist (transformers 4), else
+    from tokenizer.json's model (transformers 5 writes only that)."""
+    if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+        vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+        lines = (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
+        pairs = [line.split() for line in lines if line and not line.startswith("#version")]
+        return vocab, [(a, b) for a, b in pairs]
+    if not (folder / "tokenizer.json").is_file():
+        raise SdcpuError(f"{folder} has no tokenizer: it needs vocab.json and merges.txt, or tokenizer.json")
+    model = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))["model"]
+    if model.get("type") != "BPE":
+        raise SdcpuError(f"{folder / 'tokenizer.json'} is a {model.get('type')} tokenizer; CLIP's is BPE")
+    # Merges are ["a", "b"] pairs (tokenizers >= 0.20) or "a b" strings (older files).
+    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    return dict(model["vocab"]), [(a, b) for a, b in merges]
 
 
 def _build_bpe(vocab: dict[str, int], merges: list[tuple[str, str]], unk: str) -> Tokenizer:

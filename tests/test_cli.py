@@ -15,10 +15,8 @@ runner = CliRunner()
 
 
 def generate(model, out, *extra):
-    return runner.invoke(
-        app,
-        ["generate", "a red circle", "--model", str(model), "--out", str(out), "--steps", "3", "--seed", "5", *extra],
-    )
+    args = ["--steps", "3", "--seed", "5", "--compute-precision", "f32", *extra]
+    return runner.invoke(app, ["generate", "a red circle", "--model", str(model), "--out", str(out), *args])
 
 
 @pytest.mark.parametrize("converted", ["openvino", "onnx"], indirect=True)
@@ -32,6 +30,9 @@ def test_generate_writes_png_with_metadata(converted, tmp_path):
     assert meta["prompt"] == "a red circle" and meta["negative_prompt"] == "blurry"
     assert (meta["seed"], meta["steps"], meta["scheduler"], meta["guidance"]) == ("5", "3", "euler-a", "7.5")
     assert meta["width"] == "64" and meta["height"] == "64" and "model" in meta
+    # how it ran: the precision every network was compiled for, and the device by name
+    assert meta["compute_precision"] == "f32" and meta["compute_precision_requested"] == "f32"
+    assert meta["device"].startswith("CPU (") and json.loads(meta["sdcpu"])["runtime"]["backend"] == meta["backend"]
 
 
 def test_same_seed_same_image_bit_for_bit(sd1_openvino, tmp_path):
@@ -147,11 +148,16 @@ def test_convert_refuses_bad_requests(tiny_sd1, sd1_openvino, tmp_path):
 def test_bench_runs_two_models_alternately_and_writes_json(sd1_openvino, sd1_onnx, tmp_path):
     out = tmp_path / "bench.json"
     args = ["bench", "--model", str(sd1_openvino), "--compare", str(sd1_onnx), "--steps", "2", "--runs", "2"]
-    result = runner.invoke(app, [*args, "--backend", "openvino", "--json", str(out)])
+    extra = ["--backend", "openvino", "--compute-precision", "f32", "--json", str(out)]
+    result = runner.invoke(app, [*args, *extra])
     assert result.exit_code == 0, result.output
-    assert "B / A" in result.output and "UNet step" in result.output
+    assert "B / A" in result.output and "UNet step" in result.output and "compute" in result.output
     report = json.loads(out.read_text())
     assert [m["precision"] for m in report["models"]] == ["fp32", "fp32"]
+    assert [m["compute_precision"] for m in report["models"]] == ["f32", "f32"]
+    # what it ran on: the CPU by name, its ISA and OpenVINO's view of it
+    machine = report["machine"]
+    assert machine["cpu"] and machine["cores"] >= 1 and "FP32" in machine["openvino"]
     for model in report["models"]:
         assert model["unet_step_s"] > 0 and model["end_to_end_s"] > model["unet_step_s"]
         assert model["peak_rss_gb"] > 0.05

@@ -62,7 +62,9 @@ def test_single_file_converts_offline_and_matches_diffusers(name, single_file, t
     )
     assert "preset sd1" in Manifest.load(out).source
     latents = np.random.default_rng(1).standard_normal((1, 4, 8, 8), dtype=np.float32)
-    ours = Pipeline.load(out)("a cat", steps=5, scheduler="ddim", latents=latents, seed=0).array
+    ours = Pipeline.load(out, compute_precision="f32")(
+        "a cat", steps=5, scheduler="ddim", latents=latents, seed=0
+    ).array
     pipe = tiny.diffusers_pipeline(tiny_sd1, "DDIMScheduler")
     theirs = pipe(
         "a cat", num_inference_steps=5, latents=torch.from_numpy(latents), output_type="np", height=64, width=64
@@ -126,8 +128,8 @@ def test_fp16_halves_the_weights_and_stays_close(fmt, tiny_sd1, sd1_openvino, sd
     assert 0.45 < ratio < 0.6
     assert manifest.components["unet"]["precision"] == "fp16"
     latents = np.random.default_rng(2).standard_normal((1, 4, 8, 8), dtype=np.float32)
-    a = Pipeline.load(out)("a dog", steps=4, latents=latents, seed=1).array
-    b = Pipeline.load(fp32)("a dog", steps=4, latents=latents, seed=1).array
+    a = Pipeline.load(out, compute_precision="f32")("a dog", steps=4, latents=latents, seed=1).array
+    b = Pipeline.load(fp32, compute_precision="f32")("a dog", steps=4, latents=latents, seed=1).array
     assert float(np.abs(a - b).mean()) < 0.02
 
 
@@ -162,7 +164,7 @@ def test_killed_convert_leaves_nothing_generate_accepts(tiny_sd1, tmp_path):
     for folder in leftovers:
         for candidate in [folder, *folder.iterdir()]:
             with pytest.raises(SdcpuError):
-                Pipeline.load(candidate)
+                Pipeline.load(candidate, compute_precision="f32")
     convert(str(tiny_sd1), out, "onnx", **quiet)  # a new convert still works beside the debris
     assert Manifest.load(out).format == "onnx"
 

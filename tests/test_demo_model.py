@@ -35,7 +35,7 @@ def demo_onnx(tmp_path_factory) -> Path:
 
 
 def generate(folder: Path | None, caption: str = CAPTION, seed: int = 0, backend: str | None = None) -> np.ndarray:
-    return Pipeline.load(folder, backend=backend)(caption, seed=seed).array[0]
+    return Pipeline.load(folder, backend=backend, compute_precision="f32")(caption, seed=seed).array[0]
 
 
 def test_bundled_demo_is_complete_and_verified():
@@ -81,7 +81,7 @@ def test_pixel_slice_golden():
 
 
 def test_sixteen_caption_sample_reaches_the_full_set_accuracy():
-    pipe = Pipeline.load()
+    pipe = Pipeline.load(compute_precision="f32")
     report = evaluate(lambda caption, seed: pipe(caption, seed=seed).array[0], count=16)
     assert report.accuracy()["all"] >= FULL_SET_ACCURACY - SAMPLE_MARGIN
 

@@ -20,6 +20,7 @@ pytest.importorskip("nncf")
 CASES = [("openvino", "int8"), ("openvino", "int4"), ("openvino", "int8-hybrid"), ("onnx", "int8")]
 COMPONENTS = ("text_encoder", "unet", "unet_shallow", "vae_decoder", "vae_encoder")
 LARGE = 1024  # weights smaller than this stay float (biases, norms)
+F32 = {"INFERENCE_PRECISION_HINT": "f32"}  # pinned: the CPU plugin computes in bf16 by default where the CPU has it
 
 
 @pytest.fixture(scope="session")
@@ -100,10 +101,10 @@ def test_quantized_generation_is_deterministic_and_near_fp32(quantized, sd1_open
     manifest = Manifest.load(folder)
     assert manifest.precision == precision
     latents = np.random.default_rng(2).standard_normal((1, 4, 8, 8), dtype=np.float32)
-    pipe = Pipeline.load(folder)
+    pipe = Pipeline.load(folder, compute_precision="f32")
     a = pipe("a dog", steps=4, latents=latents, seed=1).array
     b = pipe("a dog", steps=4, latents=latents, seed=1).array
-    reference = Pipeline.load(sd1_openvino)("a dog", steps=4, latents=latents, seed=1).array
+    reference = Pipeline.load(sd1_openvino, compute_precision="f32")("a dog", steps=4, latents=latents, seed=1).array
     np.testing.assert_array_equal(a, b)
     # Loose: random tiny weights are a worst case for quantization; the demo model measures quality.
     bound = 0.1 if precision == "int8-hybrid" else 0.02
@@ -113,8 +114,12 @@ def test_quantized_generation_is_deterministic_and_near_fp32(quantized, sd1_open
 def test_onnx_int8_runs_on_onnxruntime(quantized):
     latents = np.random.default_rng(2).standard_normal((1, 4, 8, 8), dtype=np.float32)
     folder = quantized["onnx", "int8"]
-    ort = Pipeline.load(folder, backend="onnxruntime")("a dog", steps=4, latents=latents, seed=1).array
-    ov = Pipeline.load(folder, backend="openvino")("a dog", steps=4, latents=latents, seed=1).array
+    ort = Pipeline.load(folder, backend="onnxruntime", compute_precision="f32")(
+        "a dog", steps=4, latents=latents, seed=1
+    ).array
+    ov = Pipeline.load(folder, backend="openvino", compute_precision="f32")(
+        "a dog", steps=4, latents=latents, seed=1
+    ).array
     assert float(np.abs(ort - ov).max()) < 1e-3
 
 
@@ -142,5 +147,5 @@ def test_chunked_attention_on_the_hybrid_unet_changes_nothing_but_slices(quantiz
         model.reshape({name: list(value.shape) for name, value in inputs.items()})
         if max_bytes is not None:
             assert split_queries(model, max_bytes) >= 4
-        outputs.append(ov.Core().compile_model(model, "CPU")(inputs)[0])
+        outputs.append(ov.Core().compile_model(model, "CPU", F32)(inputs)[0])
     np.testing.assert_allclose(outputs[1], outputs[0], rtol=0, atol=1e-5)

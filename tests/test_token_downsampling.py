@@ -13,6 +13,8 @@ from sdcpu import Pipeline
 from sdcpu.runtime.backends.token_downsampling import downsample_self_attention, nearest_exact
 from sdcpu.runtime.errors import SdcpuError
 
+F32 = {"INFERENCE_PRECISION_HINT": "f32"}  # pinned: the CPU plugin computes in bf16 by default where the CPU has it
+
 
 @pytest.mark.parametrize(("size", "factor"), [(64, 2), (65, 2), (7, 3), (5, 1)])
 def test_picked_tokens_are_pytorchs_nearest_exact(size, factor):
@@ -44,7 +46,7 @@ def test_rewritten_self_attention_attends_to_the_picked_tokens(height, width, fa
     rng = np.random.default_rng(0)
     inputs = {p.get_any_name(): rng.standard_normal(tuple(p.get_shape())).astype(np.float32) for p in model.inputs}
     assert downsample_self_attention(model, factor) == 1  # the self-attention, not the cross-attention
-    out = ov.Core().compile_model(model, "CPU")(inputs)
+    out = ov.Core().compile_model(model, "CPU", F32)(inputs)
     picked = [r * width + c for r in nearest_exact(height, factor) for c in nearest_exact(width, factor)]
     q, k, v = inputs["q"], inputs["k"][:, :, picked], inputs["v"][:, :, picked]
     np.testing.assert_allclose(out[0], _attention(q, k, v), atol=1e-5)
@@ -63,7 +65,9 @@ def test_only_the_level_with_the_most_tokens_is_rewritten():
 
 def test_demo_pipeline_with_token_downsampling(tmp_path):
     def generate(factor: int):
-        pipe = Pipeline.load(cache_dir=tmp_path, token_downsampling=factor)  # demo: 8x8 top attention level
+        pipe = Pipeline.load(
+            cache_dir=tmp_path, token_downsampling=factor, compute_precision="f32"
+        )  # demo: 8x8 top attention level
         return pipe("a red circle", steps=4, seed=0)
 
     fast, exact = generate(2), generate(1)
@@ -79,6 +83,6 @@ def test_demo_pipeline_with_token_downsampling(tmp_path):
 
 def test_token_downsampling_needs_openvino_graphs(sd1_onnx):
     with pytest.raises(SdcpuError, match="token downsampling needs an OpenVINO folder"):
-        Pipeline.load(sd1_onnx, token_downsampling=2, cache_dir=None)
+        Pipeline.load(sd1_onnx, token_downsampling=2, cache_dir=None, compute_precision="f32")
     with pytest.raises(SdcpuError, match="token_downsampling must be at least 1"):
-        Pipeline.load(token_downsampling=0, cache_dir=None)
+        Pipeline.load(token_downsampling=0, cache_dir=None, compute_precision="f32")

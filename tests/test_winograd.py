@@ -9,6 +9,8 @@ import openvino.opset13 as ops
 import pytest
 from sdcpu.runtime.backends.winograd import rewrite_convolutions, tile_size
 
+F32 = {"INFERENCE_PRECISION_HINT": "f32"}  # pinned: the CPU plugin computes in bf16 by default where the CPU has it
+
 
 def _conv_model(
     shape: tuple[int, int, int, int], out_ch: int, kernel: int = 3, stride: int = 1, fp16: bool = False
@@ -25,7 +27,7 @@ def _conv_model(
 
 
 def _run(model: ov.Model, x: np.ndarray) -> np.ndarray:
-    return ov.Core().compile_model(model, "CPU")(x)[0]
+    return ov.Core().compile_model(model, "CPU", F32)(x)[0]
 
 
 def _op_types(model: ov.Model) -> set[str]:
@@ -68,7 +70,9 @@ def test_pipeline_with_winograd_matches_direct_convolutions(tmp_path):
     from sdcpu.runtime.pipeline import Pipeline
 
     def generate(winograd: bool) -> np.ndarray:
-        pipe = Pipeline.load(cache_dir=tmp_path, winograd=winograd)  # the demo model: 16x16 latents, 32 channels
+        pipe = Pipeline.load(
+            cache_dir=tmp_path, winograd=winograd, compute_precision="f32"
+        )  # the demo model: 16x16 latents, 32 channels
         return pipe("a red circle", steps=4, seed=0).array
 
     fast, direct = generate(True), generate(False)

@@ -34,6 +34,8 @@ class GraphRewrites:
 
 
 class Model(Protocol):
+    compute_precision: str | None  # what the engine computes in ("f32", "bf16", ...); None until compiled
+
     def __call__(self, **inputs: np.ndarray) -> np.ndarray: ...
 
     def outputs(self, **inputs: np.ndarray) -> list[np.ndarray]: ...
@@ -50,14 +52,17 @@ def load_model(
     cache_dir: Path | None = None,
     lazy: bool = False,
     rewrites: GraphRewrites = GraphRewrites(),
+    precision: str | None = "f32",
 ) -> Model:
     """Open the graph at `path` with `backend` on `device` (an OpenVINO device name: CPU, GPU, AUTO).
     `cache_dir`: where OpenVINO keeps compiled models between processes (ONNX Runtime has no such
-    cache). `lazy`: read nothing until the first call. `rewrites`: see GraphRewrites."""
+    cache). `lazy`: read nothing until the first call. `rewrites`: see GraphRewrites. `precision`: the
+    compute precision, "f32" or "bf16" (resolved by runtime/precision.py; None: an OpenVINO device's
+    own default); ONNX Runtime computes in f32."""
     if backend == "openvino":
         from sdcpu.runtime.backends.openvino import OpenVINOModel
 
-        return OpenVINOModel(path, device, cache_dir, lazy, rewrites)
+        return OpenVINOModel(path, device, cache_dir, lazy, rewrites, precision)
     if backend == "onnxruntime":
         if path.suffix != ".onnx":
             raise SdcpuError(f"onnxruntime cannot read {path.name}; use --backend openvino for this folder")

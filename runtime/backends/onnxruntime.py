@@ -10,6 +10,8 @@ from sdcpu.runtime.errors import SdcpuError
 
 
 class OnnxRuntimeModel:
+    compute_precision = "f32"  # the CPU execution provider's float kernels
+
     def __init__(self, path: Path, lazy: bool = False):
         self.path = path
         self._session: ort.InferenceSession | None = None if lazy else self._open()

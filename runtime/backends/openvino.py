@@ -24,6 +24,8 @@ from sdcpu.runtime.errors import SdcpuError
 from sdcpu.runtime.pages import drop_mapped_pages, dropping_mapped_pages
 
 CONFIG = {"PERFORMANCE_HINT": "LATENCY"}
+# Our precision names -> OpenVINO's INFERENCE_PRECISION_HINT values (runtime/precision.py).
+PRECISION_HINT = {"f32": "f32", "bf16": "bf16"}
 
 
 class OpenVINOModel:
@@ -34,8 +36,13 @@ class OpenVINOModel:
         cache_dir: Path | None,
         lazy: bool,
         rewrites: GraphRewrites,
+        precision: str | None = "f32",
     ):
         self.path, self.device, self.cache_dir = path, device, cache_dir
+        # Always set on the CPU: its plugin's default is bf16 on CPUs with native bf16 and f32 elsewhere.
+        # None leaves another device (GPU) at its own default.
+        self.config = dict(CONFIG) | ({"INFERENCE_PRECISION_HINT": PRECISION_HINT[precision]} if precision else {})
+        self.compute_precision: str | None = None  # what the compiled model reports, once compiled
         # Winograd and chunked attention answer how the CPU plugin runs convolutions and attention; other
         # devices (GPU) pick their own algorithms.
         cpu = device.upper() == "CPU"
@@ -66,6 +73,7 @@ class OpenVINOModel:
         # The compiled model holds its own (repacked) weights: drop the read graph, and the pages of the
         # weights file and of the blob that stay mapped, or both copies stay resident.
         self._model, self._shapes, self._compiled = None, shapes, compiled
+        self.compute_precision = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
         drop_mapped_pages(*[f for f in (self.path.parent, self.cache_dir) if f is not None])
         return compiled.create_infer_request()
 
@@ -79,7 +87,7 @@ class OpenVINOModel:
             token_downsampling.downsample_self_attention(model, self.rewrites.token_downsampling)
         if self.rewrites.chunked_attention:  # after token downsampling, which shrinks the score matrices
             chunked_attention.split_queries(model)
-        config = dict(CONFIG)
+        config = dict(self.config)
         if use_cache_dir and self.cache_dir is not None:
             config["CACHE_DIR"] = str(self.cache_dir)
         try:
@@ -95,7 +103,7 @@ class OpenVINOModel:
 
     def _blob_path(self, shapes: dict[str, tuple[int, ...]]) -> Path:
         assert self.cache_dir is not None
-        key: list = [ov.__version__, self.device, CONFIG, sorted(shapes.items())]
+        key: list = [ov.__version__, self.device, self.config, sorted(shapes.items())]
         # Blobs without rewrites keep the key they had before rewrites existed.
         key += [f"winograd {winograd.REVISION}"] if self.rewrites.winograd else []
         factor = self.rewrites.token_downsampling
@@ -114,7 +122,7 @@ class OpenVINOModel:
             # Pages already read are dropped as the import goes: without it, an int8-hybrid SD 1.5 UNet's
             # import peaked at 1.94 GB instead of 1.16-1.18 GB, for 0.15 s more.
             with dropping_mapped_pages(blob.parent):
-                compiled = self._core.import_model(ov.Tensor(data, shared_memory=True), self.device, CONFIG)
+                compiled = self._core.import_model(ov.Tensor(data, shared_memory=True), self.device, self.config)
         except RuntimeError:  # a damaged blob: compile again and replace it
             return None
         self._blob = data

@@ -1,0 +1,130 @@
+"""Compute precision: the arithmetic the networks run in, apart from how their weights are stored
+(`convert --precision`). An int8 folder still computes in f32 or bf16.
+
+OpenVINO's CPU plugin computes in bf16 by default on CPUs with native bf16 (AVX512_BF16 or AMX) and in
+f32 elsewhere, so the same folder gives different pixels on different machines unless the precision is
+chosen. sdcpu always chooses it, sets it as INFERENCE_PRECISION_HINT, and records what ran:
+
+- `f32`: every CPU; the precision all parity tests pin.
+- `bf16`: CPUs with native bf16 only (refused elsewhere, where OpenVINO would emulate or ignore it);
+  OpenVINO only (ONNX Runtime's CPU provider has no bf16 kernels for these graphs).
+- `auto`: bf16 where the CPU has it natively, f32 elsewhere. bf16 was measured inside the int8
+  quality bar on the demo oracle (docs/precisions.md: at most 2 points of accuracy below f32, mean
+  SSIM >= 0.95 against f32), on an AVX-512 BF16 CPU; CPUs without it get f32, the only precision
+  that runs at full speed there. ONNX Runtime: f32.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+from sdcpu.runtime.errors import SdcpuError
+
+COMPUTE_PRECISIONS = ("auto", "f32", "bf16")
+# /proc/cpuinfo flag -> the name a user knows, for the ISA that decides sdcpu's speed.
+ISA_FLAGS = {
+    "avx2": "AVX2",
+    "fma": "FMA",
+    "avx512f": "AVX-512",
+    "avx512_bf16": "AVX512_BF16",
+    "avx512_vnni": "AVX512_VNNI",
+    "avx_vnni": "AVX-VNNI",
+    "amx_bf16": "AMX-BF16",
+    "amx_int8": "AMX-INT8",
+}
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    """The CPU this process runs on, as much as matters for speed and for the compute precision."""
+
+    model: str
+    cores: int
+    isa: tuple[str, ...]  # names from ISA_FLAGS that the CPU has
+
+    def describe(self) -> str:
+        return f"{self.model}, {self.cores} cores, {' '.join(self.isa) or 'no AVX2'}"
+
+
+def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> CpuInfo:
+    """Read the CPU model and its ISA flags (Linux); elsewhere the model from `platform` alone."""
+    fields: dict[str, str] = {}
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())  # the first core's
+    model = fields.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in fields:  # names the generation where the model name does not ("AMD EPYC")
+        model += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
+    flags = set(fields.get("flags", "").split())
+    return CpuInfo(model, os.cpu_count() or 1, tuple(name for flag, name in ISA_FLAGS.items() if flag in flags))
+
+
+def openvino_capabilities(device: str) -> tuple[str, ...]:
+    """OpenVINO's OPTIMIZATION_CAPABILITIES of `device` (BF16, FP32, INT8, ...); () when it is not there."""
+    import openvino as ov
+
+    try:
+        return tuple(ov.Core().get_property(device, "OPTIMIZATION_CAPABILITIES"))
+    except RuntimeError:  # no such device: compiling for it will say so
+        return ()
+
+
+def device_name(backend: str, device: str) -> str:
+    """The name of what runs the networks: OpenVINO's FULL_DEVICE_NAME, or the CPU model."""
+    if backend == "openvino":
+        import openvino as ov
+
+        try:
+            return str(ov.Core().get_property(device, "FULL_DEVICE_NAME"))
+        except RuntimeError:
+            return device
+    return cpu_info().model
+
+
+def resolve(requested: str, backend: str, device: str, capabilities: tuple[str, ...]) -> str | None:
+    """The precision to ask the engine for: "f32" or "bf16", or None (under "auto" on an OpenVINO device
+    other than the CPU) for that device's own default. `capabilities`: the device's
+    OPTIMIZATION_CAPABILITIES. Raises SdcpuError, saying what to use instead, for a precision this
+    backend or device cannot run."""
+    if requested not in COMPUTE_PRECISIONS:
+        raise SdcpuError(f"unknown compute precision {requested!r}; choose one of: {', '.join(COMPUTE_PRECISIONS)}")
+    native_bf16 = "BF16" in capabilities
+    if backend != "openvino":
+        if requested == "bf16":
+            raise SdcpuError(
+                f"the {backend} backend computes in f32 only; use --compute-precision f32 (or auto), "
+                "or --backend openvino for bf16"
+            )
+        return "f32"
+    if requested == "bf16" and not native_bf16:
+        raise SdcpuError(
+            "this device has no native bf16 (OpenVINO's OPTIMIZATION_CAPABILITIES lacks BF16); "
+            "use --compute-precision f32 or auto"
+        )
+    if requested == "auto":
+        # A GPU picks its own (f16 on most); only the CPU plugin's choice was measured here.
+        return ("bf16" if native_bf16 else "f32") if device.upper() == "CPU" else None
+    return requested
+
+
+def system_report() -> dict[str, str]:
+    """What this machine offers sdcpu: the CPU and its ISA, OpenVINO's view of it (capabilities and its
+    own default precision) and what `auto` picks on each backend. For bug reports and CI logs."""
+    import onnxruntime
+    import openvino as ov
+
+    core = ov.Core()
+    capabilities = openvino_capabilities("CPU")
+    default = core.get_property("CPU", "INFERENCE_PRECISION_HINT").to_string()
+    return {
+        "cpu": cpu_info().describe(),
+        "openvino": f"{ov.__version__}; devices {', '.join(core.available_devices)}",
+        "openvino CPU capabilities": " ".join(capabilities),
+        "openvino CPU default precision": default,
+        "onnxruntime": onnxruntime.__version__,
+        "auto compute precision": f"openvino {resolve('auto', 'openvino', 'CPU', capabilities)}, onnxruntime f32",
+    }
