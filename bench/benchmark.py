@@ -163,18 +163,12 @@ def prepare(work: Path) -> dict:
 
 
 def machine() -> str:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    mem = int(Path("/proc/meminfo").read_text().split()[1]) / 1024**2
-    import os
+    """The CPU by model, generation (family / model) and the ISA that decides speed, with the RAM and OS."""
 
-    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GB RAM, {platform.system()} {platform.release()}"
+    from sdcpu.runtime.precision import cpu_info
+
+    mem = int(Path("/proc/meminfo").read_text().split()[1]) / 1024**2
+    return f"{cpu_info().describe()}, {mem:.0f} GB RAM, {platform.system()} {platform.release()}"
 
 
 def main() -> None:

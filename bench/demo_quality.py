@@ -25,34 +25,44 @@ from sdcpu.models import demo_world as world
 from sdcpu.models.demo_model import SOURCE
 from sdcpu.runtime.evaluation import evaluate
 from sdcpu.runtime.pipeline import Pipeline
+from sdcpu.runtime.precision import cpu_info
 
 STEPS, GUIDANCE = 20, 7.5
-# (format, precision, backend, DeepCache interval, token downsampling factor)
+# (format, precision, backend, DeepCache interval, token downsampling factor, compute precision)
 VARIANTS = [
-    ("openvino", "fp32", "openvino", 1, 1),
-    ("onnx", "fp32", "onnxruntime", 1, 1),
-    ("openvino", "fp16", "openvino", 1, 1),
-    ("onnx", "fp16", "onnxruntime", 1, 1),
-    ("openvino", "int8", "openvino", 1, 1),
-    ("onnx", "int8", "onnxruntime", 1, 1),
-    ("openvino", "int8-hybrid", "openvino", 1, 1),
-    ("openvino", "int4", "openvino", 1, 1),
-    ("openvino", "fp32", "openvino", 2, 1),
-    ("openvino", "fp32", "openvino", 3, 1),
-    ("openvino", "fp32", "openvino", 5, 1),
-    ("openvino", "int8-hybrid", "openvino", 2, 1),
-    ("openvino", "fp32", "openvino", 1, 2),
-    ("openvino", "fp32", "openvino", 2, 2),
+    ("openvino", "fp32", "openvino", 1, 1, "f32"),
+    ("onnx", "fp32", "onnxruntime", 1, 1, "f32"),
+    ("openvino", "fp16", "openvino", 1, 1, "f32"),
+    ("onnx", "fp16", "onnxruntime", 1, 1, "f32"),
+    ("openvino", "int8", "openvino", 1, 1, "f32"),
+    ("onnx", "int8", "onnxruntime", 1, 1, "f32"),
+    ("openvino", "int8-hybrid", "openvino", 1, 1, "f32"),
+    ("openvino", "int4", "openvino", 1, 1, "f32"),
+    ("openvino", "fp32", "openvino", 2, 1, "f32"),
+    ("openvino", "fp32", "openvino", 3, 1, "f32"),
+    ("openvino", "fp32", "openvino", 5, 1, "f32"),
+    ("openvino", "int8-hybrid", "openvino", 2, 1, "f32"),
+    ("openvino", "fp32", "openvino", 1, 2, "f32"),
+    ("openvino", "fp32", "openvino", 2, 2, "f32"),
+    # bf16 compute: CPUs with native bf16 only (AVX512_BF16 or AMX)
+    ("openvino", "fp32", "openvino", 1, 1, "bf16"),
+    ("openvino", "int8", "openvino", 1, 1, "bf16"),
+    ("openvino", "int8-hybrid", "openvino", 1, 1, "bf16"),
+    ("openvino", "int4", "openvino", 1, 1, "bf16"),
+    ("openvino", "fp32", "openvino", 2, 1, "bf16"),
 ]
 
 
-def variant_name(fmt: str, precision: str, backend: str, deep_cache: int, token_downsampling: int) -> str:
+def variant_name(
+    fmt: str, precision: str, backend: str, deep_cache: int, token_downsampling: int, compute: str = "f32"
+) -> str:
     name = f"sdcpu {fmt} {precision} ({backend})" + (f", DeepCache {deep_cache}" if deep_cache > 1 else "")
-    return name + (f", ToDo {token_downsampling}" if token_downsampling > 1 else "")
+    name += f", ToDo {token_downsampling}" if token_downsampling > 1 else ""
+    return name + (f", {compute} compute" if compute != "f32" else "")
 
 
-def sdcpu_runner(folder: Path, backend: str, deep_cache: int = 1, token_downsampling: int = 1):
-    pipe = Pipeline.load(folder, backend=backend, token_downsampling=token_downsampling)
+def sdcpu_runner(folder: Path, backend: str, deep_cache: int = 1, token_downsampling: int = 1, compute: str = "f32"):
+    pipe = Pipeline.load(folder, backend=backend, token_downsampling=token_downsampling, compute_precision=compute)
     return lambda caption, seed: pipe(caption, steps=STEPS, guidance=GUIDANCE, seed=seed, deep_cache=deep_cache).array[
         0
     ]
@@ -94,40 +104,44 @@ def calibration_prompts(count: int = 16) -> tuple[str, ...]:
 def measure(work: Path, count: int, only: str | None, results: dict) -> dict:
     calibration = CalibrationSettings(prompts=calibration_prompts(), size=128)
     reference = None
-    for fmt, precision, backend, deep_cache, token_downsampling in VARIANTS:
-        name = variant_name(fmt, precision, backend, deep_cache, token_downsampling)
+    for fmt, precision, backend, deep_cache, token_downsampling, compute in VARIANTS:
+        name = variant_name(fmt, precision, backend, deep_cache, token_downsampling, compute)
         folder = work / f"{fmt}-{precision}"
         if reference is not None and only is not None and only not in name:
             continue
         if not folder.exists():
             convert(str(SOURCE), folder, fmt, precision, calibration=calibration, progress=lambda _: None)
-        if reference is None:  # the first row, OpenVINO fp32, is every other row's reference
-            reference = sdcpu_runner(folder, backend)
+        if reference is None:  # the first row, OpenVINO fp32 at f32 compute, is every other row's reference
+            reference = sdcpu_runner(folder, backend, compute="f32")
             if only is not None and only not in name:
                 continue
         start = time.perf_counter()
-        runner = sdcpu_runner(folder, backend, deep_cache, token_downsampling)
+        runner = sdcpu_runner(folder, backend, deep_cache, token_downsampling, compute)
         report = evaluate(runner, count, None if name == NAMES[0] else reference)
-        results[name] = {**report.summary(), "seconds": time.perf_counter() - start}
+        results[name] = {**report.summary(), "seconds": time.perf_counter() - start, "cpu": cpu_info().describe()}
         results[name]["folder_mb"] = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6
         print(name, results[name], flush=True)
     if only is None or only in DIFFUSERS:
         start = time.perf_counter()
         report = evaluate(diffusers_runner(), count, reference)
-        results[DIFFUSERS] = {**report.summary(), "seconds": time.perf_counter() - start}
+        results[DIFFUSERS] = {**report.summary(), "seconds": time.perf_counter() - start, "cpu": cpu_info().describe()}
     return {name: results[name] for name in [*NAMES, DIFFUSERS] if name in results}
 
 
 NAMES = [variant_name(*v) for v in VARIANTS]
+ZEN3 = "AMD EPYC (Zen 3), 2 cores, AVX2 FMA"
 DIFFUSERS = "diffusers fp32 (PyTorch, original weights)"
 
 
 def render(record: dict) -> str:
     attributes = [*world.ATTRIBUTES, "all"]
+    cpus = list(dict.fromkeys(r["cpu"] for r in record["results"].values()))
     lines = [
         "# Quality",
         "",
-        f"Machine: {record['machine']}. Produced by `python bench/demo_quality.py`.",
+        "Produced by `python bench/demo_quality.py`; each row names the CPU it was measured on:",
+        "",
+        *[f"- CPU {'ABCDEFGH'[i]}: {cpu}" for i, cpu in enumerate(cpus)],
         "",
         f"The bundled demo model on the {record['count']} held-out captions of its world (attribute combinations",
         f"never seen in training), {STEPS} DDIM steps (the model's scheduler), guidance {GUIDANCE}, seed = caption",
@@ -138,16 +152,18 @@ def render(record: dict) -> str:
         "ToDo F (`--token-downsampling F`) gives the highest-resolution self-attention one key and value per",
         "F x F block: in the demo UNet its 8x8 level (64 tokens to 16); in SD 1.5 at 512x512, 64x64 (4096 to 1024).",
         "Folder sizes include `unet_shallow/` only in rows measured since it was added (the DeepCache rows).",
+        "Rows without a compute precision ran at f32; bf16 rows need a CPU with native bf16 (docs/precisions.md).",
         "",
-        "| model | " + " | ".join(attributes) + " | SSIM | PSNR (dB) | folder (MB) |",
-        "|---|" + "---:|" * (len(attributes) + 3),
+        "| model | CPU | " + " | ".join(attributes) + " | SSIM | PSNR (dB) | folder (MB) |",
+        "|---|---|" + "---:|" * (len(attributes) + 3),
     ]
     for name, r in record["results"].items():
         accuracy = " | ".join(f"{100 * r[f'accuracy_{a}']:.1f}%" for a in attributes)
         ssim = f"{r['ssim_mean']:.4f}" if "ssim_mean" in r else "(reference)"
         psnr = f"{r['psnr_mean_db']:.1f}" if "psnr_mean_db" in r else ""
         size = f"{r['folder_mb']:.1f}" if "folder_mb" in r else ""
-        lines.append(f"| {name} | {accuracy} | {ssim} | {psnr} | {size} |")
+        cpu = "ABCDEFGH"[cpus.index(r["cpu"])]
+        lines.append(f"| {name} | {cpu} | {accuracy} | {ssim} | {psnr} | {size} |")
     return "\n".join(lines) + "\n"
 
 
@@ -159,6 +175,8 @@ def main() -> None:
     parser.add_argument("--only", help="measure only the rows whose name contains this; keep the rest")
     args = parser.parse_args()
     previous = json.loads((args.docs / "quality.json").read_text())["results"] if args.only else {}
+    for row in previous.values():  # rows from before rows named their CPU: all were measured on this one
+        row.setdefault("cpu", ZEN3)
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
