@@ -75,12 +75,26 @@ class Timer:
 
 
 def run_sdcpu(
-    model: Path, backend: str, steps: int, deep_cache: int = 1, winograd: bool = True, token_downsampling: int = 1
+    model: Path,
+    backend: str,
+    steps: int,
+    deep_cache: int = 1,
+    winograd: bool = True,
+    token_downsampling: int = 1,
+    compute_precision: str = "f32",
+    int8_activations: bool = False,
 ) -> dict:
     start = time.perf_counter()
     from sdcpu import Pipeline
 
-    pipe = Pipeline.load(model, backend=backend, winograd=winograd, token_downsampling=token_downsampling)
+    pipe = Pipeline.load(
+        model,
+        backend=backend,
+        winograd=winograd,
+        token_downsampling=token_downsampling,
+        compute_precision=compute_precision,
+        int8_activations=int8_activations,
+    )
     load = time.perf_counter() - start
     pipe.text_encoder, pipe.unet, pipe.vae_decoder = (
         Timer(m) for m in (pipe.text_encoder, pipe.unet, pipe.vae_decoder)
@@ -92,13 +106,14 @@ def run_sdcpu(
     pipe(PROMPT, steps=steps, seed=0, scheduler="euler", width=512, height=512, deep_cache=deep_cache)
     total = time.perf_counter() - start
     report = _report(load, total, pipe.text_encoder.times, pipe.unet.times, pipe.vae_decoder.times)
+    report["compute_precision"] = pipe.runtime_info()["compute_precision"]
     if shallow.times:  # DeepCache: the shallow steps, and all UNet time spent
         report["unet_shallow_step_s"] = statistics.median(shallow.times[1:] or shallow.times)
         report["unet_total_s"] = sum(pipe.unet.times) + sum(shallow.times)
     return report
 
 
-def run_pytorch(model: Path, steps: int) -> dict:
+def run_pytorch(model: Path, steps: int, bf16: bool = False) -> dict:
     import torch
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 
@@ -112,7 +127,8 @@ def run_pytorch(model: Path, steps: int) -> dict:
     text, unet, vae = Timer(pipe.text_encoder.forward), Timer(pipe.unet.forward), Timer(pipe.vae.decode)
     pipe.text_encoder.forward, pipe.unet.forward, pipe.vae.decode = text, unet, vae
     start = time.perf_counter()
-    with torch.inference_mode():
+    # bf16: PyTorch's CPU autocast, which runs matmuls and convolutions in bf16 (oneDNN) and keeps the rest fp32.
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         pipe(PROMPT, num_inference_steps=steps, generator=torch.Generator().manual_seed(0), height=512, width=512)
     total = time.perf_counter() - start
     return _report(load, total, text.times, unet.times, vae.times)

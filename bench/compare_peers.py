@@ -28,12 +28,15 @@ from pathlib import Path
 from benchmark import PROMPT, Timer, _report, build_random_pipeline, machine, run_pytorch, run_sdcpu
 
 ROOT = Path(__file__).resolve().parents[1]
+# Every sdcpu runner computes in f32 unless its name says "bf16 compute"; optimum-intel runs at OpenVINO's
+# default, which is bf16 on CPUs with native bf16.
 # name -> (kind, folder under --work, precision); sdcpu runners named "... + DeepCache N" reuse the
 # UNet's deep features for N-1 of every N steps, "... + ToDo F" downsample the keys and values of the
 # highest-resolution self-attention by F (both opt-in, approximate; their quality is in docs/quality.md);
 # "direct convolutions" turns Winograd's off (as --low-memory does).
 RUNNERS = {
     "diffusers + PyTorch fp32": ("pytorch", "diffusers", "fp32"),
+    "diffusers + PyTorch bf16 autocast": ("pytorch", "diffusers", "bf16"),
     "optimum-intel fp32": ("optimum", "optimum-fp32", "fp32"),
     "optimum-intel int8": ("optimum", "optimum-int8", "int8"),
     "sdcpu OpenVINO fp32": ("openvino", "openvino-fp32", "fp32"),
@@ -47,6 +50,21 @@ RUNNERS = {
     "sdcpu OpenVINO int8-hybrid + DeepCache 2": ("openvino", "openvino-int8-hybrid", "int8-hybrid"),
     "sdcpu OpenVINO fp32 + ToDo 2": ("openvino", "openvino-fp32", "fp32"),
     "sdcpu OpenVINO fp32 + DeepCache 2 + ToDo 2": ("openvino", "openvino-fp32", "fp32"),
+    # bf16 compute (CPUs with native bf16): the same folders, OpenVINO's INFERENCE_PRECISION_HINT set to bf16
+    "sdcpu OpenVINO fp32, bf16 compute": ("openvino", "openvino-fp32", "fp32"),
+    "sdcpu OpenVINO fp32 (direct convolutions), bf16 compute": ("openvino", "openvino-fp32", "fp32"),
+    "sdcpu OpenVINO int8, bf16 compute": ("openvino", "openvino-int8", "int8"),
+    "sdcpu OpenVINO int8-hybrid, bf16 compute": ("openvino", "openvino-int8-hybrid", "int8-hybrid"),
+    "sdcpu OpenVINO int8-hybrid + DeepCache 2, bf16 compute": ("openvino", "openvino-int8-hybrid", "int8-hybrid"),
+    # int8 activations: MatMuls with int8 weights quantize their activations on the fly (OpenVINO's dynamic
+    # quantization), so they run as int8 dot products (VNNI)
+    "sdcpu OpenVINO int8 + int8 activations": ("openvino", "openvino-int8", "int8"),
+    "sdcpu OpenVINO int8-hybrid + int8 activations": ("openvino", "openvino-int8-hybrid", "int8-hybrid"),
+    "sdcpu OpenVINO int8-hybrid + int8 activations, bf16 compute": (
+        "openvino",
+        "openvino-int8-hybrid",
+        "int8-hybrid",
+    ),
 }
 
 
@@ -81,12 +99,14 @@ def deep_cache(name: str) -> int:
 def worker(name: str, work: Path, steps: int) -> None:
     kind, folder, _ = RUNNERS[name]
     if kind == "pytorch":
-        result = run_pytorch(work / folder, steps)
+        result = run_pytorch(work / folder, steps, bf16="bf16" in name)
     elif kind == "optimum":
         result = run_optimum(work / folder, steps)
     else:
         winograd, factor = "direct" not in name, _option(name, "ToDo")
-        result = run_sdcpu(work / folder, kind, steps, deep_cache(name), winograd, token_downsampling=factor)
+        compute = "bf16" if "bf16 compute" in name else "f32"
+        int8 = "int8 activations" in name
+        result = run_sdcpu(work / folder, kind, steps, deep_cache(name), winograd, factor, compute, int8)
     print("RESULT " + json.dumps(result), flush=True)
 
 

@@ -6,7 +6,8 @@ Converts models/demo/source at each format and precision, runs the held-out capt
 seeds through each (and through diffusers on the original weights, with the same initial latents),
 and writes docs/quality.json and docs/quality.md: per-attribute accuracy, and mean SSIM / PSNR against
 the OpenVINO fp32 images. DeepCache rows reuse the UNet's deep features for N-1 of every N steps.
-`--only TEXT` measures only the rows whose name contains TEXT and keeps the others from docs/quality.json.
+`--only TEXT` measures only the rows whose name contains TEXT (or any of TEXT,TEXT2,...) and keeps the
+others from docs/quality.json.
 """
 
 from __future__ import annotations
@@ -50,6 +51,12 @@ VARIANTS = [
     ("openvino", "int8-hybrid", "openvino", 1, 1, "bf16"),
     ("openvino", "int4", "openvino", 1, 1, "bf16"),
     ("openvino", "fp32", "openvino", 2, 1, "bf16"),
+    # "+int8": MatMuls with int8 or int4 weights quantize their activations on the fly (--int8-activations)
+    ("openvino", "int8", "openvino", 1, 1, "f32+int8"),
+    ("openvino", "int8-hybrid", "openvino", 1, 1, "f32+int8"),
+    ("openvino", "int8", "openvino", 1, 1, "bf16+int8"),
+    ("openvino", "int8-hybrid", "openvino", 1, 1, "bf16+int8"),
+    ("openvino", "int4", "openvino", 1, 1, "bf16+int8"),
 ]
 
 
@@ -58,11 +65,20 @@ def variant_name(
 ) -> str:
     name = f"sdcpu {fmt} {precision} ({backend})" + (f", DeepCache {deep_cache}" if deep_cache > 1 else "")
     name += f", ToDo {token_downsampling}" if token_downsampling > 1 else ""
-    return name + (f", {compute} compute" if compute != "f32" else "")
+    precision, _, int8 = compute.partition("+")
+    name += f", {precision} compute" if precision != "f32" else ""
+    return name + (" + int8 activations" if int8 else "")
 
 
 def sdcpu_runner(folder: Path, backend: str, deep_cache: int = 1, token_downsampling: int = 1, compute: str = "f32"):
-    pipe = Pipeline.load(folder, backend=backend, token_downsampling=token_downsampling, compute_precision=compute)
+    precision, _, int8 = compute.partition("+")
+    pipe = Pipeline.load(
+        folder,
+        backend=backend,
+        token_downsampling=token_downsampling,
+        compute_precision=precision,
+        int8_activations=bool(int8),
+    )
     return lambda caption, seed: pipe(caption, steps=STEPS, guidance=GUIDANCE, seed=seed, deep_cache=deep_cache).array[
         0
     ]
@@ -101,19 +117,23 @@ def calibration_prompts(count: int = 16) -> tuple[str, ...]:
     return tuple(train[int(i)].caption(int(i)) for i in rng.choice(len(train), count, replace=False))
 
 
+def _picked(name: str, only: str | None) -> bool:
+    return only is None or any(part in name for part in only.split(","))
+
+
 def measure(work: Path, count: int, only: str | None, results: dict) -> dict:
     calibration = CalibrationSettings(prompts=calibration_prompts(), size=128)
     reference = None
     for fmt, precision, backend, deep_cache, token_downsampling, compute in VARIANTS:
         name = variant_name(fmt, precision, backend, deep_cache, token_downsampling, compute)
         folder = work / f"{fmt}-{precision}"
-        if reference is not None and only is not None and only not in name:
+        if reference is not None and not _picked(name, only):
             continue
         if not folder.exists():
             convert(str(SOURCE), folder, fmt, precision, calibration=calibration, progress=lambda _: None)
         if reference is None:  # the first row, OpenVINO fp32 at f32 compute, is every other row's reference
             reference = sdcpu_runner(folder, backend, compute="f32")
-            if only is not None and only not in name:
+            if not _picked(name, only):
                 continue
         start = time.perf_counter()
         runner = sdcpu_runner(folder, backend, deep_cache, token_downsampling, compute)
@@ -121,7 +141,7 @@ def measure(work: Path, count: int, only: str | None, results: dict) -> dict:
         results[name] = {**report.summary(), "seconds": time.perf_counter() - start, "cpu": cpu_info().describe()}
         results[name]["folder_mb"] = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6
         print(name, results[name], flush=True)
-    if only is None or only in DIFFUSERS:
+    if _picked(DIFFUSERS, only):
         start = time.perf_counter()
         report = evaluate(diffusers_runner(), count, reference)
         results[DIFFUSERS] = {**report.summary(), "seconds": time.perf_counter() - start, "cpu": cpu_info().describe()}
@@ -153,6 +173,8 @@ def render(record: dict) -> str:
         "F x F block: in the demo UNet its 8x8 level (64 tokens to 16); in SD 1.5 at 512x512, 64x64 (4096 to 1024).",
         "Folder sizes include `unet_shallow/` only in rows measured since it was added (the DeepCache rows).",
         "Rows without a compute precision ran at f32; bf16 rows need a CPU with native bf16 (docs/precisions.md).",
+        "int8 activations (`--int8-activations`): MatMuls with int8 or int4 weights quantize their activations",
+        "to int8 on the fly (OpenVINO's dynamic quantization, groups of 32).",
         "",
         "| model | CPU | " + " | ".join(attributes) + " | SSIM | PSNR (dB) | folder (MB) |",
         "|---|---|" + "---:|" * (len(attributes) + 3),

@@ -39,6 +39,10 @@ PRECISION_HELP = (
     "arithmetic of the networks, apart from the stored weights: f32; bf16 (OpenVINO, CPUs with native bf16); "
     "auto = bf16 where the CPU has it, else f32"
 )
+INT8_ACTIVATIONS_HELP = (
+    "OpenVINO, folders with int8 or int4 weights: their MatMuls quantize activations to int8 on the fly "
+    "(approximate; int8 dot products on CPUs with VNNI or AMX)"
+)
 CACHE_HELP = "keep OpenVINO's compiled models in $SDCPU_CACHE_DIR or ~/.cache/sdcpu for a warm next start"
 
 
@@ -125,6 +129,7 @@ def generate(
     deep_cache: Annotated[int, typer.Option(help=DEEP_CACHE_HELP)] = 1,
     token_downsampling: Annotated[int, typer.Option(help=TOKEN_DOWNSAMPLING_HELP)] = 1,
     compute_precision: Annotated[ComputePrecision, typer.Option(help=PRECISION_HELP)] = ComputePrecision.auto,
+    int8_activations: Annotated[bool, typer.Option(help=INT8_ACTIVATIONS_HELP)] = False,
 ) -> None:
     """Generate images from a prompt (or from an init image and a prompt)."""
     from sdcpu.cli.progress import StepProgress
@@ -143,6 +148,7 @@ def generate(
                 winograd=winograd,
                 token_downsampling=token_downsampling,
                 compute_precision=compute_precision.value,
+                int8_activations=int8_activations,
             )
         with warnings.catch_warnings(record=True) as caught, StepProgress(console) as progress:
             warnings.simplefilter("always")
@@ -183,13 +189,16 @@ def evaluate(
     compute_precision: Annotated[
         ComputePrecision, typer.Option(help=PRECISION_HELP + "; for --model only, --reference runs at f32")
     ] = ComputePrecision.auto,
+    int8_activations: Annotated[bool, typer.Option(help=INT8_ACTIVATIONS_HELP + "; for --model only")] = False,
 ) -> None:
     """Score a model on the demo world's held-out captions (prompt-following accuracy by the oracle)."""
     from sdcpu.runtime.evaluation import evaluate as run_eval
     from sdcpu.runtime.pipeline import Pipeline
 
     try:
-        pipe = Pipeline.load(model, backend=backend, compute_precision=compute_precision.value)
+        pipe = Pipeline.load(
+            model, backend=backend, compute_precision=compute_precision.value, int8_activations=int8_activations
+        )
         other = Pipeline.load(reference, compute_precision="f32") if reference is not None else None
 
         def runner(p: Pipeline, deep: int = 1):
@@ -222,6 +231,7 @@ def benchmark(
     deep_cache: Annotated[int, typer.Option(help=DEEP_CACHE_HELP)] = 1,
     token_downsampling: Annotated[int, typer.Option(help=TOKEN_DOWNSAMPLING_HELP)] = 1,
     compute_precision: Annotated[ComputePrecision, typer.Option(help=PRECISION_HELP)] = ComputePrecision.auto,
+    int8_activations: Annotated[bool, typer.Option(help=INT8_ACTIVATIONS_HELP)] = False,
 ) -> None:
     """Time load, text encoding, each UNet step, VAE decode and the whole run; peak RSS per model."""
     import json
@@ -240,6 +250,7 @@ def benchmark(
         deep_cache=deep_cache,
         token_downsampling=token_downsampling,
         compute_precision=compute_precision.value,
+        int8_activations=int8_activations,
     )
     folders = [model] if compare is None else [model, compare]
     try:

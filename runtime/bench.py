@@ -39,6 +39,7 @@ class BenchSettings:
     token_downsampling: int = 1  # as Pipeline.load's token_downsampling
     deep_cache: int = 1  # as Pipeline's deep_cache: the whole UNet every N steps
     compute_precision: str = "auto"  # as Pipeline.load's compute_precision
+    int8_activations: bool = False  # as Pipeline.load's int8_activations
 
 
 class _Timed:
@@ -102,6 +103,7 @@ def _serve(folder: str | None, settings: BenchSettings, conn: Any) -> None:
         winograd=settings.winograd,
         token_downsampling=settings.token_downsampling,
         compute_precision=settings.compute_precision,
+        int8_activations=settings.int8_activations,
     )
     load_s = time.perf_counter() - start
     names = ("text_encoder", "unet", "unet_shallow", "vae_decoder")

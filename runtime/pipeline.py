@@ -88,11 +88,13 @@ class Pipeline:
         winograd: bool = True,
         token_downsampling: int = 1,
         compute_precision: str = "auto",
+        int8_activations: bool = False,
     ):
         self.folder, self.manifest, self.backend, self.device = folder, manifest, backend, device
         capabilities = compute.openvino_capabilities(device) if backend == "openvino" else ()
         self.requested_precision = compute_precision
         self.compute_precision = compute.resolve(compute_precision, backend, device, capabilities)
+        self.int8_activations = compute.check_int8_activations(int8_activations, backend)
         self.cache_dir, self.low_memory = cache_dir, low_memory
         self.winograd = winograd and not low_memory  # its filters take 1.8-4x the memory of direct ones
         self.token_downsampling = _check_token_downsampling(token_downsampling, backend, manifest.format)
@@ -117,6 +119,7 @@ class Pipeline:
         winograd: bool = True,
         token_downsampling: int = 1,
         compute_precision: str = "auto",
+        int8_activations: bool = False,
     ) -> Pipeline:
         """Open a folder made by `sdcpu convert` (default: the bundled demo model), checking its manifest
         (and file hashes with `verify`). `cache_dir`: where OpenVINO keeps compiled models, so that the
@@ -130,14 +133,25 @@ class Pipeline:
         one key and value of every f x f block (ToDo; approximate, OpenVINO folders only): an SD 1.5 fp32
         UNet step 1.19x faster at f = 2. `compute_precision`: "f32", "bf16" (OpenVINO on CPUs with native
         bf16) or "auto" (bf16 where the CPU has it, else f32; see runtime/precision.py); the precision
-        each network ran in is recorded in the result and the PNG."""
+        each network ran in is recorded in the result and the PNG. `int8_activations` (OpenVINO, folders
+        with int8 or int4 weights): their MatMuls quantize activations to int8 on the fly (approximate;
+        int8 dot products on CPUs with VNNI or AMX)."""
         folder = Path(model_dir).expanduser() if model_dir is not None else _demo_folder()
         manifest = Manifest.load(folder)
         cache = default_cache_dir() if cache_dir == "auto" else None if cache_dir is None else Path(cache_dir)
         manifest.verify(folder, hashes=verify, record=cache / VERIFIED_FILES if cache is not None else None)
         backend = backend or NATIVE_BACKEND[manifest.format]
         return cls(
-            folder, manifest, backend, device, cache, low_memory, winograd, token_downsampling, compute_precision
+            folder,
+            manifest,
+            backend,
+            device,
+            cache,
+            low_memory,
+            winograd,
+            token_downsampling,
+            compute_precision,
+            int8_activations,
         )
 
     def _load(self, component: str, lazy: bool = False) -> Model:
@@ -156,6 +170,7 @@ class Pipeline:
             lazy=lazy,
             rewrites=rewrites,
             precision=self.compute_precision,
+            int8_activations=self.int8_activations,
         )
 
     @property
@@ -282,6 +297,7 @@ class Pipeline:
             "device": f"{self.device} ({compute.device_name(self.backend, self.device)})",
             "compute_precision": kinds.pop() if len(kinds) == 1 else ", ".join(f"{k}={v}" for k, v in ran.items()),
             "compute_precision_requested": self.requested_precision,
+            "int8_activations": str(self.int8_activations),
             "low_memory": str(self.low_memory),
             "winograd": str(self.winograd),
         }

@@ -111,6 +111,13 @@ def resolve(requested: str, backend: str, device: str, capabilities: tuple[str, 
     return requested
 
 
+def check_int8_activations(requested: bool, backend: str) -> bool:
+    """Int8 activations for MatMuls with int8 or int4 weights are OpenVINO's dynamic quantization."""
+    if requested and backend != "openvino":
+        raise SdcpuError(f"int8 activations need --backend openvino; the {backend} backend computes in f32 only")
+    return requested
+
+
 def system_report() -> dict[str, str]:
     """What this machine offers sdcpu: the CPU and its ISA, OpenVINO's view of it (capabilities and its
     own default precision) and what `auto` picks on each backend. For bug reports and CI logs."""
