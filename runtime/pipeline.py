@@ -66,6 +66,17 @@ def _check_token_downsampling(factor: int, backend: str, fmt: str) -> int:
     return factor
 
 
+def _check_finite(array: np.ndarray, where: str) -> np.ndarray:
+    # NaN or Inf would otherwise end as a black or noise PNG written with exit code 0.
+    if not np.isfinite(array).all():
+        raise SdcpuError(
+            f"NaN or Inf appeared in {where}; no image was written. Try fewer steps, a lower guidance or "
+            "another scheduler; if it persists with --compute-precision f32, the model's weights are broken: "
+            "convert it again"
+        )
+    return array
+
+
 def _demo_folder() -> Path:
     from sdcpu.models.demo_model import CONVERTED
 
@@ -215,7 +226,7 @@ class Pipeline:
             model=self.manifest.source,
             deep_cache=deep_cache,
             token_downsampling=self.token_downsampling,
-        ).validate(self.manifest.vae_scale_factor)
+        ).validate(self.manifest.vae_scale_factor, self.scheduler_config.num_train_timesteps)
         if deep_cache > 1 and self.unet_shallow is None:
             raise SdcpuError(f"{self.folder} has no unet_shallow for deep_cache; convert it again with this sdcpu")
         return self.generate(settings, image, latents, callback)
@@ -269,10 +280,11 @@ class Pipeline:
             timestep = np.full(len(model_input), t, dtype=np.float32)
             reuse, keep = (deep if i % s.deep_cache else None), s.deep_cache > 1
             eps, deep = self._predict_noise(model_input, timestep, embeddings, reuse, keep)
+            _check_finite(eps, f"the UNet's output at step {i + 1}")
             if cfg:
                 eps_uncond, eps_text = np.split(eps, 2)
                 eps = eps_uncond + np.float32(s.guidance) * (eps_text - eps_uncond)
-            x = scheduler.step(eps, t, x, rng)
+            x = _check_finite(scheduler.step(eps, t, x, rng), f"the latents after step {i + 1}")
             done += 1
             if callback is not None and callback(done, len(timesteps), x) is False:
                 break
@@ -282,7 +294,7 @@ class Pipeline:
         if self.unet_shallow is not None:
             self._free(self.unet_shallow)
         decoded = self._decode((x / np.float32(self.manifest.vae_scaling_factor)).astype(np.float32))
-        array = imaging.decoded_to_float(decoded)
+        array = imaging.decoded_to_float(_check_finite(decoded, "the decoded image"))
         return PipelineResult(imaging.float_to_pil(array), array, s, done, self.runtime_info())
 
     def runtime_info(self) -> dict[str, str]:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 
 from sdcpu.runtime.errors import SdcpuError
 from sdcpu.runtime.schedulers import SCHEDULERS
+
+MAX_GUIDANCE = 100.0  # far above any useful scale (7.5 is usual); beyond it images are saturated noise
 
 
 @dataclass(frozen=True)
@@ -25,14 +28,17 @@ class GenerationSettings:
     deep_cache: int = 1  # DeepCache: the whole UNet every N steps, a shallow pass between (1: every step)
     token_downsampling: int = 1  # as loaded: self-attention keys and values on a grid f times coarser (ToDo)
 
-    def validate(self, multiple: int) -> GenerationSettings:
-        """Raise SdcpuError (with what to do) on any setting the pipeline cannot run."""
+    def validate(self, multiple: int, max_steps: int = 1000) -> GenerationSettings:
+        """Raise SdcpuError (with what to do) on any setting the pipeline cannot run; `max_steps`: the
+        model's training timesteps, the most any scheduler can take distinct steps over."""
         if self.width % multiple or self.height % multiple or self.width <= 0 or self.height <= 0:
             raise SdcpuError(
                 f"width and height must be positive multiples of {multiple}; got {self.width}x{self.height}"
             )
-        if self.steps < 1:
-            raise SdcpuError(f"steps must be at least 1; got {self.steps}")
+        if not 1 <= self.steps < max_steps:
+            raise SdcpuError(f"steps must be at least 1 and below the model's {max_steps} timesteps; got {self.steps}")
+        if not math.isfinite(self.guidance) or self.guidance > MAX_GUIDANCE:
+            raise SdcpuError(f"guidance must be a finite number from 0 to {MAX_GUIDANCE}; got {self.guidance}")
         if self.guidance < 0:
             raise SdcpuError(
                 f"guidance must be >= 0 (1 or less turns classifier-free guidance off); got {self.guidance}"

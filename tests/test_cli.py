@@ -80,6 +80,10 @@ BAD_SETTINGS = [
     (["--width", "60"], "multiples of 8"),
     (["--steps", "0"], "at least 1"),
     (["--guidance", "-1"], "guidance"),
+    (["--guidance", "nan"], "finite"),
+    (["--guidance", "inf"], "finite"),
+    (["--steps", "1000"], "below the model's 1000 timesteps"),
+    (["--steps", "1000000"], "below the model's 1000 timesteps"),
     (["--init-image", "INIT", "--strength", "0"], "strength"),
     (["--init-image", "INIT", "--strength", "1.5"], "strength"),
     (["--scheduler", "heun"], "unknown scheduler"),
@@ -95,6 +99,37 @@ def test_bad_settings_exit_2_and_write_nothing(args, message, sd1_openvino, tmp_
     result = generate(sd1_openvino, out, *[str(init) if a == "INIT" else a for a in args])
     assert result.exit_code == 2 and message in result.output
     assert list(tmp_path.iterdir()) == [init]
+
+
+def test_nan_weights_stop_the_run_without_a_png(sd1_openvino, tmp_path):
+    # A folder whose UNet weights are NaN, re-hashed after the damage so that it verifies.
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    broken = tmp_path / "broken"
+    shutil.copytree(sd1_openvino, broken)
+    graph = broken / "unet" / "openvino_model.xml"
+    model = ov.Core().read_model(graph)
+    for node in model.get_ops():
+        if node.get_type_name() == "Constant" and node.get_output_element_type(0) == ov.Type.f32:
+            shape = list(node.get_output_shape(0))
+            if int(np.prod(shape)) >= 1024:
+                node.output(0).replace(ops.constant(np.full(shape, np.nan, np.float32)).output(0))
+    ov.save_model(model, broken / "unet" / "nan.xml")
+    for suffix in (".xml", ".bin"):
+        (broken / "unet" / f"nan{suffix}").replace(graph.with_suffix(suffix))
+    from dataclasses import replace
+
+    from sdcpu import Pipeline
+    from sdcpu.runtime.errors import SdcpuError
+    from sdcpu.runtime.manifest import MANIFEST_NAME, Manifest, describe_files
+
+    manifest = Manifest.load(broken)
+    rehashed = replace(manifest, files=describe_files(broken, list(manifest.files)))
+    (broken / MANIFEST_NAME).write_text(rehashed.to_json())
+    pipe = Pipeline.load(broken, cache_dir=None, compute_precision="f32")
+    with pytest.raises(SdcpuError, match="NaN or Inf appeared in the UNet's output at step 1"):
+        pipe("a cat", steps=2, seed=0)
 
 
 def test_unreadable_init_image(sd1_openvino, tmp_path):
