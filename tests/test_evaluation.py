@@ -34,15 +34,18 @@ def test_evaluate_counts_what_the_oracle_sees():
 
 def test_eval_command_runs_on_a_converted_model(sd1_openvino):
     result = CliRunner().invoke(
-        app, ["eval", "--model", str(sd1_openvino), "--reference", str(sd1_openvino), "--count", "2", "--steps", "2"]
+        app,
+        ["eval", "--model", str(sd1_openvino), "--reference", str(sd1_openvino), "--count", "2", "--steps", "2"]
+        + ["--compute-precision", "f32"],
     )
     assert result.exit_code == 0, result.output
     assert "accuracy_all:" in result.output and "ssim_mean: 1.0000" in result.output
+    assert "compute_precision: f32" in result.output and "device: CPU (" in result.output
 
 
 def test_eval_measures_deep_cache_against_the_exact_model(sd1_openvino):
     args = ["eval", "--model", str(sd1_openvino), "--reference", str(sd1_openvino), "--count", "2", "--steps", "4"]
-    result = CliRunner().invoke(app, [*args, "--deep-cache", "2"])
+    result = CliRunner().invoke(app, [*args, "--deep-cache", "2", "--compute-precision", "f32"])
     assert result.exit_code == 0, result.output
     ssim = float(result.output.split("ssim_mean:")[1].split()[0])
     assert 0.5 < ssim < 1.0  # the reference runs every UNet step exactly; DeepCache differs, slightly
