@@ -56,6 +56,8 @@ RUNNERS = {
     "sdcpu OpenVINO int8, bf16 compute": ("openvino", "openvino-int8", "int8"),
     "sdcpu OpenVINO int8-hybrid, bf16 compute": ("openvino", "openvino-int8-hybrid", "int8-hybrid"),
     "sdcpu OpenVINO int8-hybrid + DeepCache 2, bf16 compute": ("openvino", "openvino-int8-hybrid", "int8-hybrid"),
+    "sdcpu OpenVINO fp32 + DeepCache 2, bf16 compute": ("openvino", "openvino-fp32", "fp32"),
+    "sdcpu OpenVINO fp32 (direct convolutions) + DeepCache 2, bf16 compute": ("openvino", "openvino-fp32", "fp32"),
     # int8 activations: MatMuls with int8 weights quantize their activations on the fly (OpenVINO's dynamic
     # quantization), so they run as int8 dot products (VNNI)
     "sdcpu OpenVINO int8 + int8 activations": ("openvino", "openvino-int8", "int8"),
@@ -223,7 +225,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/sd15"))
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--runs", type=int, default=3, help="rounds; every runner runs once per round")
-    parser.add_argument("--runners", default=",".join(RUNNERS), help="comma-separated names from the list above")
+    parser.add_argument("--runners", default=";".join(RUNNERS), help="names from the list above, separated by ;")
     parser.add_argument("--peer-python", default=sys.executable)
     parser.add_argument("--flops", type=Path, help="JSON from bench/flops.py, for GFLOP/s")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "peers.json")
@@ -231,7 +233,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         return worker(args.worker, args.work, args.steps)
-    names = args.runners.split(",")
+    names = args.runners.split(";")
     prepare(args.work, names, args.peer_python)
     runs: dict[str, list[dict]] = {name: [] for name in names}
     for i in range(args.runs):
