@@ -16,6 +16,7 @@ random-weight diffusers folder and every export; missing ones are made first (no
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import math
 import os
@@ -91,7 +92,7 @@ def run_optimum(folder: Path, steps: int) -> dict:
 
 
 def _option(name: str, option: str) -> int:
-    return int(name.split(f"{option} ", 1)[1].split()[0]) if option in name else 1
+    return int(name.split(f"{option} ", 1)[1].split()[0].rstrip(",")) if option in name else 1
 
 
 def deep_cache(name: str) -> int:
@@ -146,7 +147,10 @@ def run_round(names: list[str], work: Path, steps: int, peer_python: str) -> dic
 def summarise(runs: dict[str, list[dict]]) -> dict[str, dict]:
     summary = {}
     for name, rounds in runs.items():
-        median = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
+        median = {
+            key: statistics.median(r[key] for r in rounds) if isinstance(value, float) else value
+            for key, value in rounds[0].items()
+        }
         # 20 steps from the measured parts: text encoder, first step, 19 further steps, decode. With
         # DeepCache N, ceil(20 / N) of the 20 steps run the whole UNet and the rest the shallow pass.
         full = math.ceil(20 / deep_cache(name))
@@ -229,17 +233,24 @@ def main() -> None:
     parser.add_argument("--peer-python", default=sys.executable)
     parser.add_argument("--flops", type=Path, help="JSON from bench/flops.py, for GFLOP/s")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "peers.json")
+    parser.add_argument("--from-log", type=Path, help="summarise the per-run lines a run printed (no new runs)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args.worker, args.work, args.steps)
     names = args.runners.split(";")
-    prepare(args.work, names, args.peer_python)
     runs: dict[str, list[dict]] = {name: [] for name in names}
-    for i in range(args.runs):
-        print(f"round {i + 1}/{args.runs}", flush=True)
-        for name, result in run_round(names, args.work, args.steps, args.peer_python).items():
-            runs[name].append(result)
+    if args.from_log:
+        for line in args.from_log.read_text().splitlines():
+            name, _, result = line.partition(": {")
+            if name in runs:
+                runs[name].append(ast.literal_eval("{" + result))
+    else:
+        prepare(args.work, names, args.peer_python)
+        for i in range(args.runs):
+            print(f"round {i + 1}/{args.runs}", flush=True)
+            for name, result in run_round(names, args.work, args.steps, args.peer_python).items():
+                runs[name].append(result)
     summary = summarise(runs)
     sizes = {name: folder_gb(args.work / RUNNERS[name][1]) for name in names}
     flops = json.loads(args.flops.read_text()) if args.flops else None

@@ -39,9 +39,10 @@ PRECISION_HELP = (
     "arithmetic of the networks, apart from the stored weights: f32; bf16 (OpenVINO, CPUs with native bf16); "
     "auto = bf16 where the CPU has it, else f32"
 )
+INT8_FLAG = "--int8-activations/--no-int8-activations"
 INT8_ACTIVATIONS_HELP = (
     "OpenVINO, folders with int8 or int4 weights: their MatMuls quantize activations to int8 on the fly "
-    "(approximate; int8 dot products on CPUs with VNNI or AMX)"
+    "(approximate; int8 dot products on CPUs with VNNI or AMX) [default: on for int8-hybrid on such CPUs]"
 )
 CACHE_HELP = "keep OpenVINO's compiled models in $SDCPU_CACHE_DIR or ~/.cache/sdcpu for a warm next start"
 
@@ -129,7 +130,7 @@ def generate(
     deep_cache: Annotated[int, typer.Option(help=DEEP_CACHE_HELP)] = 1,
     token_downsampling: Annotated[int, typer.Option(help=TOKEN_DOWNSAMPLING_HELP)] = 1,
     compute_precision: Annotated[ComputePrecision, typer.Option(help=PRECISION_HELP)] = ComputePrecision.auto,
-    int8_activations: Annotated[bool, typer.Option(help=INT8_ACTIVATIONS_HELP)] = False,
+    int8_activations: Annotated[bool | None, typer.Option(INT8_FLAG, help=INT8_ACTIVATIONS_HELP)] = None,
 ) -> None:
     """Generate images from a prompt (or from an init image and a prompt)."""
     from sdcpu.cli.progress import StepProgress
@@ -189,7 +190,9 @@ def evaluate(
     compute_precision: Annotated[
         ComputePrecision, typer.Option(help=PRECISION_HELP + "; for --model only, --reference runs at f32")
     ] = ComputePrecision.auto,
-    int8_activations: Annotated[bool, typer.Option(help=INT8_ACTIVATIONS_HELP + "; for --model only")] = False,
+    int8_activations: Annotated[
+        bool | None, typer.Option(INT8_FLAG, help=INT8_ACTIVATIONS_HELP + "; for --model only")
+    ] = None,
 ) -> None:
     """Score a model on the demo world's held-out captions (prompt-following accuracy by the oracle)."""
     from sdcpu.runtime.evaluation import evaluate as run_eval
@@ -231,7 +234,7 @@ def benchmark(
     deep_cache: Annotated[int, typer.Option(help=DEEP_CACHE_HELP)] = 1,
     token_downsampling: Annotated[int, typer.Option(help=TOKEN_DOWNSAMPLING_HELP)] = 1,
     compute_precision: Annotated[ComputePrecision, typer.Option(help=PRECISION_HELP)] = ComputePrecision.auto,
-    int8_activations: Annotated[bool, typer.Option(help=INT8_ACTIVATIONS_HELP)] = False,
+    int8_activations: Annotated[bool | None, typer.Option(INT8_FLAG, help=INT8_ACTIVATIONS_HELP)] = None,
 ) -> None:
     """Time load, text encoding, each UNet step, VAE decode and the whole run; peak RSS per model."""
     import json

@@ -39,7 +39,7 @@ class BenchSettings:
     token_downsampling: int = 1  # as Pipeline.load's token_downsampling
     deep_cache: int = 1  # as Pipeline's deep_cache: the whole UNet every N steps
     compute_precision: str = "auto"  # as Pipeline.load's compute_precision
-    int8_activations: bool = False  # as Pipeline.load's int8_activations
+    int8_activations: bool | None = None  # as Pipeline.load's int8_activations
 
 
 class _Timed:

@@ -99,15 +99,18 @@ class Pipeline:
         winograd: bool = True,
         token_downsampling: int = 1,
         compute_precision: str = "auto",
-        int8_activations: bool = False,
+        int8_activations: bool | None = None,
     ):
         self.folder, self.manifest, self.backend, self.device = folder, manifest, backend, device
         capabilities = compute.openvino_capabilities(device) if backend == "openvino" else ()
         self.requested_precision = compute_precision
         self.compute_precision = compute.resolve(compute_precision, backend, device, capabilities)
-        self.int8_activations = compute.check_int8_activations(int8_activations, backend)
+        self.int8_activations = compute.resolve_int8_activations(int8_activations, backend, manifest.precision)
         self.cache_dir, self.low_memory = cache_dir, low_memory
-        self.winograd = winograd and not low_memory  # its filters take 1.8-4x the memory of direct ones
+        # Winograd's transformed filters take 1.8-4x the memory of direct ones; under bf16 it also gained nothing
+        # (SD 1.5 UNet step on a Zen 4: 4.46 s against 4.11 s direct, warm peak 4.56 GB against 2.76 GB;
+        # docs/benchmarks.md), so bf16 runs direct convolutions.
+        self.winograd = winograd and not low_memory and self.compute_precision != "bf16"
         self.token_downsampling = _check_token_downsampling(token_downsampling, backend, manifest.format)
         self.tokenizer = ClipTokenizer(folder / "tokenizer")
         self.scheduler_config = SchedulerConfig.load(folder / "scheduler" / "scheduler_config.json")
@@ -130,7 +133,7 @@ class Pipeline:
         winograd: bool = True,
         token_downsampling: int = 1,
         compute_precision: str = "auto",
-        int8_activations: bool = False,
+        int8_activations: bool | None = None,
     ) -> Pipeline:
         """Open a folder made by `sdcpu convert` (default: the bundled demo model), checking its manifest
         (and file hashes with `verify`). `cache_dir`: where OpenVINO keeps compiled models, so that the
@@ -146,7 +149,7 @@ class Pipeline:
         bf16) or "auto" (bf16 where the CPU has it, else f32; see runtime/precision.py); the precision
         each network ran in is recorded in the result and the PNG. `int8_activations` (OpenVINO, folders
         with int8 or int4 weights): their MatMuls quantize activations to int8 on the fly (approximate;
-        int8 dot products on CPUs with VNNI or AMX)."""
+        int8 dot products on CPUs with VNNI or AMX); None: on for int8-hybrid folders on such CPUs."""
         folder = Path(model_dir).expanduser() if model_dir is not None else _demo_folder()
         manifest = Manifest.load(folder)
         cache = default_cache_dir() if cache_dir == "auto" else None if cache_dir is None else Path(cache_dir)

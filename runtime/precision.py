@@ -111,10 +111,19 @@ def resolve(requested: str, backend: str, device: str, capabilities: tuple[str, 
     return requested
 
 
-def check_int8_activations(requested: bool, backend: str) -> bool:
-    """Int8 activations for MatMuls with int8 or int4 weights are OpenVINO's dynamic quantization."""
+def int8_dot_products(cpu: CpuInfo) -> bool:
+    """Whether the CPU multiplies int8 vectors natively (VNNI or AMX), where int8 activations pay."""
+    return any(name in cpu.isa for name in ("AVX512_VNNI", "AVX-VNNI", "AMX-INT8"))
+
+
+def resolve_int8_activations(requested: bool | None, backend: str, storage: str, cpu: CpuInfo | None = None) -> bool:
+    """Whether MatMuls with int8 or int4 weights quantize their activations on the fly (OpenVINO's dynamic
+    quantization). None: on for int8-hybrid folders (already int8 activations on the UNet's convolutions)
+    on CPUs with int8 dot products, where it was measured to pay and to hold quality (docs/precisions.md)."""
     if requested and backend != "openvino":
         raise SdcpuError(f"int8 activations need --backend openvino; the {backend} backend computes in f32 only")
+    if requested is None:
+        return backend == "openvino" and storage == "int8-hybrid" and int8_dot_products(cpu or cpu_info())
     return requested
 
 

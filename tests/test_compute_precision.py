@@ -53,6 +53,18 @@ def test_a_precision_that_cannot_run_is_refused(requested, backend, capabilities
         precision.resolve(requested, backend, "CPU", capabilities)
 
 
+def test_int8_activations_default_to_int8_hybrid_folders_on_cpus_with_int8_dot_products():
+    vnni = precision.CpuInfo("Zen 4", 2, ("AVX2", "FMA", "AVX-512", "AVX512_BF16", "AVX512_VNNI"))
+    avx2 = precision.CpuInfo("Zen 3", 2, ("AVX2", "FMA"))
+    assert precision.resolve_int8_activations(None, "openvino", "int8-hybrid", vnni) is True
+    assert precision.resolve_int8_activations(None, "openvino", "int8-hybrid", avx2) is False
+    assert precision.resolve_int8_activations(None, "openvino", "int8", vnni) is False
+    assert precision.resolve_int8_activations(None, "onnxruntime", "int8-hybrid", vnni) is False
+    assert precision.resolve_int8_activations(True, "openvino", "fp32", avx2) is True  # asked for: as asked
+    with pytest.raises(SdcpuError, match="need --backend openvino"):
+        precision.resolve_int8_activations(True, "onnxruntime", "int8", vnni)
+
+
 def test_cpu_info_reads_model_family_and_isa(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(

@@ -60,6 +60,10 @@ class _Spy:
         self.shapes.append(inputs["latent_sample"].shape)
         return self.model(**inputs)
 
+    @property
+    def compute_precision(self):
+        return self.model.compute_precision
+
     def release_memory(self):
         self.model.release_memory()
 
@@ -205,6 +209,10 @@ class _Recorder:
     def __call__(self, **inputs):
         self.log.append((self.name, "call"))
         return self.model(**inputs)
+
+    @property
+    def compute_precision(self):
+        return self.model.compute_precision
 
     def release_memory(self):
         self.log.append((self.name, "release_memory"))

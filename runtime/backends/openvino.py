@@ -23,11 +23,12 @@ from sdcpu.runtime.cache import write_cache_file
 from sdcpu.runtime.errors import SdcpuError
 from sdcpu.runtime.pages import drop_mapped_pages, dropping_mapped_pages
 
-# Dynamic quantization off unless asked for: on CPUs with VNNI or AMX, the CPU plugin otherwise quantizes the
-# activations of every MatMul with int8 or int4 weights to int8 on the fly (groups of 32), so an "int8 weights,
-# float compute" folder would compute in int8 there and in float elsewhere (0.05 apart on the tiny int8 pipeline).
-CONFIG = {"PERFORMANCE_HINT": "LATENCY", "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"}
-INT8_ACTIVATION_GROUP = "32"  # OpenVINO's default group size, where it turns dynamic quantization on
+CONFIG = {"PERFORMANCE_HINT": "LATENCY"}
+# Dynamic quantization, on the CPU, is off unless asked for: on CPUs with VNNI or AMX the plugin otherwise
+# quantizes the activations of every MatMul with int8 or int4 weights to int8 on the fly (groups of 32), so an
+# "int8 weights, float compute" folder computed in int8 there and in float elsewhere (0.05 apart on the tiny
+# int8 pipeline).
+INT8_ACTIVATIONS = {False: "0", True: "32"}  # DYNAMIC_QUANTIZATION_GROUP_SIZE; 32 is OpenVINO's default
 # Our precision names -> OpenVINO's INFERENCE_PRECISION_HINT values (runtime/precision.py).
 PRECISION_HINT = {"f32": "f32", "bf16": "bf16"}
 
@@ -46,9 +47,11 @@ class OpenVINOModel:
         self.path, self.device, self.cache_dir = path, device, cache_dir
         # Always set on the CPU: its plugin's default is bf16 on CPUs with native bf16 and f32 elsewhere.
         # None leaves another device (GPU) at its own default.
-        self.config = dict(CONFIG) | ({"INFERENCE_PRECISION_HINT": PRECISION_HINT[precision]} if precision else {})
-        if int8_activations:
-            self.config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = INT8_ACTIVATION_GROUP
+        self.config = dict(CONFIG)
+        if device.upper() == "CPU" or int8_activations:
+            self.config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = INT8_ACTIVATIONS[int8_activations]
+        if precision:
+            self.config["INFERENCE_PRECISION_HINT"] = PRECISION_HINT[precision]
         self.compute_precision: str | None = None  # what the compiled model reports, once compiled
         # Winograd and chunked attention answer how the CPU plugin runs convolutions and attention; other
         # devices (GPU) pick their own algorithms.
