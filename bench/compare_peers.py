@@ -68,6 +68,11 @@ RUNNERS = {
         "openvino-int8-hybrid",
         "int8-hybrid",
     ),
+    "sdcpu OpenVINO int8-hybrid + int8 activations + DeepCache 2, bf16 compute": (
+        "openvino",
+        "openvino-int8-hybrid",
+        "int8-hybrid",
+    ),
 }
 
 

@@ -6,7 +6,7 @@ Converts models/demo/source at each format and precision, runs the held-out capt
 seeds through each (and through diffusers on the original weights, with the same initial latents),
 and writes docs/quality.json and docs/quality.md: per-attribute accuracy, and mean SSIM / PSNR against
 the OpenVINO fp32 images. DeepCache rows reuse the UNet's deep features for N-1 of every N steps.
-`--only TEXT` measures only the rows whose name contains TEXT (or any of TEXT,TEXT2,...) and keeps the
+`--only TEXT` measures only the rows whose name contains TEXT (or any of TEXT;TEXT2;...) and keeps the
 others from docs/quality.json.
 """
 
@@ -57,6 +57,7 @@ VARIANTS = [
     ("openvino", "int8", "openvino", 1, 1, "bf16+int8"),
     ("openvino", "int8-hybrid", "openvino", 1, 1, "bf16+int8"),
     ("openvino", "int4", "openvino", 1, 1, "bf16+int8"),
+    ("openvino", "int8-hybrid", "openvino", 2, 1, "bf16+int8"),
 ]
 
 
@@ -118,7 +119,7 @@ def calibration_prompts(count: int = 16) -> tuple[str, ...]:
 
 
 def _picked(name: str, only: str | None) -> bool:
-    return only is None or any(part in name for part in only.split(","))
+    return only is None or any(part in name for part in only.split(";"))  # row names hold commas
 
 
 def measure(work: Path, count: int, only: str | None, results: dict) -> dict:
