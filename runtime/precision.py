@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import platform
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 from sdcpu.runtime.errors import SdcpuError
@@ -49,6 +50,7 @@ class CpuInfo:
         return f"{self.model}, {self.cores} cores, {' '.join(self.isa) or 'no AVX2'}"
 
 
+@cache  # facts of the machine: read once per process
 def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> CpuInfo:
     """Read the CPU model and its ISA flags (Linux); elsewhere the model from `platform` alone."""
     fields: dict[str, str] = {}
@@ -63,6 +65,7 @@ def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> CpuInfo:
     return CpuInfo(model, os.cpu_count() or 1, tuple(name for flag, name in ISA_FLAGS.items() if flag in flags))
 
 
+@cache
 def openvino_capabilities(device: str) -> tuple[str, ...]:
     """OpenVINO's OPTIMIZATION_CAPABILITIES of `device` (BF16, FP32, INT8, ...); () when it is not there."""
     import openvino as ov
@@ -73,6 +76,7 @@ def openvino_capabilities(device: str) -> tuple[str, ...]:
         return ()
 
 
+@cache
 def device_name(backend: str, device: str) -> str:
     """The name of what runs the networks: OpenVINO's FULL_DEVICE_NAME, or the CPU model."""
     if backend == "openvino":

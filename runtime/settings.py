@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass
 
 from sdcpu.runtime.errors import SdcpuError
@@ -37,11 +36,10 @@ class GenerationSettings:
             )
         if not 1 <= self.steps < max_steps:
             raise SdcpuError(f"steps must be at least 1 and below the model's {max_steps} timesteps; got {self.steps}")
-        if not math.isfinite(self.guidance) or self.guidance > MAX_GUIDANCE:
-            raise SdcpuError(f"guidance must be a finite number from 0 to {MAX_GUIDANCE}; got {self.guidance}")
-        if self.guidance < 0:
+        if not 0 <= self.guidance <= MAX_GUIDANCE:  # NaN fails the comparison too
             raise SdcpuError(
-                f"guidance must be >= 0 (1 or less turns classifier-free guidance off); got {self.guidance}"
+                f"guidance must be a finite number from 0 to {MAX_GUIDANCE:g} (1 or less turns classifier-free "
+                f"guidance off); got {self.guidance}"
             )
         if self.num_images < 1:
             raise SdcpuError(f"num_images must be at least 1; got {self.num_images}")

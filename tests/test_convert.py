@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -131,6 +132,22 @@ def test_fp16_halves_the_weights_and_stays_close(fmt, tiny_sd1, sd1_openvino, sd
     a = Pipeline.load(out, compute_precision="f32")("a dog", steps=4, latents=latents, seed=1).array
     b = Pipeline.load(fp32, compute_precision="f32")("a dog", steps=4, latents=latents, seed=1).array
     assert float(np.abs(a - b).mean()) < 0.02
+
+
+def test_folder_with_tokenizer_json_only_converts_and_generates_the_same(tiny_sd1, sd1_openvino, tmp_path):
+    # As transformers 5 saves a pipeline (and optimum-intel exports it): no vocab.json or merges.txt.
+    source = tmp_path / "source"
+    shutil.copytree(tiny_sd1, source, ignore=shutil.ignore_patterns("tokenizer"))
+    tiny.write_tokenizer_json_only(tiny_sd1 / "tokenizer", source / "tokenizer")
+    convert(str(source), tmp_path / "out", "openvino", **quiet)
+    assert (tmp_path / "out" / "tokenizer" / "tokenizer.json").is_file()
+    assert not (tmp_path / "out" / "tokenizer" / "vocab.json").exists()
+    latents = np.random.default_rng(0).standard_normal((1, 4, 8, 8), dtype=np.float32)
+    images = [
+        Pipeline.load(folder, compute_precision="f32")("a red cat", steps=2, latents=latents, seed=0).array
+        for folder in (tmp_path / "out", sd1_openvino)
+    ]
+    np.testing.assert_array_equal(images[0], images[1])
 
 
 def test_failed_convert_leaves_nothing(tiny_sd1, tmp_path, monkeypatch):

@@ -53,3 +53,13 @@ def test_reads_length_and_pad_from_the_files(tmp_path):
     assert tok(["Red  e"]).tolist() == [[0, 7, 8, 1, 2, 2]]
     with pytest.warns(UserWarning, match="cut: 'red e'"):
         assert tok(["red red red e red e"]).tolist() == [[0, 7, 7, 7, 8, 1]]
+
+
+def test_reads_tokenizer_json_alone_as_vocab_and_merges(tmp_path):
+    folder = tiny.REFERENCE / "stable-diffusion-v1-4" / "tokenizer"
+    if not folder.exists():
+        pytest.skip("reference configs not present")
+    only_json = tiny.write_tokenizer_json_only(folder, tmp_path / "tokenizer")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the over-long prompt's warning
+        np.testing.assert_array_equal(ClipTokenizer(only_json)(PROMPTS), ClipTokenizer(folder)(PROMPTS))

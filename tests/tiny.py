@@ -135,6 +135,17 @@ def write_tokenizer(folder: Path) -> None:
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
 
 
+def write_tokenizer_json_only(source: Path, target: Path) -> Path:
+    """`source`'s tokenizer as transformers 5 saves it: tokenizer.json and tokenizer_config.json only."""
+    from transformers import CLIPTokenizer
+
+    CLIPTokenizer.from_pretrained(source).save_pretrained(target)
+    for name in ("vocab.json", "merges.txt", "special_tokens_map.json"):
+        (target / name).unlink(missing_ok=True)
+    assert (target / "tokenizer.json").is_file()
+    return target
+
+
 def diffusers_pipeline(folder: Path, scheduler_class: str | None = None, **scheduler_overrides):
     import diffusers
 

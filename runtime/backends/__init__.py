@@ -59,15 +59,14 @@ def load_model(
     `cache_dir`: where OpenVINO keeps compiled models between processes (ONNX Runtime has no such
     cache). `lazy`: read nothing until the first call. `rewrites`: see GraphRewrites. `precision`: the
     compute precision, "f32" or "bf16" (resolved by runtime/precision.py; None: an OpenVINO device's
-    own default); ONNX Runtime computes in f32. `int8_activations` (OpenVINO): MatMuls with int8 or int4
+    own default); ONNX Runtime computes in f32. `int8_activations` (OpenVINO only, as resolved by
+    runtime/precision.py): MatMuls with int8 or int4
     weights quantize their activations to int8 on the fly (OpenVINO's dynamic quantization); approximate."""
     if backend == "openvino":
         from sdcpu.runtime.backends.openvino import OpenVINOModel
 
         return OpenVINOModel(path, device, cache_dir, lazy, rewrites, precision, int8_activations)
     if backend == "onnxruntime":
-        if int8_activations:
-            raise SdcpuError("int8 activations are an OpenVINO feature; use --backend openvino or leave them off")
         if path.suffix != ".onnx":
             raise SdcpuError(f"onnxruntime cannot read {path.name}; use --backend openvino for this folder")
         if device.upper() != "CPU":

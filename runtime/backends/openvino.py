@@ -29,8 +29,6 @@ CONFIG = {"PERFORMANCE_HINT": "LATENCY"}
 # "int8 weights, float compute" folder computed in int8 there and in float elsewhere (0.05 apart on the tiny
 # int8 pipeline).
 INT8_ACTIVATIONS = {False: "0", True: "32"}  # DYNAMIC_QUANTIZATION_GROUP_SIZE; 32 is OpenVINO's default
-# Our precision names -> OpenVINO's INFERENCE_PRECISION_HINT values (runtime/precision.py).
-PRECISION_HINT = {"f32": "f32", "bf16": "bf16"}
 
 
 class OpenVINOModel:
@@ -51,7 +49,7 @@ class OpenVINOModel:
         if device.upper() == "CPU" or int8_activations:
             self.config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = INT8_ACTIVATIONS[int8_activations]
         if precision:
-            self.config["INFERENCE_PRECISION_HINT"] = PRECISION_HINT[precision]
+            self.config["INFERENCE_PRECISION_HINT"] = precision  # our names are OpenVINO's (runtime/precision.py)
         self.compute_precision: str | None = None  # what the compiled model reports, once compiled
         # Winograd and chunked attention answer how the CPU plugin runs convolutions and attention; other
         # devices (GPU) pick their own algorithms.
