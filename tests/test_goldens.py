@@ -1,0 +1,78 @@
+"""Pixel goldens: 8-bit images of every scheduler on the demo model and the tiny pipelines, and of
+img2img, --low-memory, DeepCache, token downsampling and ONNX Runtime, all at f32 compute.
+
+On a CPU of the instruction-set family they were recorded on (see `isa` in the file) they must be
+bit-identical: any refactoring that changes a pixel fails here. On another family OpenVINO picks other
+kernels, whose float rounding differs, so they must agree within 2/255.
+
+Record again (only when a change of pixels is intended, and say why in the commit):
+    SDCPU_RECORD_GOLDENS=1 python -m pytest tests/test_goldens.py
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sdcpu.runtime.precision import cpu_info
+from sdcpu.runtime.schedulers import SCHEDULERS
+
+GOLDENS = Path(__file__).parent / "data" / "goldens.npz"
+RECORD = os.environ.get("SDCPU_RECORD_GOLDENS") == "1"
+OTHER_CPU_TOLERANCE = 2  # 8-bit levels
+STEPS = 6
+CAPTION = "a small red circle on the left, blue background"
+pytestmark = pytest.mark.slow
+
+
+def isa_family() -> str:
+    """The kernels OpenVINO's CPU plugin picks for f32 depend on these."""
+    isa = cpu_info().isa
+    return "avx512" if "AVX-512" in isa else "avx2" if "AVX2" in isa else "sse"
+
+
+def _run(folder: Path | None, backend: str | None = None, low_memory: bool = False, token_downsampling: int = 1,
+         **call) -> np.ndarray:
+    from sdcpu.runtime.pipeline import Pipeline
+
+    options = dict(
+        backend=backend, compute_precision="f32", low_memory=low_memory, token_downsampling=token_downsampling
+    )
+    result = Pipeline.load(folder, **options)(call.pop("prompt", CAPTION), seed=call.pop("seed", 0), steps=STEPS, **call)
+    return np.asarray(result.images[0])
+
+
+def _cases(folders: dict[str, Path | None]) -> dict[str, dict]:
+    cases = {f"{name}/{s}": {"folder": folders[name], "scheduler": s} for name in folders for s in SCHEDULERS}
+    demo, init = folders["demo"], Path(__file__).parent / "data" / "init.png"
+    cases["demo/img2img"] = {"folder": demo, "scheduler": "euler", "init_image": init, "strength": 0.6}
+    cases["demo/low-memory"] = {"folder": demo, "low_memory": True, "num_images": 2}
+    cases["demo/deep-cache"] = {"folder": demo, "deep_cache": 2}
+    cases["demo/token-downsampling"] = {"folder": demo, "token_downsampling": 2}
+    cases["demo/no-guidance"] = {"folder": demo, "guidance": 1.0, "seed": 7}
+    return cases
+
+
+@pytest.fixture(scope="module")
+def images(sd1_openvino, sd2v_openvino, sd1_onnx) -> dict[str, np.ndarray]:
+    cases = _cases({"demo": None, "sd1": sd1_openvino, "sd2v": sd2v_openvino})
+    cases["sd1-onnx/ddim"] = {"folder": sd1_onnx, "backend": "onnxruntime", "scheduler": "ddim"}
+    out = {}
+    for name, case in cases.items():
+        case = dict(case)
+        out[name] = _run(case.pop("folder"), **case)
+    if RECORD:
+        np.savez_compressed(GOLDENS, isa=np.array(isa_family()), **out)
+    return out
+
+
+def test_images_match_the_goldens(images):
+    recorded = np.load(GOLDENS)
+    names = sorted(k for k in recorded.files if k != "isa")
+    assert names == sorted(images), "the cases changed: record the goldens again"
+    exact = str(recorded["isa"]) == isa_family()
+    for name in names:
+        diff = np.abs(images[name].astype(np.int16) - recorded[name].astype(np.int16)).max()
+        assert diff <= (0 if exact else OTHER_CPU_TOLERANCE), f"{name}: {diff} levels from the golden"
