@@ -86,22 +86,21 @@ def run_sdcpu(
 ) -> dict:
     start = time.perf_counter()
     from sdcpu import Pipeline
+    from sdcpu.runtime.options import LoadOptions
 
-    pipe = Pipeline.load(
-        model,
+    options = LoadOptions(
         backend=backend,
         winograd=winograd,
         token_downsampling=token_downsampling,
         compute_precision=compute_precision,
         int8_activations=int8_activations,
     )
+    pipe = Pipeline.load(model, options)
     load = time.perf_counter() - start
     pipe.text_encoder, pipe.unet, pipe.vae_decoder = (
         Timer(m) for m in (pipe.text_encoder, pipe.unet, pipe.vae_decoder)
     )
-    shallow = Timer(pipe.unet_shallow)
-    if pipe.unet_shallow is not None:  # folders converted before DeepCache have none
-        pipe.unet_shallow = shallow
+    pipe.unet_shallow = shallow = Timer(pipe.unet_shallow)
     start = time.perf_counter()
     pipe(PROMPT, steps=steps, seed=0, scheduler="euler", width=512, height=512, deep_cache=deep_cache)
     total = time.perf_counter() - start

@@ -20,11 +20,13 @@ from pathlib import Path
 
 import numpy as np
 from benchmark import machine  # bench/ is on the path when this file is run as a script
+
 from sdcpu.export import convert
 from sdcpu.export.calibration import CalibrationSettings
 from sdcpu.models import demo_world as world
 from sdcpu.models.demo_model import SOURCE
 from sdcpu.runtime.evaluation import evaluate
+from sdcpu.runtime.options import LoadOptions
 from sdcpu.runtime.pipeline import Pipeline
 from sdcpu.runtime.precision import cpu_info
 
@@ -73,13 +75,10 @@ def variant_name(
 
 def sdcpu_runner(folder: Path, backend: str, deep_cache: int = 1, token_downsampling: int = 1, compute: str = "f32"):
     precision, _, int8 = compute.partition("+")
-    pipe = Pipeline.load(
-        folder,
-        backend=backend,
-        token_downsampling=token_downsampling,
-        compute_precision=precision,
-        int8_activations=bool(int8),
+    options = LoadOptions(
+        backend=backend, token_downsampling=token_downsampling, compute_precision=precision, int8_activations=bool(int8)
     )
+    pipe = Pipeline.load(folder, options)
     return lambda caption, seed: pipe(caption, steps=STEPS, guidance=GUIDANCE, seed=seed, deep_cache=deep_cache).array[
         0
     ]

@@ -41,10 +41,13 @@ def make_runner(name: str, work: Path):
         return pytorch
     from sdcpu.runtime.backends import load_model
     from sdcpu.runtime.manifest import Manifest
+    from sdcpu.runtime.options import LoadOptions
 
     backend = name.removeprefix("sdcpu-")
     folder = work / ("openvino" if backend == "openvino" else "onnx")
-    model = load_model(backend, Manifest.load(folder).graph_path(folder, "unet"), "CPU")
+    manifest = Manifest.load(folder)
+    options = LoadOptions(backend=backend, compute_precision="f32", cache=False, winograd=False).resolve(manifest)
+    model = load_model(manifest.graph_path(folder, "unet"), options)
     return lambda: model(**inputs)
 
 

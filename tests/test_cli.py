@@ -8,8 +8,9 @@ import shutil
 import numpy as np
 import pytest
 from PIL import Image
-from sdcpu.cli.main import app
 from typer.testing import CliRunner
+
+from sdcpu.cli.main import app
 
 runner = CliRunner()
 
@@ -123,11 +124,12 @@ def test_nan_weights_stop_the_run_without_a_png(sd1_openvino, tmp_path):
     from sdcpu import Pipeline
     from sdcpu.runtime.errors import SdcpuError
     from sdcpu.runtime.manifest import MANIFEST_NAME, Manifest, describe_files
+    from sdcpu.runtime.options import LoadOptions
 
     manifest = Manifest.load(broken)
     rehashed = replace(manifest, files=describe_files(broken, list(manifest.files)))
     (broken / MANIFEST_NAME).write_text(rehashed.to_json())
-    pipe = Pipeline.load(broken, cache_dir=None, compute_precision="f32")
+    pipe = Pipeline.load(broken, LoadOptions(cache=False, compute_precision="f32"))
     with pytest.raises(SdcpuError, match="NaN or Inf appeared in the UNet's output at step 1"):
         pipe("a cat", steps=2, seed=0)
 
@@ -204,7 +206,7 @@ def test_bench_low_memory_times_whole_steps(sd1_openvino, tmp_path):
     result = runner.invoke(app, [*args, "--json", str(out)])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
-    assert report["settings"]["low_memory"] is True and report["settings"]["cache_dir"] is None
+    assert report["settings"]["load"]["low_memory"] == "True" and report["settings"]["load"]["cache"] == "False"
     assert report["models"][0]["unet_step_s"] > 0
 
 
@@ -246,8 +248,8 @@ def test_generate_passes_graph_rewrites_to_the_pipeline(monkeypatch, tmp_path):
 
     seen = {}
 
-    def load(*args, **kwargs):
-        seen.update(kwargs)
+    def load(folder, options):
+        seen.update(options.__dict__)
         raise SdcpuError("stop here")
 
     monkeypatch.setattr(Pipeline, "load", load)

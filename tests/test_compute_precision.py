@@ -17,11 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
 from sdcpu import Pipeline
 from sdcpu.runtime import precision
 from sdcpu.runtime.backends import load_model
 from sdcpu.runtime.errors import SdcpuError
 from sdcpu.runtime.manifest import Manifest
+from sdcpu.runtime.options import LoadOptions
 
 NATIVE_BF16 = "BF16" in precision.openvino_capabilities("CPU")
 needs_bf16 = pytest.mark.skipif(
@@ -77,7 +79,7 @@ def test_cpu_info_reads_model_family_and_isa(tmp_path):
 
 
 def test_f32_is_what_runs_when_asked_on_every_cpu(sd1_openvino):
-    pipe = Pipeline.load(sd1_openvino, compute_precision="f32", cache_dir=None)
+    pipe = Pipeline.load(sd1_openvino, LoadOptions(compute_precision="f32", cache=False))
     result = pipe("a cat", steps=2, seed=0)
     assert result.runtime["compute_precision"] == "f32"  # as the compiled models report it
     assert result.runtime["compute_precision_requested"] == "f32"
@@ -87,7 +89,8 @@ def test_the_blob_key_holds_the_compute_precision(sd1_openvino, tmp_path):
     graph = Manifest.load(sd1_openvino).graph_path(sd1_openvino, "vae_decoder")
     latent = np.zeros((1, 4, 8, 8), np.float32)
     for compute in ("f32", "bf16") if NATIVE_BF16 else ("f32",):
-        load_model("openvino", graph, "CPU", tmp_path, precision=compute)(latent_sample=latent)
+        options = LoadOptions(backend="openvino", compute_precision=compute, cache_dir=tmp_path)
+        load_model(graph, options)(latent_sample=latent)
     assert len(list(tmp_path.glob("*.blob"))) == (2 if NATIVE_BF16 else 1)
 
 
@@ -110,7 +113,8 @@ def test_bf16_components_stay_near_pytorch(sd1_openvino):
     inputs["unet"]["encoder_hidden_states"] = hidden
     manifest = Manifest.load(sd1_openvino)
     for name, feed in inputs.items():
-        model = load_model("openvino", manifest.graph_path(sd1_openvino, name), "CPU", precision="bf16")
+        options = LoadOptions(backend="openvino", compute_precision="bf16", cache=False)
+        model = load_model(manifest.graph_path(sd1_openvino, name), options)
         relative = float(np.abs(model(**feed) - expected[name]).max() / np.abs(expected[name]).max())
         assert model.compute_precision == "bf16"
         assert 0 < relative <= 0.05, f"{name}: {relative:.4f}"  # > 0: bf16 really ran
@@ -121,7 +125,7 @@ def test_bf16_pipeline_stays_near_f32(sd1_openvino):
     latents = np.random.default_rng(1).standard_normal((1, 4, 8, 8), dtype=np.float32)
     images = {}
     for compute in ("f32", "bf16"):
-        pipe = Pipeline.load(sd1_openvino, compute_precision=compute, cache_dir=None)
+        pipe = Pipeline.load(sd1_openvino, LoadOptions(compute_precision=compute, cache=False))
         result = pipe("a red circle", steps=8, latents=latents, seed=0, scheduler="ddim")
         assert result.runtime["compute_precision"] == compute
         images[compute] = result.array
@@ -133,8 +137,8 @@ def test_bf16_demo_image_stays_near_f32_and_keeps_the_oracles_verdict():
     from sdcpu.models import demo_world as world
 
     for seed in (0, 1):
-        f32 = Pipeline.load(compute_precision="f32")(CAPTION, seed=seed).images[0]
-        bf16 = Pipeline.load(compute_precision="bf16")(CAPTION, seed=seed).images[0]
+        f32 = Pipeline.load(None, LoadOptions(compute_precision="f32"))(CAPTION, seed=seed).images[0]
+        bf16 = Pipeline.load(None, LoadOptions(compute_precision="bf16"))(CAPTION, seed=seed).images[0]
         diff = np.abs(np.asarray(f32, np.float32) - np.asarray(bf16, np.float32))
         assert diff.mean() <= 1 and diff.max() <= 12, (diff.mean(), diff.max())
         assert world.judge(bf16) == world.judge(f32)
@@ -142,8 +146,9 @@ def test_bf16_demo_image_stays_near_f32_and_keeps_the_oracles_verdict():
 
 @needs_bf16
 def test_generate_on_a_bf16_cpu_records_bf16_in_the_png(tmp_path):
-    from sdcpu.cli.main import app
     from typer.testing import CliRunner
+
+    from sdcpu.cli.main import app
 
     out = tmp_path / "auto.png"
     result = CliRunner().invoke(app, ["generate", CAPTION, "--out", str(out), "--seed", "0", "--steps", "4"])
@@ -155,12 +160,13 @@ def test_generate_on_a_bf16_cpu_records_bf16_in_the_png(tmp_path):
 
 def test_onnxruntime_refuses_bf16_before_any_work(sd1_onnx):
     with pytest.raises(SdcpuError, match="computes in f32 only"):
-        Pipeline.load(sd1_onnx, compute_precision="bf16")
+        Pipeline.load(sd1_onnx, LoadOptions(compute_precision="bf16"))
 
 
 def test_cli_refuses_an_unknown_precision(tmp_path: Path):
-    from sdcpu.cli.main import app
     from typer.testing import CliRunner
+
+    from sdcpu.cli.main import app
 
     result = CliRunner().invoke(app, ["generate", "x", "--out", str(tmp_path / "x.png"), "--compute-precision", "fp8"])
     assert result.exit_code == 2 and not (tmp_path / "x.png").exists()

@@ -18,13 +18,15 @@ pytest.importorskip("diffusers")
 
 import ldm_checkpoint  # noqa: E402
 import tiny  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
 from sdcpu import Pipeline, SdcpuError  # noqa: E402
 from sdcpu.cli.main import app  # noqa: E402
 from sdcpu.export import convert  # noqa: E402
 from sdcpu.export.single_file import detect_preset  # noqa: E402
 from sdcpu.models.presets import PRESETS  # noqa: E402
 from sdcpu.runtime.manifest import Manifest, sha256_file  # noqa: E402
-from typer.testing import CliRunner  # noqa: E402
+from sdcpu.runtime.options import LoadOptions  # noqa: E402
 
 runner = CliRunner()
 quiet = {"progress": lambda _: None}
@@ -63,7 +65,7 @@ def test_single_file_converts_offline_and_matches_diffusers(name, single_file, t
     )
     assert "preset sd1" in Manifest.load(out).source
     latents = np.random.default_rng(1).standard_normal((1, 4, 8, 8), dtype=np.float32)
-    ours = Pipeline.load(out, compute_precision="f32")(
+    ours = Pipeline.load(out, LoadOptions(compute_precision="f32"))(
         "a cat", steps=5, scheduler="ddim", latents=latents, seed=0
     ).array
     pipe = tiny.diffusers_pipeline(tiny_sd1, "DDIMScheduler")
@@ -129,8 +131,8 @@ def test_fp16_halves_the_weights_and_stays_close(fmt, tiny_sd1, sd1_openvino, sd
     assert 0.45 < ratio < 0.6
     assert manifest.components["unet"]["precision"] == "fp16"
     latents = np.random.default_rng(2).standard_normal((1, 4, 8, 8), dtype=np.float32)
-    a = Pipeline.load(out, compute_precision="f32")("a dog", steps=4, latents=latents, seed=1).array
-    b = Pipeline.load(fp32, compute_precision="f32")("a dog", steps=4, latents=latents, seed=1).array
+    a = Pipeline.load(out, LoadOptions(compute_precision="f32"))("a dog", steps=4, latents=latents, seed=1).array
+    b = Pipeline.load(fp32, LoadOptions(compute_precision="f32"))("a dog", steps=4, latents=latents, seed=1).array
     assert float(np.abs(a - b).mean()) < 0.02
 
 
@@ -144,7 +146,7 @@ def test_folder_with_tokenizer_json_only_converts_and_generates_the_same(tiny_sd
     assert not (tmp_path / "out" / "tokenizer" / "vocab.json").exists()
     latents = np.random.default_rng(0).standard_normal((1, 4, 8, 8), dtype=np.float32)
     images = [
-        Pipeline.load(folder, compute_precision="f32")("a red cat", steps=2, latents=latents, seed=0).array
+        Pipeline.load(folder, LoadOptions(compute_precision="f32"))("a red cat", steps=2, latents=latents, seed=0).array
         for folder in (tmp_path / "out", sd1_openvino)
     ]
     np.testing.assert_array_equal(images[0], images[1])
@@ -181,7 +183,7 @@ def test_killed_convert_leaves_nothing_generate_accepts(tiny_sd1, tmp_path):
     for folder in leftovers:
         for candidate in [folder, *folder.iterdir()]:
             with pytest.raises(SdcpuError):
-                Pipeline.load(candidate, compute_precision="f32")
+                Pipeline.load(candidate, LoadOptions(compute_precision="f32"))
     convert(str(tiny_sd1), out, "onnx", **quiet)  # a new convert still works beside the debris
     assert Manifest.load(out).format == "onnx"
 
@@ -202,3 +204,10 @@ print("clean")
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "clean" in result.stdout, result.stderr
+
+
+@pytest.mark.parametrize("option", [["--preset", "sd1"], ["--config", "."], ["--tokenizer", "."]])
+def test_single_file_options_are_refused_for_folders(tiny_sd1, tmp_path, option):
+    result = runner.invoke(app, ["convert", str(tiny_sd1), str(tmp_path / "out"), *option])
+    assert result.exit_code == 2 and f"{option[0]}: for single-file checkpoints only" in result.output
+    assert list(tmp_path.iterdir()) == []

@@ -8,8 +8,10 @@ import shutil
 
 import numpy as np
 import pytest
+
 from sdcpu import Pipeline
 from sdcpu.runtime.errors import SdcpuError
+from sdcpu.runtime.options import LoadOptions
 
 torch = pytest.importorskip("torch")
 import tiny  # noqa: E402
@@ -27,6 +29,7 @@ PLAIN_OUTER = dict(
 @pytest.mark.parametrize("config", [tiny.UNET, PLAIN_OUTER], ids=["cross-attention-outer", "plain-outer"])
 def test_shallow_pass_with_fresh_features_is_the_whole_unet(config):
     from diffusers import UNet2DConditionModel
+
     from sdcpu.export.components import unet_shallow_spec, unet_spec
 
     torch.manual_seed(0)
@@ -43,7 +46,7 @@ def test_shallow_pass_with_fresh_features_is_the_whole_unet(config):
 
 @pytest.mark.parametrize("converted", ["openvino", "onnx"], indirect=True)
 def test_exported_shallow_pass_matches_the_exported_unet(converted):
-    pipe = Pipeline.load(converted, compute_precision="f32")
+    pipe = Pipeline.load(converted, LoadOptions(compute_precision="f32"))
     rng = np.random.default_rng(0)
     inputs = {
         "sample": rng.standard_normal((2, 4, 8, 8), dtype=np.float32),
@@ -57,7 +60,7 @@ def test_exported_shallow_pass_matches_the_exported_unet(converted):
 
 
 def test_deep_cache_generates_deterministically_near_the_exact_image(sd1_openvino):
-    pipe = Pipeline.load(sd1_openvino, compute_precision="f32")
+    pipe = Pipeline.load(sd1_openvino, LoadOptions(compute_precision="f32"))
     exact = pipe("a cat", steps=6, seed=3).array
     first = pipe("a cat", steps=6, seed=3, deep_cache=3)
     second = pipe("a cat", steps=6, seed=3, deep_cache=3).array
@@ -65,7 +68,7 @@ def test_deep_cache_generates_deterministically_near_the_exact_image(sd1_openvin
     assert first.settings.deep_cache == 3 and json.loads(first.settings.png_metadata(0)["sdcpu"])["deep_cache"] == 3
     difference = np.abs(first.array - exact).mean()
     assert 0 < difference < 0.1, difference  # approximate: changed, not wrecked
-    low = Pipeline.load(sd1_openvino, low_memory=True, compute_precision="f32")(
+    low = Pipeline.load(sd1_openvino, LoadOptions(low_memory=True, compute_precision="f32"))(
         "a cat", steps=6, seed=3, deep_cache=3
     ).array
     np.testing.assert_allclose(low, first.array, atol=2e-3)
@@ -73,11 +76,11 @@ def test_deep_cache_generates_deterministically_near_the_exact_image(sd1_openvin
 
 def test_deep_cache_is_refused_where_it_cannot_run(sd1_openvino, tmp_path):
     with pytest.raises(SdcpuError, match="deep_cache must be at least 1"):
-        Pipeline.load(sd1_openvino, compute_precision="f32")("a cat", steps=2, deep_cache=0)
-    old = tmp_path / "old"
-    shutil.copytree(sd1_openvino, old)
-    manifest = json.loads((old / "sdcpu.json").read_text())
+        Pipeline.load(sd1_openvino, LoadOptions(compute_precision="f32"))("a cat", steps=2, deep_cache=0)
+    damaged = tmp_path / "damaged"
+    shutil.copytree(sd1_openvino, damaged)
+    manifest = json.loads((damaged / "sdcpu.json").read_text())
     del manifest["components"]["unet_shallow"]
-    (old / "sdcpu.json").write_text(json.dumps(manifest))
-    with pytest.raises(SdcpuError, match="convert it again"):
-        Pipeline.load(old, compute_precision="f32")("a cat", steps=2, deep_cache=2)
+    (damaged / "sdcpu.json").write_text(json.dumps(manifest))
+    with pytest.raises(SdcpuError, match="lacks unet_shallow; convert the model again"):
+        Pipeline.load(damaged, LoadOptions(compute_precision="f32"))

@@ -9,13 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
+
 from sdcpu.cli.main import app
 from sdcpu.models import demo_world as world
 from sdcpu.models.demo_model import CONVERTED, SOURCE
 from sdcpu.runtime.evaluation import evaluate
 from sdcpu.runtime.manifest import Manifest
+from sdcpu.runtime.options import LoadOptions
 from sdcpu.runtime.pipeline import Pipeline
-from typer.testing import CliRunner
 
 CAPTION = "a small red circle on the left, blue background"
 # Held-out accuracy (all attributes right) of the bundled model over all 240 captions, OpenVINO fp32,
@@ -35,7 +37,7 @@ def demo_onnx(tmp_path_factory) -> Path:
 
 
 def generate(folder: Path | None, caption: str = CAPTION, seed: int = 0, backend: str | None = None) -> np.ndarray:
-    return Pipeline.load(folder, backend=backend, compute_precision="f32")(caption, seed=seed).array[0]
+    return Pipeline.load(folder, LoadOptions(backend=backend, compute_precision="f32"))(caption, seed=seed).array[0]
 
 
 def test_bundled_demo_is_complete_and_verified():
@@ -81,7 +83,7 @@ def test_pixel_slice_golden():
 
 
 def test_sixteen_caption_sample_reaches_the_full_set_accuracy():
-    pipe = Pipeline.load(compute_precision="f32")
+    pipe = Pipeline.load(None, LoadOptions(compute_precision="f32"))
     report = evaluate(lambda caption, seed: pipe(caption, seed=seed).array[0], count=16)
     assert report.accuracy()["all"] >= FULL_SET_ACCURACY - SAMPLE_MARGIN
 

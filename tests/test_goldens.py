@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from sdcpu.runtime.precision import cpu_info
 from sdcpu.runtime.schedulers import SCHEDULERS
 
@@ -33,14 +34,16 @@ def isa_family() -> str:
     return "avx512" if "AVX-512" in isa else "avx2" if "AVX2" in isa else "sse"
 
 
-def _run(folder: Path | None, backend: str | None = None, low_memory: bool = False, token_downsampling: int = 1,
-         **call) -> np.ndarray:
+def _run(
+    folder: Path | None, backend: str | None = None, low_memory: bool = False, token_downsampling: int = 1, **call
+) -> np.ndarray:
+    from sdcpu.runtime.options import LoadOptions
     from sdcpu.runtime.pipeline import Pipeline
 
-    options = dict(
+    options = LoadOptions(
         backend=backend, compute_precision="f32", low_memory=low_memory, token_downsampling=token_downsampling
     )
-    result = Pipeline.load(folder, **options)(call.pop("prompt", CAPTION), seed=call.pop("seed", 0), steps=STEPS, **call)
+    result = Pipeline.load(folder, options)(call.pop("prompt", CAPTION), seed=call.pop("seed", 0), steps=STEPS, **call)
     return np.asarray(result.images[0])
 
 

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from sdcpu import Pipeline
 from sdcpu.runtime.backends import load_model
 from sdcpu.runtime.errors import SdcpuError
+from sdcpu.runtime.options import LoadOptions
 from sdcpu.runtime.pages import drop_mapped_pages, dropping_mapped_pages
 from sdcpu.runtime.tiling import decode_tiled, tile_starts
 
@@ -43,8 +45,8 @@ def test_tiled_decode_of_a_pointwise_decoder_is_exact(shape):
 @pytest.mark.parametrize("converted", ["openvino", "onnx"], indirect=True)
 def test_low_memory_gives_the_same_image(converted):
     # At 64x64 the latents fit in one tile, so only batch-1 guidance and releasing networks differ.
-    normal = Pipeline.load(converted, compute_precision="f32")("a cat", steps=4, seed=3).array
-    low = Pipeline.load(converted, low_memory=True, compute_precision="f32")
+    normal = Pipeline.load(converted, LoadOptions(compute_precision="f32"))("a cat", steps=4, seed=3).array
+    low = Pipeline.load(converted, LoadOptions(low_memory=True, compute_precision="f32"))
     first, second = low("a cat", steps=4, seed=3).array, low("a cat", steps=4, seed=3).array
     np.testing.assert_allclose(first, normal, atol=1e-5)
     np.testing.assert_array_equal(first, second)  # released networks load again, identically
@@ -72,7 +74,7 @@ class _Spy:
 
 
 def test_low_memory_decodes_large_images_in_tiles(sd1_openvino):
-    pipe = Pipeline.load(sd1_openvino, low_memory=True, compute_precision="f32")
+    pipe = Pipeline.load(sd1_openvino, LoadOptions(low_memory=True, compute_precision="f32"))
     pipe.vae_decoder = spy = _Spy(pipe.vae_decoder)
     result = pipe("a cat", steps=2, seed=0, width=384, height=320)
     assert result.array.shape == (1, 320, 384, 3)
@@ -80,24 +82,33 @@ def test_low_memory_decodes_large_images_in_tiles(sd1_openvino):
 
 
 def test_compiled_models_are_cached_and_reused(sd1_openvino, tmp_path):
-    first = Pipeline.load(sd1_openvino, cache_dir=tmp_path, compute_precision="f32")("a cat", steps=2, seed=0).array
+    first = Pipeline.load(sd1_openvino, LoadOptions(cache_dir=tmp_path, compute_precision="f32"))(
+        "a cat", steps=2, seed=0
+    ).array
     blobs = sorted(tmp_path.glob("*.blob"))
     assert len(blobs) >= 3  # text encoder, UNet, VAE decoder
-    second = Pipeline.load(sd1_openvino, cache_dir=tmp_path, compute_precision="f32")("a cat", steps=2, seed=0).array
+    second = Pipeline.load(sd1_openvino, LoadOptions(cache_dir=tmp_path, compute_precision="f32"))(
+        "a cat", steps=2, seed=0
+    ).array
     assert sorted(tmp_path.glob("*.blob")) == blobs  # imported, not compiled again
     np.testing.assert_array_equal(first, second)
-    none = Pipeline.load(sd1_openvino, cache_dir=None, compute_precision="f32")
-    assert none.unet.cache_dir is None  # type: ignore[attr-defined]
+    none = Pipeline.load(sd1_openvino, LoadOptions(cache=False, compute_precision="f32"))
+    assert none.unet._cache is None  # type: ignore[attr-defined]
 
 
 def test_a_warm_start_imports_and_a_damaged_blob_is_compiled_again(sd1_openvino, tmp_path, monkeypatch):
     from sdcpu.runtime.backends.openvino import OpenVINOModel
 
-    first = Pipeline.load(sd1_openvino, cache_dir=tmp_path, compute_precision="f32")("a cat", steps=2, seed=0).array
+    first = Pipeline.load(sd1_openvino, LoadOptions(cache_dir=tmp_path, compute_precision="f32"))(
+        "a cat", steps=2, seed=0
+    ).array
     compile_graph = OpenVINOModel._compile_graph
     monkeypatch.setattr(OpenVINOModel, "_compile_graph", lambda *_: pytest.fail("compiled on a warm start"))
     np.testing.assert_array_equal(
-        Pipeline.load(sd1_openvino, cache_dir=tmp_path, compute_precision="f32")("a cat", steps=2, seed=0).array, first
+        Pipeline.load(sd1_openvino, LoadOptions(cache_dir=tmp_path, compute_precision="f32"))(
+            "a cat", steps=2, seed=0
+        ).array,
+        first,
     )
     blob = max(tmp_path.glob("*.blob"), key=lambda b: b.stat().st_size)
     size = blob.stat().st_size
@@ -109,20 +120,27 @@ def test_a_warm_start_imports_and_a_damaged_blob_is_compiled_again(sd1_openvino,
         lambda m, *a, **k: compiled.append(m.path.parent.name) or compile_graph(m, *a, **k),
     )
     np.testing.assert_array_equal(
-        Pipeline.load(sd1_openvino, cache_dir=tmp_path, compute_precision="f32")("a cat", steps=2, seed=0).array, first
+        Pipeline.load(sd1_openvino, LoadOptions(cache_dir=tmp_path, compute_precision="f32"))(
+            "a cat", steps=2, seed=0
+        ).array,
+        first,
     )
     assert len(compiled) == 1 and blob.stat().st_size > 0.9 * size  # compiled again, a whole blob written
     assert not list(tmp_path.glob("*.partial"))
 
 
 def test_devices_that_cannot_export_use_openvinos_cache_dir(sd1_openvino, tmp_path, monkeypatch):
-    from sdcpu.runtime.backends.openvino import OpenVINOModel
+    from sdcpu.runtime.backends.compiled_cache import CompiledModelCache
 
-    monkeypatch.setattr(OpenVINOModel, "_can_export", lambda self: False)  # as for AUTO
-    first = Pipeline.load(sd1_openvino, cache_dir=tmp_path, compute_precision="f32")("a cat", steps=2, seed=0).array
+    monkeypatch.setattr(CompiledModelCache, "can_export", lambda self, device: False)  # as for AUTO
+    first = Pipeline.load(sd1_openvino, LoadOptions(cache_dir=tmp_path, compute_precision="f32"))(
+        "a cat", steps=2, seed=0
+    ).array
     blobs = sorted(tmp_path.glob("*.blob"))
     assert len(blobs) >= 3 and all(b.stem.isdigit() for b in blobs)  # OpenVINO's own names
-    second = Pipeline.load(sd1_openvino, cache_dir=tmp_path, compute_precision="f32")("a cat", steps=2, seed=0).array
+    second = Pipeline.load(sd1_openvino, LoadOptions(cache_dir=tmp_path, compute_precision="f32"))(
+        "a cat", steps=2, seed=0
+    ).array
     assert sorted(tmp_path.glob("*.blob")) == blobs
     np.testing.assert_array_equal(first, second)
 
@@ -131,8 +149,11 @@ def test_a_cache_folder_that_cannot_be_written_is_a_clear_error(sd1_openvino, tm
     not_a_folder = tmp_path / "cache"
     not_a_folder.write_text("a file")
     with pytest.raises(SdcpuError, match="cannot write to the cache folder .*--no-cache"):
-        Pipeline.load(sd1_openvino, cache_dir=not_a_folder, compute_precision="f32")  # the record of verified hashes
-    model = load_model("openvino", sd1_openvino / "vae_decoder" / "openvino_model.xml", "CPU", not_a_folder / "blobs")
+        Pipeline.load(
+            sd1_openvino, LoadOptions(cache_dir=not_a_folder, compute_precision="f32")
+        )  # the record of verified hashes
+    options = LoadOptions(backend="openvino", compute_precision="f32", cache_dir=not_a_folder / "blobs")
+    model = load_model(sd1_openvino / "vae_decoder" / "openvino_model.xml", options)
     with pytest.raises(SdcpuError, match="cannot write to the cache folder .*--no-cache"):
         model(latent_sample=np.zeros((1, 4, 8, 8), dtype=np.float32))  # the compiled model's blob
     assert not_a_folder.read_text() == "a file"
@@ -225,7 +246,7 @@ class _Recorder:
 
 @pytest.mark.parametrize("low_memory", [False, True])
 def test_each_network_frees_its_memory_when_its_phase_ends(sd1_openvino, low_memory):
-    pipe, log = Pipeline.load(sd1_openvino, low_memory=low_memory, compute_precision="f32"), []
+    pipe, log = Pipeline.load(sd1_openvino, LoadOptions(low_memory=low_memory, compute_precision="f32")), []
     for name in ("text_encoder", "unet", "vae_decoder"):
         setattr(pipe, name, _Recorder(getattr(pipe, name), name, log))
     first, second = (pipe("a cat", steps=2, seed=5, scheduler="ddim").array for _ in range(2))

@@ -13,9 +13,11 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 import tiny  # noqa: E402
+
 from sdcpu import Pipeline  # noqa: E402
-from sdcpu.runtime.backends import NATIVE_BACKEND, load_model  # noqa: E402
+from sdcpu.runtime.backends import load_model  # noqa: E402
 from sdcpu.runtime.manifest import Manifest  # noqa: E402
+from sdcpu.runtime.options import LoadOptions  # noqa: E402
 
 COMPONENT_TOLERANCE = 1e-4
 PIXEL_TOLERANCE = 2 / 255
@@ -24,7 +26,8 @@ SCHEDULER_CLASSES = tiny.DIFFUSERS_SCHEDULERS
 
 def _runtime(folder, component):
     manifest = Manifest.load(folder)
-    return load_model(NATIVE_BACKEND[manifest.format], manifest.graph_path(folder, component), "CPU", precision="f32")
+    options = LoadOptions(compute_precision="f32", cache=False).resolve(manifest)
+    return load_model(manifest.graph_path(folder, component), options)
 
 
 @pytest.mark.parametrize("converted", ["openvino", "onnx"], indirect=True)
@@ -93,7 +96,7 @@ def test_pipeline_matches_diffusers(scheduler, backend, tiny_sd1, sd1_openvino, 
     folder = sd1_openvino if backend == "openvino" else sd1_onnx
     latents = np.random.default_rng(7).standard_normal((1, 4, 8, 8), dtype=np.float32)
     steps, seed = 6, 11
-    ours = Pipeline.load(folder, backend=backend, compute_precision="f32")(
+    ours = Pipeline.load(folder, LoadOptions(backend=backend, compute_precision="f32"))(
         "a red circle on the left",
         negative_prompt="blurry",
         steps=steps,
@@ -110,7 +113,7 @@ def test_pipeline_matches_diffusers(scheduler, backend, tiny_sd1, sd1_openvino, 
 def test_parity_detects_swapped_schedulers(tiny_sd1, sd1_openvino, monkeypatch):
     """The pipeline parity check has teeth: two schedulers give visibly different images."""
     latents = np.random.default_rng(7).standard_normal((1, 4, 8, 8), dtype=np.float32)
-    ours = Pipeline.load(sd1_openvino, compute_precision="f32")(
+    ours = Pipeline.load(sd1_openvino, LoadOptions(compute_precision="f32"))(
         "a red circle on the left", negative_prompt="blurry", steps=6, scheduler="euler", latents=latents, seed=11
     ).array
     theirs = _reference(tiny_sd1, "ddim", latents, 6, 7.5, monkeypatch, 11)
@@ -120,7 +123,7 @@ def test_parity_detects_swapped_schedulers(tiny_sd1, sd1_openvino, monkeypatch):
 @pytest.mark.parametrize("scheduler", ["ddim", "euler", "dpm++2m"])
 def test_sd2_v_prediction_matches_diffusers(scheduler, tiny_sd2v, sd2v_openvino, monkeypatch):
     latents = np.random.default_rng(3).standard_normal((1, 4, 8, 8), dtype=np.float32)
-    ours = Pipeline.load(sd2v_openvino, compute_precision="f32")(
+    ours = Pipeline.load(sd2v_openvino, LoadOptions(compute_precision="f32"))(
         "a red circle on the left", negative_prompt="blurry", steps=6, scheduler=scheduler, latents=latents, seed=2
     ).array
     theirs = _reference(tiny_sd2v, scheduler, latents, 6, 7.5, monkeypatch, 2)
@@ -139,7 +142,7 @@ def test_img2img_matches_diffusers(scheduler, backend, tiny_sd1, sd1_openvino, s
     init = Image.fromarray(np.random.default_rng(5).integers(0, 255, (64, 64, 3), dtype=np.uint8))
     noise = np.random.default_rng(9).standard_normal((1, 4, 8, 8), dtype=np.float32)
     seed = 4
-    ours = Pipeline.load(folder, backend=backend, compute_precision="f32")(
+    ours = Pipeline.load(folder, LoadOptions(backend=backend, compute_precision="f32"))(
         "a blue square", steps=10, seed=seed, scheduler=scheduler, init_image=init, strength=0.6, latents=noise
     ).array
     # diffusers draws (1) the VAE posterior sample, (2) the noise added at the start; feed it ours.

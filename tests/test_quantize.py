@@ -11,10 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from sdcpu.export import convert
 from sdcpu.export.calibration import CalibrationSettings
 from sdcpu.runtime.errors import SdcpuError
 from sdcpu.runtime.manifest import Manifest
+from sdcpu.runtime.options import LoadOptions
 from sdcpu.runtime.pipeline import Pipeline
 from sdcpu.runtime.precision import cpu_info
 
@@ -104,10 +106,12 @@ def test_quantized_generation_is_deterministic_and_near_fp32(quantized, sd1_open
     manifest = Manifest.load(folder)
     assert manifest.precision == precision
     latents = np.random.default_rng(2).standard_normal((1, 4, 8, 8), dtype=np.float32)
-    pipe = Pipeline.load(folder, compute_precision="f32")
+    pipe = Pipeline.load(folder, LoadOptions(compute_precision="f32"))
     a = pipe("a dog", steps=4, latents=latents, seed=1).array
     b = pipe("a dog", steps=4, latents=latents, seed=1).array
-    reference = Pipeline.load(sd1_openvino, compute_precision="f32")("a dog", steps=4, latents=latents, seed=1).array
+    reference = Pipeline.load(sd1_openvino, LoadOptions(compute_precision="f32"))(
+        "a dog", steps=4, latents=latents, seed=1
+    ).array
     np.testing.assert_array_equal(a, b)
     # Loose: random tiny weights are a worst case for quantization; the demo model measures quality.
     bound = 0.1 if precision == "int8-hybrid" else 0.02
@@ -121,15 +125,18 @@ def test_onnx_int8_runs_on_onnxruntime_in_a_clean_process(quantized, tmp_path):
     script = f"""
 import faulthandler, numpy as np
 from sdcpu import Pipeline
+from sdcpu.runtime.options import LoadOptions
 faulthandler.enable()
 latents = np.random.default_rng(2).standard_normal((1, 4, 8, 8), dtype=np.float32)
-pipe = Pipeline.load({str(folder)!r}, backend="onnxruntime", cache_dir=None)
+pipe = Pipeline.load({str(folder)!r}, LoadOptions(backend="onnxruntime", cache=False))
 np.save({str(out)!r}, pipe("a dog", steps=4, latents=latents, seed=1).array)
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"exit {result.returncode}: {result.stderr[-2000:]}"
     latents = np.random.default_rng(2).standard_normal((1, 4, 8, 8), dtype=np.float32)
-    ov = Pipeline.load(folder, backend="openvino", compute_precision="f32")("a dog", steps=4, latents=latents, seed=1)
+    ov = Pipeline.load(folder, LoadOptions(backend="openvino", compute_precision="f32"))(
+        "a dog", steps=4, latents=latents, seed=1
+    )
     assert float(np.abs(np.load(out) - ov.array).max()) < 1e-3
 
 
@@ -138,6 +145,7 @@ def test_onnxruntime_folds_int8_weights_into_the_fp32_graph(quantized, component
     # What ONNX Runtime runs for an int8 folder is the fp32 graph: no DequantizeLinear is left at run time.
     import onnx
     import onnxruntime as ort
+
     from sdcpu.runtime.backends.onnxruntime import session_options
 
     options = session_options()
@@ -157,6 +165,7 @@ def test_precision_the_format_cannot_do_is_refused_before_work(tiny_sd1, tmp_pat
 
 def test_chunked_attention_on_the_hybrid_unet_changes_nothing_but_slices(quantized):
     import openvino as ov
+
     from sdcpu.runtime.backends.chunked_attention import split_queries
 
     path = quantized["openvino", "int8-hybrid"] / "unet" / "openvino_model.xml"
@@ -182,7 +191,7 @@ def test_int8_activations_are_off_unless_asked_and_recorded(quantized):
     latents = np.random.default_rng(2).standard_normal((1, 4, 8, 8), dtype=np.float32)
     results = {}
     for int8 in (False, True):
-        pipe = Pipeline.load(quantized["openvino", "int8"], compute_precision="f32", int8_activations=int8)
+        pipe = Pipeline.load(quantized["openvino", "int8"], LoadOptions(compute_precision="f32", int8_activations=int8))
         results[int8] = pipe("a dog", steps=4, latents=latents, seed=1)
         group = pipe.unet._compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE")  # type: ignore[attr-defined]
         assert group == (32 if int8 else 0)
@@ -194,4 +203,4 @@ def test_int8_activations_are_off_unless_asked_and_recorded(quantized):
 
 def test_onnxruntime_refuses_int8_activations(quantized):
     with pytest.raises(SdcpuError, match="int8 activations need --backend openvino"):
-        Pipeline.load(quantized["onnx", "int8"], backend="onnxruntime", int8_activations=True)
+        Pipeline.load(quantized["onnx", "int8"], LoadOptions(backend="onnxruntime", int8_activations=True))

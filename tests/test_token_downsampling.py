@@ -9,9 +9,11 @@ import openvino as ov
 import openvino.opset13 as ops
 import pytest
 import torch
+
 from sdcpu import Pipeline
 from sdcpu.runtime.backends.token_downsampling import downsample_self_attention, nearest_exact
 from sdcpu.runtime.errors import SdcpuError
+from sdcpu.runtime.options import LoadOptions
 
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}  # pinned: the CPU plugin computes in bf16 by default where the CPU has it
 
@@ -66,7 +68,7 @@ def test_only_the_level_with_the_most_tokens_is_rewritten():
 def test_demo_pipeline_with_token_downsampling(tmp_path):
     def generate(factor: int):
         pipe = Pipeline.load(
-            cache_dir=tmp_path, token_downsampling=factor, compute_precision="f32"
+            None, LoadOptions(cache_dir=tmp_path, token_downsampling=factor, compute_precision="f32")
         )  # demo: 8x8 top attention level
         return pipe("a red circle", steps=4, seed=0)
 
@@ -83,6 +85,6 @@ def test_demo_pipeline_with_token_downsampling(tmp_path):
 
 def test_token_downsampling_needs_openvino_graphs(sd1_onnx):
     with pytest.raises(SdcpuError, match="token downsampling needs an OpenVINO folder"):
-        Pipeline.load(sd1_onnx, token_downsampling=2, cache_dir=None, compute_precision="f32")
+        Pipeline.load(sd1_onnx, LoadOptions(token_downsampling=2, cache=False, compute_precision="f32"))
     with pytest.raises(SdcpuError, match="token_downsampling must be at least 1"):
-        Pipeline.load(token_downsampling=0, cache_dir=None, compute_precision="f32")
+        Pipeline.load(None, LoadOptions(token_downsampling=0, cache=False, compute_precision="f32"))

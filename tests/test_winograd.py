@@ -7,6 +7,7 @@ import numpy as np
 import openvino as ov
 import openvino.opset13 as ops
 import pytest
+
 from sdcpu.runtime.backends.winograd import rewrite_convolutions, tile_size
 
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}  # pinned: the CPU plugin computes in bf16 by default where the CPU has it
@@ -67,12 +68,12 @@ def test_other_convolutions_stay_direct(shape, out_ch, kernel, stride):
 
 
 def test_pipeline_with_winograd_matches_direct_convolutions(tmp_path):
+    from sdcpu.runtime.options import LoadOptions
     from sdcpu.runtime.pipeline import Pipeline
 
     def generate(winograd: bool) -> np.ndarray:
-        pipe = Pipeline.load(
-            cache_dir=tmp_path, winograd=winograd, compute_precision="f32"
-        )  # the demo model: 16x16 latents, 32 channels
+        # the demo model: 16x16 latents, 32 channels
+        pipe = Pipeline.load(None, LoadOptions(cache_dir=tmp_path, winograd=winograd, compute_precision="f32"))
         return pipe("a red circle", steps=4, seed=0).array
 
     fast, direct = generate(True), generate(False)

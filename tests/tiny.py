@@ -1,4 +1,8 @@
-"""Tiny random-weight Stable Diffusion pipelines with the real building blocks, for tests."""
+"""Tiny random-weight Stable Diffusion pipelines with the real building blocks, for tests.
+
+torch, diffusers and sdcpu.export are imported inside the functions that need them, so that the
+torch-free tests can import this module in a runtime-only install.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,6 @@ import json
 import shutil
 from pathlib import Path
 from typing import Any
-
-import torch
-from sdcpu.export.convert import model_index
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference-configs"
 SD1_TOKENIZER = REFERENCE / "stable-diffusion-v1-4" / "tokenizer"
@@ -72,6 +73,7 @@ TEXT: dict[str, Any] = dict(
 
 
 def build_components(seed: int = 0, v_prediction: bool = False):
+    import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -89,6 +91,8 @@ def build_components(seed: int = 0, v_prediction: bool = False):
 def _unit_spread(unet) -> None:
     """A random UNet predicts almost no noise, which makes every scheduler give the same picture;
     scale conv_out so that its prediction has unit spread and schedulers can be told apart."""
+    import torch
+
     with torch.no_grad():
         size = unet.config.sample_size
         out = unet(torch.randn(2, 4, size, size), 500, torch.randn(2, 77, unet.config.cross_attention_dim)).sample
@@ -98,6 +102,8 @@ def _unit_spread(unet) -> None:
 
 
 def write_diffusers_folder(folder: Path, seed: int = 0, v_prediction: bool = False) -> Path:
+    from sdcpu.export.convert import model_index
+
     text_encoder, unet, vae = build_components(seed, v_prediction)
     unet.save_pretrained(folder / "unet")
     vae.save_pretrained(folder / "vae")

@@ -1,0 +1,369 @@
+"""The `sdcpu` commands (convert, generate, eval, bench, cache). No logic here: parse options, call the library, report.
+
+Errors the user can fix (SdcpuError) are printed without a traceback and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from sdcpu.runtime.errors import SdcpuError
+
+app = typer.Typer(
+    help="Stable Diffusion on the CPU: convert checkpoints, generate images.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+MODEL_HELP = "folder made by `sdcpu convert` (default: the bundled demo model)"
+LOW_MEMORY_HELP = "one network in memory at a time, batch-1 guidance, tiled VAE decode: slower, far smaller peak"
+DEEP_CACHE_HELP = (
+    "DeepCache: run the whole UNet every N steps and only its outermost layers in between, reusing "
+    "the deep features (faster, approximate; 1 = off)"
+)
+WINOGRAD_HELP = (
+    "OpenVINO on the CPU: compute 3x3 convolutions with Winograd's algorithm (about 1.2x faster UNet steps "
+    "at fp32, more memory for the larger filters; --low-memory turns it off)"
+)
+TOKEN_DOWNSAMPLING_HELP = (
+    "ToDo: the highest-resolution self-attention uses one key and value per F x F block of latents "
+    "(faster, approximate; OpenVINO folders only; 1 = off, 2 is the usual choice)"
+)
+PRECISION_HELP = (
+    "arithmetic of the networks, apart from the stored weights: f32; bf16 (OpenVINO, CPUs with native bf16); "
+    "auto = bf16 where the CPU has it, else f32"
+)
+INT8_FLAG = "--int8-activations/--no-int8-activations"
+INT8_ACTIVATIONS_HELP = (
+    "OpenVINO, folders with int8 or int4 weights: their MatMuls quantize activations to int8 on the fly "
+    "(approximate; int8 dot products on CPUs with VNNI or AMX) [default: on for int8-hybrid on such CPUs]"
+)
+CACHE_HELP = "keep OpenVINO's compiled models in $SDCPU_CACHE_DIR or ~/.cache/sdcpu for a warm next start"
+
+
+class Format(str, Enum):
+    openvino = "openvino"
+    onnx = "onnx"
+
+
+class ComputePrecision(str, Enum):
+    auto = "auto"
+    f32 = "f32"
+    bf16 = "bf16"
+
+
+# Load options, shared by generate, eval and bench (runtime/options.py: LoadOptions).
+Backend = Annotated[str | None, typer.Option(help="openvino or onnxruntime (default: the folder's)")]
+Device = Annotated[str, typer.Option(help="OpenVINO device: CPU, GPU, AUTO")]
+LowMemory = Annotated[bool, typer.Option(help=LOW_MEMORY_HELP)]
+Winograd = Annotated[bool, typer.Option(help=WINOGRAD_HELP)]
+Cache = Annotated[bool, typer.Option(help=CACHE_HELP)]
+TokenDownsampling = Annotated[int, typer.Option(help=TOKEN_DOWNSAMPLING_HELP)]
+Precision = Annotated[ComputePrecision, typer.Option(help=PRECISION_HELP)]
+Int8Activations = Annotated[bool | None, typer.Option(INT8_FLAG, help=INT8_ACTIVATIONS_HELP)]
+
+
+def load_options(
+    backend: str | None = None,
+    device: str = "CPU",
+    compute_precision: ComputePrecision = ComputePrecision.auto,
+    int8_activations: bool | None = None,
+    cache: bool = True,
+    low_memory: bool = False,
+    winograd: bool = True,
+    token_downsampling: int = 1,
+):
+    """The LoadOptions for these flags (validated when the model is loaded)."""
+    from sdcpu.runtime.options import LoadOptions
+
+    return LoadOptions(
+        backend=backend,
+        device=device,
+        compute_precision=compute_precision.value,
+        int8_activations=int8_activations,
+        cache=cache,
+        low_memory=low_memory,
+        winograd=winograd,
+        token_downsampling=token_downsampling,
+    )
+
+
+def fail(err: Exception) -> typer.Exit:
+    console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+    return typer.Exit(code=2)
+
+
+@app.command()
+def convert(
+    source: Annotated[str, typer.Argument(help="diffusers folder, Hugging Face hub id, or .safetensors/.ckpt file")],
+    out: Annotated[Path, typer.Argument(help="output folder (created atomically)")],
+    format: Annotated[Format, typer.Option("--format", "-f", help="model format to write")] = Format.openvino,
+    precision: Annotated[
+        str, typer.Option(help="fp32, fp16, int8; OpenVINO also int8-hybrid (int8 UNet activations) and int4")
+    ] = "fp32",
+    force: Annotated[bool, typer.Option(help="replace OUT if it exists")] = False,
+    preset: Annotated[str | None, typer.Option(help="single files: sd1, sd2-base or sd2-v (default: detected)")] = None,
+    config: Annotated[Path | None, typer.Option(help="single files: a diffusers folder whose configs to use")] = None,
+    tokenizer: Annotated[Path | None, typer.Option(help="single files: a CLIP tokenizer folder")] = None,
+    calibration_prompts: Annotated[
+        Path | None, typer.Option(help="int8-hybrid: a text file of prompts, one per line (default: 8 built in)")
+    ] = None,
+    calibration_size: Annotated[int, typer.Option(help="int8-hybrid: UNet inputs to calibrate on")] = 32,
+) -> None:
+    """Convert a Stable Diffusion checkpoint to OpenVINO IR or ONNX."""
+    try:
+        from sdcpu.export import convert as run_convert
+    except ImportError as err:
+        missing = SdcpuError(f"convert needs the export extra ({err.name} is missing): pip install 'sdcpu[export]'")
+        raise fail(missing) from None
+    try:
+        calibration = _calibration(calibration_prompts, calibration_size)
+        run_convert(
+            source,
+            out,
+            format.value,
+            precision,
+            force=force,
+            preset=preset,
+            config_dir=config,
+            tokenizer_dir=tokenizer,
+            calibration=calibration,
+            progress=lambda line: console.print(line, highlight=False),
+        )
+    except SdcpuError as err:
+        raise fail(err) from None
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="what to draw")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write (image-N.png for several)")],
+    model: Annotated[Path | None, typer.Option("--model", "-m", help=MODEL_HELP)] = None,
+    negative_prompt: Annotated[str | None, typer.Option(help="what to steer away from")] = None,
+    steps: Annotated[int, typer.Option(help="denoising steps")] = 20,
+    guidance: Annotated[float, typer.Option(help="classifier-free guidance scale (<= 1 turns it off)")] = 7.5,
+    seed: Annotated[int | None, typer.Option(help="random seed (default: a fresh one, stored in the PNG)")] = None,
+    width: Annotated[int | None, typer.Option(help="image width, a multiple of 8 (default: the model's)")] = None,
+    height: Annotated[int | None, typer.Option(help="image height, a multiple of 8 (default: the model's)")] = None,
+    num_images: Annotated[int, typer.Option(help="how many images")] = 1,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(help="ddim, pndm, euler, euler-a, dpm++2m, dpm++2m-karras, lcm (default: the model's own)"),
+    ] = None,
+    init_image: Annotated[Path | None, typer.Option(help="start from this image (img2img)")] = None,
+    strength: Annotated[float, typer.Option(help="img2img: how much to change the init image, (0, 1]")] = 0.8,
+    deep_cache: Annotated[int, typer.Option(help=DEEP_CACHE_HELP)] = 1,
+    backend: Backend = None,
+    device: Device = "CPU",
+    compute_precision: Precision = ComputePrecision.auto,
+    int8_activations: Int8Activations = None,
+    cache: Cache = True,
+    low_memory: LowMemory = False,
+    winograd: Winograd = True,
+    token_downsampling: TokenDownsampling = 1,
+) -> None:
+    """Generate images from a prompt (or from an init image and a prompt)."""
+    from sdcpu.cli.progress import StepProgress
+    from sdcpu.runtime.pipeline import Pipeline
+
+    options = load_options(
+        backend, device, compute_precision, int8_activations, cache, low_memory, winograd, token_downsampling
+    )
+    try:
+        _check_writable(out)
+        with console.status("loading model"):
+            pipe = Pipeline.load(model, options)
+        with warnings.catch_warnings(record=True) as caught, StepProgress(console) as progress:
+            warnings.simplefilter("always")
+            result = pipe(
+                prompt,
+                negative_prompt=negative_prompt,
+                steps=steps,
+                guidance=guidance,
+                seed=seed,
+                width=width,
+                height=height,
+                num_images=num_images,
+                scheduler=scheduler,
+                init_image=init_image,
+                strength=strength,
+                callback=progress.update,
+                deep_cache=deep_cache,
+            )
+        for warning in caught:
+            console.print(f"[yellow]warning:[/yellow] {warning.message}", highlight=False, soft_wrap=True)
+        for path in result.save(out):
+            ran = f"seed {result.settings.seed}, {result.runtime['compute_precision']} on {result.runtime['device']}"
+            console.print(f"wrote {path} ({ran})", highlight=False, soft_wrap=True)
+    except SdcpuError as err:
+        raise fail(err) from None
+
+
+@app.command(name="eval")
+def evaluate(
+    model: Annotated[Path | None, typer.Option("--model", "-m", help=MODEL_HELP)] = None,
+    reference: Annotated[Path | None, typer.Option(help="another model folder to compare with (SSIM, PSNR)")] = None,
+    count: Annotated[int, typer.Option(help="how many held-out captions (at most 240)")] = 240,
+    steps: Annotated[int, typer.Option(help="denoising steps")] = 20,
+    guidance: Annotated[float, typer.Option(help="classifier-free guidance scale")] = 7.5,
+    scheduler: Annotated[str | None, typer.Option(help="scheduler (default: the model's own)")] = None,
+    deep_cache: Annotated[int, typer.Option(help=DEEP_CACHE_HELP + "; for --model only, not --reference")] = 1,
+    backend: Backend = None,
+    compute_precision: Annotated[
+        ComputePrecision, typer.Option(help=PRECISION_HELP + "; for --model only, --reference runs at f32")
+    ] = ComputePrecision.auto,
+    int8_activations: Annotated[
+        bool | None, typer.Option(INT8_FLAG, help=INT8_ACTIVATIONS_HELP + "; for --model only")
+    ] = None,
+) -> None:
+    """Score a model on the demo world's held-out captions (prompt-following accuracy by the oracle)."""
+    from sdcpu.runtime.evaluation import evaluate as run_eval
+    from sdcpu.runtime.pipeline import Pipeline
+
+    options = load_options(backend, compute_precision=compute_precision, int8_activations=int8_activations)
+    try:
+        pipe = Pipeline.load(model, options)
+        reference_options = load_options(compute_precision=ComputePrecision.f32)
+        other = Pipeline.load(reference, reference_options) if reference is not None else None
+
+        def runner(p: Pipeline, deep: int = 1):
+            return lambda caption, seed: p(
+                caption, steps=steps, guidance=guidance, seed=seed, scheduler=scheduler, deep_cache=deep
+            ).array[0]
+
+        report = run_eval(runner(pipe, deep_cache), count, runner(other) if other is not None else None)
+    except SdcpuError as err:
+        raise fail(err) from None
+    for key, value in pipe.runtime_info().items():
+        typer.echo(f"{key}: {value}")
+    for name, score in report.summary().items():
+        typer.echo(f"{name}: {score:.4f}")
+
+
+@app.command(name="bench")
+def benchmark(
+    model: Annotated[Path | None, typer.Option("--model", "-m", help=MODEL_HELP)] = None,
+    compare: Annotated[Path | None, typer.Option(help="a second model folder, run alternately with the first")] = None,
+    steps: Annotated[int, typer.Option(help="denoising steps per run")] = 20,
+    runs: Annotated[int, typer.Option(help="runs per model (medians are reported)")] = 3,
+    width: Annotated[int | None, typer.Option(help="image width (default: the model's)")] = None,
+    height: Annotated[int | None, typer.Option(help="image height (default: the model's)")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the results here")] = None,
+    deep_cache: Annotated[int, typer.Option(help=DEEP_CACHE_HELP)] = 1,
+    backend: Backend = None,
+    device: Device = "CPU",
+    compute_precision: Precision = ComputePrecision.auto,
+    int8_activations: Int8Activations = None,
+    cache: Cache = True,
+    low_memory: LowMemory = False,
+    winograd: Winograd = True,
+    token_downsampling: TokenDownsampling = 1,
+) -> None:
+    """Time load, text encoding, each UNet step, VAE decode and the whole run; peak RSS per model."""
+    import json
+
+    from sdcpu.runtime.bench import BenchSettings, bench
+
+    options = load_options(
+        backend, device, compute_precision, int8_activations, cache, low_memory, winograd, token_downsampling
+    )
+    settings = BenchSettings(steps=steps, runs=runs, width=width, height=height, deep_cache=deep_cache, load=options)
+    folders = [model] if compare is None else [model, compare]
+    try:
+        report = bench(folders, settings, progress=lambda line: console.print(line, highlight=False))
+    except SdcpuError as err:
+        raise fail(err) from None
+    _print_bench(report)
+    if json_out is not None:
+        json_out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+@app.command(name="info")
+def info() -> None:
+    """Show the CPU, its ISA, OpenVINO's capabilities and default precision, and what auto precision picks."""
+    from sdcpu.runtime.precision import system_report
+
+    for key, value in system_report().items():
+        typer.echo(f"{key}: {value}")
+
+
+@app.command(name="cache")
+def cache_command(
+    clear: Annotated[bool, typer.Option("--clear", help="delete the compiled models and the record of hashes")] = False,
+) -> None:
+    """Show where compiled models are cached ($SDCPU_CACHE_DIR or ~/.cache/sdcpu) and their size; --clear
+    empties it (the next run compiles again)."""
+    from sdcpu.runtime.cache import cache_files, clear_cache, default_cache_dir
+
+    folder = default_cache_dir()
+    files = cache_files(folder)
+    typer.echo(f"{folder}: {len(files)} files, {sum(f.stat().st_size for f in files) / 1e6:,.0f} MB")
+    if clear:
+        try:
+            freed = clear_cache(folder)
+        except SdcpuError as err:
+            raise fail(err) from None
+        typer.echo(f"cleared: {freed / 1e6:,.0f} MB freed")
+
+
+def _print_bench(report: dict) -> None:
+    from rich.table import Table
+
+    models, machine = report["models"], report["machine"]
+    title = f"sdcpu bench: {report['settings']['steps']} steps, medians of {report['settings']['runs']}"
+    cpu = f"{machine['cpu']}, {machine['cores']} cores, {' '.join(machine['isa'])}"
+    table = Table(title=f"{title}\n{cpu}")
+    table.add_column("")
+    for i, m in enumerate(models):
+        table.add_column(f"{'AB'[i]}: {m['source']}", justify="right")
+    if len(models) == 2:
+        table.add_column("B / A", justify="right")
+    rows = [
+        ("load", "load_s", "s"),
+        ("text encoder", "text_encoder_s", "s"),
+        ("UNet step", "unet_step_s", "s"),
+        *([("shallow UNet step", "unet_shallow_step_s", "s")] if "unet_shallow_step_s" in models[0] else []),
+        ("first UNet step", "unet_first_step_s", "s"),
+        ("VAE decode", "vae_decode_s", "s"),
+        ("end to end", "end_to_end_s", "s"),
+        ("peak RSS", "peak_rss_gb", "GB"),
+    ]
+    for label, key in (("weights", "precision"), ("compute", "compute_precision")):
+        table.add_row(label, *[str(m[key]) for m in models], *([""] if len(models) == 2 else []))
+    for label, key, unit in rows:
+        cells = [f"{m[key]:.3f} {unit}" for m in models]
+        if len(models) == 2:
+            cells.append(f"{models[1][key] / models[0][key]:.2f}x" if models[0][key] else "")
+        table.add_row(label, *cells)
+    Console().print(table)
+
+
+def _calibration(prompts: Path | None, size: int):
+    from sdcpu.export.calibration import CalibrationSettings
+
+    if size < 1:
+        raise SdcpuError(f"--calibration-size must be at least 1; got {size}")
+    if prompts is None:
+        return CalibrationSettings(size=size)
+    if not prompts.is_file():
+        raise SdcpuError(f"--calibration-prompts {prompts} is not a file; give a text file with one prompt per line")
+    return CalibrationSettings.from_file(prompts, size)
+
+
+def _check_writable(out: Path) -> None:
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir():
+        raise SdcpuError(f"the output folder {folder} does not exist")
+    if out.is_dir():
+        raise SdcpuError(f"--out {out} is a folder; give a file name such as {out / 'image.png'}")
+
+
+def main() -> None:
+    sys.exit(app())

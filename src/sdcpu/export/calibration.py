@@ -1,0 +1,83 @@
+"""Calibration data for `int8-hybrid`: UNet inputs recorded while the float model denoises prompts.
+
+Each prompt runs a short DDIM schedule from pure noise with classifier-free guidance, so the samples
+cover the whole range of timesteps and both the conditional and unconditional halves of the batch,
+as the UNet sees them at generation time.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sdcpu.runtime.schedulers import SchedulerConfig, make_scheduler
+from sdcpu.runtime.tokenizer import ClipTokenizer
+
+DEFAULT_PROMPTS = (
+    "a photograph of an astronaut riding a horse",
+    "a watercolor painting of a lighthouse at sunset",
+    "a close-up portrait of an old man with a beard, studio lighting",
+    "a bowl of fruit on a wooden table, still life",
+    "a futuristic city skyline at night, neon lights",
+    "a red sports car on a mountain road",
+    "a cozy living room with a fireplace, interior design",
+    "a cat sleeping on a windowsill, soft light",
+)
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    prompts: tuple[str, ...] = DEFAULT_PROMPTS
+    size: int = 32  # UNet calls recorded (each a guided batch of 2)
+    guidance: float = 7.5
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"prompts": list(self.prompts), "size": self.size, "guidance": self.guidance, "seed": self.seed}
+
+    @classmethod
+    def from_file(cls, path: Path, size: int) -> CalibrationSettings:
+        prompts = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+        return cls(prompts=prompts or DEFAULT_PROMPTS, size=size)
+
+
+def collect_unet_inputs(
+    unet: Any,
+    text_encoder_path: Path,
+    tokenizer_dir: Path,
+    scheduler_config: dict[str, Any],
+    latent_shape: tuple[int, int, int],
+    settings: CalibrationSettings,
+) -> list[dict[str, np.ndarray]]:
+    """Run the float `unet` (an openvino.Model) on the prompts; return `settings.size` input dicts."""
+    import openvino as ov
+
+    core = ov.Core()
+    text_encoder = core.compile_model(str(text_encoder_path), "CPU")
+    compiled = core.compile_model(unet, "CPU")
+    tokenizer = ClipTokenizer(tokenizer_dir)
+    rng = np.random.default_rng(settings.seed)
+    steps = max(1, math.ceil(settings.size / len(settings.prompts)))
+    config = SchedulerConfig.from_dict(scheduler_config)
+    samples: list[dict[str, np.ndarray]] = []
+    for prompt in settings.prompts:
+        embeddings = text_encoder(tokenizer(["", prompt]))[0]
+        scheduler = make_scheduler("ddim", config)
+        scheduler.set_timesteps(steps)
+        x = rng.standard_normal((1, *latent_shape), dtype=np.float32) * np.float32(scheduler.init_noise_sigma)
+        for t in scheduler.timesteps:
+            inputs = {
+                "sample": scheduler.scale_model_input(np.concatenate([x, x]), t),
+                "timestep": np.full(2, t, dtype=np.float32),
+                "encoder_hidden_states": embeddings,
+            }
+            samples.append(inputs)
+            eps_uncond, eps_text = np.split(compiled(inputs)[0], 2)
+            x = scheduler.step(eps_uncond + np.float32(settings.guidance) * (eps_text - eps_uncond), t, x, rng)
+            if len(samples) == settings.size:
+                return samples
+    return samples

@@ -1,0 +1,212 @@
+"""`sdcpu convert`: checkpoint -> a self-describing folder of OpenVINO IR or ONNX models.
+
+The folder is built beside OUT under a temporary name and renamed into place only when complete,
+manifest last, so a convert that fails or is killed never leaves a folder that `generate` accepts.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from sdcpu.export.calibration import CalibrationSettings, collect_unet_inputs
+from sdcpu.export.components import COMPONENT_SPECS
+from sdcpu.export.quantize import PRECISIONS, component_precision
+from sdcpu.export.sources import Source, open_source
+from sdcpu.export.writers import WRITERS, Calibrate
+from sdcpu.runtime.errors import SdcpuError
+from sdcpu.runtime.manifest import MANIFEST_NAME, Manifest, describe_files
+from sdcpu.runtime.tokenizer import TOKENIZER_FILES
+
+
+def check_target(fmt: str, precision: str, out: Path, force: bool) -> None:
+    """Refuse bad requests before any work starts."""
+    if fmt not in PRECISIONS:
+        raise SdcpuError(f"unknown format {fmt!r}; choose one of: {', '.join(PRECISIONS)}")
+    if precision not in PRECISIONS[fmt]:
+        others = [f for f in PRECISIONS if precision in PRECISIONS[f]]
+        elsewhere = f" ({precision} needs --format {others[0]})" if others else ""
+        raise SdcpuError(
+            f"{fmt} export cannot do precision {precision!r}; available: {', '.join(PRECISIONS[fmt])}{elsewhere}"
+        )
+    if out.exists() and not force:
+        raise SdcpuError(f"{out} already exists; pass --force to replace it")
+    if not out.parent.is_dir():
+        raise SdcpuError(f"the folder {out.parent} for the output does not exist")
+
+
+def convert(
+    source: str,
+    out: str | Path,
+    format: str = "openvino",
+    precision: str = "fp32",
+    *,
+    force: bool = False,
+    preset: str | None = None,
+    config_dir: str | Path | None = None,
+    tokenizer_dir: str | Path | None = None,
+    calibration: CalibrationSettings | None = None,
+    progress: Callable[[str], None] = print,
+) -> Manifest:
+    """Convert SOURCE (diffusers folder, hub id, or .safetensors/.ckpt file) into OUT; returns its manifest.
+    `calibration` sets the prompts and sample count of `int8-hybrid` (default: CalibrationSettings())."""
+    out = Path(out).expanduser().absolute()
+    check_target(format, precision, out, force)
+    try:
+        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    except OSError as err:
+        raise SdcpuError(f"cannot write in {out.parent}: {err.strerror}; choose another OUT") from err
+    try:
+        options = {
+            "preset": preset,
+            "config_dir": _opt_path(config_dir),
+            "tokenizer_dir": _opt_path(tokenizer_dir),
+            "work_dir": work,
+        }
+        src = open_source(source, **options)
+        staged = work / "model"
+        staged.mkdir()
+        calibration = (calibration or CalibrationSettings()) if precision == "int8-hybrid" else None
+        files = _export_components(src, staged, format, precision, calibration, progress)
+        files += _write_support_files(src, staged)
+        manifest = _manifest(src, staged, format, precision, files, calibration)
+        (staged / MANIFEST_NAME).write_text(manifest.to_json())
+        _move_into_place(staged, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    progress(f"done: {out}")
+    return manifest
+
+
+def _opt_path(value: str | Path | None) -> Path | None:
+    return Path(value).expanduser() if value is not None else None
+
+
+def _export_components(
+    src: Source,
+    staged: Path,
+    fmt: str,
+    precision: str,
+    calibration: CalibrationSettings | None,
+    progress: Callable[[str], None],
+) -> list[str]:
+    files: list[str] = []
+    loaded: dict[str, Any] = {}
+    calibrate = _calibrator(src, staged, calibration, progress) if calibration is not None else None
+    for component in COMPONENT_SPECS:  # in the registry's order, grouped by the model each is cut from
+        start = time.perf_counter()
+        kind, make_spec = COMPONENT_SPECS[component]
+        if kind not in loaded:
+            loaded.clear()  # one torch model in memory at a time (the VAE serves two components)
+            loaded[kind] = src.load(kind)
+        folder = staged / component
+        folder.mkdir()
+        exact = component_precision(precision, component)
+        names = WRITERS[fmt](make_spec(loaded[kind]), folder, exact, calibrate if exact == "int8-hybrid" else None)
+        (folder / "config.json").write_text(json.dumps(_config_dict(loaded[kind]), indent=2, default=str))
+        files += [f"{component}/{name}" for name in names]
+        progress(f"{component}: exported to {fmt} {exact} in {time.perf_counter() - start:.1f} s")
+    loaded.clear()
+    return files
+
+
+def _calibrator(src: Source, staged: Path, settings: CalibrationSettings, progress: Callable[[str], None]) -> Calibrate:
+    size = int(src.unet_config.get("sample_size", 64))
+    shape = (int(src.unet_config.get("in_channels", 4)), size, size)
+
+    def calibrate(unet: Any) -> list[dict[str, Any]]:
+        progress(f"unet: recording {settings.size} calibration inputs from {len(settings.prompts)} prompts")
+        text_encoder = staged / "text_encoder" / "openvino_model.xml"
+        return collect_unet_inputs(unet, text_encoder, src.tokenizer_dir, src.scheduler_config, shape, settings)
+
+    return calibrate
+
+
+def _config_dict(model: Any) -> dict[str, Any]:
+    config = model.config  # diffusers: a FrozenDict; transformers: a PretrainedConfig
+    return dict(config.to_dict() if hasattr(config, "to_dict") else config)
+
+
+def _write_support_files(src: Source, staged: Path) -> list[str]:
+    (staged / "tokenizer").mkdir()
+    written = []
+    for name in TOKENIZER_FILES:
+        if (src.tokenizer_dir / name).exists():
+            shutil.copyfile(src.tokenizer_dir / name, staged / "tokenizer" / name)
+            written.append(f"tokenizer/{name}")
+    (staged / "scheduler").mkdir()
+    (staged / "scheduler" / "scheduler_config.json").write_text(json.dumps(src.scheduler_config, indent=2))
+    index = model_index(src.scheduler_config.get("_class_name", "PNDMScheduler"))
+    (staged / "model_index.json").write_text(json.dumps(index, indent=2))
+    return [*written, "scheduler/scheduler_config.json", "model_index.json"]
+
+
+def model_index(scheduler_class: str) -> dict[str, Any]:
+    """diffusers' model_index.json for a Stable Diffusion pipeline without safety checker."""
+    return {
+        "_class_name": "StableDiffusionPipeline",
+        "scheduler": ["diffusers", scheduler_class],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "safety_checker": [None, None],
+        "feature_extractor": [None, None],
+        "requires_safety_checker": False,
+    }
+
+
+def _manifest(
+    src: Source, staged: Path, fmt: str, precision: str, files: list[str], calibration: CalibrationSettings | None
+) -> Manifest:
+    vae_factor = 2 ** (len(src.vae_config["block_out_channels"]) - 1)
+    components = {
+        c: {"precision": component_precision(precision, c), "files": [f for f in files if f.startswith(c + "/")]}
+        for c in COMPONENT_SPECS
+    }
+    extra: dict[str, Any] = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if calibration is not None:
+        extra["calibration"] = calibration.to_dict()
+    return Manifest(
+        source=src.description,
+        family=src.family,
+        prediction_type=src.scheduler_config.get("prediction_type", "epsilon"),
+        format=fmt,
+        precision=precision,
+        sample_size=int(src.unet_config.get("sample_size", 64)) * vae_factor,
+        vae_scale_factor=vae_factor,
+        vae_scaling_factor=float(src.vae_config.get("scaling_factor", 0.18215)),
+        latent_channels=int(src.unet_config.get("in_channels", 4)),
+        components=components,
+        files=describe_files(staged, files),
+        versions=_versions(fmt),
+        extra=extra,
+    )
+
+
+def _versions(fmt: str) -> dict[str, str]:
+    names = ["sdcpu", "torch", "diffusers", "transformers", "nncf", "openvino" if fmt == "openvino" else "onnx"]
+    found = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def _move_into_place(staged: Path, out: Path) -> None:
+    # Rename is atomic within one filesystem; an existing OUT (with --force) is swapped out first.
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{time.time_ns()}"
+        out.rename(old)
+    staged.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

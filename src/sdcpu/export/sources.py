@@ -1,0 +1,105 @@
+"""Where a checkpoint comes from: a diffusers folder, a Hugging Face hub id, or a single file.
+
+Every source yields the same `Source`: configs, a tokenizer folder, and a loader that builds one
+torch component at a time (so only one is in memory while it is exported).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sdcpu.runtime.errors import SdcpuError
+from sdcpu.runtime.tokenizer import has_vocabulary
+
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
+
+
+@dataclass(frozen=True)
+class Source:
+    description: str
+    family: str
+    unet_config: dict[str, Any]
+    vae_config: dict[str, Any]
+    scheduler_config: dict[str, Any]
+    tokenizer_dir: Path
+    load: Callable[[str], Any]  # "text_encoder" | "unet" | "vae" -> torch module in eval mode
+
+
+def family_of(unet_config: dict[str, Any]) -> str:
+    """sd1 / sd2 / sdxl / other, from the UNet's text conditioning width."""
+    width = int(unet_config.get("cross_attention_dim") or 0)
+    return {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(width, "other")
+
+
+def open_source(source: str, **single_file_options: Any) -> Source:
+    """Resolve SOURCE (folder, single file or hub id) into a Source; raises SdcpuError if it cannot."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+            raise SdcpuError(f"{path} is not a checkpoint: expected one of {', '.join(SINGLE_FILE_SUFFIXES)}")
+        from sdcpu.export.single_file import open_single_file
+
+        return open_single_file(path, **single_file_options)
+    looks_local = path.suffix.lower() in SINGLE_FILE_SUFFIXES or source.startswith((".", "/", "~"))
+    if not path.is_dir() and (looks_local or source.count("/") != 1):
+        raise SdcpuError(f"{source} does not exist (expected a diffusers folder, a checkpoint file or a hub id)")
+    _refuse_single_file_options(source, single_file_options)
+    if path.is_dir():
+        return open_diffusers_folder(path, str(path.resolve()))
+    return open_diffusers_folder(_download(source), source)
+
+
+def _refuse_single_file_options(source: str, options: dict[str, Any]) -> None:
+    # A folder or hub id brings its own configs and tokenizer: these would be ignored, silently.
+    given = [f"--{name.removesuffix('_dir')}" for name, value in options.items() if name != "work_dir" and value]
+    if given:
+        raise SdcpuError(
+            f"{', '.join(given)}: for single-file checkpoints only; {source} is a diffusers folder or hub id "
+            "with its own configs and tokenizer: leave the option out"
+        )
+
+
+def _download(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    # Safetensors and configs only: we never fetch (or load) pickled weights from the hub.
+    patterns = ["model_index.json", "*/config.json", "scheduler/*.json", "tokenizer/*", "*.safetensors"]
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as err:  # the hub client raises many kinds; all mean "cannot get it"
+        raise SdcpuError(f"cannot fetch {repo_id} from the Hugging Face hub: {err}") from err
+
+
+def open_diffusers_folder(folder: Path, description: str) -> Source:
+    for sub in ("unet/config.json", "vae/config.json", "text_encoder/config.json", "tokenizer/tokenizer_config.json"):
+        if not (folder / sub).exists():
+            raise SdcpuError(f"{folder} is not a Stable Diffusion diffusers folder: {sub} is missing")
+    if not has_vocabulary(folder / "tokenizer"):
+        raise SdcpuError(
+            f"{folder} is not a Stable Diffusion diffusers folder: tokenizer/ needs vocab.json and merges.txt, "
+            "or tokenizer.json"
+        )
+    unet_config = json.loads((folder / "unet/config.json").read_text())
+    scheduler_path = folder / "scheduler/scheduler_config.json"
+    scheduler = json.loads(scheduler_path.read_text()) if scheduler_path.exists() else {}
+
+    def load(component: str) -> Any:
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        cls = {"unet": UNet2DConditionModel, "vae": AutoencoderKL, "text_encoder": CLIPTextModel}[component]
+        return cls.from_pretrained(folder, subfolder=component).eval()
+
+    return Source(
+        description=description,
+        family=family_of(unet_config),
+        unet_config=unet_config,
+        vae_config=json.loads((folder / "vae/config.json").read_text()),
+        scheduler_config=scheduler,
+        tokenizer_dir=folder / "tokenizer",
+        load=load,
+    )

@@ -1,0 +1,97 @@
+"""Write an ExportSpec as OpenVINO IR or ONNX at a given precision; one function per format.
+
+fp32 keeps everything in float32. fp16 stores the weights in float16 and computes in float32
+(size only): OpenVINO's `compress_to_fp16`; for ONNX, each large float32 initializer is stored as
+float16 followed by a Cast node, which ONNX Runtime folds back to float32 when it loads the model.
+The int8 and int4 precisions are described in `quantize.py`.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sdcpu.export.components import ExportSpec
+from sdcpu.export.quantize import compress_openvino, store_onnx_weights_int8
+
+ONNX_OPSET = 17
+ONNX_DATA = "model.onnx_data"
+# Records UNet inputs from the float model (int8-hybrid only).
+Calibrate = Callable[[Any], list[dict[str, np.ndarray]]]
+
+
+def write_openvino(spec: ExportSpec, folder: Path, precision: str, calibrate: Calibrate | None = None) -> list[str]:
+    import openvino as ov
+
+    with torch.no_grad():
+        model = ov.convert_model(spec.module, example_input=spec.inputs)
+    for port, name in zip(model.inputs, spec.inputs, strict=True):
+        port.get_tensor().set_names({name})
+    for port, name in zip(model.outputs, spec.output_names, strict=True):
+        port.get_tensor().set_names({name})
+    samples = calibrate(model) if calibrate is not None else []
+    model = compress_openvino(model, precision, samples)
+    model.set_rt_info(precision, ["sdcpu", "precision"])
+    ov.save_model(model, folder / "openvino_model.xml", compress_to_fp16=precision == "fp16")
+    return ["openvino_model.xml", "openvino_model.bin"]
+
+
+def write_onnx(spec: ExportSpec, folder: Path, precision: str, calibrate: Calibrate | None = None) -> list[str]:
+    import onnx
+
+    with tempfile.TemporaryDirectory(dir=folder) as tmp, torch.no_grad():
+        traced = Path(tmp) / "traced.onnx"
+        torch.onnx.export(
+            spec.module,
+            tuple(spec.inputs.values()),
+            str(traced),
+            input_names=list(spec.inputs),
+            output_names=list(spec.output_names),
+            dynamic_axes=spec.dynamic_axes,
+            opset_version=ONNX_OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+        model = onnx.load(str(traced))
+    if precision == "fp16":
+        _store_weights_fp16(model)
+    elif precision == "int8":
+        store_onnx_weights_int8(model)
+    model.metadata_props.add(key="sdcpu.precision", value=precision)
+    # External data keeps the graph under protobuf's 2 GB limit (an fp32 SD 1.5 UNet is 3.4 GB).
+    target = folder / "model.onnx"
+    onnx.save_model(
+        model,
+        str(target),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=ONNX_DATA,
+        size_threshold=1024,
+    )
+    onnx.checker.check_model(str(target))  # reloads graph and external data
+    return ["model.onnx", ONNX_DATA]
+
+
+def _store_weights_fp16(model, min_elements: int = 1024) -> None:
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    casts = []
+    for init in graph.initializer:
+        if init.data_type != TensorProto.FLOAT or np.prod(init.dims) < min_elements:
+            continue
+        half = numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name + "_fp16")
+        name = init.name
+        init.CopyFrom(half)
+        casts.append(helper.make_node("Cast", [half.name], [name], to=TensorProto.FLOAT, name=name + "_cast"))
+    nodes = casts + list(graph.node)  # topological order: casts first
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+WRITERS = {"openvino": write_openvino, "onnx": write_onnx}

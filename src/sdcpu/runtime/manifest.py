@@ -1,0 +1,132 @@
+"""The manifest `sdcpu.json` that makes a converted model folder self-describing and verifiable.
+
+It records where the model came from, what it is (family, prediction type, native size, VAE
+scaling), how it was exported (format, precision per component, library versions) and the sha256
+of every weight and graph file, so a damaged or half-copied folder is refused before it is run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sdcpu.runtime.cache import write_cache_file
+from sdcpu.runtime.errors import SdcpuError
+
+MANIFEST_NAME = "sdcpu.json"
+# 2: every component below is present (1 allowed folders without unet_shallow or vae_encoder).
+MANIFEST_VERSION = 2
+COMPONENTS = ("text_encoder", "unet", "unet_shallow", "vae_decoder", "vae_encoder")
+# The file holding each component's graph, per format (optimum's names, so other tools can read it).
+GRAPH_FILE = {"openvino": "openvino_model.xml", "onnx": "model.onnx"}
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Manifest:
+    source: str
+    family: str
+    prediction_type: str
+    format: str
+    precision: str
+    sample_size: int
+    vae_scale_factor: int
+    vae_scaling_factor: float
+    latent_channels: int
+    components: dict[str, dict[str, Any]]
+    files: dict[str, dict[str, Any]]
+    versions: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        data = {"sdcpu_manifest": MANIFEST_VERSION, **self.__dict__}
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def load(cls, folder: Path) -> Manifest:
+        """Read `folder/sdcpu.json`; raises SdcpuError saying what to do when it is missing or unreadable."""
+        path = Path(folder) / MANIFEST_NAME
+        if not Path(folder).is_dir():
+            raise SdcpuError(f"model folder {folder} does not exist; convert a checkpoint with `sdcpu convert`")
+        if not path.exists():
+            raise SdcpuError(
+                f"{folder} is not an sdcpu model folder (no {MANIFEST_NAME}); "
+                "convert a checkpoint into it with `sdcpu convert SOURCE OUT`"
+            )
+        try:
+            data = json.loads(path.read_text())
+            version = data.pop("sdcpu_manifest")
+            if version == MANIFEST_VERSION:
+                return cls(**data)
+        except (ValueError, TypeError, KeyError, AttributeError) as err:
+            raise SdcpuError(f"{path} is damaged ({err}); convert the model again") from err
+        if isinstance(version, int) and version > MANIFEST_VERSION:
+            raise SdcpuError(f"{folder} was converted by a newer sdcpu (manifest version {version}); upgrade sdcpu")
+        raise SdcpuError(
+            f"{folder} was converted by an older sdcpu (manifest version {version}, this one reads "
+            f"{MANIFEST_VERSION}); convert the checkpoint again with `sdcpu convert`"
+        )
+
+    def graph_path(self, folder: Path, component: str) -> Path:
+        return Path(folder) / component / GRAPH_FILE[self.format]
+
+    def verify(self, folder: Path, hashes: bool = True, record: Path | None = None) -> None:
+        """Check that every listed file is present with its size (and, with `hashes`, its sha256).
+        `record`: a JSON file of hashes already checked; a file whose size, mtime and inode are unchanged
+        since is not read again (as `git status` does), so a warm start skips hashing gigabytes."""
+        known = _read_record(record)
+        recorded = dict(known)
+        for rel, info in sorted(self.files.items()):
+            path = Path(folder) / rel
+            if not path.is_file():
+                raise SdcpuError(f"model folder {folder} is incomplete: {rel} is missing; convert the model again")
+            if path.stat().st_size != info["bytes"]:
+                raise SdcpuError(f"{rel} in {folder} has the wrong size; the folder is damaged, convert it again")
+            if hashes and _known_sha256(path, known) != info["sha256"]:
+                raise SdcpuError(
+                    f"{rel} in {folder} does not match its sha256 in {MANIFEST_NAME}; "
+                    "the file was changed or damaged, convert the model again"
+                )
+        missing = [c for c in COMPONENTS if c not in self.components]
+        if missing:
+            raise SdcpuError(f"model folder {folder} lacks {', '.join(missing)}; convert the model again")
+        if record is not None and known != recorded:  # written only when a file was hashed
+            _write_record(record, known)
+
+
+def _known_sha256(path: Path, known: dict[str, Any]) -> str:
+    st = path.stat()
+    key, stamp = str(path.resolve()), [st.st_size, st.st_mtime_ns, st.st_ino]
+    if known.get(key, {}).get("stat") != stamp:
+        known[key] = {"stat": stamp, "sha256": sha256_file(path)}
+    return str(known[key]["sha256"])
+
+
+def _read_record(record: Path | None) -> dict[str, Any]:
+    try:
+        return dict(json.loads(record.read_text())) if record is not None and record.is_file() else {}
+    except ValueError:  # a damaged record only costs a re-hash
+        return {}
+
+
+def _write_record(record: Path, known: dict[str, Any]) -> None:
+    write_cache_file(record, json.dumps(known, indent=1, sort_keys=True).encode())
+
+
+def describe_files(folder: Path, relative_paths: list[str]) -> dict[str, dict[str, Any]]:
+    """{path: {sha256, bytes}} for the manifest, computed from the files as written."""
+    out = {}
+    for rel in sorted(relative_paths):
+        path = Path(folder) / rel
+        out[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    return out

@@ -1,0 +1,66 @@
+"""Memory policies: how a pipeline holds its networks and splits its work. One object, chosen at load
+(`--low-memory` or not), answers every question the loop has about memory; the loop never branches on it.
+
+- `Resident` (the default): every network stays compiled between images; between phases only its
+  buffers of intermediate results are freed (about 1 GB for SD 1.5's UNet at 512x512); guidance runs
+  as one batch-2 UNet call; the VAE decodes the whole latent at once.
+- `LowMemory`: one network in memory at a time (each is read on first use and dropped after its
+  phase); guidance runs as batch-1 UNet calls, the same arithmetic with half the activations alive;
+  the VAE decodes overlapping tiles (runtime/tiling.py; approximate, seams measured in docs/quality.md).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from sdcpu.runtime.backends import Model
+from sdcpu.runtime.tiling import decode_tiled
+
+# Tiles of 40x40 latents (320x320 pixels for SD) that share at least 8 latent pixels: 2x2 tiles for
+# 512x512, each with 39% of the whole image's decoder activations.
+VAE_TILE, VAE_TILE_OVERLAP = 40, 8
+
+
+class MemoryPolicy(Protocol):
+    name: str
+    lazy: bool  # read each network on first use, not at load
+
+    def free(self, model: Model) -> None: ...
+
+    def batches(self, size: int) -> list[slice]: ...
+
+    def decode(self, decoder: Model, latents: np.ndarray, scale_factor: int) -> np.ndarray: ...
+
+
+class Resident:
+    name, lazy = "resident", False
+
+    def free(self, model: Model) -> None:
+        model.release_memory()  # the compiled weights stay for the next image
+
+    def batches(self, size: int) -> list[slice]:
+        return [slice(None)]
+
+    def decode(self, decoder: Model, latents: np.ndarray, scale_factor: int) -> np.ndarray:
+        return decoder(latent_sample=latents)
+
+
+class LowMemory:
+    name, lazy = "low-memory", True
+
+    def free(self, model: Model) -> None:
+        model.release()
+
+    def batches(self, size: int) -> list[slice]:
+        return [slice(i, i + 1) for i in range(size)]
+
+    def decode(self, decoder: Model, latents: np.ndarray, scale_factor: int) -> np.ndarray:
+        decode = lambda z: decoder(latent_sample=z)  # noqa: E731
+        return decode_tiled(decode, latents, scale_factor, VAE_TILE, VAE_TILE_OVERLAP)
+
+
+def memory_policy(low_memory: bool) -> MemoryPolicy:
+    """The policy for `LoadOptions.low_memory`."""
+    return LowMemory() if low_memory else Resident()

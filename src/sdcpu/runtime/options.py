@@ -1,0 +1,90 @@
+"""How a model folder is loaded: one frozen object, validated in one place, recorded with every image.
+
+Load options are fixed for a Pipeline's life (the engine, its precision, its memory policy, the graph
+passes its networks are compiled with); what changes from one image to the next is GenerationSettings.
+stable-diffusion.cpp separates its context parameters from its generation parameters the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from sdcpu.runtime import precision as compute
+from sdcpu.runtime.cache import default_cache_dir
+from sdcpu.runtime.errors import SdcpuError
+from sdcpu.runtime.manifest import Manifest
+
+BACKENDS = ("openvino", "onnxruntime")
+NATIVE_BACKEND = {"openvino": "openvino", "onnx": "onnxruntime"}
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """`backend`: "openvino" or "onnxruntime" (None: the folder's own). `device`: an OpenVINO device
+    (CPU, GPU, AUTO). `compute_precision`: "f32", "bf16" (OpenVINO on CPUs with native bf16) or "auto"
+    (bf16 where the CPU has it, else f32; see runtime/precision.py). `int8_activations` (OpenVINO,
+    folders with int8 or int4 weights): their MatMuls quantize activations to int8 on the fly
+    (approximate); None: on for int8-hybrid folders on CPUs with VNNI or AMX. `cache`: keep OpenVINO's
+    compiled models and the record of verified hashes in `cache_dir` (None: $SDCPU_CACHE_DIR or
+    ~/.cache/sdcpu), so the next process starts warm. `low_memory`: one network in memory at a time,
+    batch-1 guidance and a tiled VAE decode (runtime/memory.py). `winograd`: 3x3 convolutions of the
+    UNet by Winograd's algorithm on the CPU (faster at f32, more memory; off with `low_memory` and under
+    bf16). `token_downsampling`: f > 1 makes the UNet's highest-resolution self-attention attend to one
+    key and value per f x f block (ToDo; approximate; OpenVINO folders). `verify`: hash the folder's
+    files against the manifest before loading."""
+
+    backend: str | None = None
+    device: str = "CPU"
+    compute_precision: str = "auto"
+    int8_activations: bool | None = None
+    cache: bool = True
+    cache_dir: Path | None = None
+    low_memory: bool = False
+    winograd: bool = True
+    token_downsampling: int = 1
+    verify: bool = True
+
+    def cache_folder(self) -> Path | None:
+        """Where compiled models and verified hashes are kept; None without a cache."""
+        if not self.cache:
+            return None
+        return Path(self.cache_dir).expanduser() if self.cache_dir is not None else default_cache_dir()
+
+    def resolve(self, manifest: Manifest) -> LoadOptions:
+        """These options made concrete for a folder and this machine: the backend named, the compute
+        precision as asked of the engine ("auto" is left only for an OpenVINO device other than the CPU,
+        which keeps its own default), int8 activations and Winograd decided. Raises SdcpuError, saying
+        what to do, for any option this folder, backend or machine cannot run."""
+        backend = self.backend or NATIVE_BACKEND[manifest.format]
+        self._check_backend(backend, manifest.format)
+        if self.token_downsampling < 1:
+            raise SdcpuError(f"token_downsampling must be at least 1 (1 turns it off); got {self.token_downsampling}")
+        # It rewrites OpenVINO's attention op; a graph read from ONNX has attention as separate MatMuls.
+        if self.token_downsampling > 1 and (backend != "openvino" or manifest.format != "openvino"):
+            raise SdcpuError(
+                "token downsampling needs an OpenVINO folder run with --backend openvino; "
+                f"this is a {manifest.format} folder on {backend}: convert it with --format openvino, or leave it off"
+            )
+        capabilities = compute.openvino_capabilities(self.device) if backend == "openvino" else ()
+        precision = compute.resolve(self.compute_precision, backend, self.device, capabilities) or "auto"
+        int8 = compute.resolve_int8_activations(self.int8_activations, backend, manifest.precision)
+        # Winograd's transformed filters take 1.8-4x the memory of direct ones; under bf16 it also gained
+        # nothing (SD 1.5 UNet step on a Zen 4: 4.46 s against 4.11 s direct, warm peak 4.56 GB against
+        # 2.76 GB; docs/benchmarks.md), so bf16 runs direct convolutions.
+        winograd = self.winograd and backend == "openvino" and not self.low_memory and precision != "bf16"
+        return replace(self, backend=backend, compute_precision=precision, int8_activations=int8, winograd=winograd)
+
+    def _check_backend(self, backend: str, fmt: str) -> None:
+        if backend not in BACKENDS:
+            raise SdcpuError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+        if backend == "onnxruntime" and fmt != "onnx":
+            raise SdcpuError(f"onnxruntime cannot read a {fmt} folder; use --backend openvino for this folder")
+        if backend == "onnxruntime" and self.device.upper() != "CPU":
+            raise SdcpuError(
+                f"the onnxruntime backend runs on the CPU only (asked for {self.device}); use --backend openvino"
+            )
+
+    def record(self) -> dict[str, str]:
+        """Each option as text, for the PNG metadata and bench reports."""
+        return {key: str(value) for key, value in asdict(self).items()}

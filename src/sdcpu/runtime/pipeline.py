@@ -1,0 +1,247 @@
+"""The Stable Diffusion pipeline: tokenizer -> text encoder -> denoising loop -> VAE decoder.
+
+Torch-free: numpy drives the loop; OpenVINO or ONNX Runtime run the networks.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from sdcpu.runtime import images as imaging
+from sdcpu.runtime import precision as compute
+from sdcpu.runtime.backends import Model, load_model
+from sdcpu.runtime.backends.graph_passes import graph_passes
+from sdcpu.runtime.cache import VERIFIED_FILES
+from sdcpu.runtime.errors import SdcpuError
+from sdcpu.runtime.manifest import Manifest
+from sdcpu.runtime.memory import memory_policy
+from sdcpu.runtime.options import LoadOptions
+from sdcpu.runtime.schedulers import Scheduler, SchedulerConfig, default_scheduler_name, make_scheduler
+from sdcpu.runtime.settings import GenerationSettings
+from sdcpu.runtime.tokenizer import ClipTokenizer
+from sdcpu.runtime.unet import UNetRunner
+
+Callback = Callable[[int, int, np.ndarray], bool | None]
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    images: list[Image.Image]
+    array: np.ndarray  # (N, H, W, 3) float32 in [0, 1], before 8-bit rounding
+    settings: GenerationSettings
+    completed_steps: int
+    runtime: dict[str, str] = field(default_factory=dict)  # how it ran: backend, device, compute precision
+
+    def save(self, path: str | Path) -> list[Path]:
+        """Write the images as PNG with the settings in their text metadata; returns the paths."""
+        path = Path(path)
+        paths = (
+            [path]
+            if len(self.images) == 1
+            else [path.with_name(f"{path.stem}-{i}{path.suffix or '.png'}") for i in range(len(self.images))]
+        )
+        for i, (image, target) in enumerate(zip(self.images, paths, strict=True)):
+            imaging.save_png(image, target, self.settings.png_metadata(i, self.runtime))
+        return paths
+
+
+def _check_finite(array: np.ndarray, where: str) -> np.ndarray:
+    # NaN or Inf would otherwise end as a black or noise PNG written with exit code 0.
+    if not np.isfinite(array).all():
+        raise SdcpuError(
+            f"NaN or Inf appeared in {where}; no image was written. Try fewer steps, a lower guidance or "
+            "another scheduler; if it persists with --compute-precision f32, the model's weights are broken: "
+            "convert it again"
+        )
+    return array
+
+
+def _demo_folder() -> Path:
+    from sdcpu.models.demo_model import CONVERTED
+
+    if not (CONVERTED / "sdcpu.json").is_file():
+        raise SdcpuError(f"the bundled demo model is missing from this install ({CONVERTED}); pass a model folder")
+    return CONVERTED
+
+
+class Pipeline:
+    """A converted model folder, loaded for generation. Build it with `Pipeline.load(DIR, LoadOptions(...))`."""
+
+    def __init__(self, folder: Path, manifest: Manifest, options: LoadOptions | None = None):
+        self.folder, self.manifest, self.requested = folder, manifest, options or LoadOptions()
+        self.options = self.requested.resolve(manifest)  # validated, with every "auto" decided
+        self.memory = memory_policy(self.options.low_memory)
+        self.passes = graph_passes(self.options)
+        self.applied: dict[str, list[str]] = {}  # component -> the graph passes it is compiled with
+        self.tokenizer = ClipTokenizer(folder / "tokenizer")
+        self.scheduler_config = SchedulerConfig.load(folder / "scheduler" / "scheduler_config.json")
+        self.text_encoder = self._load("text_encoder")
+        self.unet = self._load("unet")
+        self.unet_shallow = self._load("unet_shallow", lazy=True)  # DeepCache's shallow pass, read on first use
+        self.vae_decoder = self._load("vae_decoder")
+        self.vae_encoder = self._load("vae_encoder", lazy=True)  # read on the first img2img
+
+    @classmethod
+    def load(cls, model_dir: str | Path | None = None, options: LoadOptions | None = None) -> Pipeline:
+        """Open a folder made by `sdcpu convert` (default: the bundled demo model) as `options` say,
+        checking its manifest (and, with `options.verify`, its files' hashes; hashes already checked
+        are recorded in the cache folder, so unchanged files are not hashed again)."""
+        folder = Path(model_dir).expanduser() if model_dir is not None else _demo_folder()
+        manifest = Manifest.load(folder)
+        options = options or LoadOptions()
+        cache = options.cache_folder()
+        manifest.verify(folder, hashes=options.verify, record=cache / VERIFIED_FILES if cache is not None else None)
+        return cls(folder, manifest, options)
+
+    def _load(self, component: str, lazy: bool = False) -> Model:
+        precision = self.manifest.components[component]["precision"]
+        passes = [p for p in self.passes if p.applies_to(component, precision, self.options.device)]
+        self.applied[component] = [p.key for p in passes]
+        path = self.manifest.graph_path(self.folder, component)
+        return load_model(path, self.options, passes, lazy=lazy or self.memory.lazy)
+
+    def __call__(
+        self,
+        prompt: str,
+        negative_prompt: str | None = None,
+        steps: int = 20,
+        guidance: float = 7.5,
+        seed: int | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        num_images: int = 1,
+        scheduler: str | None = None,
+        init_image: str | Path | Image.Image | None = None,
+        strength: float = 0.8,
+        latents: np.ndarray | None = None,
+        callback: Callback | None = None,
+        deep_cache: int = 1,
+    ) -> PipelineResult:
+        """Generate images (txt2img, or img2img with `init_image`); see the README for each option."""
+        image = imaging.open_init_image(init_image) if init_image is not None else None
+        default_w, default_h = self._default_size(image)
+        settings = GenerationSettings(
+            prompt=prompt,
+            negative_prompt=negative_prompt or "",
+            steps=steps,
+            guidance=guidance,
+            seed=secrets.randbelow(2**32) if seed is None else seed,
+            width=width or default_w,
+            height=height or default_h,
+            num_images=num_images,
+            scheduler=scheduler or default_scheduler_name(self.scheduler_config),
+            strength=strength if image is not None else None,
+            model=self.manifest.source,
+            deep_cache=deep_cache,
+        ).validate(self.manifest.vae_scale_factor, self.scheduler_config.num_train_timesteps)
+        return self.generate(settings, image, latents, callback)
+
+    def _default_size(self, image: Image.Image | None) -> tuple[int, int]:
+        if image is None:
+            return self.manifest.sample_size, self.manifest.sample_size
+        f = self.manifest.vae_scale_factor
+        return max(f, image.width // f * f), max(f, image.height // f * f)
+
+    def generate(
+        self,
+        s: GenerationSettings,
+        image: Image.Image | None = None,
+        latents: np.ndarray | None = None,
+        callback: Callback | None = None,
+    ) -> PipelineResult:
+        """The denoising loop for validated settings; `latents` replaces the initial noise."""
+        rng = np.random.default_rng(s.seed)
+        # 1. Text conditioning: one batch of [negative x N, prompt x N] when guided, so that one UNet call
+        #    gives both predictions (the runner splits it under a low-memory policy).
+        embeddings = self._encode_text(s.prompt, s.negative_prompt, s.num_images, guided=s.guidance > 1.0)
+        unet = UNetRunner(self.unet, self.unet_shallow, self.memory, embeddings, s.guidance, s.deep_cache)
+        # 2. Timesteps of the chosen scheduler.
+        scheduler = make_scheduler(s.scheduler, self.scheduler_config)
+        scheduler.set_timesteps(s.steps)
+        # 3. Initial latents z_T ~ N(0, sigma_init^2 I), or for img2img (SDEdit, https://arxiv.org/abs/2108.01073)
+        #    the encoded image noised to the timestep where the strength-truncated schedule starts.
+        f = self.manifest.vae_scale_factor
+        shape = (s.num_images, self.manifest.latent_channels, s.height // f, s.width // f)
+        start = 0
+        if image is None:
+            x = self._noise(latents, shape, rng) * np.float32(scheduler.init_noise_sigma)
+        else:
+            start = self._img2img_start(scheduler, s)
+            x0 = self._encode_image(image, s, rng)
+            x = scheduler.add_noise(x0, self._noise(latents, shape, rng), start)
+            scheduler.set_begin_index(start)
+        # 4. Denoise: the runner's guided noise prediction, then one scheduler step.
+        timesteps = scheduler.timesteps[start:]
+        done = 0
+        for i, t in enumerate(timesteps):
+            eps = _check_finite(unet(scheduler.scale_model_input(x, t), t, i), f"the UNet's output at step {i + 1}")
+            x = _check_finite(scheduler.step(eps, t, x, rng), f"the latents after step {i + 1}")
+            done += 1
+            if callback is not None and callback(done, len(timesteps), x) is False:
+                break
+        # 5. Decode: z / scaling_factor through the VAE decoder, to [0, 1] pixels, with the UNet's buffers
+        #    freed first (or the whole UNet, and then tile by tile, under a low-memory policy).
+        unet.release()
+        decoded = self._decode((x / np.float32(self.manifest.vae_scaling_factor)).astype(np.float32))
+        array = imaging.decoded_to_float(_check_finite(decoded, "the decoded image"))
+        return PipelineResult(imaging.float_to_pil(array), array, s, done, self.runtime_info())
+
+    def runtime_info(self) -> dict[str, str]:
+        """How the networks ran: the load options as resolved (backend, device with its name, memory
+        policy, graph passes) and the compute precision each network was compiled for (as the engine
+        reports it) next to the one asked for."""
+        networks = {"text_encoder": self.text_encoder, "unet": self.unet, "unet_shallow": self.unet_shallow}
+        networks |= {"vae_decoder": self.vae_decoder, "vae_encoder": self.vae_encoder}
+        ran = {name: m.compute_precision for name, m in networks.items() if m.compute_precision}
+        kinds = set(ran.values())
+        o = self.options
+        return o.record() | {
+            "device": f"{o.device} ({compute.device_name(str(o.backend), o.device)})",
+            "compute_precision": kinds.pop() if len(kinds) == 1 else ", ".join(f"{k}={v}" for k, v in ran.items()),
+            "compute_precision_requested": self.requested.compute_precision,
+            "memory": self.memory.name,
+            "graph_passes": "; ".join(f"{c}: {', '.join(keys)}" for c, keys in self.applied.items() if keys),
+        }
+
+    def _encode_text(self, prompt: str, negative: str, n: int, guided: bool) -> np.ndarray:
+        prompts = [negative, prompt] if guided else [prompt]
+        hidden = self.text_encoder(input_ids=self.tokenizer(prompts))
+        self.memory.free(self.text_encoder)
+        return np.repeat(hidden, n, axis=0).astype(np.float32)  # [neg]*n + [prompt]*n
+
+    def _decode(self, latents: np.ndarray) -> np.ndarray:
+        pixels = self.memory.decode(self.vae_decoder, latents, self.manifest.vae_scale_factor)
+        self.memory.free(self.vae_decoder)
+        return pixels
+
+    def _noise(self, latents: np.ndarray | None, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+        if latents is None:
+            return rng.standard_normal(shape, dtype=np.float32)
+        if tuple(latents.shape) != shape:
+            raise SdcpuError(f"latents must have shape {shape} for these settings; got {tuple(latents.shape)}")
+        return latents.astype(np.float32)
+
+    def _img2img_start(self, scheduler: Scheduler, s: GenerationSettings) -> int:
+        # As diffusers: run the last int(steps * strength) steps of the schedule.
+        assert s.strength is not None
+        kept = min(int(s.steps * s.strength), s.steps)
+        if kept == 0:
+            raise SdcpuError(f"strength {s.strength} with {s.steps} steps leaves no step to run; raise either")
+        return (s.steps - kept) * scheduler.order
+
+    def _encode_image(self, image: Image.Image, s: GenerationSettings, rng: np.random.Generator) -> np.ndarray:
+        pixels = imaging.image_to_array(image, s.width, s.height)
+        moments = self.vae_encoder(sample=pixels)
+        self.memory.free(self.vae_encoder)
+        # q(z|x) = N(mean, exp(logvar)): sample it (as diffusers does), then scale to the UNet's latent space.
+        mean, logvar = np.split(moments, 2, axis=1)
+        std = np.exp(0.5 * np.clip(logvar, -30.0, 20.0))
+        z = mean + std * rng.standard_normal(mean.shape, dtype=np.float32)
+        z = np.repeat(z, s.num_images, axis=0)
+        return (z * np.float32(self.manifest.vae_scaling_factor)).astype(np.float32)

@@ -1,0 +1,62 @@
+"""The settings of one generation, checked once and frozen; they also become the PNG metadata."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+from sdcpu.runtime.errors import SdcpuError
+from sdcpu.runtime.schedulers import SCHEDULERS
+
+MAX_GUIDANCE = 100.0  # far above any useful scale (7.5 is usual); beyond it images are saturated noise
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    prompt: str
+    negative_prompt: str
+    steps: int
+    guidance: float
+    seed: int
+    width: int
+    height: int
+    num_images: int
+    scheduler: str
+    strength: float | None  # None for txt2img
+    model: str
+    deep_cache: int = 1  # DeepCache: the whole UNet every N steps, a shallow pass between (1: every step)
+
+    def validate(self, multiple: int, max_steps: int = 1000) -> GenerationSettings:
+        """Raise SdcpuError (with what to do) on any setting the pipeline cannot run; `max_steps`: the
+        model's training timesteps, the most any scheduler can take distinct steps over."""
+        if self.width % multiple or self.height % multiple or self.width <= 0 or self.height <= 0:
+            raise SdcpuError(
+                f"width and height must be positive multiples of {multiple}; got {self.width}x{self.height}"
+            )
+        if not 1 <= self.steps < max_steps:
+            raise SdcpuError(f"steps must be at least 1 and below the model's {max_steps} timesteps; got {self.steps}")
+        if not 0 <= self.guidance <= MAX_GUIDANCE:  # NaN fails the comparison too
+            raise SdcpuError(
+                f"guidance must be a finite number from 0 to {MAX_GUIDANCE:g} (1 or less turns classifier-free "
+                f"guidance off); got {self.guidance}"
+            )
+        if self.num_images < 1:
+            raise SdcpuError(f"num_images must be at least 1; got {self.num_images}")
+        if self.strength is not None and not 0 < self.strength <= 1:
+            raise SdcpuError(f"strength must be in (0, 1]; got {self.strength}")
+        if self.deep_cache < 1:
+            raise SdcpuError(f"deep_cache must be at least 1 (1 runs the whole UNet every step); got {self.deep_cache}")
+        if self.scheduler not in SCHEDULERS:
+            raise SdcpuError(f"unknown scheduler {self.scheduler!r}; choose one of: {', '.join(SCHEDULERS)}")
+        if not 0 <= self.seed < 2**63:
+            raise SdcpuError(f"seed must be a non-negative integer below 2**63; got {self.seed}")
+        return self
+
+    def png_metadata(self, index: int, runtime: dict[str, str] | None = None) -> dict[str, str]:
+        """PNG text chunks: each setting, then how it ran (`runtime`: backend, device, compute precision),
+        and all of it as one JSON chunk "sdcpu"."""
+        runtime = runtime or {}
+        data = {k: str(v) for k, v in asdict(self).items() if v is not None} | runtime
+        data["image_index"] = str(index)
+        data["sdcpu"] = json.dumps({**asdict(self), "image_index": index, "runtime": runtime})
+        return data
