@@ -1,4 +1,11 @@
-"""Session fixtures: tiny random pipelines, written once and converted once per test run."""
+"""Session fixtures: tiny random pipelines, written once and converted once per test run; and the
+test tiers (markers registered in pyproject.toml):
+
+- `parity`: needs the `[export]` extra (torch, diffusers, nncf): converts tiny pipelines, compares with
+  PyTorch and diffusers. Set on every test that uses a converting fixture, and by hand on the others.
+- `slow`: over about 10 s alone. Set by hand.
+- `unit`: all the rest: torch-free and fast, `pytest -m unit` is the inner loop (CONTRIBUTING.md).
+"""
 
 from __future__ import annotations
 
@@ -59,3 +66,16 @@ def sd2v_openvino(tiny_sd2v, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def converted(request, sd1_openvino, sd1_onnx) -> Path:
     return {"openvino": sd1_openvino, "onnx": sd1_onnx}[request.param]
+
+
+# Fixtures that convert with the export extra: a test using any of them is a parity test.
+CONVERTING_FIXTURES = {"tiny_sd1", "tiny_sd2v", "sd1_openvino", "sd1_onnx", "sd2v_openvino", "converted"}
+CONVERTING_FIXTURES |= {"demo_onnx", "quantized", "single_file"}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        if CONVERTING_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.parity)
+        if not any(item.get_closest_marker(name) for name in ("parity", "slow")):
+            item.add_marker(pytest.mark.unit)

@@ -95,6 +95,7 @@ def test_the_blob_key_holds_the_compute_precision(sd1_openvino, tmp_path):
 
 
 @needs_bf16
+@pytest.mark.parity
 def test_bf16_components_stay_near_pytorch(sd1_openvino):
     torch = pytest.importorskip("torch")
     import tiny

@@ -15,6 +15,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
+pytestmark = pytest.mark.parity
 
 import ldm_checkpoint  # noqa: E402
 import tiny  # noqa: E402
@@ -56,6 +57,7 @@ def single_file(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["tiny.safetensors", "tiny.ckpt"])
 def test_single_file_converts_offline_and_matches_diffusers(name, single_file, tiny_sd1, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -121,6 +123,7 @@ def test_detect_preset():
         detect_preset({"weight": 0})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["openvino", "onnx"])
 def test_fp16_halves_the_weights_and_stays_close(fmt, tiny_sd1, sd1_openvino, sd1_onnx, tmp_path):
     out = tmp_path / "fp16"
@@ -136,6 +139,7 @@ def test_fp16_halves_the_weights_and_stays_close(fmt, tiny_sd1, sd1_openvino, sd
     assert float(np.abs(a - b).mean()) < 0.02
 
 
+@pytest.mark.slow
 def test_folder_with_tokenizer_json_only_converts_and_generates_the_same(tiny_sd1, sd1_openvino, tmp_path):
     # As transformers 5 saves a pipeline (and optimum-intel exports it): no vocab.json or merges.txt.
     source = tmp_path / "source"
@@ -164,6 +168,7 @@ def test_failed_convert_leaves_nothing(tiny_sd1, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_killed_convert_leaves_nothing_generate_accepts(tiny_sd1, tmp_path):
     out = tmp_path / "out"
     script = (

@@ -14,6 +14,7 @@ from sdcpu.runtime.errors import SdcpuError
 from sdcpu.runtime.options import LoadOptions
 
 torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.parity
 import tiny  # noqa: E402
 
 # The tiny UNet has cross-attention in its outer level; this one has none there (as the demo model).

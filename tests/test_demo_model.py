@@ -29,6 +29,7 @@ SAMPLE_MARGIN = 0.16
 
 @pytest.fixture(scope="session")
 def demo_onnx(tmp_path_factory) -> Path:
+    pytest.importorskip("torch")
     from sdcpu.export import convert
 
     out = tmp_path_factory.mktemp("demo") / "onnx"
@@ -48,7 +49,10 @@ def test_bundled_demo_is_complete_and_verified():
     assert size < 30e6
 
 
+@pytest.mark.parity
+@pytest.mark.slow
 def test_bundled_demo_equals_a_fresh_conversion_of_its_source(tmp_path):
+    pytest.importorskip("torch")
     from sdcpu.export import convert
 
     convert(str(SOURCE), tmp_path / "ov", "openvino", "fp32", progress=lambda _: None)
@@ -59,6 +63,7 @@ def test_demo_on_onnxruntime_matches_openvino(demo_onnx):
     assert float(np.abs(generate(demo_onnx, backend="onnxruntime") - generate(None)).max()) <= 2 / 255
 
 
+@pytest.mark.parity
 def test_demo_matches_diffusers_on_the_original_weights():
     torch = pytest.importorskip("torch")
     from diffusers import DDIMScheduler, StableDiffusionPipeline

@@ -11,6 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
+pytestmark = pytest.mark.parity
 
 import tiny  # noqa: E402
 

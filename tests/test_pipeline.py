@@ -46,6 +46,7 @@ def test_latents_of_the_wrong_shape_are_refused(sd1_openvino):
         )
 
 
+@pytest.mark.slow
 def test_hub_id_is_fetched_as_safetensors_only(tiny_sd1, tmp_path, monkeypatch):
     import huggingface_hub
 

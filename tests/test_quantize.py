@@ -12,15 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sdcpu.export import convert
-from sdcpu.export.calibration import CalibrationSettings
-from sdcpu.runtime.errors import SdcpuError
-from sdcpu.runtime.manifest import Manifest
-from sdcpu.runtime.options import LoadOptions
-from sdcpu.runtime.pipeline import Pipeline
-from sdcpu.runtime.precision import cpu_info
-
+pytest.importorskip("torch")
 pytest.importorskip("nncf")
+pytestmark = pytest.mark.parity
+
+from sdcpu.export import convert  # noqa: E402
+from sdcpu.export.calibration import CalibrationSettings  # noqa: E402
+from sdcpu.runtime.errors import SdcpuError  # noqa: E402
+from sdcpu.runtime.manifest import Manifest  # noqa: E402
+from sdcpu.runtime.options import LoadOptions  # noqa: E402
+from sdcpu.runtime.pipeline import Pipeline  # noqa: E402
+from sdcpu.runtime.precision import cpu_info  # noqa: E402
 
 CASES = [("openvino", "int8"), ("openvino", "int4"), ("openvino", "int8-hybrid"), ("onnx", "int8")]
 COMPONENTS = ("text_encoder", "unet", "unet_shallow", "vae_decoder", "vae_encoder")

@@ -7,10 +7,12 @@ import json
 import numpy as np
 import pytest
 import tiny
+
 from sdcpu.runtime.schedulers import SCHEDULERS, SchedulerConfig, make_scheduler
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
+pytestmark = pytest.mark.parity
 
 REFERENCE = tiny.REFERENCE
 SD1 = tiny.SD1_SCHEDULER

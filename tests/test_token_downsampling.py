@@ -8,7 +8,6 @@ import numpy as np
 import openvino as ov
 import openvino.opset13 as ops
 import pytest
-import torch
 
 from sdcpu import Pipeline
 from sdcpu.runtime.backends.token_downsampling import downsample_self_attention, nearest_exact
@@ -19,7 +18,9 @@ F32 = {"INFERENCE_PRECISION_HINT": "f32"}  # pinned: the CPU plugin computes in 
 
 
 @pytest.mark.parametrize(("size", "factor"), [(64, 2), (65, 2), (7, 3), (5, 1)])
+@pytest.mark.parity
 def test_picked_tokens_are_pytorchs_nearest_exact(size, factor):
+    torch = pytest.importorskip("torch")
     grid = torch.arange(size, dtype=torch.float32).reshape(1, 1, size)
     count = -(-size // factor)
     expected = torch.nn.functional.interpolate(grid, size=count, mode="nearest-exact")

@@ -1,6 +1,6 @@
 """Train the bundled demo model: a tiny latent diffusion model with Stable Diffusion's own classes.
 
-    python -m sdcpu.models.train_demo --work /tmp/demo-train --out models/demo/source
+    python tools/train_demo.py --work /tmp/demo-train --out src/sdcpu/models/demo/source
 
 Two stages, fixed seeds: (1) the VAE (diffusers AutoencoderKL, 4x downsampling, 4 latent channels)
 on rendered scenes; (2) the UNet (UNet2DConditionModel) and text encoder (transformers CLIPTextModel)

@@ -197,13 +197,17 @@ def generate(
                 callback=progress.update,
                 deep_cache=deep_cache,
             )
-        for warning in caught:
-            console.print(f"[yellow]warning:[/yellow] {warning.message}", highlight=False, soft_wrap=True)
-        for path in result.save(out):
-            ran = f"seed {result.settings.seed}, {result.runtime['compute_precision']} on {result.runtime['device']}"
-            console.print(f"wrote {path} ({ran})", highlight=False, soft_wrap=True)
+        _save(result, out, [str(w.message) for w in caught])
     except SdcpuError as err:
         raise fail(err) from None
+
+
+def _save(result, out: Path, warned: list[str]) -> None:
+    for message in warned:
+        console.print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)
+    for path in result.save(out):
+        ran = f"seed {result.settings.seed}, {result.runtime['compute_precision']} on {result.runtime['device']}"
+        console.print(f"wrote {path} ({ran})", highlight=False, soft_wrap=True)
 
 
 @app.command(name="eval")
