@@ -51,13 +51,21 @@ class LoadOptions:
             return None
         return Path(self.cache_dir).expanduser() if self.cache_dir is not None else default_cache_dir()
 
-    def resolve(self, manifest: Manifest) -> LoadOptions:
-        """These options made concrete for a folder and this machine: the backend named, the compute
-        precision as asked of the engine ("auto" is left only for an OpenVINO device other than the CPU,
-        which keeps its own default), int8 activations and Winograd decided. Raises SdcpuError, saying
-        what to do, for any option this folder, backend or machine cannot run."""
+    def validate(self, manifest: Manifest) -> None:
+        """Raise SdcpuError, saying what to do, for any option this folder cannot run with. (What the
+        machine cannot run, such as bf16 without native bf16, is refused by `resolve`.)"""
         backend = self.backend or NATIVE_BACKEND[manifest.format]
-        self._check_backend(backend, manifest.format)
+        if backend not in BACKENDS:
+            raise SdcpuError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+        if backend == "onnxruntime" and manifest.format != "onnx":
+            raise SdcpuError(f"onnxruntime cannot read a {manifest.format} folder; use --backend openvino for it")
+        if backend == "onnxruntime" and self.device.upper() != "CPU":
+            raise SdcpuError(
+                f"the onnxruntime backend runs on the CPU only (asked for {self.device}); use --backend openvino"
+            )
+        if self.compute_precision not in compute.COMPUTE_PRECISIONS:
+            choices = ", ".join(compute.COMPUTE_PRECISIONS)
+            raise SdcpuError(f"unknown compute precision {self.compute_precision!r}; choose one of: {choices}")
         if self.token_downsampling < 1:
             raise SdcpuError(f"token_downsampling must be at least 1 (1 turns it off); got {self.token_downsampling}")
         # It rewrites OpenVINO's attention op; a graph read from ONNX has attention as separate MatMuls.
@@ -66,6 +74,14 @@ class LoadOptions:
                 "token downsampling needs an OpenVINO folder run with --backend openvino; "
                 f"this is a {manifest.format} folder on {backend}: convert it with --format openvino, or leave it off"
             )
+
+    def resolve(self, manifest: Manifest) -> LoadOptions:
+        """These options, validated, made concrete for a folder and this machine: the backend named, the
+        compute precision as asked of the engine ("auto" is left only for an OpenVINO device other than
+        the CPU, which keeps its own default), int8 activations and Winograd decided. Raises SdcpuError,
+        saying what to do, for any option this folder, backend or machine cannot run."""
+        self.validate(manifest)
+        backend = self.backend or NATIVE_BACKEND[manifest.format]
         capabilities = compute.openvino_capabilities(self.device) if backend == "openvino" else ()
         precision = compute.resolve(self.compute_precision, backend, self.device, capabilities) or "auto"
         int8 = compute.resolve_int8_activations(self.int8_activations, backend, manifest.precision)
@@ -74,16 +90,6 @@ class LoadOptions:
         # 2.76 GB; docs/benchmarks.md), so bf16 runs direct convolutions.
         winograd = self.winograd and backend == "openvino" and not self.low_memory and precision != "bf16"
         return replace(self, backend=backend, compute_precision=precision, int8_activations=int8, winograd=winograd)
-
-    def _check_backend(self, backend: str, fmt: str) -> None:
-        if backend not in BACKENDS:
-            raise SdcpuError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
-        if backend == "onnxruntime" and fmt != "onnx":
-            raise SdcpuError(f"onnxruntime cannot read a {fmt} folder; use --backend openvino for this folder")
-        if backend == "onnxruntime" and self.device.upper() != "CPU":
-            raise SdcpuError(
-                f"the onnxruntime backend runs on the CPU only (asked for {self.device}); use --backend openvino"
-            )
 
     def record(self) -> dict[str, str]:
         """Each option as text, for the PNG metadata and bench reports."""
