@@ -164,7 +164,7 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def prepare(work: Path) -> dict:
-    from sdcpu.export import convert
+    from sdcpu.export.convert import convert
 
     times = {}
     if not (work / "diffusers" / "unet").exists():

@@ -130,7 +130,7 @@ def prepare(work: Path, names: list[str], peer_python: str) -> None:
             cli = [peer_python, "-m", "optimum.commands.optimum_cli", "export", "openvino", "--task", "text-to-image"]
             subprocess.run([*cli, "--model", str(work / "diffusers"), "--weight-format", precision, str(work / folder)])
         else:
-            from sdcpu.export import convert
+            from sdcpu.export.convert import convert
 
             convert(str(work / "diffusers"), work / folder, "onnx" if kind == "onnxruntime" else "openvino", precision)
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 from benchmark import machine  # bench/ is on the path when this file is run as a script
 
-from sdcpu.export import convert
 from sdcpu.export.calibration import CalibrationSettings
+from sdcpu.export.convert import convert
 from sdcpu.models import demo_world as world
 from sdcpu.models.demo_model import SOURCE
 from sdcpu.runtime.evaluation import evaluate

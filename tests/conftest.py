@@ -41,7 +41,7 @@ def tiny_sd2v(tmp_path_factory) -> Path:
 
 
 def _converted(source: Path, fmt: str, tmp_path_factory) -> Path:
-    from sdcpu.export import convert
+    from sdcpu.export.convert import convert
 
     out = tmp_path_factory.mktemp("converted") / f"{source.name}-{fmt}"
     convert(str(source), out, fmt, "fp32", progress=lambda _: None)

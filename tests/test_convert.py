@@ -23,7 +23,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 from sdcpu import Pipeline, SdcpuError  # noqa: E402
 from sdcpu.cli.main import app  # noqa: E402
-from sdcpu.export import convert  # noqa: E402
+from sdcpu.export.convert import convert  # noqa: E402
 from sdcpu.export.single_file import detect_preset  # noqa: E402
 from sdcpu.models.presets import PRESETS  # noqa: E402
 from sdcpu.runtime.manifest import Manifest, sha256_file  # noqa: E402
@@ -172,7 +172,7 @@ def test_failed_convert_leaves_nothing(tiny_sd1, tmp_path, monkeypatch):
 def test_killed_convert_leaves_nothing_generate_accepts(tiny_sd1, tmp_path):
     out = tmp_path / "out"
     script = (
-        f"from sdcpu.export import convert\n"
+        f"from sdcpu.export.convert import convert\n"
         f"convert({str(tiny_sd1)!r}, {str(out)!r}, 'onnx', progress=lambda l: print(l, flush=True))"
     )
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)

@@ -30,7 +30,7 @@ SAMPLE_MARGIN = 0.16
 @pytest.fixture(scope="session")
 def demo_onnx(tmp_path_factory) -> Path:
     pytest.importorskip("torch")
-    from sdcpu.export import convert
+    from sdcpu.export.convert import convert
 
     out = tmp_path_factory.mktemp("demo") / "onnx"
     convert(str(SOURCE), out, "onnx", "fp32", progress=lambda _: None)
@@ -43,7 +43,7 @@ def generate(folder: Path | None, caption: str = CAPTION, seed: int = 0, backend
 
 def test_bundled_demo_is_complete_and_verified():
     manifest = Manifest.load(CONVERTED)
-    manifest.verify(CONVERTED, hashes=True)
+    manifest.verify(CONVERTED, "full")
     assert (manifest.format, manifest.precision, manifest.sample_size) == ("openvino", "fp32", world.SIZE)
     size = sum(f.stat().st_size for f in [*CONVERTED.rglob("*"), *SOURCE.rglob("*")] if f.is_file())
     assert size < 30e6
@@ -53,7 +53,7 @@ def test_bundled_demo_is_complete_and_verified():
 @pytest.mark.slow
 def test_bundled_demo_equals_a_fresh_conversion_of_its_source(tmp_path):
     pytest.importorskip("torch")
-    from sdcpu.export import convert
+    from sdcpu.export.convert import convert
 
     convert(str(SOURCE), tmp_path / "ov", "openvino", "fp32", progress=lambda _: None)
     np.testing.assert_allclose(generate(None), generate(tmp_path / "ov"), atol=1e-4)

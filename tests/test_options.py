@@ -113,7 +113,7 @@ def test_the_pipeline_records_its_load_options(monkeypatch):
     pipe = Pipeline.load(None, LoadOptions(compute_precision="f32", cache=False, token_downsampling=2))
     info = pipe.runtime_info()
     assert info["compute_precision_requested"] == "f32" and info["token_downsampling"] == "2"
-    assert info["memory"] == "resident" and info["backend"] == "openvino" and info["verify"] == "True"
+    assert info["memory"] == "resident" and info["backend"] == "openvino" and info["verify"] == "fast"
     assert (
         info["graph_passes"]
         == "unet: winograd r2, token-downsampling-2 r1; unet_shallow: winograd r2, token-downsampling-2 r1"

@@ -50,7 +50,7 @@ def test_latents_of_the_wrong_shape_are_refused(sd1_openvino):
 def test_hub_id_is_fetched_as_safetensors_only(tiny_sd1, tmp_path, monkeypatch):
     import huggingface_hub
 
-    from sdcpu.export import convert
+    from sdcpu.export.convert import convert
 
     asked = {}
 

@@ -16,8 +16,8 @@ pytest.importorskip("torch")
 pytest.importorskip("nncf")
 pytestmark = pytest.mark.parity
 
-from sdcpu.export import convert  # noqa: E402
 from sdcpu.export.calibration import CalibrationSettings  # noqa: E402
+from sdcpu.export.convert import convert  # noqa: E402
 from sdcpu.runtime.errors import SdcpuError  # noqa: E402
 from sdcpu.runtime.manifest import Manifest  # noqa: E402
 from sdcpu.runtime.options import LoadOptions  # noqa: E402

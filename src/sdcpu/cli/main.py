@@ -5,6 +5,7 @@ Errors the user can fix (SdcpuError) are printed without a traceback and exit wi
 
 from __future__ import annotations
 
+import re
 import sys
 import warnings
 from enum import Enum
@@ -13,6 +14,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from sdcpu.runtime.errors import SdcpuError
 
@@ -24,6 +26,10 @@ app = typer.Typer(
 console = Console(stderr=True)
 MODEL_HELP = "folder made by `sdcpu convert` (default: the bundled demo model)"
 LOW_MEMORY_HELP = "one network in memory at a time, batch-1 guidance, tiled VAE decode: slower, far smaller peak"
+VERIFY_HELP = (
+    "check the model's files against its manifest: fast = hash files changed since last hashed (by size, mtime "
+    "and inode), full = hash every file, sizes = presence and sizes only"
+)
 DEEP_CACHE_HELP = (
     "DeepCache: run the whole UNet every N steps and only its outermost layers in between, reusing "
     "the deep features (faster, approximate; 1 = off)"
@@ -53,6 +59,12 @@ class Format(str, Enum):
     onnx = "onnx"
 
 
+class VerifyMode(str, Enum):
+    fast = "fast"
+    full = "full"
+    sizes = "sizes"
+
+
 class ComputePrecision(str, Enum):
     auto = "auto"
     f32 = "f32"
@@ -68,6 +80,7 @@ Cache = Annotated[bool, typer.Option(help=CACHE_HELP)]
 TokenDownsampling = Annotated[int, typer.Option(help=TOKEN_DOWNSAMPLING_HELP)]
 Precision = Annotated[ComputePrecision, typer.Option(help=PRECISION_HELP)]
 Int8Activations = Annotated[bool | None, typer.Option(INT8_FLAG, help=INT8_ACTIVATIONS_HELP)]
+Verify = Annotated[VerifyMode, typer.Option(help=VERIFY_HELP)]
 
 
 def load_options(
@@ -79,6 +92,7 @@ def load_options(
     low_memory: bool = False,
     winograd: bool = True,
     token_downsampling: int = 1,
+    verify: VerifyMode = VerifyMode.fast,
 ):
     """The LoadOptions for these flags (validated when the model is loaded)."""
     from sdcpu.runtime.options import LoadOptions
@@ -92,11 +106,14 @@ def load_options(
         low_memory=low_memory,
         winograd=winograd,
         token_downsampling=token_downsampling,
+        verify=verify.value,
     )
 
 
 def fail(err: Exception) -> typer.Exit:
-    console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+    # Plain text: terminal escapes that came with a library's message are dropped, and so is markup.
+    message = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", str(err))
+    console.print("[red]error:[/red] ", escape(message), sep="", highlight=False, soft_wrap=True)
     return typer.Exit(code=2)
 
 
@@ -119,7 +136,7 @@ def convert(
 ) -> None:
     """Convert a Stable Diffusion checkpoint to OpenVINO IR or ONNX."""
     try:
-        from sdcpu.export import convert as run_convert
+        from sdcpu.export.convert import convert as run_convert
     except ImportError as err:
         missing = SdcpuError(f"convert needs the export extra ({err.name} is missing): pip install 'sdcpu[export]'")
         raise fail(missing) from None
@@ -145,6 +162,7 @@ def convert(
 def generate(
     prompt: Annotated[str, typer.Argument(help="what to draw")],
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write (image-N.png for several)")],
+    overwrite: Annotated[bool, typer.Option(help="replace --out if it exists")] = False,
     model: Annotated[Path | None, typer.Option("--model", "-m", help=MODEL_HELP)] = None,
     negative_prompt: Annotated[str | None, typer.Option(help="what to steer away from")] = None,
     steps: Annotated[int, typer.Option(help="denoising steps")] = 20,
@@ -168,16 +186,18 @@ def generate(
     low_memory: LowMemory = False,
     winograd: Winograd = True,
     token_downsampling: TokenDownsampling = 1,
+    verify: Verify = VerifyMode.fast,
 ) -> None:
     """Generate images from a prompt (or from an init image and a prompt)."""
     from sdcpu.cli.progress import StepProgress
+    from sdcpu.runtime.outputs import output_paths
     from sdcpu.runtime.pipeline import Pipeline
 
     options = load_options(
-        backend, device, compute_precision, int8_activations, cache, low_memory, winograd, token_downsampling
+        backend, device, compute_precision, int8_activations, cache, low_memory, winograd, token_downsampling, verify
     )
     try:
-        _check_writable(out)
+        output_paths(out, num_images, overwrite)  # before any work: a bad --out costs nothing
         with console.status("loading model"):
             pipe = Pipeline.load(model, options)
         with warnings.catch_warnings(record=True) as caught, StepProgress(console) as progress:
@@ -197,15 +217,15 @@ def generate(
                 callback=progress.update,
                 deep_cache=deep_cache,
             )
-        _save(result, out, [str(w.message) for w in caught])
+        _save(result, out, overwrite, [str(w.message) for w in caught])
     except SdcpuError as err:
         raise fail(err) from None
 
 
-def _save(result, out: Path, warned: list[str]) -> None:
+def _save(result, out: Path, overwrite: bool, warned: list[str]) -> None:
     for message in warned:
         console.print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)
-    for path in result.save(out):
+    for path in result.save(out, overwrite):
         ran = f"seed {result.settings.seed}, {result.runtime['compute_precision']} on {result.runtime['device']}"
         console.print(f"wrote {path} ({ran})", highlight=False, soft_wrap=True)
 
@@ -269,6 +289,7 @@ def benchmark(
     low_memory: LowMemory = False,
     winograd: Winograd = True,
     token_downsampling: TokenDownsampling = 1,
+    verify: Verify = VerifyMode.fast,
 ) -> None:
     """Time load, text encoding, each UNet step, VAE decode and the whole run; peak RSS per model."""
     import json
@@ -276,7 +297,7 @@ def benchmark(
     from sdcpu.runtime.bench import BenchSettings, bench
 
     options = load_options(
-        backend, device, compute_precision, int8_activations, cache, low_memory, winograd, token_downsampling
+        backend, device, compute_precision, int8_activations, cache, low_memory, winograd, token_downsampling, verify
     )
     settings = BenchSettings(steps=steps, runs=runs, width=width, height=height, deep_cache=deep_cache, load=options)
     folders = [model] if compare is None else [model, compare]
@@ -359,14 +380,6 @@ def _calibration(prompts: Path | None, size: int):
     if not prompts.is_file():
         raise SdcpuError(f"--calibration-prompts {prompts} is not a file; give a text file with one prompt per line")
     return CalibrationSettings.from_file(prompts, size)
-
-
-def _check_writable(out: Path) -> None:
-    folder = out.parent if str(out.parent) else Path(".")
-    if not folder.is_dir():
-        raise SdcpuError(f"the output folder {folder} does not exist")
-    if out.is_dir():
-        raise SdcpuError(f"--out {out} is a folder; give a file name such as {out / 'image.png'}")
 
 
 def main() -> None:

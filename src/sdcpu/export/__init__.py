@@ -1,5 +1,3 @@
-"""Checkpoint conversion (needs the `[export]` extra: torch, diffusers, transformers)."""
-
-from sdcpu.export.convert import convert
-
-__all__ = ["convert"]
+"""Checkpoint conversion (needs the `[export]` extra: torch, diffusers, transformers): `convert` in
+`sdcpu.export.convert`. Nothing is imported here, so that the torch-free checks (safetensors headers)
+can be used, and tested, without torch."""

@@ -104,7 +104,7 @@ def _export_components(
         kind, make_spec = COMPONENT_SPECS[component]
         if kind not in loaded:
             loaded.clear()  # one torch model in memory at a time (the VAE serves two components)
-            loaded[kind] = src.load(kind)
+            loaded[kind] = _check_finite_weights(src.load(kind), kind)
         folder = staged / component
         folder.mkdir()
         exact = component_precision(precision, component)
@@ -114,6 +114,16 @@ def _export_components(
         progress(f"{component}: exported to {fmt} {exact} in {time.perf_counter() - start:.1f} s")
     loaded.clear()
     return files
+
+
+def _check_finite_weights(model: Any, kind: str) -> Any:
+    # NaN or Inf weights would convert without a word and give black images: refuse them, named.
+    import torch
+
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise SdcpuError(f"the checkpoint's {kind} weight {name} holds NaN or Inf; the checkpoint is damaged")
+    return model
 
 
 def _calibrator(src: Source, staged: Path, settings: CalibrationSettings, progress: Callable[[str], None]) -> Calibrate:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
-from sdcpu.export.sources import Source, family_of
+from sdcpu.export.safetensors_check import check_safetensors
+from sdcpu.export.sources import Source, family_of, read_config
 from sdcpu.models.presets import PRESETS, Preset
 from sdcpu.runtime.errors import SdcpuError
 from sdcpu.runtime.tokenizer import TOKENIZER_FILES, has_vocabulary
@@ -32,14 +34,18 @@ def load_state_dict(path: Path) -> dict[str, Any]:
     if path.suffix.lower() == ".safetensors":
         from safetensors.torch import load_file
 
+        check_safetensors(path)
         return load_file(str(path))
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        # torch's own message advises weights_only=False, the opposite of what to do with such a file.
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        what = f" (it calls {found.group(1)})" if found else ""
         raise SdcpuError(
-            f"refusing to load {path.name}: unpickling it would run arbitrary code ({str(err).splitlines()[0]}). "
-            "Get a .safetensors version of this checkpoint, or convert it to safetensors where you trust the file."
-        ) from err
+            f"refusing to load {path.name}: it is a pickle that needs arbitrary code to load{what}. "
+            "Get a .safetensors version of this checkpoint instead."
+        ) from None
     except (RuntimeError, EOFError, OSError) as err:
         raise SdcpuError(f"cannot read {path}: it is not a PyTorch checkpoint or is damaged ({err})") from err
     state = data.get("state_dict", data) if isinstance(data, dict) else None
@@ -73,7 +79,7 @@ def _configs(preset: Preset, config_dir: Path | None) -> dict[str, dict[str, Any
     }
     for name, rel in files.items():
         if (config_dir / rel).exists():
-            configs[name] = json.loads((config_dir / rel).read_text())
+            configs[name] = read_config(config_dir / rel)
     return configs
 
 
@@ -178,5 +184,10 @@ def _write_tokenizer(source: Path, target: Path, pad_token: str) -> Path:
         "tokenizer_class": "CLIPTokenizer",
         "do_lower_case": True,
     }
+    # The length and padding the tokenizer files give win over CLIP's defaults: a model trained with
+    # shorter prompts (the demo model: 16 tokens) has a text encoder with that many positions.
+    if (source / "tokenizer_config.json").is_file():
+        given = read_config(source / "tokenizer_config.json")
+        config |= {key: given[key] for key in ("model_max_length", "pad_token") if key in given}
     (target / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
     return target

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sdcpu.export.safetensors_check import check_safetensors
 from sdcpu.runtime.errors import SdcpuError
 from sdcpu.runtime.tokenizer import has_vocabulary
 
@@ -83,9 +84,11 @@ def open_diffusers_folder(folder: Path, description: str) -> Source:
             f"{folder} is not a Stable Diffusion diffusers folder: tokenizer/ needs vocab.json and merges.txt, "
             "or tokenizer.json"
         )
-    unet_config = json.loads((folder / "unet/config.json").read_text())
+    for weights in sorted(folder.glob("*/*.safetensors")):
+        check_safetensors(weights)
+    unet_config = read_config(folder / "unet/config.json")
     scheduler_path = folder / "scheduler/scheduler_config.json"
-    scheduler = json.loads(scheduler_path.read_text()) if scheduler_path.exists() else {}
+    scheduler = read_config(scheduler_path) if scheduler_path.exists() else {}
 
     def load(component: str) -> Any:
         from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -98,8 +101,19 @@ def open_diffusers_folder(folder: Path, description: str) -> Source:
         description=description,
         family=family_of(unet_config),
         unet_config=unet_config,
-        vae_config=json.loads((folder / "vae/config.json").read_text()),
+        vae_config=read_config(folder / "vae/config.json"),
         scheduler_config=scheduler,
         tokenizer_dir=folder / "tokenizer",
         load=load,
     )
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """A JSON config file as a dict; raises SdcpuError naming the file when it is not one."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SdcpuError(f"cannot read {path}: {err}; the folder is damaged") from None
+    if not isinstance(data, dict):
+        raise SdcpuError(f"{path} is not a JSON object; the folder is damaged")
+    return data

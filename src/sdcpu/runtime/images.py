@@ -10,16 +10,31 @@ import numpy as np
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from sdcpu.runtime.errors import SdcpuError
+from sdcpu.runtime.outputs import follow_umask
+
+# 50 megapixels: a large photo (an 8192x6144 one is 50.3), about 150 MB decoded. Checked from the header,
+# before the pixels are decoded: a small PNG can declare 10000x10000 and take gigabytes to decode.
+MAX_INIT_PIXELS = 50_000_000
 
 
 def open_init_image(source: str | Path | Image.Image) -> Image.Image:
     if isinstance(source, Image.Image):
+        _check_pixels(source, "the init image")
         return source.convert("RGB")
     try:
         with Image.open(source) as image:
+            _check_pixels(image, f"the init image {source}")
             return image.convert("RGB")
-    except (OSError, UnidentifiedImageError) as err:
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError) as err:
         raise SdcpuError(f"cannot read the init image {source}: {err}") from err
+
+
+def _check_pixels(image: Image.Image, name: str) -> None:
+    if image.width * image.height > MAX_INIT_PIXELS:
+        raise SdcpuError(
+            f"{name} is {image.width}x{image.height}, over the {MAX_INIT_PIXELS / 1e6:.0f}-megapixel limit; "
+            "scale it down first"
+        )
 
 
 def image_to_array(image: Image.Image, width: int, height: int) -> np.ndarray:
@@ -52,6 +67,7 @@ def save_png(image: Image.Image, path: Path, metadata: dict[str, str]) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             image.save(f, format="PNG", pnginfo=info)
+        follow_umask(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -15,11 +15,13 @@ from typing import Any
 
 from sdcpu.runtime.cache import write_cache_file
 from sdcpu.runtime.errors import SdcpuError
+from sdcpu.runtime.manifest_schema import check_fields
 
 MANIFEST_NAME = "sdcpu.json"
 # 2: every component below is present (1 allowed folders without unet_shallow or vae_encoder).
 MANIFEST_VERSION = 2
 COMPONENTS = ("text_encoder", "unet", "unet_shallow", "vae_decoder", "vae_encoder")
+VERIFY_MODES = ("fast", "full", "sizes")
 # The file holding each component's graph, per format (optimum's names, so other tools can read it).
 GRAPH_FILE = {"openvino": "openvino_model.xml", "onnx": "model.onnx"}
 
@@ -64,12 +66,15 @@ class Manifest:
                 "convert a checkpoint into it with `sdcpu convert SOURCE OUT`"
             )
         try:
-            data = json.loads(path.read_text())
-            version = data.pop("sdcpu_manifest")
+            data = json.loads(path.read_text(encoding="utf-8"))
+            version = data.pop("sdcpu_manifest", None) if isinstance(data, dict) else None
             if version == MANIFEST_VERSION:
+                check_fields(data)
                 return cls(**data)
-        except (ValueError, TypeError, KeyError, AttributeError) as err:
-            raise SdcpuError(f"{path} is damaged ({err}); convert the model again") from err
+        except (OSError, ValueError, RecursionError) as err:  # SchemaError and JSON errors are ValueErrors
+            raise SdcpuError(f"{path} is damaged ({err}); convert the model again") from None
+        if version is None:
+            raise SdcpuError(f"{path} is damaged (not an sdcpu manifest); convert the model again")
         if isinstance(version, int) and version > MANIFEST_VERSION:
             raise SdcpuError(f"{folder} was converted by a newer sdcpu (manifest version {version}); upgrade sdcpu")
         raise SdcpuError(
@@ -80,19 +85,26 @@ class Manifest:
     def graph_path(self, folder: Path, component: str) -> Path:
         return Path(folder) / component / GRAPH_FILE[self.format]
 
-    def verify(self, folder: Path, hashes: bool = True, record: Path | None = None) -> None:
-        """Check that every listed file is present with its size (and, with `hashes`, its sha256).
-        `record`: a JSON file of hashes already checked; a file whose size, mtime and inode are unchanged
-        since is not read again (as `git status` does), so a warm start skips hashing gigabytes."""
-        known = _read_record(record)
+    def verify(self, folder: Path, mode: str = "fast", record: Path | None = None) -> None:
+        """Check that every listed file is inside the folder and present with its size, and in modes
+        "fast" and "full" with its sha256 ("sizes": not hashed). `record`: a JSON file of hashes already
+        checked. In "fast" mode a file whose size, mtime and inode are unchanged since is not read
+        again (as `git status` does), so a warm start skips hashing gigabytes; it trusts that nothing
+        rewrote the file and restored all three. "full" hashes every file again."""
+        if mode not in VERIFY_MODES:
+            raise SdcpuError(f"unknown verify mode {mode!r}; choose one of: {', '.join(VERIFY_MODES)}")
+        known = _read_record(record) if mode == "fast" else {}
         recorded = dict(known)
+        root = Path(folder).resolve()
         for rel, info in sorted(self.files.items()):
             path = Path(folder) / rel
+            if not path.resolve().is_relative_to(root):  # a link out of the folder
+                raise SdcpuError(f"{rel} in {folder} points outside the folder; convert the model again")
             if not path.is_file():
                 raise SdcpuError(f"model folder {folder} is incomplete: {rel} is missing; convert the model again")
             if path.stat().st_size != info["bytes"]:
                 raise SdcpuError(f"{rel} in {folder} has the wrong size; the folder is damaged, convert it again")
-            if hashes and _known_sha256(path, known) != info["sha256"]:
+            if mode != "sizes" and _known_sha256(path, known) != info["sha256"]:
                 raise SdcpuError(
                     f"{rel} in {folder} does not match its sha256 in {MANIFEST_NAME}; "
                     "the file was changed or damaged, convert the model again"
@@ -100,23 +112,25 @@ class Manifest:
         missing = [c for c in COMPONENTS if c not in self.components]
         if missing:
             raise SdcpuError(f"model folder {folder} lacks {', '.join(missing)}; convert the model again")
-        if record is not None and known != recorded:  # written only when a file was hashed
-            _write_record(record, known)
+        if record is not None and mode != "sizes" and known != recorded:  # written only when a file was hashed
+            _write_record(record, _read_record(record) | known)
 
 
 def _known_sha256(path: Path, known: dict[str, Any]) -> str:
     st = path.stat()
     key, stamp = str(path.resolve()), [st.st_size, st.st_mtime_ns, st.st_ino]
-    if known.get(key, {}).get("stat") != stamp:
+    entry = known.get(key)
+    if not isinstance(entry, dict) or entry.get("stat") != stamp or not isinstance(entry.get("sha256"), str):
         known[key] = {"stat": stamp, "sha256": sha256_file(path)}
     return str(known[key]["sha256"])
 
 
 def _read_record(record: Path | None) -> dict[str, Any]:
     try:
-        return dict(json.loads(record.read_text())) if record is not None and record.is_file() else {}
-    except ValueError:  # a damaged record only costs a re-hash
+        data = json.loads(record.read_text()) if record is not None and record.is_file() else {}
+    except (OSError, ValueError):  # a damaged record only costs a re-hash
         return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _write_record(record: Path, known: dict[str, Any]) -> None:

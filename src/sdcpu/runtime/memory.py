@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -18,6 +19,11 @@ import numpy as np
 from sdcpu.runtime.backends import Model
 from sdcpu.runtime.tiling import decode_tiled
 
+# Working memory per pixel, from SD 1.5 at 512x512 on the CPU (docs/memory.md): the UNet's buffers held about
+# 0.6 GB per sample of 64x64 latents, the VAE decoder 1.35 GB per 512x512 image. Upper bounds for smaller
+# models, which need less.
+UNET_BYTES_PER_LATENT_PIXEL = 0.6e9 / 64**2
+DECODER_BYTES_PER_PIXEL = 1.35e9 / 512**2
 # Tiles of 40x40 latents (320x320 pixels for SD) that share at least 8 latent pixels: 2x2 tiles for
 # 512x512, each with 39% of the whole image's decoder activations.
 VAE_TILE, VAE_TILE_OVERLAP = 40, 8
@@ -33,6 +39,8 @@ class MemoryPolicy(Protocol):
 
     def decode(self, decoder: Model, latents: np.ndarray, scale_factor: int) -> np.ndarray: ...
 
+    def working_bytes(self, samples: int, height: int, width: int, scale_factor: int) -> float: ...
+
 
 class Resident:
     name, lazy = "resident", False
@@ -45,6 +53,12 @@ class Resident:
 
     def decode(self, decoder: Model, latents: np.ndarray, scale_factor: int) -> np.ndarray:
         return decoder(latent_sample=latents)
+
+    def working_bytes(self, samples: int, height: int, width: int, scale_factor: int) -> float:
+        """About the most memory the networks' intermediate results take at once, for `samples` UNet
+        rows (2 per image with guidance) of height x width pixels: one phase at a time."""
+        unet = samples * height * width / scale_factor**2 * UNET_BYTES_PER_LATENT_PIXEL
+        return max(unet, samples / 2 * height * width * DECODER_BYTES_PER_PIXEL)
 
 
 class LowMemory:
@@ -59,6 +73,20 @@ class LowMemory:
     def decode(self, decoder: Model, latents: np.ndarray, scale_factor: int) -> np.ndarray:
         decode = lambda z: decoder(latent_sample=z)  # noqa: E731
         return decode_tiled(decode, latents, scale_factor, VAE_TILE, VAE_TILE_OVERLAP)
+
+    def working_bytes(self, samples: int, height: int, width: int, scale_factor: int) -> float:
+        unet = height * width / scale_factor**2 * UNET_BYTES_PER_LATENT_PIXEL  # one row per call
+        tile = min(height, VAE_TILE * scale_factor) * min(width, VAE_TILE * scale_factor)
+        return max(unet, tile * DECODER_BYTES_PER_PIXEL)
+
+
+def machine_bytes() -> int | None:
+    """Physical memory plus swap, the most a process could ever hold (Linux; None elsewhere)."""
+    meminfo = Path("/proc/meminfo")
+    if not meminfo.exists():
+        return None
+    fields = dict(line.split(":", 1) for line in meminfo.read_text().splitlines() if ":" in line)
+    return sum(int(fields.get(key, "0 kB").split()[0]) * 1024 for key in ("MemTotal", "SwapTotal"))
 
 
 def memory_policy(low_memory: bool) -> MemoryPolicy:

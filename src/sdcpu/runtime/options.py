@@ -13,7 +13,7 @@ from pathlib import Path
 from sdcpu.runtime import precision as compute
 from sdcpu.runtime.cache import default_cache_dir
 from sdcpu.runtime.errors import SdcpuError
-from sdcpu.runtime.manifest import Manifest
+from sdcpu.runtime.manifest import VERIFY_MODES, Manifest
 
 BACKENDS = ("openvino", "onnxruntime")
 NATIVE_BACKEND = {"openvino": "openvino", "onnx": "onnxruntime"}
@@ -31,8 +31,10 @@ class LoadOptions:
     batch-1 guidance and a tiled VAE decode (runtime/memory.py). `winograd`: 3x3 convolutions of the
     UNet by Winograd's algorithm on the CPU (faster at f32, more memory; off with `low_memory` and under
     bf16). `token_downsampling`: f > 1 makes the UNet's highest-resolution self-attention attend to one
-    key and value per f x f block (ToDo; approximate; OpenVINO folders). `verify`: hash the folder's
-    files against the manifest before loading."""
+    key and value per f x f block (ToDo; approximate; OpenVINO folders). `verify`: check the folder's
+    files against the manifest before loading: "fast" hashes those changed since they were last hashed
+    (by size, mtime and inode, recorded in the cache folder), "full" hashes every file, "sizes" checks
+    presence and sizes only."""
 
     backend: str | None = None
     device: str = "CPU"
@@ -43,7 +45,7 @@ class LoadOptions:
     low_memory: bool = False
     winograd: bool = True
     token_downsampling: int = 1
-    verify: bool = True
+    verify: str = "fast"
 
     def cache_folder(self) -> Path | None:
         """Where compiled models and verified hashes are kept; None without a cache."""
@@ -54,6 +56,8 @@ class LoadOptions:
     def validate(self, manifest: Manifest) -> None:
         """Raise SdcpuError, saying what to do, for any option this folder cannot run with. (What the
         machine cannot run, such as bf16 without native bf16, is refused by `resolve`.)"""
+        if self.verify not in VERIFY_MODES:
+            raise SdcpuError(f"unknown verify mode {self.verify!r}; choose one of: {', '.join(VERIFY_MODES)}")
         backend = self.backend or NATIVE_BACKEND[manifest.format]
         if backend not in BACKENDS:
             raise SdcpuError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")

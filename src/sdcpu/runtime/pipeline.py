@@ -20,8 +20,9 @@ from sdcpu.runtime.backends.graph_passes import graph_passes
 from sdcpu.runtime.cache import VERIFIED_FILES
 from sdcpu.runtime.errors import SdcpuError
 from sdcpu.runtime.manifest import Manifest
-from sdcpu.runtime.memory import memory_policy
+from sdcpu.runtime.memory import machine_bytes, memory_policy
 from sdcpu.runtime.options import LoadOptions
+from sdcpu.runtime.outputs import output_paths
 from sdcpu.runtime.schedulers import Scheduler, SchedulerConfig, default_scheduler_name, make_scheduler
 from sdcpu.runtime.settings import GenerationSettings
 from sdcpu.runtime.tokenizer import ClipTokenizer
@@ -38,14 +39,10 @@ class PipelineResult:
     completed_steps: int
     runtime: dict[str, str] = field(default_factory=dict)  # how it ran: backend, device, compute precision
 
-    def save(self, path: str | Path) -> list[Path]:
-        """Write the images as PNG with the settings in their text metadata; returns the paths."""
-        path = Path(path)
-        paths = (
-            [path]
-            if len(self.images) == 1
-            else [path.with_name(f"{path.stem}-{i}{path.suffix or '.png'}") for i in range(len(self.images))]
-        )
+    def save(self, path: str | Path, overwrite: bool = False) -> list[Path]:
+        """Write the images as PNG with the settings in their text metadata (several: `stem-i.png`);
+        an existing file is replaced only with `overwrite`. Returns the paths."""
+        paths = output_paths(path, len(self.images), overwrite)
         for i, (image, target) in enumerate(zip(self.images, paths, strict=True)):
             imaging.save_png(image, target, self.settings.png_metadata(i, self.runtime))
         return paths
@@ -90,13 +87,13 @@ class Pipeline:
     @classmethod
     def load(cls, model_dir: str | Path | None = None, options: LoadOptions | None = None) -> Pipeline:
         """Open a folder made by `sdcpu convert` (default: the bundled demo model) as `options` say,
-        checking its manifest (and, with `options.verify`, its files' hashes; hashes already checked
-        are recorded in the cache folder, so unchanged files are not hashed again)."""
+        checking its manifest and its files (`options.verify`)."""
         folder = Path(model_dir).expanduser() if model_dir is not None else _demo_folder()
         manifest = Manifest.load(folder)
         options = options or LoadOptions()
+        options.validate(manifest)
         cache = options.cache_folder()
-        manifest.verify(folder, hashes=options.verify, record=cache / VERIFIED_FILES if cache is not None else None)
+        manifest.verify(folder, options.verify, record=cache / VERIFIED_FILES if cache is not None else None)
         return cls(folder, manifest, options)
 
     def _load(self, component: str, lazy: bool = False) -> Model:
@@ -140,7 +137,20 @@ class Pipeline:
             model=self.manifest.source,
             deep_cache=deep_cache,
         ).validate(self.manifest.vae_scale_factor, self.scheduler_config.num_train_timesteps)
+        self._check_memory(settings)
         return self.generate(settings, image, latents, callback)
+
+    def _check_memory(self, s: GenerationSettings) -> None:
+        # Before any work: a size that cannot fit would otherwise fail deep in an engine, or swap for hours.
+        samples = s.num_images * (2 if s.guidance > 1.0 else 1)
+        working = self.memory.working_bytes(samples, s.height, s.width, self.manifest.vae_scale_factor)
+        need, have = working + sum(f["bytes"] for f in self.manifest.files.values()), machine_bytes()
+        if have is not None and need > have:
+            hint = "" if self.options.low_memory else ", or use --low-memory"
+            raise SdcpuError(
+                f"{s.num_images} image(s) of {s.width}x{s.height} need about {need / 1e9:,.0f} GB, and this machine "
+                f"has {have / 1e9:,.0f} GB of memory and swap: lower the size or --num-images{hint}"
+            )
 
     def _default_size(self, image: Image.Image | None) -> tuple[int, int]:
         if image is None:

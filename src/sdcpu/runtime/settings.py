@@ -9,6 +9,9 @@ from sdcpu.runtime.errors import SdcpuError
 from sdcpu.runtime.schedulers import SCHEDULERS
 
 MAX_GUIDANCE = 100.0  # far above any useful scale (7.5 is usual); beyond it images are saturated noise
+# CLIP reads 77 tokens, a few hundred characters; 16 KiB leaves room for any prompt a person writes and keeps
+# a pasted file (tokenized, then stored in every PNG) from costing gigabytes.
+MAX_PROMPT_BYTES = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,8 @@ class GenerationSettings:
     def validate(self, multiple: int, max_steps: int = 1000) -> GenerationSettings:
         """Raise SdcpuError (with what to do) on any setting the pipeline cannot run; `max_steps`: the
         model's training timesteps, the most any scheduler can take distinct steps over."""
+        _check_text("prompt", self.prompt)
+        _check_text("negative prompt", self.negative_prompt)
         if self.width % multiple or self.height % multiple or self.width <= 0 or self.height <= 0:
             raise SdcpuError(
                 f"width and height must be positive multiples of {multiple}; got {self.width}x{self.height}"
@@ -60,3 +65,14 @@ class GenerationSettings:
         data["image_index"] = str(index)
         data["sdcpu"] = json.dumps({**asdict(self), "image_index": index, "runtime": runtime})
         return data
+
+
+def _check_text(name: str, text: str) -> None:
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:  # bytes that were not UTF-8, passed through as surrogates
+        raise SdcpuError(f"the {name} is not valid UTF-8 text; check the terminal's or the file's encoding") from None
+    if size > MAX_PROMPT_BYTES:
+        raise SdcpuError(f"the {name} is {size:,} bytes, over the {MAX_PROMPT_BYTES:,}-byte limit; shorten it")
+    if any(ord(c) < 32 and c not in "\t\n\r" for c in text):
+        raise SdcpuError(f"the {name} holds control characters; remove them")
