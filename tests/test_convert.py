@@ -189,8 +189,20 @@ def test_killed_convert_leaves_nothing_generate_accepts(tiny_sd1, tmp_path):
         for candidate in [folder, *folder.iterdir()]:
             with pytest.raises(SdcpuError):
                 Pipeline.load(candidate, LoadOptions(compute_precision="f32"))
-    convert(str(tiny_sd1), out, "onnx", **quiet)  # a new convert still works beside the debris
+    said: list[str] = []
+    convert(str(tiny_sd1), out, "onnx", progress=said.append)  # the next convert to OUT clears the debris
     assert Manifest.load(out).format == "onnx"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    assert any(line.startswith("removed .out.partial-") and "killed" in line for line in said)
+
+
+def test_converted_files_follow_the_umask(sd1_onnx, sd1_openvino):
+    from sdcpu.runtime.outputs import umask
+
+    for folder in (sd1_onnx, sd1_openvino):
+        for path in [folder, *folder.rglob("*")]:
+            expected = (0o777 if path.is_dir() else 0o666) & ~umask()
+            assert path.stat().st_mode & 0o777 == expected, path
 
 
 def test_runtime_imports_no_torch(sd1_openvino, sd1_onnx, tmp_path):

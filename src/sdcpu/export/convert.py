@@ -7,6 +7,7 @@ manifest last, so a convert that fails or is killed never leaves a folder that `
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -22,7 +23,10 @@ from sdcpu.export.sources import Source, open_source
 from sdcpu.export.writers import WRITERS, Calibrate
 from sdcpu.runtime.errors import SdcpuError
 from sdcpu.runtime.manifest import MANIFEST_NAME, Manifest, describe_files
+from sdcpu.runtime.outputs import follow_umask
 from sdcpu.runtime.tokenizer import TOKENIZER_FILES
+
+OWNER = "convert.pid"  # in a convert's temporary folder: the process that writes it
 
 
 def check_target(fmt: str, precision: str, out: Path, force: bool) -> None:
@@ -58,8 +62,11 @@ def convert(
     `calibration` sets the prompts and sample count of `int8-hybrid` (default: CalibrationSettings())."""
     out = Path(out).expanduser().absolute()
     check_target(format, precision, out, force)
+    for stale in remove_stale_work(out):
+        progress(f"removed {stale.name}, left by a convert that was killed")
     try:
         work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        (work / OWNER).write_text(str(os.getpid()))
     except OSError as err:
         raise SdcpuError(f"cannot write in {out.parent}: {err.strerror}; choose another OUT") from err
     try:
@@ -77,11 +84,37 @@ def convert(
         files += _write_support_files(src, staged)
         manifest = _manifest(src, staged, format, precision, files, calibration)
         (staged / MANIFEST_NAME).write_text(manifest.to_json())
+        for path in [staged, *staged.rglob("*")]:  # some writers make files 0600, as tempfile does
+            follow_umask(path)
         _move_into_place(staged, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     progress(f"done: {out}")
     return manifest
+
+
+def remove_stale_work(out: Path) -> list[Path]:
+    """Delete the temporary folders that converts to `out` killed before they finished left beside it
+    (their process is gone, or they predate the record of it); returns them. A running convert's are kept."""
+    stale = []
+    for work in sorted(out.parent.glob(f".{out.name}.partial-*")) + sorted(out.parent.glob(f".{out.name}.old-*")):
+        owner = work / OWNER
+        pid = owner.read_text().strip() if owner.is_file() else ""
+        if pid.isdigit() and _running(int(pid)):
+            continue
+        shutil.rmtree(work, ignore_errors=True)
+        stale.append(work)
+    return stale
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _opt_path(value: str | Path | None) -> Path | None:

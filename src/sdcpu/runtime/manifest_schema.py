@@ -25,6 +25,7 @@ FIELDS: dict[str, type | tuple[type, ...]] = {
     "versions": dict,
     "extra": dict,
 }
+TYPE_NAMES: dict[type | tuple[type, ...], str] = {str: "a string", int: "an integer", dict: "an object"}
 SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -40,7 +41,7 @@ def check_fields(data: dict[str, Any]) -> None:
         raise SchemaError(f"fields {missing} are missing and {unknown} unknown" if unknown else f"{missing} missing")
     for name, kind in FIELDS.items():
         if not isinstance(data[name], kind) or isinstance(data[name], bool):
-            raise SchemaError(f"{name} is not a {kind.__name__ if isinstance(kind, type) else 'number'}")
+            raise SchemaError(f"{name} is not {TYPE_NAMES.get(kind, 'a number')}")
     if data["format"] not in FORMATS:
         raise SchemaError(f"unknown format {data['format']!r}; this sdcpu reads {' and '.join(FORMATS)}")
     if data["prediction_type"] not in PREDICTION_TYPES:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ from PIL import Image
 from sdcpu.runtime import images as imaging
 from sdcpu.runtime import precision as compute
 from sdcpu.runtime.backends import Model, load_model
+from sdcpu.runtime.backends.fallback import RetryAtF32
 from sdcpu.runtime.backends.graph_passes import graph_passes
 from sdcpu.runtime.cache import VERIFIED_FILES
 from sdcpu.runtime.errors import SdcpuError
@@ -76,8 +77,11 @@ class Pipeline:
         self.memory = memory_policy(self.options.low_memory)
         self.passes = graph_passes(self.options)
         self.applied: dict[str, list[str]] = {}  # component -> the graph passes it is compiled with
-        self.tokenizer = ClipTokenizer(folder / "tokenizer")
-        self.scheduler_config = SchedulerConfig.load(folder / "scheduler" / "scheduler_config.json")
+        try:
+            self.tokenizer = ClipTokenizer(folder / "tokenizer")
+            self.scheduler_config = SchedulerConfig.load(folder / "scheduler" / "scheduler_config.json")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:  # JSON errors are ValueErrors
+            raise SdcpuError(f"cannot read the tokenizer or scheduler of {folder} ({err}); convert it again") from None
         self.text_encoder = self._load("text_encoder")
         self.unet = self._load("unet")
         self.unet_shallow = self._load("unet_shallow", lazy=True)  # DeepCache's shallow pass, read on first use
@@ -101,7 +105,11 @@ class Pipeline:
         passes = [p for p in self.passes if p.applies_to(component, precision, self.options.device)]
         self.applied[component] = [p.key for p in passes]
         path = self.manifest.graph_path(self.folder, component)
-        return load_model(path, self.options, passes, lazy=lazy or self.memory.lazy)
+        model = load_model(path, self.options, passes, lazy=lazy or self.memory.lazy)
+        if self.options.compute_precision != "bf16":
+            return model
+        f32 = replace(self.options, compute_precision="f32")
+        return RetryAtF32(model, lambda: load_model(path, f32, passes, lazy=True), component)
 
     def __call__(
         self,
@@ -217,6 +225,7 @@ class Pipeline:
             "compute_precision_requested": self.requested.compute_precision,
             "memory": self.memory.name,
             "graph_passes": "; ".join(f"{c}: {', '.join(keys)}" for c, keys in self.applied.items() if keys),
+            "fell_back_to_f32": ", ".join(n for n, m in networks.items() if getattr(m, "fell_back", False)),
         }
 
     def _encode_text(self, prompt: str, negative: str, n: int, guided: bool) -> np.ndarray:

@@ -22,7 +22,10 @@ if TYPE_CHECKING:
 
 
 class Model(Protocol):
-    compute_precision: str | None  # what the engine computes in ("f32", "bf16", ...); None until compiled
+    @property
+    def compute_precision(
+        self,
+    ) -> str | None: ...  # what the engine computes in ("f32", "bf16", ...); None until compiled
 
     def __call__(self, **inputs: np.ndarray) -> np.ndarray: ...
 

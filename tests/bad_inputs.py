@@ -1,0 +1,320 @@
+"""A battery of bad inputs and faults for the `sdcpu` command, each run in its own process.
+
+Each case builds what it needs in a scratch folder (from the bundled demo model, or bytes written by
+hand), runs the command and expects exit code 2, its message on stderr, no traceback and no output
+file. tests/test_bad_inputs.py runs them; bench/reliability.py writes docs/reliability.md from them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sdcpu.models.demo_model import CONVERTED
+
+Setup = Callable[[Path], list[str]]  # scratch folder -> the command's arguments
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    category: str
+    setup: Setup
+    message: str  # a piece of the expected error message
+    needs: tuple[str, ...] = ()  # modules the case needs (the export extra), else skipped
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def run(case: Case, scratch: Path) -> subprocess.CompletedProcess:
+    """Run `case` in `scratch`: `python -m sdcpu ARGS`, with a private compile cache."""
+    args = case.setup(scratch)
+    env = {**os.environ, "SDCPU_CACHE_DIR": str(scratch / "cache"), "NO_COLOR": "1", **case.env}
+    command = [sys.executable, "-m", "sdcpu", *args]
+    return subprocess.run(command, cwd=scratch, env=env, capture_output=True, timeout=300)
+
+
+def generate(*extra: str, prompt: str = "a red circle") -> Setup:
+    return lambda scratch: ["generate", prompt, "--out", "out.png", "--steps", "2", *extra]
+
+
+def with_file(name: str, data: bytes, *args: str) -> Setup:
+    def setup(scratch: Path) -> list[str]:
+        (scratch / name).write_bytes(data)
+        return [a.replace("FILE", name) for a in args]
+
+    return setup
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height, with no pixel data: tiny on disk, huge decoded."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def real_png(*args: str) -> Setup:
+    def setup(scratch: Path) -> list[str]:
+        from PIL import Image
+
+        Image.new("RGB", (64, 64), (200, 30, 30)).save(scratch / "x.png")
+        return [a.replace("FILE", "x.png") for a in args]
+
+    return setup
+
+
+def damaged_model(change: Callable[[Path, dict], None], *extra: str) -> Setup:
+    """A copy of the demo model, its manifest passed through `change(folder, manifest)` and written back."""
+
+    def setup(scratch: Path) -> list[str]:
+        folder = scratch / "model"
+        shutil.copytree(CONVERTED, folder)
+        data = json.loads((folder / "sdcpu.json").read_text())
+        change(folder, data)
+        if data:
+            (folder / "sdcpu.json").write_text(json.dumps(data))
+        return ["generate", "a cat", "--model", "model", "--out", "out.png", "--steps", "2", *extra]
+
+    return setup
+
+
+def safetensors(header: object, data: bytes = b"", length: int | None = None) -> bytes:
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return struct.pack("<Q", len(raw) if length is None else length) + raw + data
+
+
+def convert(name: str, data: bytes, *extra: str) -> Setup:
+    return with_file(name, data, "convert", "FILE", "out", *extra)
+
+
+F32 = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
+EXPORT = ("torch", "diffusers")
+
+
+def _settings() -> list[Case]:
+    cases = [
+        ("--steps 0", generate("--steps", "0"), "steps must be at least 1"),
+        ("--steps 1000", generate("--steps", "1000"), "below the model's 1000 timesteps"),
+        ("--steps 1000000", generate("--steps", "1000000"), "below the model's 1000 timesteps"),
+        ("--steps -5", generate("--steps", "-5"), "steps must be at least 1"),
+        ("--steps abc", generate("--steps", "abc"), "Invalid value"),
+        ("--guidance nan", generate("--guidance", "nan"), "guidance must be a finite number"),
+        ("--guidance inf", generate("--guidance", "inf"), "guidance must be a finite number"),
+        ("--guidance -1", generate("--guidance", "-1"), "guidance must be a finite number"),
+        ("--guidance 1000", generate("--guidance", "1000"), "guidance must be a finite number"),
+        ("--width 1000000 --height 1000000", generate("--width", "1000000", "--height", "1000000"), "need about"),
+        ("--num-images 100000", generate("--num-images", "100000"), "need about"),
+        ("--num-images 0", generate("--num-images", "0"), "num_images must be at least 1"),
+        ("--width 63", generate("--width", "63"), "multiples of 4"),
+        ("--height -64", generate("--height", "-64"), "multiples of 4"),
+        ("--seed -1", generate("--seed", "-1"), "seed must be a non-negative integer"),
+        ("--seed 2**64", generate("--seed", str(2**64)), "seed must be a non-negative integer"),
+        ("--scheduler nope", generate("--scheduler", "nope"), "unknown scheduler 'nope'"),
+        ("--deep-cache 0", generate("--deep-cache", "0"), "deep_cache must be at least 1"),
+        ("--token-downsampling 0", generate("--token-downsampling", "0"), "token_downsampling must be at least 1"),
+        ("--compute-precision fp64", generate("--compute-precision", "fp64"), "Invalid value"),
+        ("--backend tensorrt", generate("--backend", "tensorrt"), "unknown backend 'tensorrt'"),
+        ("--backend onnxruntime on an OpenVINO folder", generate("--backend", "onnxruntime"), "cannot read a openvino"),
+        ("--device NOPE", generate("--device", "NOPE"), "cannot compile for device"),
+        ("--verify sometimes", generate("--verify", "sometimes"), "Invalid value"),
+    ]
+    return [Case(name, "settings", setup, message) for name, setup, message in cases]
+
+
+def _prompts() -> list[Case]:
+    cases = [
+        ("prompt of invalid UTF-8 (\\xff)", generate(prompt="\udcff"), "not valid UTF-8"),
+        ("prompt of 20,000 bytes", generate(prompt="a" * 20_000), "over the 16,384-byte limit"),
+        ("prompt with a control character", generate(prompt="a\x01cat"), "control characters"),
+        ("negative prompt of invalid UTF-8", generate("--negative-prompt", "\udcfe"), "not valid UTF-8"),
+    ]
+    return [Case(name, "prompts", setup, message) for name, setup, message in cases]
+
+
+def _init_images() -> list[Case]:
+    init = ("generate", "a cat", "--out", "out.png", "--steps", "2", "--init-image", "FILE")
+    cases = [
+        ("init image missing", lambda s: [a.replace("FILE", "none.png") for a in init], "cannot read the init image"),
+        ("init image is text", with_file("x.png", b"not an image", *init), "cannot read the init image"),
+        ("init image is empty", with_file("x.png", b"", *init), "cannot read the init image"),
+        ("init image truncated", with_file("x.png", png_header(64, 64)[:30], *init), "cannot read the init image"),
+        ("init image header 30000x30000", with_file("x.png", png_header(30000, 30000), *init), "cannot read"),
+        ("init image header 10000x10000", with_file("x.png", png_header(10000, 10000), *init), "megapixel limit"),
+        ("init image header 7100x7100", with_file("x.png", png_header(7100, 7100), *init), "megapixel limit"),
+        ("init image with --strength 0", real_png(*init, "--strength", "0"), "strength must be in (0, 1]"),
+    ]
+    return [Case(name, "init images", setup, message) for name, setup, message in cases]
+
+
+def _outputs() -> list[Case]:
+    def existing(read_only: bool, *extra: str) -> Setup:
+        def setup(scratch: Path) -> list[str]:
+            (scratch / "out.png").write_bytes(b"keep me")
+            if read_only:
+                (scratch / "out.png").chmod(0o444)
+            return generate(*extra)(scratch)
+
+        return setup
+
+    def folder_out(scratch: Path) -> list[str]:
+        (scratch / "dir").mkdir()
+        return ["generate", "a cat", "--out", "dir", "--steps", "2"]
+
+    cases = [
+        ("--out an existing file", existing(False), "exists; pass --overwrite"),
+        ("--out x.jpg", lambda s: ["generate", "a cat", "--out", "x.jpg"], "use a .png name"),
+        ("--out without a suffix", lambda s: ["generate", "a cat", "--out", "x"], "use a .png name"),
+        ("--out an existing folder", folder_out, "is a folder"),
+        ("--out in a missing folder", lambda s: ["generate", "a cat", "--out", "no/x.png"], "does not exist"),
+    ]
+    if os.geteuid() != 0:  # root writes to read-only files and folders anyway
+        cases.append(("--out a read-only file, --overwrite", existing(True, "--overwrite"), "is read-only"))
+    return [Case(name, "outputs", setup, message) for name, setup, message in cases]
+
+
+def _flip_byte(folder: Path, manifest: dict) -> None:
+    target = folder / "unet" / "openvino_model.bin"
+    stat = target.stat()
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    target.write_bytes(bytes(data))
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def _no_manifest(folder: Path, manifest: dict) -> None:
+    (folder / "sdcpu.json").unlink()
+    manifest.clear()
+
+
+def _warm_then_flip(*extra: str) -> Setup:
+    """A byte flipped after the record of verified hashes was written, with size, mtime and inode kept:
+    what the fast check trusts (docs/reliability.md), and what --verify full catches."""
+
+    def setup(scratch: Path) -> list[str]:
+        from sdcpu.runtime.manifest import sha256_file
+
+        args = damaged_model(lambda folder, data: None, *extra)(scratch)
+        target = scratch / "model" / "unet" / "openvino_model.bin"
+        digest = sha256_file(target)
+        _flip_byte(scratch / "model", {})
+        stat = target.stat()
+        record = {str(target.resolve()): {"stat": [stat.st_size, stat.st_mtime_ns, stat.st_ino], "sha256": digest}}
+        (scratch / "cache").mkdir(exist_ok=True)
+        (scratch / "cache" / "verified-files.json").write_text(json.dumps(record))
+        return args
+
+    return setup
+
+
+def _link_outside(folder: Path, manifest: dict) -> None:
+    target = folder / "unet" / "openvino_model.bin"
+    outside = folder.parent / "elsewhere.bin"
+    target.replace(outside)
+    target.symlink_to(outside)
+
+
+def _model_folders() -> list[Case]:
+    def set_(key: str, value: object) -> Callable[[Path, dict], None]:
+        return lambda folder, data: data.__setitem__(key, value)
+
+    def write(text: str) -> Callable[[Path, dict], None]:
+        def change(folder: Path, data: dict) -> None:
+            (folder / "sdcpu.json").write_text(text)
+            data.clear()
+
+        return change
+
+    def add_file(rel: str) -> Callable[[Path, dict], None]:
+        return lambda folder, data: data["files"].__setitem__(rel, {"sha256": "0" * 64, "bytes": 1})
+
+    def damage(rel: str, data_bytes: bytes) -> Callable[[Path, dict], None]:
+        return lambda folder, data: (folder / rel).write_bytes(data_bytes)
+
+    cases = [
+        (
+            "--model a missing folder",
+            lambda s: ["generate", "a", "--out", "o.png", "--model", "nope"],
+            "does not exist",
+        ),
+        ("--model a folder without a manifest", damaged_model(_no_manifest), "no sdcpu.json"),
+        ("manifest not JSON", damaged_model(write("{not json")), "is damaged"),
+        ("manifest a JSON list", damaged_model(write("[1, 2]")), "is damaged"),
+        ("manifest files is a list", damaged_model(set_("files", [])), "files is not an object"),
+        ("manifest format unknown", damaged_model(set_("format", "tensorrt")), "unknown format 'tensorrt'"),
+        ("manifest sample_size a string", damaged_model(set_("sample_size", "64")), "sample_size is not an integer"),
+        ("manifest path ../outside", damaged_model(add_file("../outside.bin")), "leaves the model folder"),
+        ("manifest absolute path", damaged_model(add_file("/etc/passwd")), "leaves the model folder"),
+        ("manifest version 1", damaged_model(set_("sdcpu_manifest", 1)), "convert the checkpoint again"),
+        ("manifest version 99", damaged_model(set_("sdcpu_manifest", 99)), "newer sdcpu"),
+        ("a weight file missing", damaged_model(lambda f, d: (f / "unet/openvino_model.bin").unlink()), "is missing"),
+        ("a weight file truncated", damaged_model(damage("unet/openvino_model.bin", b"\0" * 10)), "wrong size"),
+        ("a weight file with a byte flipped", damaged_model(_flip_byte), "does not match its sha256"),
+        ("byte flipped, stat kept, hash record warm, --verify full", _warm_then_flip("--verify", "full"), "sha256"),
+        ("a weight file linked outside the folder", damaged_model(_link_outside), "points outside the folder"),
+    ]
+    return [Case(name, "model folders", setup, message) for name, setup, message in cases]
+
+
+def _safetensors() -> list[Case]:
+    cases = [
+        ("empty file", b"", "shorter than the 8-byte header length"),
+        ("header length 2**64-1", safetensors({}, length=2**64 - 1), "over the 104,857,600-byte limit"),
+        ("header longer than the file", safetensors({"a": F32}, length=5000), "runs past the end"),
+        ("header not JSON", safetensors(b"{nope", b""), "not JSON"),
+        ("header not UTF-8", safetensors(b"\xff\xfe", b""), "not JSON"),
+        ("header a JSON list", safetensors([1]), "not a JSON object"),
+        ("a duplicate tensor name", safetensors(b'{"a": %s, "a": %s}' % ((json.dumps(F32).encode(),) * 2)), "twice"),
+        ("an unknown dtype", safetensors({"a": {**F32, "dtype": "F7"}}, b"\0" * 8), "unknown dtype"),
+        ("end before begin", safetensors({"a": {**F32, "data_offsets": [8, 0]}}, b"\0" * 8), "outside"),
+        ("offsets past the data", safetensors({"a": {**F32, "data_offsets": [0, 16]}}, b"\0" * 8), "outside"),
+        ("bytes not matching shape x dtype", safetensors({"a": {**F32, "shape": [3]}}, b"\0" * 8), "not the [3]"),
+        ("overlapping tensors", safetensors({"a": F32, "b": F32}, b"\0" * 8), "overlaps"),
+        ("truncated data", safetensors({"a": F32}, b"\0" * 4), "outside"),
+        ("trailing bytes", safetensors({"a": F32}, b"\0" * 12), "cover 8 of the 12"),
+        ("a negative dimension", safetensors({"a": {**F32, "shape": [-2]}}, b"\0" * 8), "non-negative"),
+        ("__metadata__ not strings", safetensors({"__metadata__": {"a": 1}}), "__metadata__"),
+    ]
+    return [
+        Case(f"convert: {name}", "safetensors", convert("bad.safetensors", data), message, EXPORT)
+        for name, data, message in cases
+    ]
+
+
+def _converts() -> list[Case]:
+    def existing(scratch: Path) -> list[str]:
+        (scratch / "existing").mkdir()
+        return ["convert", str(CONVERTED.parent / "source"), "existing"]
+
+    source = str(CONVERTED.parent / "source")
+    cases = [
+        ("convert to an existing OUT", existing, "already exists; pass --force"),
+        ("convert --precision int9", lambda s: ["convert", source, "out", "--precision", "int9"], "cannot do"),
+        ("convert --preset on a folder", lambda s: ["convert", source, "out", "--preset", "sd1"], "single-file"),
+        ("convert a missing source", lambda s: ["convert", "./nope", "out"], "does not exist"),
+        ("convert a .txt file", convert("model.txt", b"hello"), "not a checkpoint"),
+        ("convert a damaged .ckpt", convert("model.ckpt", b"PK\x03\x04garbage"), "is not a PyTorch checkpoint"),
+    ]
+    return [Case(name, "convert", setup, message, EXPORT) for name, setup, message in cases]
+
+
+def _faults() -> list[Case]:
+    def cache_is_a_file(scratch: Path) -> list[str]:
+        (scratch / "cache-file").write_text("not a folder")
+        return generate()(scratch)
+
+    case = Case("cache folder is a file", "faults", cache_is_a_file, "cannot write to the cache folder")
+    return [Case(case.name, case.category, case.setup, case.message, env={"SDCPU_CACHE_DIR": "cache-file"})]
+
+
+CASES = [*_settings(), *_prompts(), *_init_images(), *_outputs(), *_model_folders(), *_safetensors(), *_converts()]
+CASES += _faults()
