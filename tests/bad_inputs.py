@@ -125,7 +125,7 @@ def _settings() -> list[Case]:
         ("--compute-precision fp64", generate("--compute-precision", "fp64"), "Invalid value"),
         ("--backend tensorrt", generate("--backend", "tensorrt"), "unknown backend 'tensorrt'"),
         ("--backend onnxruntime on an OpenVINO folder", generate("--backend", "onnxruntime"), "cannot read a openvino"),
-        ("--device NOPE", generate("--device", "NOPE"), "cannot compile for device"),
+        ("--device NOPE", generate("--device", "NOPE"), "OpenVINO has no device 'NOPE'"),
         ("--verify sometimes", generate("--verify", "sometimes"), "Invalid value"),
     ]
     return [Case(name, "settings", setup, message) for name, setup, message in cases]

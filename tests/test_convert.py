@@ -228,3 +228,45 @@ def test_single_file_options_are_refused_for_folders(tiny_sd1, tmp_path, option)
     result = runner.invoke(app, ["convert", str(tiny_sd1), str(tmp_path / "out"), *option])
     assert result.exit_code == 2 and f"{option[0]}: for single-file checkpoints only" in result.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_pickle_refusal_gives_no_advice_to_disable_safety(tmp_path):
+    bad = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"x": torch.zeros(1)}, "payload": Payload()}, bad)
+    result = runner.invoke(app, ["convert", str(bad), str(tmp_path / "o")])
+    assert result.exit_code == 2 and "it calls posix.system" in result.output
+    assert "weights_only" not in result.output and "\x1b[" not in result.output
+
+
+def test_nan_weights_are_refused_at_convert_by_name(single_file, tiny_sd1, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(single_file / "tiny.safetensors")
+    state["model.diffusion_model.out.2.weight"][0, 0, 0, 0] = float("nan")
+    save_file(state, tmp_path / "nan.safetensors")
+    args = ["convert", str(tmp_path / "nan.safetensors"), str(tmp_path / "o"), "--config", str(tiny_sd1)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "unet weight conv_out.weight holds NaN or Inf" in " ".join(result.output.split())
+    assert [p.name for p in tmp_path.iterdir()] == ["nan.safetensors"]
+
+
+@pytest.mark.slow
+def test_single_file_with_config_reads_the_tokenizer_length(tmp_path, monkeypatch):
+    # The demo model's prompts are 16 tokens: a single file converted with --config DEMO must keep them so.
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPTextModel
+
+    from sdcpu.models.demo_model import SOURCE
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    models = [cls.from_pretrained(SOURCE, subfolder=sub) for cls, sub in ((CLIPTextModel, "text_encoder"),)]
+    models += [UNet2DConditionModel.from_pretrained(SOURCE, subfolder="unet")]
+    models += [AutoencoderKL.from_pretrained(SOURCE, subfolder="vae")]
+    save_file(ldm_checkpoint.sd1_checkpoint(*models), tmp_path / "demo.safetensors")
+    convert(str(tmp_path / "demo.safetensors"), tmp_path / "ov", "openvino", config_dir=SOURCE, **quiet)
+    options = LoadOptions(compute_precision="f32")
+    ours = Pipeline.load(tmp_path / "ov", options)("a red circle", seed=0).array
+    bundled = Pipeline.load(None, options)("a red circle", seed=0).array
+    assert float(np.abs(ours - bundled).max()) <= 1e-4

@@ -22,6 +22,8 @@ app = typer.Typer(
     help="Stable Diffusion on the CPU: convert checkpoints, generate images.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Boxes and colours for a person at a terminal; plain text for logs, pipes and scripts.
+    rich_markup_mode="rich" if sys.stderr.isatty() else None,
 )
 console = Console(stderr=True)
 MODEL_HELP = "folder made by `sdcpu convert` (default: the bundled demo model)"

@@ -17,6 +17,7 @@ from sdcpu.runtime.manifest import VERIFY_MODES, Manifest
 
 BACKENDS = ("openvino", "onnxruntime")
 NATIVE_BACKEND = {"openvino": "openvino", "onnx": "onnxruntime"}
+VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO", "BATCH")  # OpenVINO devices made of others
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,10 @@ class LoadOptions:
         self.validate(manifest)
         backend = self.backend or NATIVE_BACKEND[manifest.format]
         capabilities = compute.openvino_capabilities(self.device) if backend == "openvino" else ()
+        virtual = self.device.split(":")[0].upper() in VIRTUAL_DEVICES
+        if backend == "openvino" and not capabilities and not virtual:
+            found = ", ".join(compute.openvino_devices())
+            raise SdcpuError(f"OpenVINO has no device {self.device!r} on this machine; it has: {found}")
         precision = compute.resolve(self.compute_precision, backend, self.device, capabilities) or "auto"
         int8 = compute.resolve_int8_activations(self.int8_activations, backend, manifest.precision)
         # Winograd's transformed filters take 1.8-4x the memory of direct ones; under bf16 it also gained

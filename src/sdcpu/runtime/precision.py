@@ -77,6 +77,14 @@ def openvino_capabilities(device: str) -> tuple[str, ...]:
 
 
 @cache
+def openvino_devices() -> tuple[str, ...]:
+    """The devices OpenVINO finds on this machine (CPU, GPU, ...)."""
+    import openvino as ov
+
+    return tuple(ov.Core().available_devices)
+
+
+@cache
 def device_name(backend: str, device: str) -> str:
     """The name of what runs the networks: OpenVINO's FULL_DEVICE_NAME, or the CPU model."""
     if backend == "openvino":

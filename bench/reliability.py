@@ -1,0 +1,51 @@
+"""Run the battery of bad inputs (tests/bad_inputs.py) and write its table into docs/reliability.md,
+between the `<!-- battery -->` markers: each input, the exit code, and the first line of the message.
+
+    python bench/reliability.py
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from bad_inputs import CASES, run  # noqa: E402
+
+DOC = ROOT / "docs" / "reliability.md"
+START, END = "<!-- battery -->", "<!-- /battery -->"
+
+
+def rows() -> list[str]:
+    lines = ["| # | category | input | exit | message |", "|---:|---|---|---:|---|"]
+    for i, case in enumerate(CASES, 1):
+        if any(importlib.util.find_spec(m) is None for m in case.needs):
+            lines.append(f"| {i} | {case.category} | {case.name} | | (skipped: needs the export extra) |")
+            continue
+        with tempfile.TemporaryDirectory() as scratch:
+            result = run(case, Path(scratch))
+        stderr = result.stderr.decode("utf-8", "replace").strip()
+        first = next((line for line in stderr.splitlines() if "error" in line.lower()), stderr[-200:])
+        first = first.replace(scratch, "…").replace("|", "\\|")
+        traceback = " **traceback**" if "Traceback" in stderr else ""
+        lines.append(f"| {i} | {case.category} | {case.name} | {result.returncode}{traceback} | {first} |")
+        print(lines[-1], flush=True)
+    return lines
+
+
+def main() -> None:
+    table = rows()
+    text = DOC.read_text()
+    head, _, rest = text.partition(START)
+    _, _, tail = rest.partition(END)
+    machine = f"Run with Python {platform.python_version()} on {platform.machine()}, {len(CASES)} cases."
+    DOC.write_text(f"{head}{START}\n{machine}\n\n" + "\n".join(table) + f"\n{END}{tail}")
+
+
+if __name__ == "__main__":
+    main()
