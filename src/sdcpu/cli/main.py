@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 import sys
 import warnings
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -16,6 +15,26 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from sdcpu.cli.options import (
+    DEEP_CACHE_HELP,
+    INT8_ACTIVATIONS_HELP,
+    INT8_FLAG,
+    MODEL_HELP,
+    PRECISION_HELP,
+    Backend,
+    Cache,
+    ComputePrecision,
+    Device,
+    Format,
+    Int8Activations,
+    LowMemory,
+    Precision,
+    TokenDownsampling,
+    Verify,
+    VerifyMode,
+    Winograd,
+    load_options,
+)
 from sdcpu.runtime.errors import SdcpuError
 
 app = typer.Typer(
@@ -26,90 +45,6 @@ app = typer.Typer(
     rich_markup_mode="rich" if sys.stderr.isatty() else None,
 )
 console = Console(stderr=True)
-MODEL_HELP = "folder made by `sdcpu convert` (default: the bundled demo model)"
-LOW_MEMORY_HELP = "one network in memory at a time, batch-1 guidance, tiled VAE decode: slower, far smaller peak"
-VERIFY_HELP = (
-    "check the model's files against its manifest: fast = hash files changed since last hashed (by size, mtime "
-    "and inode), full = hash every file, sizes = presence and sizes only"
-)
-DEEP_CACHE_HELP = (
-    "DeepCache: run the whole UNet every N steps and only its outermost layers in between, reusing "
-    "the deep features (faster, approximate; 1 = off)"
-)
-WINOGRAD_HELP = (
-    "OpenVINO on the CPU: compute 3x3 convolutions with Winograd's algorithm (about 1.2x faster UNet steps "
-    "at fp32, more memory for the larger filters; --low-memory turns it off)"
-)
-TOKEN_DOWNSAMPLING_HELP = (
-    "ToDo: the highest-resolution self-attention uses one key and value per F x F block of latents "
-    "(faster, approximate; OpenVINO folders only; 1 = off, 2 is the usual choice)"
-)
-PRECISION_HELP = (
-    "arithmetic of the networks, apart from the stored weights: f32; bf16 (OpenVINO, CPUs with native bf16); "
-    "auto = bf16 where the CPU has it, else f32"
-)
-INT8_FLAG = "--int8-activations/--no-int8-activations"
-INT8_ACTIVATIONS_HELP = (
-    "OpenVINO, folders with int8 or int4 weights: their MatMuls quantize activations to int8 on the fly "
-    "(approximate; int8 dot products on CPUs with VNNI or AMX) [default: on for int8-hybrid on such CPUs]"
-)
-CACHE_HELP = "keep OpenVINO's compiled models in $SDCPU_CACHE_DIR or ~/.cache/sdcpu for a warm next start"
-
-
-class Format(str, Enum):
-    openvino = "openvino"
-    onnx = "onnx"
-
-
-class VerifyMode(str, Enum):
-    fast = "fast"
-    full = "full"
-    sizes = "sizes"
-
-
-class ComputePrecision(str, Enum):
-    auto = "auto"
-    f32 = "f32"
-    bf16 = "bf16"
-
-
-# Load options, shared by generate, eval and bench (runtime/options.py: LoadOptions).
-Backend = Annotated[str | None, typer.Option(help="openvino or onnxruntime (default: the folder's)")]
-Device = Annotated[str, typer.Option(help="OpenVINO device: CPU, GPU, AUTO")]
-LowMemory = Annotated[bool, typer.Option(help=LOW_MEMORY_HELP)]
-Winograd = Annotated[bool, typer.Option(help=WINOGRAD_HELP)]
-Cache = Annotated[bool, typer.Option(help=CACHE_HELP)]
-TokenDownsampling = Annotated[int, typer.Option(help=TOKEN_DOWNSAMPLING_HELP)]
-Precision = Annotated[ComputePrecision, typer.Option(help=PRECISION_HELP)]
-Int8Activations = Annotated[bool | None, typer.Option(INT8_FLAG, help=INT8_ACTIVATIONS_HELP)]
-Verify = Annotated[VerifyMode, typer.Option(help=VERIFY_HELP)]
-
-
-def load_options(
-    backend: str | None = None,
-    device: str = "CPU",
-    compute_precision: ComputePrecision = ComputePrecision.auto,
-    int8_activations: bool | None = None,
-    cache: bool = True,
-    low_memory: bool = False,
-    winograd: bool = True,
-    token_downsampling: int = 1,
-    verify: VerifyMode = VerifyMode.fast,
-):
-    """The LoadOptions for these flags (validated when the model is loaded)."""
-    from sdcpu.runtime.options import LoadOptions
-
-    return LoadOptions(
-        backend=backend,
-        device=device,
-        compute_precision=compute_precision.value,
-        int8_activations=int8_activations,
-        cache=cache,
-        low_memory=low_memory,
-        winograd=winograd,
-        token_downsampling=token_downsampling,
-        verify=verify.value,
-    )
 
 
 def fail(err: Exception) -> typer.Exit:
@@ -191,7 +126,6 @@ def generate(
     verify: Verify = VerifyMode.fast,
 ) -> None:
     """Generate images from a prompt (or from an init image and a prompt)."""
-    from sdcpu.cli.progress import StepProgress
     from sdcpu.runtime.outputs import output_paths
     from sdcpu.runtime.pipeline import Pipeline
 
@@ -202,26 +136,33 @@ def generate(
         output_paths(out, num_images, overwrite)  # before any work: a bad --out costs nothing
         with console.status("loading model"):
             pipe = Pipeline.load(model, options)
-        with warnings.catch_warnings(record=True) as caught, StepProgress(console) as progress:
-            warnings.simplefilter("always")
-            result = pipe(
-                prompt,
-                negative_prompt=negative_prompt,
-                steps=steps,
-                guidance=guidance,
-                seed=seed,
-                width=width,
-                height=height,
-                num_images=num_images,
-                scheduler=scheduler,
-                init_image=init_image,
-                strength=strength,
-                callback=progress.update,
-                deep_cache=deep_cache,
-            )
-        _save(result, out, overwrite, [str(w.message) for w in caught])
+        result, warned = _with_progress(
+            pipe,
+            prompt,
+            negative_prompt=negative_prompt,
+            steps=steps,
+            guidance=guidance,
+            seed=seed,
+            width=width,
+            height=height,
+            num_images=num_images,
+            scheduler=scheduler,
+            init_image=init_image,
+            strength=strength,
+            deep_cache=deep_cache,
+        )
+        _save(result, out, overwrite, warned)
     except SdcpuError as err:
         raise fail(err) from None
+
+
+def _with_progress(pipe, prompt: str, **settings):
+    from sdcpu.cli.progress import StepProgress
+
+    with warnings.catch_warnings(record=True) as caught, StepProgress(console) as progress:
+        warnings.simplefilter("always")
+        result = pipe(prompt, callback=progress.update, **settings)
+    return result, [str(w.message) for w in caught]
 
 
 def _save(result, out: Path, overwrite: bool, warned: list[str]) -> None:

@@ -1,0 +1,94 @@
+"""The command-line options shared by several commands: help texts, choices, and the load options
+(runtime/options.py: LoadOptions) that generate, eval and bench take alike."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated
+
+import typer
+
+from sdcpu.runtime.options import LoadOptions
+
+MODEL_HELP = "folder made by `sdcpu convert` (default: the bundled demo model)"
+LOW_MEMORY_HELP = "one network in memory at a time, batch-1 guidance, tiled VAE decode: slower, far smaller peak"
+VERIFY_HELP = (
+    "check the model's files against its manifest: fast = hash files changed since last hashed (by size, mtime "
+    "and inode), full = hash every file, sizes = presence and sizes only"
+)
+DEEP_CACHE_HELP = (
+    "DeepCache: run the whole UNet every N steps and only its outermost layers in between, reusing "
+    "the deep features (faster, approximate; 1 = off)"
+)
+WINOGRAD_HELP = (
+    "OpenVINO on the CPU: compute 3x3 convolutions with Winograd's algorithm (about 1.2x faster UNet steps "
+    "at fp32, more memory for the larger filters; --low-memory turns it off)"
+)
+TOKEN_DOWNSAMPLING_HELP = (
+    "ToDo: the highest-resolution self-attention uses one key and value per F x F block of latents "
+    "(faster, approximate; OpenVINO folders only; 1 = off, 2 is the usual choice)"
+)
+PRECISION_HELP = (
+    "arithmetic of the networks, apart from the stored weights: f32; bf16 (OpenVINO, CPUs with native bf16); "
+    "auto = bf16 where the CPU has it, else f32"
+)
+INT8_FLAG = "--int8-activations/--no-int8-activations"
+INT8_ACTIVATIONS_HELP = (
+    "OpenVINO, folders with int8 or int4 weights: their MatMuls quantize activations to int8 on the fly "
+    "(approximate; int8 dot products on CPUs with VNNI or AMX) [default: on for int8-hybrid on such CPUs]"
+)
+CACHE_HELP = "keep OpenVINO's compiled models in $SDCPU_CACHE_DIR or ~/.cache/sdcpu for a warm next start"
+
+
+class Format(str, Enum):
+    openvino = "openvino"
+    onnx = "onnx"
+
+
+class VerifyMode(str, Enum):
+    fast = "fast"
+    full = "full"
+    sizes = "sizes"
+
+
+class ComputePrecision(str, Enum):
+    auto = "auto"
+    f32 = "f32"
+    bf16 = "bf16"
+
+
+# Load options, shared by generate, eval and bench (runtime/options.py: LoadOptions).
+Backend = Annotated[str | None, typer.Option(help="openvino or onnxruntime (default: the folder's)")]
+Device = Annotated[str, typer.Option(help="OpenVINO device: CPU, GPU, AUTO")]
+LowMemory = Annotated[bool, typer.Option(help=LOW_MEMORY_HELP)]
+Winograd = Annotated[bool, typer.Option(help=WINOGRAD_HELP)]
+Cache = Annotated[bool, typer.Option(help=CACHE_HELP)]
+TokenDownsampling = Annotated[int, typer.Option(help=TOKEN_DOWNSAMPLING_HELP)]
+Precision = Annotated[ComputePrecision, typer.Option(help=PRECISION_HELP)]
+Int8Activations = Annotated[bool | None, typer.Option(INT8_FLAG, help=INT8_ACTIVATIONS_HELP)]
+Verify = Annotated[VerifyMode, typer.Option(help=VERIFY_HELP)]
+
+
+def load_options(
+    backend: str | None = None,
+    device: str = "CPU",
+    compute_precision: ComputePrecision = ComputePrecision.auto,
+    int8_activations: bool | None = None,
+    cache: bool = True,
+    low_memory: bool = False,
+    winograd: bool = True,
+    token_downsampling: int = 1,
+    verify: VerifyMode = VerifyMode.fast,
+) -> LoadOptions:
+    """The LoadOptions for these flags (validated when the model is loaded)."""
+    return LoadOptions(
+        backend=backend,
+        device=device,
+        compute_precision=compute_precision.value,
+        int8_activations=int8_activations,
+        cache=cache,
+        low_memory=low_memory,
+        winograd=winograd,
+        token_downsampling=token_downsampling,
+        verify=verify.value,
+    )
