@@ -211,7 +211,7 @@ import sys
 from sdcpu.cli.main import app
 for model in ({str(sd1_openvino)!r}, {str(sd1_onnx)!r}):
     try:
-        app(["generate", "a cat", "--model", model, "--out", {str(tmp_path / "x.png")!r}, "--steps", "2",
+        app(["generate", "a cat", "--model", model, "--out", {str(tmp_path / "x.png")!r}, "--steps", "2", "--overwrite",
              "--init-image", {str(Path(__file__).parent / "data" / "init.png")!r}])
     except SystemExit as exit:
         assert exit.code in (0, None), exit.code
