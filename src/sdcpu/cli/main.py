@@ -17,6 +17,7 @@ from rich.markup import escape
 
 from sdcpu.cli.options import (
     DEEP_CACHE_HELP,
+    FROM_PNG_HELP,
     INT8_ACTIVATIONS_HELP,
     INT8_FLAG,
     MODEL_HELP,
@@ -97,24 +98,25 @@ def convert(
 
 @app.command()
 def generate(
-    prompt: Annotated[str, typer.Argument(help="what to draw")],
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write (image-N.png for several)")],
+    prompt: Annotated[str | None, typer.Argument(help="what to draw (or --from-png)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace --out if it exists")] = False,
+    from_png: Annotated[Path | None, typer.Option(help=FROM_PNG_HELP)] = None,
     model: Annotated[Path | None, typer.Option("--model", "-m", help=MODEL_HELP)] = None,
     negative_prompt: Annotated[str | None, typer.Option(help="what to steer away from")] = None,
-    steps: Annotated[int, typer.Option(help="denoising steps")] = 20,
-    guidance: Annotated[float, typer.Option(help="classifier-free guidance scale (<= 1 turns it off)")] = 7.5,
+    steps: Annotated[int | None, typer.Option(help="denoising steps [default: 20]")] = None,
+    guidance: Annotated[float | None, typer.Option(help="guidance scale (<= 1 turns it off) [default: 7.5]")] = None,
     seed: Annotated[int | None, typer.Option(help="random seed (default: a fresh one, stored in the PNG)")] = None,
     width: Annotated[int | None, typer.Option(help="image width, a multiple of 8 (default: the model's)")] = None,
     height: Annotated[int | None, typer.Option(help="image height, a multiple of 8 (default: the model's)")] = None,
-    num_images: Annotated[int, typer.Option(help="how many images")] = 1,
+    num_images: Annotated[int | None, typer.Option(help="how many images [default: 1]")] = None,
     scheduler: Annotated[
         str | None,
         typer.Option(help="ddim, pndm, euler, euler-a, dpm++2m, dpm++2m-karras, lcm (default: the model's own)"),
     ] = None,
     init_image: Annotated[Path | None, typer.Option(help="start from this image (img2img)")] = None,
     strength: Annotated[float, typer.Option(help="img2img: how much to change the init image, (0, 1]")] = 0.8,
-    deep_cache: Annotated[int, typer.Option(help=DEEP_CACHE_HELP)] = 1,
+    deep_cache: Annotated[int | None, typer.Option(help=DEEP_CACHE_HELP)] = None,
     backend: Backend = None,
     device: Device = "CPU",
     compute_precision: Precision = ComputePrecision.auto,
@@ -125,43 +127,35 @@ def generate(
     token_downsampling: TokenDownsampling = 1,
     verify: Verify = VerifyMode.fast,
 ) -> None:
-    """Generate images from a prompt (or from an init image and a prompt)."""
+    """Generate images from a prompt (or from an init image and a prompt, or the settings of a PNG)."""
+    from sdcpu.runtime.infotext import generation_request
     from sdcpu.runtime.outputs import output_paths
     from sdcpu.runtime.pipeline import Pipeline
 
     options = load_options(
         backend, device, compute_precision, int8_activations, cache, low_memory, winograd, token_downsampling, verify
     )
+    given = dict(negative_prompt=negative_prompt, steps=steps, guidance=guidance, seed=seed, width=width)
+    given |= dict(height=height, num_images=num_images, scheduler=scheduler, deep_cache=deep_cache)
     try:
-        output_paths(out, num_images, overwrite)  # before any work: a bad --out costs nothing
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            request = generation_request(prompt, given, from_png)
+        output_paths(out, request.get("num_images", 1), overwrite)  # before any work: a bad --out costs nothing
         with console.status("loading model"):
             pipe = Pipeline.load(model, options)
-        result, warned = _with_progress(
-            pipe,
-            prompt,
-            negative_prompt=negative_prompt,
-            steps=steps,
-            guidance=guidance,
-            seed=seed,
-            width=width,
-            height=height,
-            num_images=num_images,
-            scheduler=scheduler,
-            init_image=init_image,
-            strength=strength,
-            deep_cache=deep_cache,
-        )
-        _save(result, out, overwrite, warned)
+        result, warned = _with_progress(pipe, init_image=init_image, strength=strength, **request)
+        _save(result, out, overwrite, [str(w.message) for w in caught] + warned)
     except SdcpuError as err:
         raise fail(err) from None
 
 
-def _with_progress(pipe, prompt: str, **settings):
+def _with_progress(pipe, **settings):
     from sdcpu.cli.progress import StepProgress
 
     with warnings.catch_warnings(record=True) as caught, StepProgress(console) as progress:
         warnings.simplefilter("always")
-        result = pipe(prompt, callback=progress.update, **settings)
+        result = pipe(callback=progress.update, **settings)
     return result, [str(w.message) for w in caught]
 
 

@@ -10,6 +10,10 @@ import typer
 
 from sdcpu.runtime.options import LoadOptions
 
+FROM_PNG_HELP = (
+    "run again the settings stored in a PNG, sdcpu's or AUTOMATIC1111's (prompt, negative prompt, steps, guidance, "
+    "seed, size, sampler); options given here win"
+)
 MODEL_HELP = "folder made by `sdcpu convert` (default: the bundled demo model)"
 LOW_MEMORY_HELP = "one network in memory at a time, batch-1 guidance, tiled VAE decode: slower, far smaller peak"
 VERIFY_HELP = (

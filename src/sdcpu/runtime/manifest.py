@@ -82,6 +82,11 @@ class Manifest:
             f"{MANIFEST_VERSION}); convert the checkpoint again with `sdcpu convert`"
         )
 
+    def content_hash(self) -> str:
+        """A short hash of every file's sha256, naming these weights (as A1111's 10-digit model hash)."""
+        listing = "\n".join(f"{rel} {info['sha256']}" for rel, info in sorted(self.files.items()))
+        return hashlib.sha256(listing.encode()).hexdigest()[:10]
+
     def graph_path(self, folder: Path, component: str) -> Path:
         return Path(folder) / component / GRAPH_FILE[self.format]
 

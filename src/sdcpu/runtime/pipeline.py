@@ -60,6 +60,12 @@ def _check_finite(array: np.ndarray, where: str) -> np.ndarray:
     return array
 
 
+def _demo_folder_path() -> Path:
+    from sdcpu.models.demo_model import CONVERTED
+
+    return CONVERTED
+
+
 def _demo_folder() -> Path:
     from sdcpu.models.demo_model import CONVERTED
 
@@ -75,6 +81,9 @@ class Pipeline:
         self.folder, self.manifest, self.requested = folder, manifest, options or LoadOptions()
         self.options = self.requested.resolve(manifest)  # validated, with every "auto" decided
         self.memory = memory_policy(self.options.low_memory)
+        # The folder that runs names the model (the source it was converted from is recorded apart).
+        self.model_name = "sdcpu-demo" if folder == _demo_folder_path() else folder.resolve().name
+        self.model_hash = self.manifest.content_hash()
         self.passes = graph_passes(self.options)
         self.applied: dict[str, list[str]] = {}  # component -> the graph passes it is compiled with
         try:
@@ -142,8 +151,9 @@ class Pipeline:
             num_images=num_images,
             scheduler=scheduler or default_scheduler_name(self.scheduler_config),
             strength=strength if image is not None else None,
-            model=self.manifest.source,
+            model=self.model_name,
             deep_cache=deep_cache,
+            noise="seed" if latents is None else "given",
         ).validate(self.manifest.vae_scale_factor, self.scheduler_config.num_train_timesteps)
         self._check_memory(settings)
         return self.generate(settings, image, latents, callback)
@@ -225,6 +235,8 @@ class Pipeline:
             "compute_precision_requested": self.requested.compute_precision,
             "memory": self.memory.name,
             "graph_passes": "; ".join(f"{c}: {', '.join(keys)}" for c, keys in self.applied.items() if keys),
+            "model_source": self.manifest.source,
+            "model_hash": self.model_hash,
             "fell_back_to_f32": ", ".join(n for n, m in networks.items() if getattr(m, "fell_back", False)),
         }
 

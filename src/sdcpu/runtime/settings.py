@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict, dataclass
 
 from sdcpu.runtime.errors import SdcpuError
+from sdcpu.runtime.infotext import format_parameters
 from sdcpu.runtime.schedulers import SCHEDULERS
 
 MAX_GUIDANCE = 100.0  # far above any useful scale (7.5 is usual); beyond it images are saturated noise
@@ -28,6 +29,7 @@ class GenerationSettings:
     strength: float | None  # None for txt2img
     model: str
     deep_cache: int = 1  # DeepCache: the whole UNet every N steps, a shallow pass between (1: every step)
+    noise: str = "seed"  # "seed": drawn from the seed; "given": passed in (latents=), not reproduced by the seed
 
     def validate(self, multiple: int, max_steps: int = 1000) -> GenerationSettings:
         """Raise SdcpuError (with what to do) on any setting the pipeline cannot run; `max_steps`: the
@@ -59,11 +61,16 @@ class GenerationSettings:
 
     def png_metadata(self, index: int, runtime: dict[str, str] | None = None) -> dict[str, str]:
         """PNG text chunks: each setting, then how it ran (`runtime`: backend, device, compute precision),
-        and all of it as one JSON chunk "sdcpu"."""
+        all of it as one JSON chunk "sdcpu", and A1111's "parameters" (runtime/infotext.py)."""
+        from sdcpu import __version__
+
         runtime = runtime or {}
         data = {k: str(v) for k, v in asdict(self).items() if v is not None} | runtime
         data["image_index"] = str(index)
         data["sdcpu"] = json.dumps({**asdict(self), "image_index": index, "runtime": runtime})
+        given = {**asdict(self), "image_index": index}
+        model_hash = runtime.get("model_hash", "")
+        data["parameters"] = format_parameters(given, self.model, model_hash, f"sdcpu {__version__}")
         return data
 
 
