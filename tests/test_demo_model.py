@@ -104,3 +104,21 @@ def test_first_command_of_the_readme_needs_no_model(tmp_path, monkeypatch):
     assert image.info["prompt"] == prompt and "sdcpu" in image.info
     seen = world.judge(image)
     assert (seen["shape"], seen["colour"], seen["position"], seen["background"]) == ("circle", "red", "left", "blue")
+
+
+@pytest.mark.parity
+def test_demo_source_has_the_canonical_keys_every_loader_reads():
+    # transformers 4.57 and 5.5 read CLIP weights only under "text_model."; without that prefix they
+    # reported every key missing and used random weights. Every key must be where each version looks.
+    pytest.importorskip("transformers")
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors import safe_open
+    from transformers import CLIPTextModel
+
+    with safe_open(str(SOURCE / "text_encoder" / "model.safetensors"), "np") as f:
+        assert all(key.startswith("text_model.") for key in f.keys())  # noqa: SIM118 (not a dict)
+    _, info = CLIPTextModel.from_pretrained(SOURCE, subfolder="text_encoder", output_loading_info=True)
+    assert not (info["missing_keys"] or info["unexpected_keys"] or info["mismatched_keys"]), info
+    for cls, sub in ((UNet2DConditionModel, "unet"), (AutoencoderKL, "vae")):
+        _, info = cls.from_pretrained(SOURCE, subfolder=sub, output_loading_info=True)
+        assert not (info["missing_keys"] or info["unexpected_keys"] or info["mismatched_keys"]), (sub, info)
