@@ -302,6 +302,7 @@ def _converts() -> list[Case]:
         ("convert --preset on a folder", lambda s: ["convert", source, "out", "--preset", "sd1"], "single-file"),
         ("convert a missing source", lambda s: ["convert", "./nope", "out"], "does not exist"),
         ("convert a .txt file", convert("model.txt", b"hello"), "not a checkpoint"),
+        ("convert a converted folder", lambda s: ["convert", str(CONVERTED), "out"], "is already converted"),
         ("convert a damaged .ckpt", convert("model.ckpt", b"PK\x03\x04garbage"), "is not a PyTorch checkpoint"),
     ]
     return [Case(name, "convert", setup, message, EXPORT) for name, setup, message in cases]

@@ -17,6 +17,7 @@ from sdcpu.runtime.errors import SdcpuError
 from sdcpu.runtime.tokenizer import has_vocabulary
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
+CONVERTED_GRAPHS = ("openvino_model.xml", "model.onnx")  # a UNet already exported, by sdcpu or optimum
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,11 @@ def _download(repo_id: str) -> Path:
 
 
 def open_diffusers_folder(folder: Path, description: str) -> Source:
+    if (folder / "sdcpu.json").exists() or any((folder / "unet" / name).exists() for name in CONVERTED_GRAPHS):
+        raise SdcpuError(
+            f"{folder} is already converted (it holds OpenVINO or ONNX graphs, not PyTorch weights); "
+            f"generate with it: sdcpu generate PROMPT --model {folder} --out image.png"
+        )
     for sub in ("unet/config.json", "vae/config.json", "text_encoder/config.json", "tokenizer/tokenizer_config.json"):
         if not (folder / sub).exists():
             raise SdcpuError(f"{folder} is not a Stable Diffusion diffusers folder: {sub} is missing")
