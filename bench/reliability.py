@@ -31,7 +31,7 @@ def rows() -> list[str]:
             result = run(case, Path(scratch))
         stderr = result.stderr.decode("utf-8", "replace").strip()
         first = next((line for line in stderr.splitlines() if "error" in line.lower()), stderr[-200:])
-        first = first.replace(scratch, "…").replace("|", "\\|")
+        first = first.replace(scratch, "…").replace(f"{ROOT}/", "").replace("|", "\\|")
         traceback = " **traceback**" if "Traceback" in stderr else ""
         lines.append(f"| {i} | {case.category} | {case.name} | {result.returncode}{traceback} | {first} |")
         print(lines[-1], flush=True)
