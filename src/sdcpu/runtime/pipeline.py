@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from sdcpu.models.demo_model import CONVERTED as DEMO
 from sdcpu.runtime import images as imaging
 from sdcpu.runtime import precision as compute
 from sdcpu.runtime.backends import Model, load_model
@@ -60,18 +61,10 @@ def _check_finite(array: np.ndarray, where: str) -> np.ndarray:
     return array
 
 
-def _demo_folder_path() -> Path:
-    from sdcpu.models.demo_model import CONVERTED
-
-    return CONVERTED
-
-
 def _demo_folder() -> Path:
-    from sdcpu.models.demo_model import CONVERTED
-
-    if not (CONVERTED / "sdcpu.json").is_file():
-        raise SdcpuError(f"the bundled demo model is missing from this install ({CONVERTED}); pass a model folder")
-    return CONVERTED
+    if not (DEMO / "sdcpu.json").is_file():
+        raise SdcpuError(f"the bundled demo model is missing from this install ({DEMO}); pass a model folder")
+    return DEMO
 
 
 class Pipeline:
@@ -82,7 +75,7 @@ class Pipeline:
         self.options = self.requested.resolve(manifest)  # validated, with every "auto" decided
         self.memory = memory_policy(self.options.low_memory)
         # The folder that runs names the model (the source it was converted from is recorded apart).
-        self.model_name = "sdcpu-demo" if folder == _demo_folder_path() else folder.resolve().name
+        self.model_name = "sdcpu-demo" if folder.resolve() == DEMO.resolve() else folder.resolve().name
         self.model_hash = self.manifest.content_hash()
         self.passes = graph_passes(self.options)
         self.applied: dict[str, list[str]] = {}  # component -> the graph passes it is compiled with
