@@ -22,6 +22,7 @@ from sdcpu.cli.options import (
     INT8_FLAG,
     MODEL_HELP,
     PRECISION_HELP,
+    WATERMARK_HELP,
     Backend,
     Cache,
     ComputePrecision,
@@ -117,6 +118,7 @@ def generate(
     init_image: Annotated[Path | None, typer.Option(help="start from this image (img2img)")] = None,
     strength: Annotated[float, typer.Option(help="img2img: how much to change the init image, (0, 1]")] = 0.8,
     deep_cache: Annotated[int | None, typer.Option(help=DEEP_CACHE_HELP)] = None,
+    watermark: Annotated[bool, typer.Option(help=WATERMARK_HELP)] = False,
     backend: Backend = None,
     device: Device = "CPU",
     compute_precision: Precision = ComputePrecision.auto,
@@ -137,6 +139,7 @@ def generate(
     )
     given = dict(negative_prompt=negative_prompt, steps=steps, guidance=guidance, seed=seed, width=width)
     given |= dict(height=height, num_images=num_images, scheduler=scheduler, deep_cache=deep_cache)
+    given["watermark"] = watermark or None
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

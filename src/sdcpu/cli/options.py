@@ -10,6 +10,10 @@ import typer
 
 from sdcpu.runtime.options import LoadOptions
 
+WATERMARK_HELP = (
+    "embed the invisible watermark of the reference Stable Diffusion scripts (invisible-watermark's dwtDct, "
+    "payload StableDiffusionV1; images of 256x256 or more)"
+)
 FROM_PNG_HELP = (
     "run again the settings stored in a PNG, sdcpu's or AUTOMATIC1111's (prompt, negative prompt, steps, guidance, "
     "seed, size, sampler); options given here win"

@@ -29,6 +29,7 @@ from sdcpu.runtime.schedulers import Scheduler, SchedulerConfig, default_schedul
 from sdcpu.runtime.settings import GenerationSettings
 from sdcpu.runtime.tokenizer import ClipTokenizer
 from sdcpu.runtime.unet import UNetRunner
+from sdcpu.runtime.watermark import embed as embed_watermark
 
 Callback = Callable[[int, int, np.ndarray], bool | None]
 
@@ -129,6 +130,7 @@ class Pipeline:
         latents: np.ndarray | None = None,
         callback: Callback | None = None,
         deep_cache: int = 1,
+        watermark: bool = False,
     ) -> PipelineResult:
         """Generate images (txt2img, or img2img with `init_image`); see the README for each option."""
         image = imaging.open_init_image(init_image) if init_image is not None else None
@@ -146,6 +148,7 @@ class Pipeline:
             strength=strength if image is not None else None,
             model=self.model_name,
             deep_cache=deep_cache,
+            watermark=watermark,
             noise="seed" if latents is None else "given",
         ).validate(self.manifest.vae_scale_factor, self.scheduler_config.num_train_timesteps)
         self._check_memory(settings)
@@ -211,7 +214,9 @@ class Pipeline:
         unet.release()
         decoded = self._decode((x / np.float32(self.manifest.vae_scaling_factor)).astype(np.float32))
         array = imaging.decoded_to_float(_check_finite(decoded, "the decoded image"))
-        return PipelineResult(imaging.float_to_pil(array), array, s, done, self.runtime_info())
+        if s.watermark:  # on the 8-bit pixels, which are what is kept
+            array = np.stack([embed_watermark(np.asarray(image)) for image in imaging.float_to_pil(array)]) / 255.0
+        return PipelineResult(imaging.float_to_pil(array), array.astype(np.float32), s, done, self.runtime_info())
 
     def runtime_info(self) -> dict[str, str]:
         """How the networks ran: the load options as resolved (backend, device with its name, memory

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from sdcpu.runtime.errors import SdcpuError
 from sdcpu.runtime.infotext import format_parameters
 from sdcpu.runtime.schedulers import SCHEDULERS
+from sdcpu.runtime.watermark import MIN_PIXELS
 
 MAX_GUIDANCE = 100.0  # far above any useful scale (7.5 is usual); beyond it images are saturated noise
 # CLIP reads 77 tokens, a few hundred characters; 16 KiB leaves room for any prompt a person writes and keeps
@@ -29,6 +30,7 @@ class GenerationSettings:
     strength: float | None  # None for txt2img
     model: str
     deep_cache: int = 1  # DeepCache: the whole UNet every N steps, a shallow pass between (1: every step)
+    watermark: bool = False  # the invisible watermark of the reference scripts (runtime/watermark.py)
     noise: str = "seed"  # "seed": drawn from the seed; "given": passed in (latents=), not reproduced by the seed
 
     def validate(self, multiple: int, max_steps: int = 1000) -> GenerationSettings:
@@ -55,6 +57,10 @@ class GenerationSettings:
             raise SdcpuError(f"deep_cache must be at least 1 (1 runs the whole UNet every step); got {self.deep_cache}")
         if self.scheduler not in SCHEDULERS:
             raise SdcpuError(f"unknown scheduler {self.scheduler!r}; choose one of: {', '.join(SCHEDULERS)}")
+        if self.watermark and self.width * self.height < MIN_PIXELS:
+            raise SdcpuError(
+                f"the watermark needs at least {MIN_PIXELS:,} pixels (256x256); got {self.width}x{self.height}"
+            )
         if not 0 <= self.seed < 2**63:
             raise SdcpuError(f"seed must be a non-negative integer below 2**63; got {self.seed}")
         return self
