@@ -270,3 +270,19 @@ def test_single_file_with_config_reads_the_tokenizer_length(tmp_path, monkeypatc
     ours = Pipeline.load(tmp_path / "ov", options)("a red circle", seed=0).array
     bundled = Pipeline.load(None, options)("a red circle", seed=0).array
     assert float(np.abs(ours - bundled).max()) <= 1e-4
+
+
+def test_openvino_folders_carry_the_tokenizer_as_openvino_irs(sd1_openvino):
+    # What openvino.genai tokenizes with: the same ids as sdcpu's tokenizer, before padding.
+    pytest.importorskip("openvino_tokenizers")
+    import openvino as ov
+
+    from sdcpu.runtime.tokenizer import ClipTokenizer
+
+    manifest = Manifest.load(sd1_openvino)
+    assert {"tokenizer/openvino_tokenizer.xml", "tokenizer/openvino_detokenizer.bin"} <= set(manifest.files)
+    tokenizer = ov.Core().compile_model(sd1_openvino / "tokenizer" / "openvino_tokenizer.xml", "CPU")
+    for prompt in ("a red cat", "A watercolor FOX, in the snow!"):
+        theirs = tokenizer([prompt])["input_ids"][0]
+        ours = ClipTokenizer(sd1_openvino / "tokenizer")([prompt])[0]
+        assert ours[: len(theirs)].tolist() == theirs.tolist()

@@ -20,6 +20,7 @@ from sdcpu.export.calibration import CalibrationSettings, collect_unet_inputs
 from sdcpu.export.components import COMPONENT_SPECS
 from sdcpu.export.quantize import PRECISIONS, component_precision
 from sdcpu.export.sources import Source, open_source
+from sdcpu.export.tokenizer_ir import write_tokenizer_irs
 from sdcpu.export.writers import WRITERS, Calibrate
 from sdcpu.runtime.errors import SdcpuError
 from sdcpu.runtime.manifest import MANIFEST_NAME, Manifest, describe_files
@@ -81,7 +82,7 @@ def convert(
         staged.mkdir()
         calibration = (calibration or CalibrationSettings()) if precision == "int8-hybrid" else None
         files = _export_components(src, staged, format, precision, calibration, progress)
-        files += _write_support_files(src, staged)
+        files += _write_support_files(src, staged, format, progress)
         manifest = _manifest(src, staged, format, precision, files, calibration)
         (staged / MANIFEST_NAME).write_text(manifest.to_json())
         for path in [staged, *staged.rglob("*")]:  # some writers make files 0600, as tempfile does
@@ -176,13 +177,19 @@ def _config_dict(model: Any) -> dict[str, Any]:
     return dict(config.to_dict() if hasattr(config, "to_dict") else config)
 
 
-def _write_support_files(src: Source, staged: Path) -> list[str]:
+def _write_support_files(src: Source, staged: Path, fmt: str, progress: Callable[[str], None]) -> list[str]:
     (staged / "tokenizer").mkdir()
     written = []
     for name in TOKENIZER_FILES:
         if (src.tokenizer_dir / name).exists():
             shutil.copyfile(src.tokenizer_dir / name, staged / "tokenizer" / name)
             written.append(f"tokenizer/{name}")
+    if fmt == "openvino":  # for openvino.genai, which tokenizes in OpenVINO
+        irs = write_tokenizer_irs(staged / "tokenizer")
+        written += [f"tokenizer/{name}" for name in irs]
+        progress(
+            "tokenizer: OpenVINO IRs written" if irs else "tokenizer: no OpenVINO IRs (openvino-tokenizers absent)"
+        )
     (staged / "scheduler").mkdir()
     (staged / "scheduler" / "scheduler_config.json").write_text(json.dumps(src.scheduler_config, indent=2))
     index = model_index(src.scheduler_config.get("_class_name", "PNDMScheduler"))
