@@ -24,20 +24,13 @@ from sdcpu.cli.options import (
     PRECISION_HELP,
     WATERMARK_HELP,
     Backend,
-    Cache,
     ComputePrecision,
-    Device,
     Format,
-    Int8Activations,
-    LowMemory,
-    Precision,
-    TokenDownsampling,
-    Verify,
-    VerifyMode,
-    Winograd,
     load_options,
+    with_load_options,
 )
 from sdcpu.runtime.errors import SdcpuError
+from sdcpu.runtime.options import LoadOptions
 
 app = typer.Typer(
     help="Stable Diffusion on the CPU: convert checkpoints, generate images.",
@@ -98,6 +91,7 @@ def convert(
 
 
 @app.command()
+@with_load_options
 def generate(
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write (image-N.png for several)")],
     prompt: Annotated[str | None, typer.Argument(help="what to draw (or --from-png)")] = None,
@@ -119,24 +113,14 @@ def generate(
     strength: Annotated[float, typer.Option(help="img2img: how much to change the init image, (0, 1]")] = 0.8,
     deep_cache: Annotated[int | None, typer.Option(help=DEEP_CACHE_HELP)] = None,
     watermark: Annotated[bool, typer.Option(help=WATERMARK_HELP)] = False,
-    backend: Backend = None,
-    device: Device = "CPU",
-    compute_precision: Precision = ComputePrecision.auto,
-    int8_activations: Int8Activations = None,
-    cache: Cache = True,
-    low_memory: LowMemory = False,
-    winograd: Winograd = True,
-    token_downsampling: TokenDownsampling = 1,
-    verify: Verify = VerifyMode.fast,
+    *,
+    options: LoadOptions,
 ) -> None:
     """Generate images from a prompt (or from an init image and a prompt, or the settings of a PNG)."""
     from sdcpu.runtime.infotext import generation_request
     from sdcpu.runtime.outputs import output_paths
     from sdcpu.runtime.pipeline import Pipeline
 
-    options = load_options(
-        backend, device, compute_precision, int8_activations, cache, low_memory, winograd, token_downsampling, verify
-    )
     given = dict(negative_prompt=negative_prompt, steps=steps, guidance=guidance, seed=seed, width=width)
     given |= dict(height=height, num_images=num_images, scheduler=scheduler, deep_cache=deep_cache)
     given["watermark"] = watermark or None
@@ -212,6 +196,7 @@ def evaluate(
 
 
 @app.command(name="bench")
+@with_load_options
 def benchmark(
     model: Annotated[Path | None, typer.Option("--model", "-m", help=MODEL_HELP)] = None,
     compare: Annotated[Path | None, typer.Option(help="a second model folder, run alternately with the first")] = None,
@@ -221,24 +206,14 @@ def benchmark(
     height: Annotated[int | None, typer.Option(help="image height (default: the model's)")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the results here")] = None,
     deep_cache: Annotated[int, typer.Option(help=DEEP_CACHE_HELP)] = 1,
-    backend: Backend = None,
-    device: Device = "CPU",
-    compute_precision: Precision = ComputePrecision.auto,
-    int8_activations: Int8Activations = None,
-    cache: Cache = True,
-    low_memory: LowMemory = False,
-    winograd: Winograd = True,
-    token_downsampling: TokenDownsampling = 1,
-    verify: Verify = VerifyMode.fast,
+    *,
+    options: LoadOptions,
 ) -> None:
     """Time load, text encoding, each UNet step, VAE decode and the whole run; peak RSS per model."""
     import json
 
     from sdcpu.runtime.bench import BenchSettings, bench
 
-    options = load_options(
-        backend, device, compute_precision, int8_activations, cache, low_memory, winograd, token_downsampling, verify
-    )
     settings = BenchSettings(steps=steps, runs=runs, width=width, height=height, deep_cache=deep_cache, load=options)
     folders = [model] if compare is None else [model, compare]
     try:

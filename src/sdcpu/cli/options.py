@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from enum import Enum
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -100,3 +103,35 @@ def load_options(
         token_downsampling=token_downsampling,
         verify=verify.value,
     )
+
+
+# The load-option flags as typer reads them from a signature: name, type with its Option, default.
+LOAD_FLAGS = [
+    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
+    for name, (kind, default) in {
+        "backend": (Backend, None),
+        "device": (Device, "CPU"),
+        "compute_precision": (Precision, ComputePrecision.auto),
+        "int8_activations": (Int8Activations, None),
+        "cache": (Cache, True),
+        "low_memory": (LowMemory, False),
+        "winograd": (Winograd, True),
+        "token_downsampling": (TokenDownsampling, 1),
+        "verify": (Verify, VerifyMode.fast),
+    }.items()
+]
+
+
+def with_load_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give a command every load-option flag; it receives them as one LoadOptions, its `options` argument."""
+    own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "options"]
+
+    @functools.wraps(command)
+    def with_options(**given: Any) -> None:
+        flags = {p.name: given.pop(p.name) for p in LOAD_FLAGS}
+        command(**given, options=load_options(**flags))
+
+    del with_options.__wrapped__  # typer reads the signature below, not the command's
+    with_options.__signature__ = inspect.Signature([*own, *LOAD_FLAGS])  # type: ignore[attr-defined]
+    with_options.__annotations__ = {p.name: p.annotation for p in [*own, *LOAD_FLAGS]}
+    return with_options
