@@ -45,12 +45,15 @@ class _Fake:
 
 def test_a_bf16_network_that_gives_nan_runs_again_at_f32_and_stays_there():
     bf16, f32 = _Fake(np.nan, "bf16"), _Fake(1.0, "f32")
-    model = RetryAtF32(bf16, lambda: f32, "unet")
+    told: list[str] = []
+    model = RetryAtF32(bf16, lambda: f32, "unet", told.append)
     with pytest.warns(UserWarning, match="the unet gave NaN or Inf at bf16; it runs at f32 from now on"):
         assert model(x=np.zeros(1)).tolist() == [[1.0] * 4]
-    assert model.fell_back and bf16.released and model.compute_precision == "f32"
+    assert model.fell_back and bf16.released and model.compute_precision == "f32" and told == ["unet"]
     assert model.outputs(x=np.zeros(1))[0].tolist() == [[1.0] * 4] and (bf16.calls, f32.calls) == (1, 2)
-    finite = RetryAtF32(_Fake(2.0, "bf16"), lambda: pytest.fail("no retry for finite output"), "vae_decoder")
+    finite = RetryAtF32(
+        _Fake(2.0, "bf16"), lambda: pytest.fail("no retry for finite output"), "vae_decoder", told.append
+    )
     assert finite(x=np.zeros(1))[0, 0] == 2.0 and not finite.fell_back
 
 
@@ -60,7 +63,7 @@ def test_the_pipeline_records_a_network_that_fell_back():
     nan_unet = _Fake(np.nan, "bf16")
     nan_unet.outputs = lambda **inputs: [np.full((2, 4, 16, 16), np.nan, np.float32)]  # type: ignore[method-assign]
     real = pipe.unet
-    pipe.unet = RetryAtF32(nan_unet, lambda: real, "unet")  # type: ignore[assignment]
+    pipe.unet = RetryAtF32(nan_unet, lambda: real, "unet", pipe.fell_back.append)  # type: ignore[assignment]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = pipe("a red circle", seed=0, steps=4)

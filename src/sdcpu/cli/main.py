@@ -123,7 +123,7 @@ def generate(
 
     given = dict(negative_prompt=negative_prompt, steps=steps, guidance=guidance, seed=seed, width=width)
     given |= dict(height=height, num_images=num_images, scheduler=scheduler, deep_cache=deep_cache)
-    given["watermark"] = watermark or None
+    given["watermark"] = watermark or None  # None: not asked for here, so a PNG's setting stands
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

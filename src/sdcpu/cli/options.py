@@ -105,20 +105,21 @@ def load_options(
     )
 
 
-# The load-option flags as typer reads them from a signature: name, type with its Option, default.
+# The load-option flags as typer reads them from a signature: load_options' parameters, with their Options.
+FLAG_TYPES = {
+    "backend": Backend,
+    "device": Device,
+    "compute_precision": Precision,
+    "int8_activations": Int8Activations,
+    "cache": Cache,
+    "low_memory": LowMemory,
+    "winograd": Winograd,
+    "token_downsampling": TokenDownsampling,
+    "verify": Verify,
+}
 LOAD_FLAGS = [
-    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
-    for name, (kind, default) in {
-        "backend": (Backend, None),
-        "device": (Device, "CPU"),
-        "compute_precision": (Precision, ComputePrecision.auto),
-        "int8_activations": (Int8Activations, None),
-        "cache": (Cache, True),
-        "low_memory": (LowMemory, False),
-        "winograd": (Winograd, True),
-        "token_downsampling": (TokenDownsampling, 1),
-        "verify": (Verify, VerifyMode.fast),
-    }.items()
+    parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=FLAG_TYPES[name])
+    for name, parameter in inspect.signature(load_options).parameters.items()
 ]
 
 

@@ -31,6 +31,19 @@ SAMPLERS = {
 # A1111's own parser of the last line: a key, then a quoted string or anything up to the next comma.
 PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 SIZE = re.compile(r"^(\d+)x(\d+)$")
+# The settings of sdcpu's own JSON chunk that --from-png runs again.
+RERUN_KEYS = (
+    "prompt",
+    "negative_prompt",
+    "steps",
+    "guidance",
+    "seed",
+    "width",
+    "height",
+    "scheduler",
+    "num_images",
+    "deep_cache",
+)
 
 
 # A1111 key -> sdcpu keyword, and its type
@@ -112,8 +125,7 @@ def read_png_settings(path: Path) -> dict[str, Any]:
         ours = json.loads(text["sdcpu"])
         if ours.get("noise") == "given":
             warnings.warn(f"{path} was generated from given noise: its seed does not reproduce it", stacklevel=2)
-        keys = ("prompt", "negative_prompt", "steps", "guidance", "seed", "width", "height", "scheduler")
-        return {key: ours[key] for key in (*keys, "num_images", "deep_cache") if key in ours}
+        return {key: ours[key] for key in RERUN_KEYS if key in ours}
     if "parameters" in text:
         return parse_parameters(text["parameters"])
     raise SdcpuError(f"{path} holds no generation settings (no sdcpu or A1111 parameters text chunk)")

@@ -98,8 +98,8 @@ class Manifest:
         rewrote the file and restored all three. "full" hashes every file again."""
         if mode not in VERIFY_MODES:
             raise SdcpuError(f"unknown verify mode {mode!r}; choose one of: {', '.join(VERIFY_MODES)}")
-        known = _read_record(record) if mode == "fast" else {}
-        recorded = dict(known)
+        stored = _read_record(record) if mode != "sizes" else {}
+        known = dict(stored) if mode == "fast" else {}  # "full" hashes again whatever the record says
         root = Path(folder).resolve()
         for rel, info in sorted(self.files.items()):
             path = Path(folder) / rel
@@ -117,8 +117,8 @@ class Manifest:
         missing = [c for c in COMPONENTS if c not in self.components]
         if missing:
             raise SdcpuError(f"model folder {folder} lacks {', '.join(missing)}; convert the model again")
-        if record is not None and mode != "sizes" and known != recorded:  # written only when a file was hashed
-            _write_record(record, _read_record(record) | known)
+        if record is not None and stored | known != stored:  # written only when a file was hashed anew
+            _write_record(record, stored | known)
 
 
 def _known_sha256(path: Path, known: dict[str, Any]) -> str:

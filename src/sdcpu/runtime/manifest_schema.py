@@ -37,8 +37,10 @@ def check_fields(data: dict[str, Any]) -> None:
     """Raise SchemaError unless `data` (the manifest without its version) matches the schema."""
     unknown = sorted(set(data) - set(FIELDS))
     missing = [name for name in FIELDS if name not in data]
-    if unknown or missing:
-        raise SchemaError(f"fields {missing} are missing and {unknown} unknown" if unknown else f"{missing} missing")
+    if missing:
+        raise SchemaError(f"fields {', '.join(missing)} are missing")
+    if unknown:
+        raise SchemaError(f"fields {', '.join(unknown)} are unknown")
     for name, kind in FIELDS.items():
         if not isinstance(data[name], kind) or isinstance(data[name], bool):
             raise SchemaError(f"{name} is not {TYPE_NAMES.get(kind, 'a number')}")

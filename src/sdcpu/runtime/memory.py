@@ -19,9 +19,9 @@ import numpy as np
 from sdcpu.runtime.backends import Model
 from sdcpu.runtime.tiling import decode_tiled
 
-# Working memory per pixel, from SD 1.5 at 512x512 on the CPU (docs/memory.md): the UNet's buffers held about
-# 0.6 GB per sample of 64x64 latents, the VAE decoder 1.35 GB per 512x512 image. Upper bounds for smaller
-# models, which need less.
+# Working memory per pixel, from SD 1.5 at 512x512 on a 2-core AMD EPYC Zen 3 (docs/benchmarks.md): the UNet's
+# buffers held 1.15 GB for a batch of 2 samples of 64x64 latents (about 0.6 GB each), the VAE decoder 1.35 GB
+# per 512x512 image. Upper bounds for smaller models, which need less.
 UNET_BYTES_PER_LATENT_PIXEL = 0.6e9 / 64**2
 DECODER_BYTES_PER_PIXEL = 1.35e9 / 512**2
 # Tiles of 40x40 latents (320x320 pixels for SD) that share at least 8 latent pixels: 2x2 tiles for

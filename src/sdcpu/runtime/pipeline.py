@@ -80,6 +80,7 @@ class Pipeline:
         self.model_hash = self.manifest.content_hash()
         self.passes = graph_passes(self.options)
         self.applied: dict[str, list[str]] = {}  # component -> the graph passes it is compiled with
+        self.fell_back: list[str] = []  # networks that gave NaN or Inf at bf16 and now run at f32
         try:
             self.tokenizer = ClipTokenizer(folder / "tokenizer")
             self.scheduler_config = SchedulerConfig.load(folder / "scheduler" / "scheduler_config.json")
@@ -112,7 +113,7 @@ class Pipeline:
         if self.options.compute_precision != "bf16":
             return model
         f32 = replace(self.options, compute_precision="f32")
-        return RetryAtF32(model, lambda: load_model(path, f32, passes, lazy=True), component)
+        return RetryAtF32(model, lambda: load_model(path, f32, passes, lazy=True), component, self.fell_back.append)
 
     def __call__(
         self,
@@ -214,9 +215,11 @@ class Pipeline:
         unet.release()
         decoded = self._decode((x / np.float32(self.manifest.vae_scaling_factor)).astype(np.float32))
         array = imaging.decoded_to_float(_check_finite(decoded, "the decoded image"))
+        images = imaging.float_to_pil(array)
         if s.watermark:  # on the 8-bit pixels, which are what is kept
-            array = np.stack([embed_watermark(np.asarray(image)) for image in imaging.float_to_pil(array)]) / 255.0
-        return PipelineResult(imaging.float_to_pil(array), array.astype(np.float32), s, done, self.runtime_info())
+            images = [Image.fromarray(embed_watermark(np.asarray(image))) for image in images]
+            array = (np.stack([np.asarray(image) for image in images]) / np.float32(255)).astype(np.float32)
+        return PipelineResult(images, array, s, done, self.runtime_info())
 
     def runtime_info(self) -> dict[str, str]:
         """How the networks ran: the load options as resolved (backend, device with its name, memory
@@ -235,7 +238,7 @@ class Pipeline:
             "graph_passes": "; ".join(f"{c}: {', '.join(keys)}" for c, keys in self.applied.items() if keys),
             "model_source": self.manifest.source,
             "model_hash": self.model_hash,
-            "fell_back_to_f32": ", ".join(n for n, m in networks.items() if getattr(m, "fell_back", False)),
+            "fell_back_to_f32": ", ".join(self.fell_back),
         }
 
     def _encode_text(self, prompt: str, negative: str, n: int, guided: bool) -> np.ndarray:

@@ -21,6 +21,7 @@ import openvino as ov
 
 from sdcpu.runtime.cache import write_cache_file
 from sdcpu.runtime.pages import dropping_mapped_pages
+from sdcpu.runtime.precision import openvino_capabilities
 
 
 class CompiledModelCache:
@@ -29,10 +30,7 @@ class CompiledModelCache:
 
     def can_export(self, device: str) -> bool:
         """Whether `device` can export and import compiled models (else: use OpenVINO's CACHE_DIR)."""
-        try:
-            return "EXPORT_IMPORT" in self._core.get_property(device, "OPTIMIZATION_CAPABILITIES")
-        except RuntimeError:  # a device that is not there: compiling for it will say so
-            return False
+        return "EXPORT_IMPORT" in openvino_capabilities(device)
 
     def blob_path(
         self,

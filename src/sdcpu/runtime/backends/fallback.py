@@ -17,8 +17,10 @@ from sdcpu.runtime.backends import Model
 
 
 class RetryAtF32:
-    def __init__(self, model: Model, f32: Callable[[], Model], name: str):
-        self.model, self._f32, self.name = model, f32, name
+    """`f32()` opens the same network at f32; `fell_back(name)` is told when it is used."""
+
+    def __init__(self, model: Model, f32: Callable[[], Model], name: str, fell_back: Callable[[str], None]):
+        self.model, self._f32, self.name, self._told = model, f32, name, fell_back
         self.fell_back = False
 
     @property
@@ -43,6 +45,7 @@ class RetryAtF32:
         warnings.warn(f"the {self.name} gave NaN or Inf at bf16; it runs at f32 from now on", stacklevel=3)
         self.model.release()
         self.model, self.fell_back = self._f32(), True
+        self._told(self.name)
 
     def release_memory(self) -> None:
         self.model.release_memory()
