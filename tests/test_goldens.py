@@ -3,7 +3,7 @@ img2img, --low-memory, DeepCache, token downsampling and ONNX Runtime, all at f3
 
 On a CPU of the instruction-set family they were recorded on (see `isa` in the file) they must be
 bit-identical: any refactoring that changes a pixel fails here. On another family OpenVINO picks other
-kernels, whose float rounding differs, so they must agree within 2/255.
+kernels, whose float rounding differs, so they must agree within 3 of 255 levels.
 
 Record again (only when a change of pixels is intended, and say why in the commit), with and without
 ../shared/reference-configs:
@@ -28,7 +28,8 @@ GOLDENS = (
     Path(__file__).parent / "data" / ("goldens.npz" if tiny.SD1_TOKENIZER.exists() else "goldens-no-reference.npz")
 )
 RECORD = os.environ.get("SDCPU_RECORD_GOLDENS") == "1"
-OTHER_CPU_TOLERANCE = 2  # 8-bit levels
+# 8-bit levels: the pipelines' tolerance against diffusers (2/255 on float pixels) plus one for the rounding to 8 bits
+OTHER_CPU_TOLERANCE = 3
 STEPS = 6
 CAPTION = "a small red circle on the left, blue background"
 pytestmark = pytest.mark.slow
