@@ -42,12 +42,13 @@ def make_runner(name: str, work: Path):
     from sdcpu.runtime.backends import load_model
     from sdcpu.runtime.manifest import Manifest
     from sdcpu.runtime.options import LoadOptions
+    from sdcpu.runtime.unet import unet_interfaces
 
     backend = name.removeprefix("sdcpu-")
     folder = work / ("openvino" if backend == "openvino" else "onnx")
     manifest = Manifest.load(folder)
     options = LoadOptions(backend=backend, compute_precision="f32", cache=False, winograd=False).resolve(manifest)
-    model = load_model(manifest.graph_path(folder, "unet"), options)
+    model = load_model(manifest.graph_path(folder, "unet"), options, interface=unet_interfaces(manifest)["unet"])
     return lambda: model(**inputs)
 
 

@@ -193,6 +193,13 @@ def _flip_byte(folder: Path, manifest: dict) -> None:
 
 def _no_manifest(folder: Path, manifest: dict) -> None:
     (folder / "sdcpu.json").unlink()
+    (folder / "model_index.json").unlink()  # with it, the folder is read as another tool's export
+    manifest.clear()
+
+
+def _no_manifest_nor_unet(folder: Path, manifest: dict) -> None:
+    (folder / "sdcpu.json").unlink()
+    (folder / "unet" / "openvino_model.xml").unlink()
     manifest.clear()
 
 
@@ -247,6 +254,11 @@ def _model_folders() -> list[Case]:
             "does not exist",
         ),
         ("--model a folder without a manifest", damaged_model(_no_manifest), "no sdcpu.json"),
+        (
+            "--model a diffusers folder without graphs",
+            damaged_model(_no_manifest_nor_unet),
+            "neither an sdcpu model folder (no sdcpu.json) nor an OpenVINO or ONNX export",
+        ),
         ("manifest not JSON", damaged_model(write("{not json")), "is damaged"),
         ("manifest a JSON list", damaged_model(write("[1, 2]")), "is damaged"),
         ("manifest files is a list", damaged_model(set_("files", [])), "files is not an object"),

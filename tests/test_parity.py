@@ -6,6 +6,8 @@ Tolerances: per component, max abs diff <= 1e-4 at fp32; per pipeline, max abs p
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -17,8 +19,10 @@ import tiny  # noqa: E402
 
 from sdcpu import Pipeline  # noqa: E402
 from sdcpu.runtime.backends import load_model  # noqa: E402
+from sdcpu.runtime.errors import SdcpuNotice  # noqa: E402
 from sdcpu.runtime.manifest import Manifest  # noqa: E402
 from sdcpu.runtime.options import LoadOptions  # noqa: E402
+from sdcpu.runtime.unet import unet_interfaces  # noqa: E402
 
 COMPONENT_TOLERANCE = 1e-4
 PIXEL_TOLERANCE = 2 / 255
@@ -28,7 +32,8 @@ SCHEDULER_CLASSES = tiny.DIFFUSERS_SCHEDULERS
 def _runtime(folder, component):
     manifest = Manifest.load(folder)
     options = LoadOptions(compute_precision="f32", cache=False).resolve(manifest)
-    return load_model(manifest.graph_path(folder, component), options)
+    interface = unet_interfaces(manifest).get(component)  # as the pipeline loads it: a float32 timestep
+    return load_model(manifest.graph_path(folder, component), options, interface=interface)
 
 
 @pytest.mark.parametrize("converted", ["openvino", "onnx"], indirect=True)
@@ -161,5 +166,28 @@ def test_img2img_matches_diffusers(scheduler, backend, tiny_sd1, sd1_openvino, s
     pipe.scheduler = getattr(diffusers, class_name).from_config({**pipe.scheduler.config, **overrides})
     pipe.set_progress_bar_config(disable=True)
     theirs = pipe("a blue square", image=init, strength=0.6, num_inference_steps=10, output_type="np").images
+    diff = float(np.abs(ours - theirs).max())
+    assert diff <= PIXEL_TOLERANCE, f"max abs pixel diff {diff:.4f}"
+
+
+@pytest.mark.parametrize("scheduler", ["euler", "dpm++2m-karras"])  # Karras: fractional timesteps
+@pytest.mark.parametrize("tool", ["optimum-intel", "optimum-onnx"])
+def test_other_tools_exports_match_diffusers(tool, scheduler, tmp_path, monkeypatch):
+    """sdcpu on optimum-intel's and optimum's exports (committed fixtures, no sdcpu.json) against diffusers
+    on the pipeline they were exported from."""
+    latents = np.random.default_rng(7).standard_normal((1, 4, 8, 8), dtype=np.float32)
+    options = LoadOptions(compute_precision="f32", cache_dir=str(tmp_path))
+    with pytest.warns(SdcpuNotice, match="no sdcpu.json"):
+        pipe = Pipeline.load(tiny.INTEROP / tool, options)
+    ours = pipe(
+        "a red circle on the left", negative_prompt="blurry", steps=6, seed=11, scheduler=scheduler, latents=latents
+    ).array
+    # diffusers with the scheduler config as the tool saved it (with every default written out, such
+    # as timestep_spacing "leading", which the source's config leaves to each scheduler class).
+    source = shutil.copytree(tiny.INTEROP / "source", tmp_path / "source")
+    shutil.copyfile(
+        tiny.INTEROP / tool / "scheduler" / "scheduler_config.json", source / "scheduler" / "scheduler_config.json"
+    )
+    theirs = _reference(source, scheduler, latents, 6, 7.5, monkeypatch, 11)
     diff = float(np.abs(ours - theirs).max())
     assert diff <= PIXEL_TOLERANCE, f"max abs pixel diff {diff:.4f}"

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference-configs"
+# Exports of one tiny pipeline by optimum-intel and optimum, made by tools/make_interop_fixtures.py.
+INTEROP = Path(__file__).resolve().parent / "data" / "interop"
 SD1_TOKENIZER = REFERENCE / "stable-diffusion-v1-4" / "tokenizer"
 
 SD1_SCHEDULER = {

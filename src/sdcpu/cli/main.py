@@ -29,7 +29,7 @@ from sdcpu.cli.options import (
     load_options,
     with_load_options,
 )
-from sdcpu.runtime.errors import SdcpuError
+from sdcpu.runtime.errors import SdcpuError, SdcpuNotice
 from sdcpu.runtime.options import LoadOptions
 
 app = typer.Typer(
@@ -128,11 +128,11 @@ def generate(
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             request = generation_request(prompt, given, from_png)
-        output_paths(out, request.get("num_images", 1), overwrite)  # before any work: a bad --out costs nothing
-        with console.status("loading model"):
-            pipe = Pipeline.load(model, options)
+            output_paths(out, request.get("num_images", 1), overwrite)  # before any work: a bad --out costs nothing
+            with console.status("loading model"):
+                pipe = Pipeline.load(model, options)
         result, warned = _with_progress(pipe, init_image=init_image, strength=strength, **request)
-        _save(result, out, overwrite, [str(w.message) for w in caught] + warned)
+        _save(result, out, overwrite, caught + warned)
     except SdcpuError as err:
         raise fail(err) from None
 
@@ -143,12 +143,13 @@ def _with_progress(pipe, **settings):
     with warnings.catch_warnings(record=True) as caught, StepProgress(console) as progress:
         warnings.simplefilter("always")
         result = pipe(callback=progress.update, **settings)
-    return result, [str(w.message) for w in caught]
+    return result, caught
 
 
-def _save(result, out: Path, overwrite: bool, warned: list[str]) -> None:
-    for message in warned:
-        console.print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)
+def _save(result, out: Path, overwrite: bool, warned: list[warnings.WarningMessage]) -> None:
+    for w in warned:
+        kind = "note:" if issubclass(w.category, SdcpuNotice) else "[yellow]warning:[/yellow]"
+        console.print(f"{kind} {escape(str(w.message))}", highlight=False, soft_wrap=True)
     for path in result.save(out, overwrite):
         ran = f"seed {result.settings.seed}, {result.runtime['compute_precision']} on {result.runtime['device']}"
         console.print(f"wrote {path} ({ran})", highlight=False, soft_wrap=True)

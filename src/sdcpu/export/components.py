@@ -3,12 +3,17 @@
 Tensor names follow diffusers/optimum: `input_ids -> last_hidden_state` (text_encoder),
 `sample, timestep, encoder_hidden_states -> out_sample` (unet), `latent_sample -> sample`
 (vae_decoder), `sample -> latent_parameters` (vae_encoder; mean and log-variance, 2 x latent channels).
-The timestep is float32 of shape (batch,): the Euler-family schedulers use fractional timesteps.
+The timestep has shape (batch,). OpenVINO IRs store it as int64, which optimum-intel and openvino.genai
+feed, and convert it to float32 first thing; sdcpu's runtime makes that input float32 again when it
+loads the graph (GraphInterface), so the Euler-family schedulers' fractional timesteps pass. ONNX
+graphs keep a float32 timestep (optimum's ONNX Runtime pipeline feeds the dtype the graph declares).
 
 DeepCache (Ma et al. 2023, https://arxiv.org/abs/2312.00858): the UNet's deep features change slowly
 from one denoising step to the next, so a step may reuse those of an earlier step and recompute only
 the outermost skip branch (their branch 1: conv_in, the first down block's layers, the last up block,
-conv_out). The unet graph therefore also outputs `deep_features`, the input of its last up block, and
+conv_out). The unet graph therefore names `deep_features`, the input of its last up block, inside it:
+traced as a second output, then stored with `out_sample` alone, the single output other tools expect
+(the runtime asks for the named tensor too; a stored second graph would double the weights). And
 `unet_shallow` computes `sample, timestep, encoder_hidden_states, deep_features -> out_sample` along
 that branch alone. With the features of the same step it returns exactly what the unet does.
 """
@@ -27,6 +32,8 @@ class ExportSpec:
     inputs: dict[str, torch.Tensor]  # example inputs, in the order of `module.forward`
     output_names: tuple[str, ...]
     dynamic_axes: dict[str, dict[int, str]]
+    inner_outputs: tuple[str, ...] = ()  # traced and named as outputs, stored as inner tensors only
+    int64_inputs: tuple[str, ...] = ()  # float inputs that OpenVINO IRs store as int64 (see the notes)
 
 
 class _TextEncoder(torch.nn.Module):
@@ -128,7 +135,7 @@ def _unet_inputs(model) -> tuple[dict[str, torch.Tensor], dict[str, dict[int, st
 
 def unet_spec(model) -> ExportSpec:
     inputs, axes = _unet_inputs(model)
-    return ExportSpec(_UNet(model), inputs, ("out_sample", "deep_features"), axes)
+    return ExportSpec(_UNet(model), inputs, ("out_sample", "deep_features"), axes, ("deep_features",), ("timestep",))
 
 
 def unet_shallow_spec(model) -> ExportSpec:
@@ -137,7 +144,7 @@ def unet_shallow_spec(model) -> ExportSpec:
     batch, _, height, width = inputs["sample"].shape
     inputs["deep_features"] = torch.randn(batch, model.config.block_out_channels[1], height, width)
     axes["deep_features"] = {0: "batch", 2: "height", 3: "width"}
-    return ExportSpec(_UNetShallow(model), inputs, ("out_sample",), axes)
+    return ExportSpec(_UNetShallow(model), inputs, ("out_sample",), axes, int64_inputs=("timestep",))
 
 
 def vae_decoder_spec(vae) -> ExportSpec:

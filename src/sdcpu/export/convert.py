@@ -23,7 +23,8 @@ from sdcpu.export.sources import Source, open_source
 from sdcpu.export.tokenizer_ir import write_tokenizer_irs
 from sdcpu.export.writers import WRITERS, Calibrate
 from sdcpu.runtime.errors import SdcpuError
-from sdcpu.runtime.manifest import MANIFEST_NAME, Manifest, describe_files
+from sdcpu.runtime.graph_signature import read_inputs
+from sdcpu.runtime.manifest import GRAPH_FILE, MANIFEST_NAME, Manifest, describe_files
 from sdcpu.runtime.outputs import follow_umask
 from sdcpu.runtime.tokenizer import TOKENIZER_FILES
 
@@ -81,9 +82,10 @@ def convert(
         staged = work / "model"
         staged.mkdir()
         calibration = (calibration or CalibrationSettings()) if precision == "int8-hybrid" else None
-        files = _export_components(src, staged, format, precision, calibration, progress)
+        components = _export_components(src, staged, format, precision, calibration, progress)
+        files = [f for info in components.values() for f in info["files"]]
         files += _write_support_files(src, staged, format, progress)
-        manifest = _manifest(src, staged, format, precision, files, calibration)
+        manifest = _manifest(src, staged, (format, precision), components, files, calibration)
         (staged / MANIFEST_NAME).write_text(manifest.to_json())
         for path in [staged, *staged.rglob("*")]:  # some writers make files 0600, as tempfile does
             follow_umask(path)
@@ -129,8 +131,9 @@ def _export_components(
     precision: str,
     calibration: CalibrationSettings | None,
     progress: Callable[[str], None],
-) -> list[str]:
-    files: list[str] = []
+) -> dict[str, dict[str, Any]]:
+    """Export every component; returns the manifest's entry of each: precision, files, inputs, inner outputs."""
+    components: dict[str, dict[str, Any]] = {}
     loaded: dict[str, Any] = {}
     calibrate = _calibrator(src, staged, calibration, progress) if calibration is not None else None
     for component in COMPONENT_SPECS:  # in the registry's order, grouped by the model each is cut from
@@ -141,13 +144,15 @@ def _export_components(
             loaded[kind] = _check_finite_weights(src.load(kind), kind)
         folder = staged / component
         folder.mkdir()
-        exact = component_precision(precision, component)
-        names = WRITERS[fmt](make_spec(loaded[kind]), folder, exact, calibrate if exact == "int8-hybrid" else None)
+        exact, spec = component_precision(precision, component), make_spec(loaded[kind])
+        names = WRITERS[fmt](spec, folder, exact, calibrate if exact == "int8-hybrid" else None)
         (folder / "config.json").write_text(json.dumps(_config_dict(loaded[kind]), indent=2, default=str))
-        files += [f"{component}/{name}" for name in names]
+        components[component] = {"precision": exact, "files": [f"{component}/{name}" for name in names]}
+        components[component]["inputs"] = read_inputs(folder / GRAPH_FILE[fmt])
+        components[component] |= {"inner_outputs": list(spec.inner_outputs)} if spec.inner_outputs else {}
         progress(f"{component}: exported to {fmt} {exact} in {time.perf_counter() - start:.1f} s")
     loaded.clear()
-    return files
+    return components
 
 
 def _check_finite_weights(model: Any, kind: str) -> Any:
@@ -213,13 +218,15 @@ def model_index(scheduler_class: str) -> dict[str, Any]:
 
 
 def _manifest(
-    src: Source, staged: Path, fmt: str, precision: str, files: list[str], calibration: CalibrationSettings | None
+    src: Source,
+    staged: Path,
+    target: tuple[str, str],
+    components: dict[str, dict[str, Any]],
+    files: list[str],
+    calibration: CalibrationSettings | None,
 ) -> Manifest:
+    fmt, precision = target  # format and precision
     vae_factor = 2 ** (len(src.vae_config["block_out_channels"]) - 1)
-    components = {
-        c: {"precision": component_precision(precision, c), "files": [f for f in files if f.startswith(c + "/")]}
-        for c in COMPONENT_SPECS
-    }
     extra: dict[str, Any] = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if calibration is not None:
         extra["calibration"] = calibration.to_dict()

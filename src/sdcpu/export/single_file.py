@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from sdcpu.export.safetensors_check import check_safetensors
-from sdcpu.export.sources import Source, family_of, read_config
+from sdcpu.export.sources import Source, read_config
 from sdcpu.models.presets import PRESETS, Preset
 from sdcpu.runtime.errors import SdcpuError
+from sdcpu.runtime.manifest import family_of
 from sdcpu.runtime.tokenizer import TOKENIZER_FILES, has_vocabulary
 
 OPEN_CLIP_KEY = "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight"

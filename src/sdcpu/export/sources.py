@@ -14,6 +14,7 @@ from typing import Any
 
 from sdcpu.export.safetensors_check import check_safetensors
 from sdcpu.runtime.errors import SdcpuError
+from sdcpu.runtime.manifest import family_of
 from sdcpu.runtime.tokenizer import has_vocabulary
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
@@ -29,12 +30,6 @@ class Source:
     scheduler_config: dict[str, Any]
     tokenizer_dir: Path
     load: Callable[[str], Any]  # "text_encoder" | "unet" | "vae" -> torch module in eval mode
-
-
-def family_of(unet_config: dict[str, Any]) -> str:
-    """sd1 / sd2 / sdxl / other, from the UNet's text conditioning width."""
-    width = int(unet_config.get("cross_attention_dim") or 0)
-    return {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(width, "other")
 
 
 def open_source(source: str, **single_file_options: Any) -> Source:

@@ -36,6 +36,10 @@ def write_openvino(spec: ExportSpec, folder: Path, precision: str, calibrate: Ca
         port.get_tensor().set_names({name})
     samples = calibrate(model) if calibrate is not None else []
     model = compress_openvino(model, precision, samples)
+    for result in [r for r in model.get_results() if r.output(0).get_names() & set(spec.inner_outputs)]:
+        model.remove_result(result)  # the tensor keeps its name inside the graph
+    for name in spec.int64_inputs:
+        _store_as_int64(model, name)
     model.set_rt_info(precision, ["sdcpu", "precision"])
     ov.save_model(model, folder / "openvino_model.xml", compress_to_fp16=precision == "fp16")
     return ["openvino_model.xml", "openvino_model.bin"]
@@ -58,6 +62,9 @@ def write_onnx(spec: ExportSpec, folder: Path, precision: str, calibrate: Calibr
             dynamo=False,
         )
         model = onnx.load(str(traced))
+    kept = [output for output in model.graph.output if output.name not in spec.inner_outputs]
+    del model.graph.output[:]
+    model.graph.output.extend(kept)  # the inner ones stay named as their nodes' outputs
     if precision == "fp16":
         _store_weights_fp16(model)
     elif precision == "int8":
@@ -75,6 +82,20 @@ def write_onnx(spec: ExportSpec, folder: Path, precision: str, calibrate: Calibr
     )
     onnx.checker.check_model(str(target))  # reloads graph and external data
     return ["model.onnx", ONNX_DATA]
+
+
+def _store_as_int64(model, name: str) -> None:
+    # A new int64 Parameter, converted to the old one's type for all that used it.
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    old = next(p for p in model.get_parameters() if name in p.output(0).get_names())
+    new = ops.parameter(old.get_partial_shape(), ov.Type.i64, name=name)
+    as_float = ops.convert(new, old.get_element_type())
+    old.output(0).replace(as_float.output(0))
+    model.replace_parameter(model.get_parameter_index(old), new)
+    new.output(0).get_tensor().set_names({name})
+    model.validate_nodes_and_infer_types()
 
 
 def _store_weights_fp16(model, min_elements: int = 1024) -> None:

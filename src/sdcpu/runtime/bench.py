@@ -95,7 +95,7 @@ def _serve(folder: str | None, settings: BenchSettings, conn: Any) -> None:
     pipe = Pipeline.load(folder, settings.load)
     load_s = time.perf_counter() - start
     names = ("text_encoder", "unet", "unet_shallow", "vae_decoder")
-    timed = {name: _Timed(getattr(pipe, name)) for name in names}
+    timed = {name: _Timed(model) for name in names if (model := getattr(pipe, name)) is not None}
     for name, model in timed.items():
         setattr(pipe, name, model)
     conn.send({"load_s": load_s, "source": pipe.manifest.source, "precision": pipe.manifest.precision})
@@ -108,7 +108,7 @@ def _run(pipe: Any, timed: dict[str, _Timed], settings: BenchSettings) -> dict[s
         model.seconds = []
     # UNet seconds so far at the end of each step (with --low-memory a step is several UNet calls)
     marks: list[float] = []
-    unets = [timed["unet"], timed["unet_shallow"]]
+    unets = [timed[name] for name in ("unet", "unet_shallow") if name in timed]
     start = time.perf_counter()
     pipe(
         PROMPT,

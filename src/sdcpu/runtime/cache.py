@@ -1,7 +1,8 @@
 """The compile cache folder: what it holds, and emptying it.
 
 Only files sdcpu or OpenVINO write there are counted or deleted (compiled-model blobs, partial
-writes, the record of verified hashes), so pointing $SDCPU_CACHE_DIR at a shared folder is safe.
+writes, the record of verified hashes, the manifests of other tools' folders), so pointing
+$SDCPU_CACHE_DIR at a shared folder is safe.
 """
 
 from __future__ import annotations
@@ -13,7 +14,16 @@ from sdcpu.runtime.errors import SdcpuError
 
 # The sha256 of model files already checked, with their size, mtime and inode.
 VERIFIED_FILES = "verified-files.json"
-PATTERNS = ("*.blob", "*.blob.*.partial", VERIFIED_FILES, f"{VERIFIED_FILES}.*.partial")
+# The manifests built for folders that other tools converted (runtime/foreign.py), one per folder.
+FOREIGN_MANIFESTS = "foreign-manifest-*.json"
+PATTERNS = (
+    "*.blob",
+    "*.blob.*.partial",
+    VERIFIED_FILES,
+    f"{VERIFIED_FILES}.*.partial",
+    FOREIGN_MANIFESTS,
+    f"{FOREIGN_MANIFESTS}.*.partial",
+)
 
 
 def default_cache_dir() -> Path:

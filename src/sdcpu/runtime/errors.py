@@ -3,3 +3,7 @@
 
 class SdcpuError(Exception):
     """A problem with the user's input or files; the CLI prints it and exits with code 2."""
+
+
+class SdcpuNotice(UserWarning):
+    """Something the user should know, not a fault (the CLI prints it as a note)."""

@@ -18,12 +18,23 @@ from sdcpu.runtime.errors import SdcpuError
 from sdcpu.runtime.manifest_schema import check_fields
 
 MANIFEST_NAME = "sdcpu.json"
-# 2: every component below is present (1 allowed folders without unet_shallow or vae_encoder).
-MANIFEST_VERSION = 2
+# 3: `unet` has the single output `out_sample` (DeepCache's features are a named tensor inside it, listed
+#    in its `inner_outputs`), IRs store the timestep as int64, and each component records its `inputs`.
+#    (2: a two-output unet; 1 allowed folders without unet_shallow or vae_encoder.)
+MANIFEST_VERSION = 3
 COMPONENTS = ("text_encoder", "unet", "unet_shallow", "vae_decoder", "vae_encoder")
+# What a folder needs for txt2img; the others serve one feature each (see `Manifest.require`).
+REQUIRED = ("text_encoder", "unet", "vae_decoder")
+FEATURES = {"unet_shallow": "DeepCache (--deep-cache)", "vae_encoder": "img2img (--init-image)"}
 VERIFY_MODES = ("fast", "full", "sizes")
 # The file holding each component's graph, per format (optimum's names, so other tools can read it).
 GRAPH_FILE = {"openvino": "openvino_model.xml", "onnx": "model.onnx"}
+
+
+def family_of(unet_config: dict[str, Any]) -> str:
+    """sd1 / sd2 / sdxl / other, from the UNet's text conditioning width."""
+    width = int(unet_config.get("cross_attention_dim") or 0)
+    return {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(width, "other")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -90,6 +101,21 @@ class Manifest:
     def graph_path(self, folder: Path, component: str) -> Path:
         return Path(folder) / component / GRAPH_FILE[self.format]
 
+    def require(self, component: str) -> None:
+        """Raise SdcpuError, saying what to do, when this folder lacks `component`."""
+        if component not in self.components:
+            raise SdcpuError(
+                f"this model folder has no {component}, which {FEATURES.get(component, 'this')} needs; "
+                "convert the checkpoint with `sdcpu convert` to get it"
+            )
+
+    def input_shape(self, component: str, name: str) -> tuple[int, ...]:
+        """The shape the graph of `component` declares for its input `name`, -1 for a dynamic size."""
+        inputs = self.components[component]["inputs"]
+        if name not in inputs:
+            raise SdcpuError(f"the {component} of this model folder has no input {name!r}; it cannot run here")
+        return tuple(inputs[name]["shape"])
+
     def verify(self, folder: Path, mode: str = "fast", record: Path | None = None) -> None:
         """Check that every listed file is inside the folder and present with its size, and in modes
         "fast" and "full" with its sha256 ("sizes": not hashed). `record`: a JSON file of hashes already
@@ -114,7 +140,7 @@ class Manifest:
                     f"{rel} in {folder} does not match its sha256 in {MANIFEST_NAME}; "
                     "the file was changed or damaged, convert the model again"
                 )
-        missing = [c for c in COMPONENTS if c not in self.components]
+        missing = [c for c in REQUIRED if c not in self.components]
         if missing:
             raise SdcpuError(f"model folder {folder} lacks {', '.join(missing)}; convert the model again")
         if record is not None and stored | known != stored:  # written only when a file was hashed anew

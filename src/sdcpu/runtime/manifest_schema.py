@@ -74,6 +74,23 @@ def check_component(component: str, info: Any, files: dict[str, Any]) -> None:
     listed = info.get("files")
     if not isinstance(listed, list) or not all(isinstance(f, str) and f in files for f in listed):
         raise SchemaError(f"component {component!r} lists files the manifest does not describe")
+    inputs = info.get("inputs")
+    if not isinstance(inputs, dict) or not all(_is_input(spec) for spec in inputs.values()):
+        raise SchemaError(f"the inputs of component {component!r} are not {{name: {{dtype, shape}}}}")
+    inner = info.get("inner_outputs", [])
+    if not isinstance(inner, list) or not all(isinstance(name, str) for name in inner):
+        raise SchemaError(f"the inner_outputs of component {component!r} are not a list of names")
+
+
+def _is_input(spec: Any) -> bool:
+    shape = spec.get("shape") if isinstance(spec, dict) else None
+    return (
+        isinstance(spec, dict)
+        and isinstance(spec.get("dtype"), str)
+        and isinstance(shape, list)
+        and len(shape) <= 8
+        and all(type(size) is int and size >= -1 for size in shape)
+    )
 
 
 def is_inside(rel: Any) -> bool:

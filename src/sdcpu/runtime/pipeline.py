@@ -6,6 +6,7 @@ Torch-free: numpy drives the loop; OpenVINO or ONNX Runtime run the networks.
 from __future__ import annotations
 
 import secrets
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,7 +21,8 @@ from sdcpu.runtime.backends import Model, load_model
 from sdcpu.runtime.backends.fallback import RetryAtF32
 from sdcpu.runtime.backends.graph_passes import graph_passes
 from sdcpu.runtime.cache import VERIFIED_FILES
-from sdcpu.runtime.errors import SdcpuError
+from sdcpu.runtime.errors import SdcpuError, SdcpuNotice
+from sdcpu.runtime.foreign import foreign_manifest, is_foreign
 from sdcpu.runtime.manifest import Manifest
 from sdcpu.runtime.memory import machine_bytes, memory_policy
 from sdcpu.runtime.options import LoadOptions
@@ -28,7 +30,7 @@ from sdcpu.runtime.outputs import output_paths
 from sdcpu.runtime.schedulers import Scheduler, SchedulerConfig, default_scheduler_name, make_scheduler
 from sdcpu.runtime.settings import GenerationSettings
 from sdcpu.runtime.tokenizer import ClipTokenizer
-from sdcpu.runtime.unet import UNetRunner
+from sdcpu.runtime.unet import UNetRunner, unet_interfaces
 from sdcpu.runtime.watermark import embed as embed_watermark
 
 Callback = Callable[[int, int, np.ndarray], bool | None]
@@ -79,6 +81,7 @@ class Pipeline:
         self.model_name = "sdcpu-demo" if folder.resolve() == DEMO.resolve() else folder.resolve().name
         self.model_hash = self.manifest.content_hash()
         self.passes = graph_passes(self.options)
+        self.interfaces = unet_interfaces(manifest)
         self.applied: dict[str, list[str]] = {}  # component -> the graph passes it is compiled with
         self.fell_back: list[str] = []  # networks that gave NaN or Inf at bf16 and now run at f32
         try:
@@ -88,19 +91,23 @@ class Pipeline:
             raise SdcpuError(f"cannot read the tokenizer or scheduler of {folder} ({err}); convert it again") from None
         self.text_encoder = self._load("text_encoder")
         self.unet = self._load("unet")
-        self.unet_shallow = self._load("unet_shallow", lazy=True)  # DeepCache's shallow pass, read on first use
+        # Read on first use, where the folder has them: DeepCache's shallow pass, and the encoder for img2img.
+        self.unet_shallow = self._load("unet_shallow", lazy=True) if "unet_shallow" in manifest.components else None
         self.vae_decoder = self._load("vae_decoder")
-        self.vae_encoder = self._load("vae_encoder", lazy=True)  # read on the first img2img
+        self.vae_encoder = self._load("vae_encoder", lazy=True) if "vae_encoder" in manifest.components else None
 
     @classmethod
     def load(cls, model_dir: str | Path | None = None, options: LoadOptions | None = None) -> Pipeline:
-        """Open a folder made by `sdcpu convert` (default: the bundled demo model) as `options` say,
-        checking its manifest and its files (`options.verify`)."""
+        """Open a folder made by `sdcpu convert` (default: the bundled demo model), or exported by optimum-intel
+        or optimum, as `options` say, checking its manifest and its files (`options.verify`)."""
         folder = Path(model_dir).expanduser() if model_dir is not None else _demo_folder()
-        manifest = Manifest.load(folder)
         options = options or LoadOptions()
-        options.validate(manifest)
         cache = options.cache_folder()
+        if is_foreign(folder):  # another tool's export: its manifest is built from its files
+            manifest = foreign_manifest(folder, cache, lambda note: warnings.warn(note, SdcpuNotice, stacklevel=3))
+        else:
+            manifest = Manifest.load(folder)
+        options.validate(manifest)
         manifest.verify(folder, options.verify, record=cache / VERIFIED_FILES if cache is not None else None)
         return cls(folder, manifest, options)
 
@@ -109,11 +116,13 @@ class Pipeline:
         passes = [p for p in self.passes if p.applies_to(component, precision, self.options.device)]
         self.applied[component] = [p.key for p in passes]
         path = self.manifest.graph_path(self.folder, component)
-        model = load_model(path, self.options, passes, lazy=lazy or self.memory.lazy)
+        interface = self.interfaces.get(component)
+        model = load_model(path, self.options, passes, lazy=lazy or self.memory.lazy, interface=interface)
         if self.options.compute_precision != "bf16":
             return model
         f32 = replace(self.options, compute_precision="f32")
-        return RetryAtF32(model, lambda: load_model(path, f32, passes, lazy=True), component, self.fell_back.append)
+        fresh = lambda: load_model(path, f32, passes, lazy=True, interface=interface)  # noqa: E731
+        return RetryAtF32(model, fresh, component, self.fell_back.append)
 
     def __call__(
         self,
@@ -152,6 +161,9 @@ class Pipeline:
             watermark=watermark,
             noise="seed" if latents is None else "given",
         ).validate(self.manifest.vae_scale_factor, self.scheduler_config.num_train_timesteps)
+        for component, needed in (("unet_shallow", deep_cache > 1), ("vae_encoder", image is not None)):
+            if needed:
+                self.manifest.require(component)
         self._check_memory(settings)
         return self.generate(settings, image, latents, callback)
 
@@ -185,7 +197,8 @@ class Pipeline:
         # 1. Text conditioning: one batch of [negative x N, prompt x N] when guided, so that one UNet call
         #    gives both predictions (the runner splits it under a low-memory policy).
         embeddings = self._encode_text(s.prompt, s.negative_prompt, s.num_images, guided=s.guidance > 1.0)
-        unet = UNetRunner(self.unet, self.unet_shallow, self.memory, embeddings, s.guidance, s.deep_cache)
+        timestep = self.manifest.input_shape("unet", "timestep")
+        unet = UNetRunner(self.unet, self.unet_shallow, self.memory, embeddings, s.guidance, s.deep_cache, timestep)
         # 2. Timesteps of the chosen scheduler.
         scheduler = make_scheduler(s.scheduler, self.scheduler_config)
         scheduler.set_timesteps(s.steps)
@@ -227,7 +240,7 @@ class Pipeline:
         reports it) next to the one asked for."""
         networks = {"text_encoder": self.text_encoder, "unet": self.unet, "unet_shallow": self.unet_shallow}
         networks |= {"vae_decoder": self.vae_decoder, "vae_encoder": self.vae_encoder}
-        ran = {name: m.compute_precision for name, m in networks.items() if m.compute_precision}
+        ran = {name: m.compute_precision for name, m in networks.items() if m is not None and m.compute_precision}
         kinds = set(ran.values())
         o = self.options
         return o.record() | {
@@ -269,6 +282,7 @@ class Pipeline:
 
     def _encode_image(self, image: Image.Image, s: GenerationSettings, rng: np.random.Generator) -> np.ndarray:
         pixels = imaging.image_to_array(image, s.width, s.height)
+        assert self.vae_encoder is not None  # required in __call__
         moments = self.vae_encoder(sample=pixels)
         self.memory.free(self.vae_encoder)
         # q(z|x) = N(mean, exp(logvar)): sample it (as diffusers does), then scale to the UNet's latent space.

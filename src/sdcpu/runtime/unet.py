@@ -2,15 +2,28 @@
 
 It owns what the denoising loop should not have to know (as openvino.genai's UNetInference does):
 the UNet's input names, classifier-free guidance as one batch of [unconditional, conditional] (or
-batch-1 calls under a low-memory policy), and DeepCache's deep features.
+batch-1 calls under a low-memory policy), DeepCache's deep features, and the timestep's form: float32
+(graphs that store it as int64 are loaded to take float32, see `unet_interfaces`), one per batch item
+or a scalar as the graph declares.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from sdcpu.runtime.backends import Model
+from sdcpu.runtime.backends import GraphInterface, Model
+from sdcpu.runtime.manifest import Manifest
 from sdcpu.runtime.memory import MemoryPolicy
+
+
+def unet_interfaces(manifest: Manifest) -> dict[str, GraphInterface]:
+    """What the runner asks of the UNet graphs when they are loaded: a float32 timestep, and the whole
+    UNet's deep features (a tensor named inside it) where the folder has DeepCache's shallow pass."""
+    deep = tuple(manifest.components["unet"].get("inner_outputs", [])) if "unet_shallow" in manifest.components else ()
+    return {
+        "unet": GraphInterface(outputs=deep, float_inputs=("timestep",)),
+        "unet_shallow": GraphInterface(float_inputs=("timestep",)),
+    }
 
 
 class UNetRunner:
@@ -20,13 +33,15 @@ class UNetRunner:
     def __init__(
         self,
         unet: Model,
-        unet_shallow: Model,
+        unet_shallow: Model | None,
         memory: MemoryPolicy,
         embeddings: np.ndarray,
         guidance: float,
         deep_cache: int = 1,
+        timestep_shape: tuple[int, ...] = (-1,),
     ):
         self.unet, self.unet_shallow, self.memory = unet, unet_shallow, memory
+        self.timestep_shape = timestep_shape  # as the graph declares it; -1: one per batch item
         self.embeddings, self.guidance, self.deep_cache = embeddings, guidance, deep_cache
         self.guided = guidance > 1.0  # classifier-free guidance, as diffusers: off for guidance <= 1
         self._deep: np.ndarray | None = None
@@ -35,35 +50,38 @@ class UNetRunner:
         """eps = eps_u + w (eps_c - eps_u) (Ho & Salimans, https://arxiv.org/abs/2207.12598) for the
         scaled latents `sample` at timestep `t`, the `step`-th of the loop (from 0)."""
         batch = np.concatenate([sample, sample]) if self.guided else sample
-        timestep = np.full(len(batch), t, dtype=np.float32)
         # DeepCache (Ma et al., https://arxiv.org/abs/2312.00858, uniform 1:N): only every N-th step runs
         # the whole UNet; the steps between reuse its deep features and run the outermost level alone.
         reuse = self._deep if step % self.deep_cache else None
-        eps, self._deep = self._predict(batch, timestep, reuse)
+        eps, self._deep = self._predict(batch, t, reuse)
         if not self.guided:
             return eps
         eps_uncond, eps_text = np.split(eps, 2)
         return eps_uncond + np.float32(self.guidance) * (eps_text - eps_uncond)
 
-    def _predict(
-        self, sample: np.ndarray, timestep: np.ndarray, deep: np.ndarray | None
-    ) -> tuple[np.ndarray, np.ndarray | None]:
+    def _predict(self, sample: np.ndarray, t: float, deep: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
         # Given deep features: the shallow pass around them. Otherwise the whole UNet, which also returns
         # fresh ones when DeepCache is on (only then are they fetched). The memory policy may split the
         # batch: the same arithmetic with fewer activations alive at once.
         keep = self.deep_cache > 1
         parts = []
         for rows in self.memory.batches(len(sample)):
-            inputs = {"sample": sample[rows], "timestep": timestep[rows]}
-            inputs["encoder_hidden_states"] = self.embeddings[rows]
-            if deep is not None:
+            inputs = {"sample": sample[rows], "encoder_hidden_states": self.embeddings[rows]}
+            inputs["timestep"] = self._timestep(t, len(inputs["sample"]))
+            if deep is not None and self.unet_shallow is not None:
                 parts.append([self.unet_shallow(**inputs, deep_features=deep[rows])])
             else:
                 parts.append(self.unet.outputs(**inputs) if keep else [self.unet(**inputs)])
         joined = [np.concatenate(part) if len(part) > 1 else part[0] for part in zip(*parts, strict=True)]
         return joined[0], joined[1] if len(joined) > 1 else deep
 
+    def _timestep(self, t: float, batch: int) -> np.ndarray:
+        # One per batch item, or the single one (shape [1] or a scalar) that the graph broadcasts.
+        shape = tuple(batch if size == -1 else size for size in self.timestep_shape)
+        return np.full(shape, t, dtype=np.float32)
+
     def release(self) -> None:
         """After the loop: free the UNets as the memory policy says."""
         self.memory.free(self.unet)
-        self.memory.free(self.unet_shallow)
+        if self.unet_shallow is not None:
+            self.memory.free(self.unet_shallow)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import openvino as ov
 
+from sdcpu.runtime.backends import GraphInterface, conform
 from sdcpu.runtime.backends.compiled_cache import CompiledModelCache
 from sdcpu.runtime.backends.graph_passes import GraphPass
 from sdcpu.runtime.errors import SdcpuError
@@ -38,8 +39,16 @@ def engine_config(options: LoadOptions) -> dict[str, str]:
 
 
 class OpenVINOModel:
-    def __init__(self, path: Path, options: LoadOptions, passes: Sequence[GraphPass] = (), lazy: bool = False):
+    def __init__(
+        self,
+        path: Path,
+        options: LoadOptions,
+        passes: Sequence[GraphPass] = (),
+        lazy: bool = False,
+        interface: GraphInterface | None = None,
+    ):
         self.path, self.device, self.passes = path, options.device, tuple(passes)
+        self.interface = interface or GraphInterface()
         self.config = engine_config(options)
         self.compute_precision: str | None = None  # what the compiled model reports, once compiled
         self._core = ov.Core()
@@ -51,16 +60,25 @@ class OpenVINOModel:
         self._compiled: ov.CompiledModel | None = None
         self._blob: np.memmap | None = None  # an imported model may use the blob's memory in place
         self._request: ov.InferRequest | None = None
+        self._dtypes: dict[str, np.dtype] = {}  # the compiled model's input dtypes
 
     def _read(self) -> ov.Model:
         try:
-            return self._core.read_model(str(self.path))
+            model = self._core.read_model(str(self.path))
         except RuntimeError as err:
             raise SdcpuError(f"OpenVINO cannot read {self.path}: {err}") from err
+        if self.interface.outputs:
+            try:
+                model.add_outputs(list(self.interface.outputs))
+            except RuntimeError as err:
+                raise SdcpuError(f"{self.path} has no tensor {', '.join(self.interface.outputs)}: {err}") from err
+        for name in self.interface.float_inputs:
+            _feed_as_float(model, name)
+        return model
 
     def _compile(self, shapes: dict[str, tuple[int, ...]]) -> ov.InferRequest:
         cache = self._cache if self._cache is not None and self._cache.can_export(self.device) else None
-        keys = [p.key for p in self.passes]
+        keys = [p.key for p in self.passes] + self.interface.keys
         blob = cache.blob_path(self.path, self.device, self.config, shapes, keys) if cache is not None else None
         imported = cache.load(blob, self.device, self.config) if cache is not None and blob is not None else None
         if imported is not None:
@@ -74,6 +92,7 @@ class OpenVINOModel:
         self._model, self._shapes, self._compiled = None, shapes, compiled
         self.compute_precision = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
         drop_mapped_pages(self.path.parent, *([self._cache.folder] if self._cache is not None else []))
+        self._dtypes = {port.get_any_name(): port.get_element_type().to_dtype() for port in compiled.inputs}
         return compiled.create_infer_request()
 
     def _compile_graph(self, shapes: dict[str, tuple[int, ...]], use_cache_dir: bool) -> ov.CompiledModel:
@@ -102,7 +121,7 @@ class OpenVINOModel:
         if self._request is None or shapes != self._shapes:
             self._request = self._compiled = self._blob = None  # in this order: each may use the next
             self._request = self._compile(shapes)
-        self._request.infer(inputs)
+        self._request.infer(conform(inputs, self._dtypes))
         return self._request
 
     def release_memory(self) -> None:
@@ -114,3 +133,15 @@ class OpenVINOModel:
     def release(self) -> None:
         """Free the graph and the compiled model; the next call reads (and compiles or imports) again."""
         self._model = self._request = self._shapes = self._compiled = self._blob = None
+
+
+def _feed_as_float(model: ov.Model, name: str) -> None:
+    # An integer input whose every consumer converts it to float becomes a float32 input, so the
+    # conversions are no-ops and fractional values pass. Any other use of it keeps it as it is.
+    matches = [p for p in model.get_parameters() if name in p.output(0).get_names()]
+    if not matches or not matches[0].get_element_type().is_integral():
+        return
+    consumers = [target.get_node() for target in matches[0].output(0).get_target_inputs()]
+    if all(node.get_type_name() == "Convert" and node.get_element_type().is_real() for node in consumers):
+        matches[0].set_element_type(ov.Type.f32)
+        model.validate_nodes_and_infer_types()
