@@ -128,7 +128,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
-        latents = np.random.default_rng(0).standard_normal((1, 4, 8, 8), dtype=np.float32)
+        latents = np.random.default_rng(0).standard_normal((1, 4, 16, 16), dtype=np.float32)
         np.save(work / "latents.npy", latents)
         (work / "settings.json").write_text(json.dumps(SETTINGS))
         reference = sdcpu_image(CONVERTED, latents)
@@ -156,9 +156,12 @@ def _levels(image: np.ndarray, reference: np.ndarray) -> int:
 
 
 def _write(rows: list[tuple[str, str, int]], versions: dict[str, dict[str, str]], system: dict[str, str]) -> None:
+    ov_version = system["openvino"].split("-")[0]
+    versions["sdcpu"] = {"sdcpu": metadata.version("sdcpu"), "openvino": ov_version}
+    versions["sdcpu"]["onnxruntime"] = system["onnxruntime"]
     lines = [
         f"Measured by `python bench/interop.py` on {system['cpu']} with sdcpu {metadata.version('sdcpu')}, "
-        f"OpenVINO {system['openvino'].split(';')[0]}; every run at f32 compute.",
+        f"OpenVINO {ov_version}; every run at f32 compute.",
         "",
         "| runs | on | largest difference from sdcpu on its own folder (of 255) |",
         "|---|---|---:|",
