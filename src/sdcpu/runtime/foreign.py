@@ -110,10 +110,11 @@ def _format(folder: Path) -> str:
     for fmt, graph in GRAPH_FILE.items():
         if all((folder / c / graph).is_file() for c in REQUIRED):
             return fmt
-    wanted = " or ".join(f"{c}/{GRAPH_FILE['openvino']} ({c}/{GRAPH_FILE['onnx']})" for c in REQUIRED)
+    graphs = f"{GRAPH_FILE['openvino']} or {GRAPH_FILE['onnx']}"
     raise SdcpuError(
         f"{folder} is neither an sdcpu model folder (no {MANIFEST_NAME}) nor an OpenVINO or ONNX export sdcpu can "
-        f"read (it needs {wanted}); convert the checkpoint with `sdcpu convert SOURCE OUT`"
+        f"read (that needs {', '.join(REQUIRED)}, each with {graphs}); convert the checkpoint with "
+        "`sdcpu convert SOURCE OUT`"
     )
 
 
