@@ -1,4 +1,5 @@
-"""The `sdcpu` commands (convert, generate, eval, bench, cache). No logic here: parse options, call the library, report.
+"""The `sdcpu` commands (convert, generate, serve, eval, bench, cache). No logic here: parse options, call
+the library, report.
 
 Errors the user can fix (SdcpuError) are printed without a traceback and exit with code 2.
 """
@@ -224,6 +225,48 @@ def benchmark(
     _print_bench(report)
     if json_out is not None:
         json_out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+@app.command()
+@with_load_options
+def serve(
+    model: Annotated[Path | None, typer.Option("--model", "-m", help=MODEL_HELP)] = None,
+    host: Annotated[str, typer.Option(help="address to listen on; beyond 127.0.0.1 it needs --api-key")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 7860,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="SDCPU_API_KEY", help="a key every request must carry (Basic auth password, Bearer or X-API-Key)"
+        ),
+    ] = None,
+    queue: Annotated[int, typer.Option(help="jobs waiting or running at most; more are refused with 429")] = 16,
+    preview_every: Annotated[int, typer.Option(help="a preview image every N steps (0: none)")] = 1,
+    *,
+    options: LoadOptions,
+) -> None:
+    """Serve a web page, a JSON API and an A1111-compatible API (/sdapi/v1) for one model (the serve extra)."""
+    from sdcpu.runtime.pipeline import Pipeline
+
+    try:
+        import uvicorn
+
+        from sdcpu.serve.app import create_app
+        from sdcpu.serve.limits import ServeLimits
+        from sdcpu.serve.security import check_bind
+    except ImportError as err:
+        missing = SdcpuError(f"sdcpu serve needs the serve extra ({err.name} is missing): pip install 'sdcpu[serve]'")
+        raise fail(missing) from None
+    try:
+        check_bind(host, api_key)
+        if queue < 1 or preview_every < 0:
+            raise SdcpuError("--queue must be at least 1 and --preview-every at least 0")
+        with console.status("loading model"):
+            pipe = Pipeline.load(model, options)
+    except SdcpuError as err:
+        raise fail(err) from None
+    console.print(f"serving {pipe.model_name} at http://{host}:{port}/ (A1111 API at /sdapi/v1)", highlight=False)
+    app_ = create_app(pipe, ServeLimits(queue=queue), api_key, preview_every)
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
 
 
 @app.command(name="info")

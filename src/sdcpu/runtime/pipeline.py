@@ -144,6 +144,44 @@ class Pipeline:
     ) -> PipelineResult:
         """Generate images (txt2img, or img2img with `init_image`); see the README for each option."""
         image = imaging.open_init_image(init_image) if init_image is not None else None
+        settings = self.settings(
+            prompt,
+            image,
+            negative_prompt=negative_prompt,
+            steps=steps,
+            guidance=guidance,
+            seed=seed,
+            width=width,
+            height=height,
+            num_images=num_images,
+            scheduler=scheduler,
+            strength=strength,
+            deep_cache=deep_cache,
+            watermark=watermark,
+            given=latents is not None,
+        )
+        return self.generate(settings, image, latents, callback)
+
+    def settings(
+        self,
+        prompt: str,
+        image: Image.Image | None = None,
+        *,
+        negative_prompt: str | None = None,
+        steps: int = 20,
+        guidance: float = 7.5,
+        seed: int | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        num_images: int = 1,
+        scheduler: str | None = None,
+        strength: float = 0.8,
+        deep_cache: int = 1,
+        watermark: bool = False,
+        given: bool = False,
+    ) -> GenerationSettings:
+        """The settings `__call__` runs, with this folder's defaults, checked against the folder and this
+        machine's memory before any work (SdcpuError says what to change). `given`: latents are passed."""
         default_w, default_h = self._default_size(image)
         settings = GenerationSettings(
             prompt=prompt,
@@ -159,13 +197,13 @@ class Pipeline:
             model=self.model_name,
             deep_cache=deep_cache,
             watermark=watermark,
-            noise="seed" if latents is None else "given",
+            noise="given" if given else "seed",
         ).validate(self.manifest.vae_scale_factor, self.scheduler_config.num_train_timesteps)
         for component, needed in (("unet_shallow", deep_cache > 1), ("vae_encoder", image is not None)):
             if needed:
                 self.manifest.require(component)
         self._check_memory(settings)
-        return self.generate(settings, image, latents, callback)
+        return settings
 
     def _check_memory(self, s: GenerationSettings) -> None:
         # Before any work: a size that cannot fit would otherwise fail deep in an engine, or swap for hours.

@@ -1,0 +1,258 @@
+"""The subset of AUTOMATIC1111's `/sdapi/v1` API that scripts, plugins and bots use, over sdcpu's job
+queue: request fields, defaults and base64 PNGs as A1111 takes and returns them, and `info` as its
+generation-info JSON. Fields sdcpu has no equivalent for are accepted at their defaults and refused,
+with a message, when set to something that would change the image.
+
+Decided where A1111 and sdcpu differ: an omitted width or height is the model's native size (A1111's
+512 is SD 1.5's); a batch is drawn from one seed (each image is reproduced by the seed and its place in
+the batch, as sdcpu's `parameters` record), so `all_seeds` repeats the seed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict
+
+from sdcpu import __version__
+from sdcpu.runtime.errors import SdcpuError
+from sdcpu.runtime.infotext import SAMPLERS
+from sdcpu.serve.jobs import Job
+
+router = APIRouter(prefix="/sdapi/v1", tags=["A1111"])
+SCHEDULE_TYPES = ("Automatic", "Uniform", "Karras")  # A1111 >= 1.9's `scheduler` field; Uniform is the plain one
+# Fields that change the image in A1111 and that sdcpu cannot honour: refused unless at their default.
+UNSUPPORTED = {
+    "enable_hr": False,
+    "restore_faces": (None, False),
+    "tiling": (None, False),
+    "script_name": (None, ""),
+    "alwayson_scripts": (None, {}),
+    "subseed_strength": (None, 0, 0.0),
+    "mask": None,
+    "refiner_checkpoint": (None, ""),
+}
+# override_settings keys that do not change the image (others are refused, named).
+HARMLESS_OVERRIDES = ("samples_format", "save_images", "CLIP_stop_at_last_layers", "sd_model_checkpoint", "sd_vae")
+POLL_S = 0.05
+
+
+class Txt2ImgRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")  # A1111 clients send many more fields; see UNSUPPORTED
+    prompt: str = ""
+    negative_prompt: str = ""
+    seed: int = -1
+    sampler_name: str | None = None
+    sampler_index: str = "Euler"
+    scheduler: str | None = None
+    batch_size: int = 1
+    n_iter: int = 1
+    steps: int = 50
+    cfg_scale: float = 7.0
+    width: int | None = None
+    height: int | None = None
+    override_settings: dict[str, Any] | None = None
+    send_images: bool = True
+
+
+class Img2ImgRequest(Txt2ImgRequest):
+    init_images: list[str] = []
+    denoising_strength: float = 0.75
+    resize_mode: int = 0
+
+
+def scheduler_for(sampler: str, schedule: str | None) -> str:
+    """sdcpu's scheduler for an A1111 sampler name and schedule type; SdcpuError listing ours otherwise."""
+    karras = schedule == "Karras" or sampler.endswith(" Karras")  # A1111 before 1.9 put it in the name
+    base = sampler.removesuffix(" Karras")
+    for ours, (theirs, their_schedule) in SAMPLERS.items():
+        if theirs.lower() == base.lower() and (their_schedule == "Karras") == karras:
+            return ours
+    raise SdcpuError(f"unknown sampler_name {sampler!r} (scheduler {schedule!r}); this server has: {_sampler_names()}")
+
+
+def _sampler_names() -> str:
+    return ", ".join(f"{name} Karras" if schedule else name for name, schedule in SAMPLERS.values())
+
+
+def _check_supported(request: Txt2ImgRequest) -> None:
+    given = request.model_dump()
+    for name, default in UNSUPPORTED.items():
+        value = given.get(name, None)
+        if value is not None and value not in (default if isinstance(default, tuple) else (default,)):
+            what = "inpainting (mask)" if name == "mask" else name
+            raise SdcpuError(f"{what} is not supported by sdcpu yet; leave it out or at its default")
+    if request.scheduler is not None and request.scheduler not in SCHEDULE_TYPES:
+        raise SdcpuError(f"unknown scheduler {request.scheduler!r}; this server has: {', '.join(SCHEDULE_TYPES)}")
+    for key in request.override_settings or {}:
+        if key not in HARMLESS_OVERRIDES:
+            raise SdcpuError(f"override_settings {key!r} is not supported; supported: {', '.join(HARMLESS_OVERRIDES)}")
+
+
+def _submit(http: Request, request: Txt2ImgRequest, image: Any = None, strength: float = 0.8) -> Job:
+    _check_supported(request)
+    server = http.app.state.server
+    checkpoint = (request.override_settings or {}).get("sd_model_checkpoint")
+    if checkpoint is not None and checkpoint not in _model_titles(server.pipeline):
+        raise SdcpuError(f"this server runs {_title(server.pipeline)} only; got sd_model_checkpoint {checkpoint!r}")
+    settings = {
+        "negative_prompt": request.negative_prompt,
+        "steps": request.steps,
+        "guidance": request.cfg_scale,
+        "seed": None if request.seed < 0 else request.seed,
+        "width": request.width,
+        "height": request.height,
+        "num_images": request.batch_size * request.n_iter,
+        "scheduler": scheduler_for(request.sampler_name or request.sampler_index, request.scheduler),
+        "strength": strength,
+    }
+    return server.submit("img2img" if image is not None else "txt2img", request.prompt, image, **settings)
+
+
+async def _answer(http: Request, request: Txt2ImgRequest, job: Job) -> dict[str, Any]:
+    while not job.done.is_set():
+        await asyncio.sleep(POLL_S)
+    if job.status != "done":
+        raise SdcpuError(job.error or f"the generation was {job.status}")
+    images = [base64.b64encode(png).decode() for png in job.images] if request.send_images else []
+    return {"images": images, "parameters": request.model_dump(), "info": json.dumps(_info(http, job))}
+
+
+def _info(http: Request, job: Job) -> dict[str, Any]:
+    s, pipe = job.settings, http.app.state.server.pipeline
+    sampler, schedule = SAMPLERS[s.scheduler]
+    return {
+        "prompt": s.prompt,
+        "all_prompts": [s.prompt] * s.num_images,
+        "negative_prompt": s.negative_prompt,
+        "all_negative_prompts": [s.negative_prompt] * s.num_images,
+        "seed": s.seed,
+        "all_seeds": [s.seed] * s.num_images,
+        "subseed": -1,
+        "all_subseeds": [-1] * s.num_images,
+        "subseed_strength": 0,
+        "width": s.width,
+        "height": s.height,
+        "sampler_name": sampler,
+        "cfg_scale": s.guidance,
+        "steps": s.steps,
+        "batch_size": s.num_images,
+        "restore_faces": False,
+        "sd_model_name": pipe.model_name,
+        "sd_model_hash": pipe.model_hash,
+        "denoising_strength": s.strength,
+        "extra_generation_params": {"Schedule type": schedule} if schedule else {},
+        "index_of_first_image": 0,
+        "infotexts": job.infotexts,
+        "styles": [],
+        "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.created)),
+        "clip_skip": 1,
+        "is_using_inpainting_conditioning": False,
+        "version": f"sdcpu {__version__}",
+    }
+
+
+def _title(pipeline: Any) -> str:
+    return f"{pipeline.model_name} [{pipeline.model_hash}]"
+
+
+def _model_titles(pipeline: Any) -> tuple[str, ...]:
+    return (_title(pipeline), pipeline.model_name, pipeline.model_hash)
+
+
+@router.post("/txt2img")
+async def txt2img(http: Request, request: Txt2ImgRequest) -> dict[str, Any]:
+    """A1111's txt2img: answers when the images are made (429 when the queue is full)."""
+    return await _answer(http, request, _submit(http, request))
+
+
+@router.post("/img2img")
+async def img2img(http: Request, request: Img2ImgRequest) -> dict[str, Any]:
+    """A1111's img2img with `init_images[0]` and `denoising_strength`; `mask` (inpainting) is refused."""
+    if not request.init_images:
+        raise SdcpuError("img2img needs init_images: a list with one base64 image")
+    _check_supported(request)  # before decoding anything
+    image = http.app.state.server.limits.decode_image(request.init_images[0], "init image")
+    return await _answer(http, request, _submit(http, request, image, request.denoising_strength))
+
+
+@router.get("/progress")
+def progress(http: Request, skip_current_image: bool = False) -> dict[str, Any]:
+    queue = http.app.state.server.queue
+    job = queue.current()
+    step, total = (job.step, job.total) if job is not None else (0, 0)
+    preview = job.preview if job is not None and not skip_current_image else None
+    return {
+        "progress": step / total if total else 0.0,
+        "eta_relative": 0.0,
+        "state": {
+            "skipped": False,
+            "interrupted": bool(job and job.interrupt),
+            "job": job.id if job else "",
+            "job_count": len([j for j in queue.jobs() if j.status in ("queued", "running")]),
+            "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.created)) if job else "0",
+            "job_no": 0,
+            "sampling_step": step,
+            "sampling_steps": total,
+        },
+        "current_image": base64.b64encode(preview).decode() if preview else None,
+        "textinfo": None,
+    }
+
+
+@router.post("/interrupt")
+def interrupt(http: Request) -> dict[str, Any]:
+    """Stop the running job at its next step; as in A1111, what is there is decoded and returned."""
+    job = http.app.state.server.queue.current()
+    if job is not None:
+        job.touch(interrupt=True)
+    return {}
+
+
+@router.get("/options")
+def options(http: Request) -> dict[str, Any]:
+    pipe = http.app.state.server.pipeline
+    return {"sd_model_checkpoint": _title(pipe), "samples_format": "png", "CLIP_stop_at_last_layers": 1}
+
+
+@router.post("/options")
+def set_options(http: Request, body: dict[str, Any]) -> dict[str, Any]:
+    """Only what this server already is: its one model (by title, name or hash) and PNG samples."""
+    pipe = http.app.state.server.pipeline
+    for key, value in body.items():
+        if key == "sd_model_checkpoint" and value not in _model_titles(pipe):
+            raise SdcpuError(f"this server runs {_title(pipe)} only; got {value!r}")
+        if key not in ("sd_model_checkpoint", "samples_format", "CLIP_stop_at_last_layers"):
+            raise SdcpuError(f"option {key!r} cannot be set on this server")
+    return {}
+
+
+@router.get("/sd-models")
+def sd_models(http: Request) -> list[dict[str, Any]]:
+    pipe = http.app.state.server.pipeline
+    name = pipe.model_name
+    return [
+        {
+            "title": _title(pipe),
+            "model_name": name,
+            "hash": pipe.model_hash,
+            "sha256": None,
+            "filename": name,
+            "config": None,
+        }
+    ]
+
+
+@router.get("/samplers")
+def samplers() -> list[dict[str, Any]]:
+    return [{"name": name, "aliases": [], "options": {}} for name in _sampler_names().split(", ")]
+
+
+@router.get("/schedulers")
+def schedulers() -> list[dict[str, Any]]:
+    return [{"name": label.lower(), "label": label, "aliases": None} for label in SCHEDULE_TYPES]

@@ -1,0 +1,182 @@
+"""The ASGI app: the page, the native JSON API (jobs, their events, images) and the A1111 subset
+(a1111.py), over one loaded pipeline. `create_app` is what `sdcpu serve` runs with uvicorn."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+from importlib import resources
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+from pydantic import BaseModel, ConfigDict
+
+from sdcpu.runtime.errors import SdcpuError
+from sdcpu.runtime.schedulers import SCHEDULERS
+from sdcpu.serve.jobs import FINISHED, Job, JobQueue, QueueFull
+from sdcpu.serve.limits import LimitError, ServeLimits
+from sdcpu.serve.security import guard
+
+STATIC = resources.files("sdcpu.serve") / "static"
+EVENT_POLL_S = 0.1
+
+
+class JobRequest(BaseModel):
+    """A generation: txt2img, or img2img with `init_image` (base64)."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt: str
+    negative_prompt: str = ""
+    steps: int = 20
+    guidance: float = 7.5
+    seed: int | None = None
+    width: int | None = None
+    height: int | None = None
+    num_images: int = 1
+    scheduler: str | None = None
+    init_image: str | None = None
+    strength: float = 0.8
+    deep_cache: int = 1
+
+
+class Server:
+    """What the routes share: the pipeline, its job queue and the limits."""
+
+    def __init__(self, pipeline: Any, limits: ServeLimits, preview_every: int = 1):
+        self.pipeline, self.limits = pipeline, limits
+        self.queue = JobQueue(pipeline, limits, preview_every)
+
+    def submit(self, mode: str, prompt: str, image: Image.Image | None = None, **settings: Any) -> Job:
+        """Check the request against the limits and the pipeline, then queue it (LimitError, SdcpuError,
+        QueueFull otherwise)."""
+        s = settings
+        self.limits.check(
+            s.get("width") or 0,
+            s.get("height") or 0,
+            s["steps"],
+            s["num_images"],
+            prompt,
+            s.get("negative_prompt") or "",
+        )
+        checked = self.pipeline.settings(prompt, image, **settings)
+        return self.queue.submit(mode, checked, image)
+
+    def job(self, job_id: str) -> Job:
+        job = self.queue.get(job_id)
+        if job is None:
+            raise HTTPException(404, f"no job {job_id} (finished jobs are kept up to {self.limits.kept})")
+        return job
+
+
+def create_app(
+    pipeline: Any, limits: ServeLimits | None = None, api_key: str | None = None, preview_every: int = 1
+) -> FastAPI:
+    """The app for a loaded Pipeline. OpenAPI's schema is at /openapi.json; its browsable pages are off,
+    as they load scripts from a CDN and the server works offline."""
+    from sdcpu.serve import a1111
+
+    limits = limits or ServeLimits()
+    app = FastAPI(title="sdcpu", docs_url=None, redoc_url=None)
+    app.state.server = server = Server(pipeline, limits, preview_every)
+    app.middleware("http")(guard(api_key, limits.max_upload_bytes))
+    _errors(app)
+    app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+    app.include_router(a1111.router)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> str:
+        return (STATIC / "index.html").read_text(encoding="utf-8")
+
+    @app.get("/api/model")
+    def model() -> dict[str, Any]:
+        """The loaded model, its defaults, the schedulers, the modes and this server's limits."""
+        m = pipeline.manifest
+        return {
+            "name": pipeline.model_name,
+            "hash": pipeline.model_hash,
+            "source": m.source,
+            "format": m.format,
+            "precision": m.precision,
+            "size": m.sample_size,
+            "multiple": m.vae_scale_factor,
+            "schedulers": list(SCHEDULERS),
+            "modes": ["txt2img", "img2img"],
+            "limits": asdict(limits),
+        }
+
+    @app.post("/api/jobs", status_code=202)
+    def create_job(request: JobRequest) -> dict[str, Any]:
+        """Queue a generation; 429 when the queue is full. Follow it at /api/jobs/{id}/events."""
+        fields = request.model_dump(exclude={"prompt", "init_image"})
+        image = limits.decode_image(request.init_image, "init image") if request.init_image else None
+        job = server.submit("img2img" if image is not None else "txt2img", request.prompt, image, **fields)
+        return job.public() | {"position": server.queue.position(job)}
+
+    @app.get("/api/jobs")
+    def list_jobs() -> list[dict[str, Any]]:
+        """The jobs kept on this server, newest first (the gallery)."""
+        return [job.public() for job in server.queue.jobs()]
+
+    @app.get("/api/jobs/{job_id}")
+    def get_job(job_id: str) -> dict[str, Any]:
+        job = server.job(job_id)
+        return job.public() | {"position": server.queue.position(job)}
+
+    @app.post("/api/jobs/{job_id}/cancel")
+    def cancel_job(job_id: str) -> dict[str, Any]:
+        """Drop a queued job, or stop a running one at its next step (nothing is decoded)."""
+        job = server.job(job_id)
+        server.queue.cancel(job)
+        return job.public()
+
+    @app.get("/api/jobs/{job_id}/events")
+    def job_events(job_id: str) -> StreamingResponse:
+        """Server-sent events: `progress` (the job, with its preview URL) at every change, then `end`."""
+        return StreamingResponse(_events(server.job(job_id)), media_type="text/event-stream")
+
+    @app.get("/api/jobs/{job_id}/images/{index}.png")
+    def job_image(job_id: str, index: int) -> Response:
+        images = server.job(job_id).images
+        if not 0 <= index < len(images):
+            raise HTTPException(404, f"job {job_id} has no image {index}")
+        return Response(images[index], media_type="image/png")
+
+    @app.get("/api/jobs/{job_id}/preview.png")
+    def job_preview(job_id: str) -> Response:
+        preview = server.job(job_id).preview
+        if preview is None:
+            raise HTTPException(404, f"job {job_id} has no preview yet")
+        return Response(preview, media_type="image/png", headers={"Cache-Control": "no-store"})
+
+    return app
+
+
+async def _events(job: Job) -> AsyncIterator[str]:
+    seen = -1
+    while True:
+        if job.version != seen:
+            seen = job.version
+            yield f"event: progress\ndata: {json.dumps(job.public())}\n\n"
+        if job.status in FINISHED:
+            yield "event: end\ndata: {}\n\n"
+            return
+        await asyncio.sleep(EVENT_POLL_S)
+
+
+def _errors(app: FastAPI) -> None:
+    @app.exception_handler(LimitError)
+    async def over_limit(request: Request, err: LimitError) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=err.status)
+
+    @app.exception_handler(SdcpuError)
+    async def bad_request(request: Request, err: SdcpuError) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=422)
+
+    @app.exception_handler(QueueFull)
+    async def queue_full(request: Request, err: QueueFull) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=429, headers={"Retry-After": "5"})

@@ -1,0 +1,63 @@
+"""The server's limits, checked when a request arrives, before it allocates anything: each refusal is a
+4xx whose message names the limit. The pipeline's own checks (settings, memory) follow at submission."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from dataclasses import dataclass
+
+from PIL import Image, UnidentifiedImageError
+
+from sdcpu.runtime.errors import SdcpuError
+
+
+class LimitError(SdcpuError):
+    """A request over a limit; `status` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int = 422):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    max_width: int = 2048
+    max_height: int = 2048
+    max_steps: int = 150
+    max_images: int = 8  # per request (A1111: batch_size x n_iter)
+    max_prompt_bytes: int = 16 * 1024
+    max_upload_bytes: int = 20 * 1024 * 1024  # a request body, base64 images included
+    max_image_pixels: int = 16_000_000  # an uploaded image, read from its header before decoding
+    queue: int = 16  # jobs waiting or running; more get 429
+    kept: int = 64  # finished jobs kept in memory with their images (the gallery); older ones are dropped
+
+    def check(self, width: int, height: int, steps: int, images: int, *texts: str) -> None:
+        """Raise LimitError for a request over a size, step, batch or prompt limit."""
+        if width > self.max_width or height > self.max_height:
+            raise LimitError(f"{width}x{height} is over this server's {self.max_width}x{self.max_height} limit")
+        if steps > self.max_steps:
+            raise LimitError(f"{steps} steps is over this server's limit of {self.max_steps}")
+        if images > self.max_images:
+            raise LimitError(f"{images} images in one request is over this server's limit of {self.max_images}")
+        for text in texts:
+            if len(text.encode("utf-8", "replace")) > self.max_prompt_bytes:
+                raise LimitError(f"a prompt is over this server's limit of {self.max_prompt_bytes:,} bytes")
+
+    def decode_image(self, data: str, name: str = "image") -> Image.Image:
+        """A base64 image (optionally a data: URL, as A1111 accepts) as RGB, its size checked from the header
+        before the pixels are decoded."""
+        payload = data.split(",", 1)[1] if data.startswith("data:") else data
+        try:
+            raw = base64.b64decode(payload, validate=True)
+            with Image.open(io.BytesIO(raw)) as image:
+                if image.width * image.height > self.max_image_pixels:
+                    raise LimitError(
+                        f"the {name} is {image.width}x{image.height}, over this server's "
+                        f"{self.max_image_pixels / 1e6:.0f}-megapixel limit",
+                        status=413,
+                    )
+                return image.convert("RGB")
+        except (binascii.Error, ValueError, OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
+            raise LimitError(f"the {name} is not a base64 PNG, JPEG or WebP image ({err})") from None
