@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import asdict
 from importlib import resources
 from typing import Any
@@ -81,8 +82,15 @@ def create_app(
     from sdcpu.serve import a1111
 
     limits = limits or ServeLimits()
-    app = FastAPI(title="sdcpu", docs_url=None, redoc_url=None)
-    app.state.server = server = Server(pipeline, limits, preview_every)
+    server = Server(pipeline, limits, preview_every)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        server.queue.close()  # on shutdown: cancel what is queued or running, stop the worker
+
+    app = FastAPI(title="sdcpu", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.state.server = server
     app.middleware("http")(guard(api_key, limits.max_upload_bytes))
     _errors(app)
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")

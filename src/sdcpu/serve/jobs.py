@@ -128,10 +128,14 @@ class JobQueue:
             elif job.status == "running":
                 job.touch(cancel=True)
 
-    def close(self) -> None:
+    def close(self, timeout: float = 60) -> None:
+        """Cancel what is queued or running and stop the worker (waiting for it up to `timeout` s)."""
         with self._lock:
             self._closed = True
+            for job in [*self._pending, *filter(None, [self.current()])]:
+                self.cancel(job)
             self._lock.notify()
+        self._worker.join(timeout)
 
     def _forget_old(self) -> None:
         finished = [job for job in self._jobs.values() if job.status in FINISHED]
