@@ -25,7 +25,7 @@ def rows() -> list[str]:
     lines = ["| # | category | input | exit | message |", "|---:|---|---|---:|---|"]
     for i, case in enumerate(CASES, 1):
         if any(importlib.util.find_spec(m) is None for m in case.needs):
-            lines.append(f"| {i} | {case.category} | {case.name} | | (skipped: needs the export extra) |")
+            lines.append(f"| {i} | {case.category} | {case.name} | | (skipped: needs {', '.join(case.needs)}) |")
             continue
         with tempfile.TemporaryDirectory() as scratch:
             result = run(case, Path(scratch))

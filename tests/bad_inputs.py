@@ -29,7 +29,7 @@ class Case:
     category: str
     setup: Setup
     message: str  # a piece of the expected error message
-    needs: tuple[str, ...] = ()  # modules the case needs (the export extra), else skipped
+    needs: tuple[str, ...] = ()  # modules the case needs (the export or serve extra), else skipped
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -329,5 +329,15 @@ def _faults() -> list[Case]:
     return [Case(case.name, case.category, case.setup, case.message, env={"SDCPU_CACHE_DIR": "cache-file"})]
 
 
+def _serve() -> list[Case]:
+    serve = ("fastapi", "uvicorn")
+    cases = [
+        ("serve beyond loopback without a key", ["serve", "--host", "0.0.0.0"], "pass --api-key KEY"),
+        ("serve with --queue 0", ["serve", "--queue", "0"], "--queue must be at least 1"),
+        ("serve a missing model", ["serve", "--model", "nope"], "does not exist"),
+    ]
+    return [Case(name, "serve", lambda s, a=args: a, message, serve) for name, args, message in cases]
+
+
 CASES = [*_settings(), *_prompts(), *_init_images(), *_outputs(), *_model_folders(), *_safetensors(), *_converts()]
-CASES += _faults()
+CASES += [*_serve(), *_faults()]

@@ -11,7 +11,7 @@ from dataclasses import asdict
 from importlib import resources
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
@@ -25,6 +25,7 @@ from sdcpu.serve.security import guard
 
 STATIC = resources.files("sdcpu.serve") / "static"
 EVENT_POLL_S = 0.1
+router = APIRouter(prefix="/api", tags=["sdcpu"])  # the native API; the A1111 subset is in a1111.py
 
 
 class JobRequest(BaseModel):
@@ -94,74 +95,91 @@ def create_app(
     app.middleware("http")(guard(api_key, limits.max_upload_bytes))
     _errors(app)
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+    app.include_router(router)
     app.include_router(a1111.router)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
         return (STATIC / "index.html").read_text(encoding="utf-8")
 
-    @app.get("/api/model")
-    def model() -> dict[str, Any]:
-        """The loaded model, its defaults, the schedulers, the modes and this server's limits."""
-        m = pipeline.manifest
-        return {
-            "name": pipeline.model_name,
-            "hash": pipeline.model_hash,
-            "source": m.source,
-            "format": m.format,
-            "precision": m.precision,
-            "size": m.sample_size,
-            "multiple": m.vae_scale_factor,
-            "schedulers": list(SCHEDULERS),
-            "modes": ["txt2img", "img2img"],
-            "limits": asdict(limits),
-        }
-
-    @app.post("/api/jobs", status_code=202)
-    def create_job(request: JobRequest) -> dict[str, Any]:
-        """Queue a generation; 429 when the queue is full. Follow it at /api/jobs/{id}/events."""
-        fields = request.model_dump(exclude={"prompt", "init_image"})
-        image = limits.decode_image(request.init_image, "init image") if request.init_image else None
-        job = server.submit("img2img" if image is not None else "txt2img", request.prompt, image, **fields)
-        return job.public() | {"position": server.queue.position(job)}
-
-    @app.get("/api/jobs")
-    def list_jobs() -> list[dict[str, Any]]:
-        """The jobs kept on this server, newest first (the gallery)."""
-        return [job.public() for job in server.queue.jobs()]
-
-    @app.get("/api/jobs/{job_id}")
-    def get_job(job_id: str) -> dict[str, Any]:
-        job = server.job(job_id)
-        return job.public() | {"position": server.queue.position(job)}
-
-    @app.post("/api/jobs/{job_id}/cancel")
-    def cancel_job(job_id: str) -> dict[str, Any]:
-        """Drop a queued job, or stop a running one at its next step (nothing is decoded)."""
-        job = server.job(job_id)
-        server.queue.cancel(job)
-        return job.public()
-
-    @app.get("/api/jobs/{job_id}/events")
-    def job_events(job_id: str) -> StreamingResponse:
-        """Server-sent events: `progress` (the job, with its preview URL) at every change, then `end`."""
-        return StreamingResponse(_events(server.job(job_id)), media_type="text/event-stream")
-
-    @app.get("/api/jobs/{job_id}/images/{index}.png")
-    def job_image(job_id: str, index: int) -> Response:
-        images = server.job(job_id).images
-        if not 0 <= index < len(images):
-            raise HTTPException(404, f"job {job_id} has no image {index}")
-        return Response(images[index], media_type="image/png")
-
-    @app.get("/api/jobs/{job_id}/preview.png")
-    def job_preview(job_id: str) -> Response:
-        preview = server.job(job_id).preview
-        if preview is None:
-            raise HTTPException(404, f"job {job_id} has no preview yet")
-        return Response(preview, media_type="image/png", headers={"Cache-Control": "no-store"})
-
     return app
+
+
+def _server(http: Request) -> Server:
+    return http.app.state.server  # type: ignore[no-any-return]
+
+
+@router.get("/model")
+def model(http: Request) -> dict[str, Any]:
+    """The loaded model, its defaults, the schedulers, the modes and this server's limits."""
+    server = _server(http)
+    pipeline, m = server.pipeline, server.pipeline.manifest
+    return {
+        "name": pipeline.model_name,
+        "hash": pipeline.model_hash,
+        "source": m.source,
+        "format": m.format,
+        "precision": m.precision,
+        "size": m.sample_size,
+        "multiple": m.vae_scale_factor,
+        "schedulers": list(SCHEDULERS),
+        "modes": ["txt2img", "img2img"],
+        "limits": asdict(server.limits),
+    }
+
+
+@router.post("/jobs", status_code=202)
+def create_job(http: Request, request: JobRequest) -> dict[str, Any]:
+    """Queue a generation; 429 when the queue is full. Follow it at /api/jobs/{id}/events."""
+    server = _server(http)
+    fields = request.model_dump(exclude={"prompt", "init_image"})
+    image = server.limits.decode_image(request.init_image, "init image") if request.init_image else None
+    job = server.submit("img2img" if image is not None else "txt2img", request.prompt, image, **fields)
+    return job.public() | {"position": server.queue.position(job)}
+
+
+@router.get("/jobs")
+def list_jobs(http: Request) -> list[dict[str, Any]]:
+    """The jobs kept on this server, newest first (the gallery)."""
+    return [job.public() for job in _server(http).queue.jobs()]
+
+
+@router.get("/jobs/{job_id}")
+def get_job(http: Request, job_id: str) -> dict[str, Any]:
+    server = _server(http)
+    job = server.job(job_id)
+    return job.public() | {"position": server.queue.position(job)}
+
+
+@router.post("/jobs/{job_id}/cancel")
+def cancel_job(http: Request, job_id: str) -> dict[str, Any]:
+    """Drop a queued job, or stop a running one at its next step (nothing is decoded)."""
+    server = _server(http)
+    job = server.job(job_id)
+    server.queue.cancel(job)
+    return job.public()
+
+
+@router.get("/jobs/{job_id}/events")
+def job_events(http: Request, job_id: str) -> StreamingResponse:
+    """Server-sent events: `progress` (the job, with its preview URL) at every change, then `end`."""
+    return StreamingResponse(_events(_server(http).job(job_id)), media_type="text/event-stream")
+
+
+@router.get("/jobs/{job_id}/images/{index}.png")
+def job_image(http: Request, job_id: str, index: int) -> Response:
+    images = _server(http).job(job_id).images
+    if not 0 <= index < len(images):
+        raise HTTPException(404, f"job {job_id} has no image {index}")
+    return Response(images[index], media_type="image/png")
+
+
+@router.get("/jobs/{job_id}/preview.png")
+def job_preview(http: Request, job_id: str) -> Response:
+    preview = _server(http).job(job_id).preview
+    if preview is None:
+        raise HTTPException(404, f"job {job_id} has no preview yet")
+    return Response(preview, media_type="image/png", headers={"Cache-Control": "no-store"})
 
 
 async def _events(job: Job) -> AsyncIterator[str]:

@@ -59,6 +59,7 @@ class Job:
             setattr(self, key, value)
         self.version += 1
         if self.status in FINISHED:
+            self.image = None  # the init image is not needed any more
             self.done.set()
 
     def public(self) -> dict[str, Any]:
@@ -170,7 +171,7 @@ class JobQueue:
             return
         metadata = [result.settings.png_metadata(i, result.runtime) for i in range(len(result.images))]
         images = [png_bytes(image, meta) for image, meta in zip(result.images, metadata, strict=True)]
-        job.touch(status="done", images=images, infotexts=[m["parameters"] for m in metadata], image=None)
+        job.touch(status="done", images=images, infotexts=[m["parameters"] for m in metadata])
 
     def _step(self, job: Job, done: int, total: int, latents: np.ndarray) -> bool:
         if job.cancel:

@@ -1,0 +1,99 @@
+"""The page of `sdcpu serve` in a real browser: headless Chromium (Debian's `chromium` package) driven
+by Playwright over loopback. It types a prompt, generates on the demo model, sees the progress and the
+preview, gets the image, reuses settings from the gallery, and fits a phone-width screen.
+
+`SDCPU_SCREENSHOT=docs/serve.png` keeps the screenshot there (docs/serve.md shows it). CI sets
+`SDCPU_REQUIRE_BROWSER=1`, so that a missing browser fails the run instead of skipping the test.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+uvicorn = pytest.importorskip("uvicorn")
+sync_api = pytest.importorskip("playwright.sync_api")
+
+from sdcpu import Pipeline  # noqa: E402
+from sdcpu.runtime.options import LoadOptions  # noqa: E402
+from sdcpu.serve.app import create_app  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.slow
+# Every change of the status line and of the preview's source, as the page makes them.
+WATCH = """() => {
+  window.statuses = []; window.previews = 0;
+  new MutationObserver(() => window.statuses.push(document.getElementById('status').textContent))
+    .observe(document.getElementById('status'), {childList: true, characterData: true, subtree: true});
+  new MutationObserver(() => window.previews++)
+    .observe(document.getElementById('output'), {attributes: true, attributeFilter: ['src'], subtree: true});
+}"""
+
+
+def _until(page, predicate: str, timeout: float = 120) -> None:
+    # Polled with evaluate, which the page's Content-Security-Policy allows (wait_for_function needs eval).
+    deadline = time.time() + timeout
+    while not page.evaluate(predicate):
+        assert time.time() < deadline, f"timed out waiting for {predicate}"
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def url():
+    if CHROMIUM is None:
+        if os.environ.get("SDCPU_REQUIRE_BROWSER") == "1":
+            pytest.fail("no chromium on this machine: apt-get install chromium")
+        pytest.skip("no chromium on this machine (apt-get install chromium)")
+    app = create_app(Pipeline.load(None, LoadOptions(compute_precision="f32")))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(30)
+
+
+def test_the_page_generates_with_progress_and_a_gallery(url, tmp_path):
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1100, "height": 860})
+        errors: list[str] = []
+        page.on("pageerror", lambda err: errors.append(str(err)))
+        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+        page.goto(url)
+        _until(page, "() => document.getElementById('scheduler').options.length > 1")
+        page.evaluate(WATCH)
+        page.fill("#prompt", "a red circle on the left, blue background")
+        for field, value in (("#steps", "40"), ("#seed", "7"), ("#width", "256"), ("#height", "256")):
+            page.fill(field, value)
+        page.click("#generate")
+        _until(
+            page, "() => { const i = document.querySelector('#output img.result'); return i && i.naturalWidth > 0; }"
+        )
+        statuses = page.evaluate("window.statuses")
+        assert any(re.fullmatch(r"step \d+ of 40", s) for s in statuses), statuses
+        assert page.evaluate("window.previews") > 0 and statuses[-1] == "done: seed 7"
+        page.wait_for_selector("#gallery figure")
+        screenshot = Path(os.environ.get("SDCPU_SCREENSHOT") or tmp_path / "serve.png")
+        page.screenshot(path=str(screenshot), full_page=True)
+        page.fill("#prompt", "")
+        page.click("#gallery figure")
+        assert page.input_value("#prompt") == "a red circle on the left, blue background"
+        page.set_viewport_size({"width": 390, "height": 844})  # a phone
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        browser.close()
+    assert errors == []
