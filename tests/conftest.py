@@ -29,6 +29,34 @@ def compile_cache(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def live_server():
+    """`sdcpu serve` on the demo model, on a free loopback port, for the browser and A1111-client tests."""
+    import socket
+    import threading
+    import time
+
+    pytest.importorskip("fastapi")
+    uvicorn = pytest.importorskip("uvicorn")
+    from sdcpu import Pipeline
+    from sdcpu.runtime.options import LoadOptions
+    from sdcpu.serve.app import create_app
+
+    app = create_app(Pipeline.load(None, LoadOptions(compute_precision="f32")))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(30)
+
+
+@pytest.fixture(scope="session")
 def tiny_sd1(tmp_path_factory) -> Path:
     pytest.importorskip("diffusers")
     return tiny.write_diffusers_folder(tmp_path_factory.mktemp("tiny") / "sd1")

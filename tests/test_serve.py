@@ -338,3 +338,17 @@ def test_fifty_queued_requests_are_answered_or_refused_and_memory_stays_flat(pip
         client.app.state.server.queue.close()
     print(f"RSS after each round of 50 requests (MB): {[round(r) for r in rss]}")
     assert rss[-1] - rss[1] < 40, f"RSS by round (MB): {rss}"
+
+
+def test_an_a1111_client_library_works_unchanged(live_server):
+    """webuiapi, a client of A1111's API, against sdcpu serve as it would talk to A1111."""
+    webuiapi = pytest.importorskip("webuiapi")
+    port = int(live_server.rsplit(":", 1)[1])
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=port, sampler="DPM++ 2M", scheduler="karras", steps=12)
+    result = api.txt2img(prompt="a red circle on the left", seed=3, width=64, height=64)
+    assert result.image.size == (64, 64) and "Schedule type: Karras" in result.image.info["parameters"]
+    assert result.info["seed"] == 3 and result.info["sampler_name"] == "DPM++ 2M"
+    result = api.img2img(
+        images=[result.image], prompt="a blue square", denoising_strength=0.6, seed=4, width=64, height=64
+    )
+    assert result.image.format == "PNG" and result.info["denoising_strength"] == 0.6

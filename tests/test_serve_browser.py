@@ -11,20 +11,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-pytest.importorskip("fastapi")
-uvicorn = pytest.importorskip("uvicorn")
 sync_api = pytest.importorskip("playwright.sync_api")
-
-from sdcpu import Pipeline  # noqa: E402
-from sdcpu.runtime.options import LoadOptions  # noqa: E402
-from sdcpu.serve.app import create_app  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.slow
@@ -47,24 +39,12 @@ def _until(page, predicate: str, timeout: float = 120) -> None:
 
 
 @pytest.fixture(scope="module")
-def url():
+def url(live_server):
     if CHROMIUM is None:
         if os.environ.get("SDCPU_REQUIRE_BROWSER") == "1":
             pytest.fail("no chromium on this machine: apt-get install chromium")
         pytest.skip("no chromium on this machine (apt-get install chromium)")
-    app = create_app(Pipeline.load(None, LoadOptions(compute_precision="f32")))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(30)
+    return live_server
 
 
 def test_the_page_generates_with_progress_and_a_gallery(url, tmp_path):

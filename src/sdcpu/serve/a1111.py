@@ -25,7 +25,8 @@ from sdcpu.runtime.infotext import SAMPLERS
 from sdcpu.serve.jobs import Job
 
 router = APIRouter(prefix="/sdapi/v1", tags=["A1111"])
-SCHEDULE_TYPES = ("Automatic", "Uniform", "Karras")  # A1111 >= 1.9's `scheduler` field; Uniform is the plain one
+# A1111 >= 1.9's `scheduler` field, by label or name ("karras"); Uniform is the plain schedule.
+SCHEDULE_TYPES = ("Automatic", "Uniform", "Karras")
 # Fields that change the image in A1111 and that sdcpu cannot honour: refused unless at their default.
 UNSUPPORTED = {
     "enable_hr": False,
@@ -68,7 +69,7 @@ class Img2ImgRequest(Txt2ImgRequest):
 
 def scheduler_for(sampler: str, schedule: str | None) -> str:
     """sdcpu's scheduler for an A1111 sampler name and schedule type; SdcpuError listing ours otherwise."""
-    karras = schedule == "Karras" or sampler.endswith(" Karras")  # A1111 before 1.9 put it in the name
+    karras = (schedule or "").lower() == "karras" or sampler.endswith(" Karras")  # before 1.9: in the name
     base = sampler.removesuffix(" Karras")
     for ours, (theirs, their_schedule) in SAMPLERS.items():
         if theirs.lower() == base.lower() and (their_schedule == "Karras") == karras:
@@ -87,7 +88,7 @@ def _check_supported(request: Txt2ImgRequest) -> None:
         if value is not None and value not in (default if isinstance(default, tuple) else (default,)):
             what = "inpainting (mask)" if name == "mask" else name
             raise SdcpuError(f"{what} is not supported by sdcpu yet; leave it out or at its default")
-    if request.scheduler is not None and request.scheduler not in SCHEDULE_TYPES:
+    if request.scheduler is not None and request.scheduler.lower() not in [s.lower() for s in SCHEDULE_TYPES]:
         raise SdcpuError(f"unknown scheduler {request.scheduler!r}; this server has: {', '.join(SCHEDULE_TYPES)}")
     for key in request.override_settings or {}:
         if key not in HARMLESS_OVERRIDES:
@@ -251,6 +252,12 @@ def sd_models(http: Request) -> list[dict[str, Any]]:
 @router.get("/samplers")
 def samplers() -> list[dict[str, Any]]:
     return [{"name": name, "aliases": [], "options": {}} for name in _sampler_names().split(", ")]
+
+
+@router.get("/scripts")
+def scripts() -> dict[str, list[str]]:
+    """No A1111 scripts or extensions (clients ask, to find ControlNet or ADetailer)."""
+    return {"txt2img": [], "img2img": []}
 
 
 @router.get("/schedulers")
