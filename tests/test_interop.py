@@ -117,3 +117,17 @@ def test_a_folder_without_graphs_is_refused(tmp_path):
     (tmp_path / "model_index.json").write_text("{}")
     with pytest.raises(SdcpuError, match="neither an sdcpu model folder .* nor an OpenVINO or ONNX export"):
         build_manifest(tmp_path)
+
+
+def test_onnx_runtime_exposes_the_named_deep_features(sd1_onnx, tmp_path):
+    # The ONNX graph keeps `out_sample` alone; ONNX Runtime gets `deep_features` by the appended output.
+    manifest = Manifest.load(sd1_onnx)
+    options = _options(tmp_path, backend="onnxruntime").resolve(manifest)
+    path = manifest.graph_path(sd1_onnx, "unet")
+    rng = np.random.default_rng(0)
+    feed = {"sample": rng.standard_normal((2, 4, 8, 8), dtype=np.float32)}
+    feed |= {"timestep": np.full(2, 500.5, np.float32), "encoder_hidden_states": np.ones((2, 77, 32), np.float32)}
+    stored = load_model(path, options).outputs(**feed)
+    adapted = load_model(path, options, interface=unet_interfaces(manifest)["unet"]).outputs(**feed)
+    assert len(stored) == 1 and len(adapted) == 2 and adapted[1].shape == (2, 64, 8, 8)
+    np.testing.assert_array_equal(stored[0], adapted[0])

@@ -6,7 +6,9 @@ from __future__ import annotations
 import base64
 import io
 import json
+import struct
 import time
+import zlib
 
 import pytest
 
@@ -25,6 +27,7 @@ from sdcpu.serve.limits import ServeLimits  # noqa: E402
 from sdcpu.serve.security import check_bind  # noqa: E402
 
 KEY = "correct horse battery staple"
+LOCAL = "http://127.0.0.1:7860"  # the Host that a loopback client sends
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +37,7 @@ def pipe():
 
 @pytest.fixture
 def client(pipe):
-    with TestClient(create_app(pipe)) as c:
+    with TestClient(create_app(pipe), base_url=LOCAL) as c:
         yield c
         c.app.state.server.queue.close()
 
@@ -43,6 +46,13 @@ def _png(image: Image.Image | None = None, size=(64, 64)) -> str:
     buffer = io.BytesIO()
     (image or Image.new("RGB", size, (200, 30, 30))).save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _until(predicate, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.01)
 
 
 def _wait(client, job_id: str, timeout: float = 60) -> dict:
@@ -61,7 +71,8 @@ def _wait(client, job_id: str, timeout: float = 60) -> dict:
 def test_page_static_files_and_schema_are_served(client):
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert "script-src" not in page.text and "http" not in page.text.split("<body>")[0]  # nothing from elsewhere
+    assert "http" not in page.text  # nothing is loaded from elsewhere
+    assert page.headers["content-security-policy"].startswith("default-src 'self'")
     assert client.get("/static/app.js").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/api/jobs", "/api/jobs/{job_id}/events", "/sdapi/v1/txt2img", "/sdapi/v1/img2img"} <= set(paths)
@@ -87,15 +98,14 @@ def test_a_job_streams_progress_and_previews_then_gives_a_png_with_its_settings(
 
 def test_cancel_stops_the_denoising_loop(client):
     job = client.post("/api/jobs", json={"prompt": "a cat", "steps": 140, "width": 256, "height": 256}).json()
-    while client.get(f"/api/jobs/{job['id']}").json()["step"] < 1:
-        time.sleep(0.01)
+    _until(lambda: client.get(f"/api/jobs/{job['id']}").json()["step"] >= 1)
     client.post(f"/api/jobs/{job['id']}/cancel")
     done = _wait(client, job["id"])
     assert done["status"] == "cancelled" and done["step"] < 140 and done["images"] == []
 
 
 def test_the_queue_is_bounded(pipe):
-    with TestClient(create_app(pipe, ServeLimits(queue=2))) as client:
+    with TestClient(create_app(pipe, ServeLimits(queue=2)), base_url=LOCAL) as client:
         body = {"prompt": "a cat", "steps": 140, "width": 256, "height": 256}
         answers = [client.post("/api/jobs", json=body) for _ in range(3)]
         assert [a.status_code for a in answers] == [202, 202, 429]
@@ -124,10 +134,28 @@ def test_bad_requests_get_a_4xx_that_says_why(client, body, status, message):
 
 
 def test_a_decompression_bomb_is_refused_from_its_header(client):
-    bomb = io.BytesIO()
-    Image.new("1", (10000, 10000)).save(bomb, format="PNG")  # 10 KB on disk, 100 megapixels decoded
-    answer = client.post("/api/jobs", json={"prompt": "x", "init_image": base64.b64encode(bomb.getvalue()).decode()})
-    assert answer.status_code == 413 and "megapixel limit" in answer.json()["detail"]
+    # A PNG header that declares 10000x10000 pixels and holds none: refused from the header alone (decoding
+    # it would fail with another message).
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 10000, 10000, 8, 2, 0, 0, 0)
+    bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    answer = client.post("/api/jobs", json={"prompt": "x", "init_image": base64.b64encode(bomb).decode()})
+    assert answer.status_code == 413 and "10000x10000, over this server's 16-megapixel limit" in answer.json()["detail"]
+
+
+def test_an_img2img_size_taken_from_its_image_is_within_the_limits(client):
+    wide = _png(size=(2200, 64))  # width and height left out: the image's size is used
+    answer = client.post("/api/jobs", json={"prompt": "x", "init_image": wide, "steps": 2})
+    assert answer.status_code == 422 and "2200x64 is over this server's 2048x2048 limit" in answer.json()["detail"]
+
+
+def test_only_png_jpeg_and_webp_uploads_are_decoded(client):
+    tiff = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(tiff, format="TIFF")
+    answer = client.post("/api/jobs", json={"prompt": "x", "init_image": base64.b64encode(tiff.getvalue()).decode()})
+    assert answer.status_code == 422 and "not a base64 PNG, JPEG or WebP" in answer.json()["detail"]
 
 
 # --- A1111 clients -------------------------------------------------------------------------------
@@ -225,11 +253,11 @@ def test_a1111_sampler_names_map_onto_ours(client, sampler, schedule, ours):
     [
         ({"sampler_name": "Heun"}, "this server has: DDIM, PNDM, Euler, Euler a, DPM++ 2M, DPM++ 2M Karras, LCM"),
         ({"enable_hr": True}, "enable_hr is not supported"),
-        (
-            {"override_settings": {"sd_vae": "x", "CLIP_stop_at_last_layers": 1, "eta_noise_seed_delta": 31337}},
-            "eta_noise_seed_delta",
-        ),
+        ({"override_settings": {"CLIP_stop_at_last_layers": 1, "eta_noise_seed_delta": 31337}}, "eta_noise_seed_delta"),
+        ({"override_settings": {"sd_vae": "vae-ft-mse-840000"}}, "sd_vae='vae-ft-mse-840000' is not supported"),
         ({"override_settings": {"sd_model_checkpoint": "v1-5-pruned"}}, "runs sdcpu-demo"),
+        ({"override_settings": {"CLIP_stop_at_last_layers": 2}}, "CLIP_stop_at_last_layers=2 is not supported"),
+        ({"styles": ["cinematic"]}, "styles is not supported"),
     ],
 )
 def test_a1111_requests_sdcpu_cannot_honour_are_refused(client, body, message):
@@ -256,9 +284,8 @@ def test_a1111_models_samplers_options_and_progress(client, pipe):
 
 def test_a1111_interrupt_returns_what_there_is(client):
     job = client.post("/api/jobs", json={"prompt": "a cat", "steps": 140, "width": 256, "height": 256}).json()
-    while (progress := client.get("/sdapi/v1/progress").json())["state"]["sampling_step"] < 1:
-        time.sleep(0.01)
-    assert progress["current_image"] is not None
+    _until(lambda: client.get("/sdapi/v1/progress").json()["state"]["sampling_step"] >= 1)
+    assert client.get("/sdapi/v1/progress").json()["current_image"] is not None
     client.post("/sdapi/v1/interrupt")
     done = _wait(client, job["id"])
     assert done["status"] == "done" and done["step"] < 140 and len(done["images"]) == 1
@@ -275,7 +302,7 @@ def test_binding_beyond_loopback_needs_an_api_key():
 
 
 def test_the_api_key_is_checked_on_every_request(pipe):
-    with TestClient(create_app(pipe, api_key=KEY)) as client:
+    with TestClient(create_app(pipe, api_key=KEY), base_url="http://192.0.2.1:7860") as client:
         for path in ("/", "/api/model", "/sdapi/v1/sd-models"):
             refused = client.get(path)
             assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Basic")
@@ -290,8 +317,17 @@ def test_a_foreign_origin_cannot_change_state(client):
     body = {"prompt": "x", "steps": 2}
     assert client.post("/api/jobs", json=body, headers={"Origin": "http://evil.example"}).status_code == 403
     assert client.post("/sdapi/v1/interrupt", headers={"Origin": "null"}).status_code == 403
-    assert client.post("/api/jobs", json=body, headers={"Origin": "http://testserver"}).status_code == 202
+    assert client.post("/api/jobs", json=body, headers={"Origin": LOCAL}).status_code == 202
     assert client.post("/api/jobs", json=body).status_code == 202  # no Origin: curl, scripts
+
+
+def test_without_a_key_only_loopback_host_names_are_answered(client):
+    # DNS rebinding: a page of evil.example, its name re-pointed at 127.0.0.1, sends its own Host and Origin.
+    rebound = {"Host": "evil.example:7860", "Origin": "http://evil.example:7860"}
+    assert client.post("/api/jobs", json={"prompt": "x", "steps": 2}, headers=rebound).status_code == 421
+    assert client.get("/api/jobs", headers={"Host": "evil.example:7860"}).status_code == 421
+    for host in ("localhost:7860", "127.0.0.1", "[::1]:7860"):
+        assert client.get("/api/model", headers={"Host": host}).status_code == 200
 
 
 def test_cross_site_fetches_cannot_change_state(client):
@@ -307,13 +343,19 @@ def test_request_bodies_are_bounded_before_they_are_read(client):
     assert client.post("/api/jobs", content=chunks()).status_code == 411  # no Content-Length
     big = {"Content-Length": str(30 * 1024 * 1024), "Content-Type": "application/json"}
     assert client.post("/api/jobs", content=b"{}", headers=big).status_code == 413
+    # A small declared length over a chunked body of any size: refused, the body unread.
+    smuggled = {"Content-Length": "10", "Transfer-Encoding": "chunked", "Content-Type": "application/json"}
+    assert client.post("/api/jobs", content=chunks(), headers=smuggled).status_code == 411
 
 
 def test_images_are_served_as_images_never_as_html(client):
     job = _wait(client, client.post("/api/jobs", json={"prompt": "<script>alert(1)</script>", "steps": 2}).json()["id"])
-    answer = client.get(job["images"][0])
-    assert answer.headers["content-type"] == "image/png" and answer.headers["x-content-type-options"] == "nosniff"
-    assert "frame-ancestors 'none'" in client.get("/").headers["content-security-policy"]
+    for url in (job["images"][0], job["preview"]):
+        answer = client.get(url)
+        assert answer.content.startswith(b"\x89PNG") and answer.headers["content-type"] == "image/png"
+        assert answer.headers["x-content-type-options"] == "nosniff"
+    policy = client.get("/").headers["content-security-policy"]
+    assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
 
 
 # --- load ------------------------------------------------------------------------------------------
@@ -326,13 +368,15 @@ def _rss_mb() -> float:
 
 @pytest.mark.slow
 def test_fifty_queued_requests_are_answered_or_refused_and_memory_stays_flat(pipe):
-    with TestClient(create_app(pipe, ServeLimits(queue=8, kept=16))) as client:
-        rss = []
+    with TestClient(create_app(pipe, ServeLimits(queue=8, kept=16)), base_url=LOCAL) as client:
+        rss, accepted = [], 0
+        queue = client.app.state.server.queue
         for _round in range(4):
             answers = [client.post("/api/jobs", json={"prompt": f"a cat {i}", "steps": 4}) for i in range(50)]
             assert {a.status_code for a in answers} <= {202, 429} and 202 in {a.status_code for a in answers}
-            accepted = [a.json()["id"] for a in answers if a.status_code == 202]
-            assert all(_wait(client, job_id)["status"] == "done" for job_id in accepted[-16:])  # nothing lost
+            accepted += sum(a.status_code == 202 for a in answers)
+            _until(lambda: queue.current() is None and all(j.status == "done" for j in queue.jobs()))
+            assert queue.finished["done"] == accepted and sum(queue.finished.values()) == accepted  # nothing lost
             rss.append(_rss_mb())
         assert len(client.get("/api/jobs").json()) <= 16
         client.app.state.server.queue.close()

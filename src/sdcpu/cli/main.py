@@ -266,7 +266,9 @@ def serve(
         raise fail(err) from None
     console.print(f"serving {pipe.model_name} at http://{host}:{port}/ (A1111 API at /sdapi/v1)", highlight=False)
     app_ = create_app(pipe, ServeLimits(queue=queue), api_key, preview_every)
-    uvicorn.run(app_, host=host, port=port, log_level="warning")
+    # Open event streams and waiting A1111 calls end with their jobs: give them 5 s, then the app's
+    # shutdown cancels what is queued or running.
+    uvicorn.run(app_, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
 
 
 @app.command(name="info")

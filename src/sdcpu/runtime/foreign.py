@@ -83,9 +83,7 @@ def build_manifest(folder: Path) -> Manifest:
         raise SdcpuError(
             f"{folder} holds a UNet with {unet.get('in_channels')} input channels; sdcpu runs txt2img models"
         )
-    # DeepCache's shallow pass is sdcpu's own: a folder without sdcpu.json does not name the tensor it takes.
-    present = [c for c in COMPONENTS if c != "unet_shallow" and (folder / c / GRAPH_FILE[fmt]).is_file()]
-    components = {c: _component(folder, c, fmt) for c in present}
+    components = {c: _component(folder, c, fmt) for c in _graphs(folder, fmt)}
     support = [rel for rel in SUPPORT_FILES if (folder / rel).is_file()]
     support += [f"tokenizer/{name}" for name in TOKENIZER_FILES if (folder / "tokenizer" / name).is_file()]
     files = [f for info in components.values() for f in info["files"]] + support
@@ -104,6 +102,12 @@ def build_manifest(folder: Path) -> Manifest:
         versions={"sdcpu": metadata.version("sdcpu")},
         extra={"built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "made_by": _made_by(folder)},
     )
+
+
+def _graphs(folder: Path, fmt: str) -> list[str]:
+    # The components whose graph is there. DeepCache's shallow pass is sdcpu's own: a folder without
+    # sdcpu.json does not name the tensor it takes, so it is never used.
+    return [c for c in COMPONENTS if c != "unet_shallow" and (folder / c / GRAPH_FILE[fmt]).is_file()]
 
 
 def _format(folder: Path) -> str:
@@ -166,10 +170,14 @@ def _stats(folder: Path, files: dict[str, Any]) -> dict[str, list[int]]:
 
 
 def _read_kept(record: Path, folder: Path) -> Manifest | None:
-    # The kept manifest, while every file it lists has the size and mtime it had when hashed.
+    # The kept manifest, while this sdcpu built it, no graph came or went, and every file it lists has the
+    # size and mtime it had when hashed.
     try:
         data = json.loads(record.read_text())
         stats = data.pop("stats")
+        graphs = _graphs(folder, data["format"])
+        if data["versions"].get("sdcpu") != metadata.version("sdcpu") or set(graphs) != set(data["components"]):
+            return None
         if any(not (folder / rel).is_file() or _stats(folder, {rel: 0})[rel] != stat for rel, stat in stats.items()):
             return None
         data.pop("sdcpu_manifest")

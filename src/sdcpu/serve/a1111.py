@@ -37,9 +37,20 @@ UNSUPPORTED = {
     "subseed_strength": (None, 0, 0.0),
     "mask": None,
     "refiner_checkpoint": (None, ""),
+    "styles": (None, []),
+    "resize_mode": (None, 0),
 }
-# override_settings keys that do not change the image (others are refused, named).
-HARMLESS_OVERRIDES = ("samples_format", "save_images", "CLIP_stop_at_last_layers", "sd_model_checkpoint", "sd_vae")
+# override_settings that sdcpu honours, with the values it can take (None: any); others are refused, named.
+# (sd_model_checkpoint is checked against the loaded model in _submit.)
+OVERRIDES: dict[str, tuple[Any, ...] | None] = {
+    "sd_model_checkpoint": None,
+    "samples_format": ("png",),
+    "save_images": None,
+    "CLIP_stop_at_last_layers": (1,),  # clip skip 2 changes the image
+    "sd_vae": (None, "Automatic", "None"),  # the model's own VAE
+}
+# A1111 >= 1.9: the schedule a sampler takes with scheduler "Automatic" (or none), where it is not uniform.
+AUTOMATIC_SCHEDULE = {"DPM++ 2M": "karras"}
 POLL_S = 0.05
 
 
@@ -69,8 +80,11 @@ class Img2ImgRequest(Txt2ImgRequest):
 
 def scheduler_for(sampler: str, schedule: str | None) -> str:
     """sdcpu's scheduler for an A1111 sampler name and schedule type; SdcpuError listing ours otherwise."""
-    karras = (schedule or "").lower() == "karras" or sampler.endswith(" Karras")  # before 1.9: in the name
-    base = sampler.removesuffix(" Karras")
+    base = sampler.removesuffix(" Karras")  # before 1.9 the schedule was in the name
+    kind = (schedule or "automatic").lower()
+    if kind == "automatic":
+        kind = AUTOMATIC_SCHEDULE.get(base, "uniform")
+    karras = kind == "karras" or sampler.endswith(" Karras")
     for ours, (theirs, their_schedule) in SAMPLERS.items():
         if theirs.lower() == base.lower() and (their_schedule == "Karras") == karras:
             return ours
@@ -90,12 +104,15 @@ def _check_supported(request: Txt2ImgRequest) -> None:
             raise SdcpuError(f"{what} is not supported by sdcpu yet; leave it out or at its default")
     if request.scheduler is not None and request.scheduler.lower() not in [s.lower() for s in SCHEDULE_TYPES]:
         raise SdcpuError(f"unknown scheduler {request.scheduler!r}; this server has: {', '.join(SCHEDULE_TYPES)}")
-    for key in request.override_settings or {}:
-        if key not in HARMLESS_OVERRIDES:
-            raise SdcpuError(f"override_settings {key!r} is not supported; supported: {', '.join(HARMLESS_OVERRIDES)}")
+    for key, value in (request.override_settings or {}).items():
+        if key not in OVERRIDES:
+            raise SdcpuError(f"override_settings {key!r} is not supported; supported: {', '.join(OVERRIDES)}")
+        allowed = OVERRIDES[key]
+        if allowed is not None and value not in allowed:
+            raise SdcpuError(f"override_settings {key}={value!r} is not supported; sdcpu runs with {allowed[-1]!r}")
 
 
-def _submit(http: Request, request: Txt2ImgRequest, image: Any = None, strength: float = 0.8) -> Job:
+def _submit(http: Request, request: Txt2ImgRequest, init_image: str | None = None, strength: float = 0.8) -> Job:
     _check_supported(request)
     server = http.app.state.server
     checkpoint = (request.override_settings or {}).get("sd_model_checkpoint")
@@ -112,7 +129,7 @@ def _submit(http: Request, request: Txt2ImgRequest, image: Any = None, strength:
         "scheduler": scheduler_for(request.sampler_name or request.sampler_index, request.scheduler),
         "strength": strength,
     }
-    return server.submit("img2img" if image is not None else "txt2img", request.prompt, image, **settings)
+    return server.submit(request.prompt, init_image, **settings)
 
 
 async def _answer(http: Request, request: Txt2ImgRequest, job: Job) -> dict[str, Any]:
@@ -121,7 +138,11 @@ async def _answer(http: Request, request: Txt2ImgRequest, job: Job) -> dict[str,
     if job.status != "done":
         raise SdcpuError(job.error or f"the generation was {job.status}")
     images = [base64.b64encode(png).decode() for png in job.images] if request.send_images else []
-    return {"images": images, "parameters": request.model_dump(), "info": json.dumps(_info(http, job))}
+    # As A1111: the request, without its images unless asked (include_init_images).
+    parameters = request.model_dump()
+    if not parameters.get("include_init_images"):
+        parameters = {k: v for k, v in parameters.items() if k not in ("init_images", "mask")}
+    return {"images": images, "parameters": parameters, "info": json.dumps(_info(http, job))}
 
 
 def _info(http: Request, job: Job) -> dict[str, Any]:
@@ -177,9 +198,7 @@ async def img2img(http: Request, request: Img2ImgRequest) -> dict[str, Any]:
     """A1111's img2img with `init_images[0]` and `denoising_strength`; `mask` (inpainting) is refused."""
     if not request.init_images:
         raise SdcpuError("img2img needs init_images: a list with one base64 image")
-    _check_supported(request)  # before decoding anything
-    image = http.app.state.server.limits.decode_image(request.init_images[0], "init image")
-    return await _answer(http, request, _submit(http, request, image, request.denoising_strength))
+    return await _answer(http, request, _submit(http, request, request.init_images[0], request.denoising_strength))
 
 
 @router.get("/progress")

@@ -14,7 +14,6 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
 from sdcpu.runtime.errors import SdcpuError
@@ -53,20 +52,16 @@ class Server:
         self.pipeline, self.limits = pipeline, limits
         self.queue = JobQueue(pipeline, limits, preview_every)
 
-    def submit(self, mode: str, prompt: str, image: Image.Image | None = None, **settings: Any) -> Job:
-        """Check the request against the limits and the pipeline, then queue it (LimitError, SdcpuError,
-        QueueFull otherwise)."""
-        s = settings
-        self.limits.check(
-            s.get("width") or 0,
-            s.get("height") or 0,
-            s["steps"],
-            s["num_images"],
-            prompt,
-            s.get("negative_prompt") or "",
-        )
+    def submit(self, prompt: str, init_image: str | None = None, **settings: Any) -> Job:
+        """Check a request against the limits (before the init image, base64, is decoded), then against
+        the pipeline and again against the limits (an img2img size comes from its image), then queue it.
+        Raises LimitError, SdcpuError or QueueFull."""
+        s, texts = settings, (prompt, settings.get("negative_prompt") or "")
+        self.limits.check(s.get("width") or 0, s.get("height") or 0, s["steps"], s["num_images"], *texts)
+        image = self.limits.decode_image(init_image, "init image") if init_image else None
         checked = self.pipeline.settings(prompt, image, **settings)
-        return self.queue.submit(mode, checked, image)
+        self.limits.check(checked.width, checked.height, checked.steps, checked.num_images)
+        return self.queue.submit("img2img" if image is not None else "txt2img", checked, image)
 
     def job(self, job_id: str) -> Job:
         job = self.queue.get(job_id)
@@ -133,8 +128,7 @@ def create_job(http: Request, request: JobRequest) -> dict[str, Any]:
     """Queue a generation; 429 when the queue is full. Follow it at /api/jobs/{id}/events."""
     server = _server(http)
     fields = request.model_dump(exclude={"prompt", "init_image"})
-    image = server.limits.decode_image(request.init_image, "init image") if request.init_image else None
-    job = server.submit("img2img" if image is not None else "txt2img", request.prompt, image, **fields)
+    job = server.submit(request.prompt, request.init_image, **fields)
     return job.public() | {"position": server.queue.position(job)}
 
 
@@ -185,10 +179,11 @@ def job_preview(http: Request, job_id: str) -> Response:
 async def _events(job: Job) -> AsyncIterator[str]:
     seen = -1
     while True:
-        if job.version != seen:
+        finished = job.status in FINISHED  # read first: a finished job has its images (Job.touch)
+        if job.version != seen or finished:
             seen = job.version
             yield f"event: progress\ndata: {json.dumps(job.public())}\n\n"
-        if job.status in FINISHED:
+        if finished:
             yield "event: end\ndata: {}\n\n"
             return
         await asyncio.sleep(EVENT_POLL_S)

@@ -10,7 +10,7 @@ import logging
 import secrets
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,8 +55,11 @@ class Job:
     done: threading.Event = field(default_factory=threading.Event)
 
     def touch(self, **changes: Any) -> None:
+        # The status is set last, so that a reader who sees "done" also sees the images.
+        status = changes.pop("status", self.status)
         for key, value in changes.items():
             setattr(self, key, value)
+        self.status = status
         self.version += 1
         if self.status in FINISHED:
             self.image = None  # the init image is not needed any more
@@ -89,6 +92,7 @@ class JobQueue:
         self._lock = threading.Condition()
         self._preview: LatentPreview | None = None
         self._closed = False
+        self.finished: Counter[str] = Counter()  # jobs finished since start, by status
         self._worker = threading.Thread(target=self._work, name="sdcpu-jobs", daemon=True)
         self._worker.start()
 
@@ -110,10 +114,12 @@ class JobQueue:
 
     def jobs(self) -> list[Job]:
         """Every job kept, newest first."""
-        return list(reversed(self._jobs.values()))
+        with self._lock:
+            return list(reversed(self._jobs.values()))
 
     def current(self) -> Job | None:
-        return next((job for job in self._jobs.values() if job.status == "running"), None)
+        with self._lock:  # the routes' threads read while the worker and submit() change the dict
+            return next((job for job in self._jobs.values() if job.status == "running"), None)
 
     def position(self, job: Job) -> int:
         """How many jobs run before this one (0: running or next)."""
@@ -126,6 +132,7 @@ class JobQueue:
             if job in self._pending:
                 self._pending.remove(job)
                 job.touch(status="cancelled")
+                self.finished["cancelled"] += 1
             elif job.status == "running":
                 job.touch(cancel=True)
 
@@ -154,6 +161,7 @@ class JobQueue:
                 job.touch(status="running", total=job.settings.steps)
             self._run(job)
             with self._lock:
+                self.finished[job.status] += 1
                 self._forget_old()
 
     def _run(self, job: Job) -> None:

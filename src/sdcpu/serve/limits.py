@@ -12,6 +12,8 @@ from PIL import Image, UnidentifiedImageError
 
 from sdcpu.runtime.errors import SdcpuError
 
+FORMATS = ["PNG", "JPEG", "WEBP"]  # the only decoders an upload reaches (not TIFF, PSD, EPS, ...)
+
 
 class LimitError(SdcpuError):
     """A request over a limit; `status` is the HTTP status to answer with."""
@@ -51,7 +53,7 @@ class ServeLimits:
         payload = data.split(",", 1)[1] if data.startswith("data:") else data
         try:
             raw = base64.b64decode(payload, validate=True)
-            with Image.open(io.BytesIO(raw)) as image:
+            with Image.open(io.BytesIO(raw), formats=FORMATS) as image:
                 if image.width * image.height > self.max_image_pixels:
                     raise LimitError(
                         f"the {name} is {image.width}x{image.height}, over this server's "
@@ -59,5 +61,7 @@ class ServeLimits:
                         status=413,
                     )
                 return image.convert("RGB")
-        except (binascii.Error, ValueError, OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
+        except Image.DecompressionBombError as err:
+            raise LimitError(f"the {name} is too large to decode ({err})", status=413) from None
+        except (binascii.Error, ValueError, OSError, UnidentifiedImageError) as err:
             raise LimitError(f"the {name} is not a base64 PNG, JPEG or WebP image ({err})") from None

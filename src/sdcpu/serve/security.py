@@ -3,9 +3,12 @@
 - it binds to loopback unless given an API key (`check_bind`);
 - with a key, every request must carry it: HTTP Basic with the key as password (what A1111's
   `--api-auth` clients and browsers send), `Authorization: Bearer KEY` or `X-API-Key: KEY`;
+- without a key, the server answers only to loopback host names (`Host: 127.0.0.1`, `localhost`,
+  `[::1]`), so that a web page whose domain is re-pointed at 127.0.0.1 (DNS rebinding) gets nothing;
 - a state-changing request from another site (`Sec-Fetch-Site: cross-site`, or an `Origin` that is not
   this server) gets 403; requests without `Origin` (curl, scripts) pass;
-- a request body must declare its length, within the upload limit, before it is read;
+- a request body must declare its length, within the upload limit, before it is read, and may not be
+  chunked (`Transfer-Encoding`), whose length is only known once it is read;
 - responses say `nosniff`, and the page may not be framed or load anything from elsewhere.
 """
 
@@ -22,6 +25,7 @@ from starlette.responses import JSONResponse, Response
 from sdcpu.runtime.errors import SdcpuError
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
+LOOPBACK_HOSTS = ("127.0.0.1", "[::1]", "localhost")  # as they appear in a Host header, before the port
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -57,6 +61,11 @@ def _refusal(request: Request, api_key: str | None, max_body: int) -> Response |
     if api_key and not _has_key(request, api_key):
         headers = {"WWW-Authenticate": 'Basic realm="sdcpu"'}
         return JSONResponse({"detail": "this server needs its API key"}, status_code=401, headers=headers)
+    host = request.headers.get("host", "")
+    if not api_key and host.rsplit(":", 1)[0] not in LOOPBACK_HOSTS and host not in LOOPBACK_HOSTS:
+        return _error(421, f"this server answers to 127.0.0.1 and localhost only, not {host!r}")
+    if "transfer-encoding" in request.headers:
+        return _error(411, "send the request body with a Content-Length, not chunked")
     if request.method in SAFE_METHODS:
         return None
     if request.headers.get("sec-fetch-site") == "cross-site":

@@ -21,7 +21,11 @@ from sdcpu.runtime.errors import SdcpuError
 # onnx.proto field numbers: ModelProto.graph, GraphProto.output, ValueInfoProto.name and .type,
 # TypeProto.tensor_type, TypeProto.Tensor.elem_type; TensorProto.FLOAT.
 _GRAPH, _OUTPUT, _NAME, _TYPE, _TENSOR_TYPE, _ELEM_TYPE, _FLOAT = 7, 12, 1, 2, 1, 1, 1
-_DTYPES = {f"tensor({name})": np.dtype(kind) for name, kind in [("float", np.float32), ("int64", np.int64)]}
+_DTYPES = {
+    f"tensor({name})": np.dtype(kind)
+    for name, kind in [("float", np.float32), ("float16", np.float16), ("double", np.float64)]
+    + [("int64", np.int64), ("int32", np.int32)]
+}
 
 
 def session_options() -> ort.SessionOptions:
@@ -54,6 +58,7 @@ class OnnxRuntimeModel:
         self._run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
     def _open(self) -> ort.InferenceSession:
+        # Extra outputs are declared float32, the type of the only ones asked for (DeepCache's features).
         options = session_options()
         model: str | bytes = str(self.path)
         if self.extra_outputs:
