@@ -329,6 +329,15 @@ def _faults() -> list[Case]:
     return [Case(case.name, case.category, case.setup, case.message, env={"SDCPU_CACHE_DIR": "cache-file"})]
 
 
+def _previews() -> list[Case]:
+    base = ["generate", "a cat", "--out", "out.png", "--steps", "2"]
+    cases = [
+        ("preview to a .jpg", [*base, "--preview-every", "1", "--preview-out", "p.jpg"], "a .png --preview-out"),
+        ("preview without a file", [*base, "--preview-every", "1"], "a .png --preview-out"),
+    ]
+    return [Case(name, "outputs", lambda s, a=args: a, message) for name, args, message in cases]
+
+
 def _serve() -> list[Case]:
     serve = ("fastapi", "uvicorn")
     cases = [
@@ -340,4 +349,4 @@ def _serve() -> list[Case]:
 
 
 CASES = [*_settings(), *_prompts(), *_init_images(), *_outputs(), *_model_folders(), *_safetensors(), *_converts()]
-CASES += [*_serve(), *_faults()]
+CASES += [*_previews(), *_serve(), *_faults()]

@@ -114,6 +114,8 @@ def generate(
     strength: Annotated[float, typer.Option(help="img2img: how much to change the init image, (0, 1]")] = 0.8,
     deep_cache: Annotated[int | None, typer.Option(help=DEEP_CACHE_HELP)] = None,
     watermark: Annotated[bool, typer.Option(help=WATERMARK_HELP)] = False,
+    preview_every: Annotated[int, typer.Option(help="write a preview every N steps to --preview-out")] = 0,
+    preview_out: Annotated[Path | None, typer.Option(help="PNG the preview is written to (replaced each time)")] = None,
     *,
     options: LoadOptions,
 ) -> None:
@@ -121,6 +123,7 @@ def generate(
     from sdcpu.runtime.infotext import generation_request
     from sdcpu.runtime.outputs import output_paths
     from sdcpu.runtime.pipeline import Pipeline
+    from sdcpu.runtime.preview import preview_writer
 
     given = dict(negative_prompt=negative_prompt, steps=steps, guidance=guidance, seed=seed, width=width)
     given |= dict(height=height, num_images=num_images, scheduler=scheduler, deep_cache=deep_cache)
@@ -132,18 +135,25 @@ def generate(
             output_paths(out, request.get("num_images", 1), overwrite)  # before any work: a bad --out costs nothing
             with console.status("loading model"):
                 pipe = Pipeline.load(model, options)
-        result, warned = _with_progress(pipe, init_image=init_image, strength=strength, **request)
+        preview = preview_writer(pipe.preview, preview_every, preview_out) if preview_every or preview_out else None
+        result, warned = _with_progress(pipe, preview, init_image=init_image, strength=strength, **request)
         _save(result, out, overwrite, caught + warned)
     except SdcpuError as err:
         raise fail(err) from None
 
 
-def _with_progress(pipe, **settings):
+def _with_progress(pipe, preview, **settings):
     from sdcpu.cli.progress import StepProgress
 
     with warnings.catch_warnings(record=True) as caught, StepProgress(console) as progress:
         warnings.simplefilter("always")
-        result = pipe(callback=progress.update, **settings)
+
+        def step(done, total, latents):
+            if preview is not None:
+                preview(done, total, latents)
+            return progress.update(done, total, latents)
+
+        result = pipe(callback=step, **settings)
     return result, caught
 
 

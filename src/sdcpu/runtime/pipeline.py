@@ -27,6 +27,7 @@ from sdcpu.runtime.manifest import Manifest
 from sdcpu.runtime.memory import machine_bytes, memory_policy
 from sdcpu.runtime.options import LoadOptions
 from sdcpu.runtime.outputs import output_paths
+from sdcpu.runtime.preview import LatentPreview
 from sdcpu.runtime.schedulers import Scheduler, SchedulerConfig, default_scheduler_name, make_scheduler
 from sdcpu.runtime.settings import GenerationSettings
 from sdcpu.runtime.tokenizer import ClipTokenizer
@@ -84,6 +85,7 @@ class Pipeline:
         self.interfaces = unet_interfaces(manifest)
         self.applied: dict[str, list[str]] = {}  # component -> the graph passes it is compiled with
         self.fell_back: list[str] = []  # networks that gave NaN or Inf at bf16 and now run at f32
+        self._preview: LatentPreview | None = None
         try:
             self.tokenizer = ClipTokenizer(folder / "tokenizer")
             self.scheduler_config = SchedulerConfig.load(folder / "scheduler" / "scheduler_config.json")
@@ -271,6 +273,15 @@ class Pipeline:
             images = [Image.fromarray(embed_watermark(np.asarray(image))) for image in images]
             array = (np.stack([np.asarray(image) for image in images]) / np.float32(255)).astype(np.float32)
         return PipelineResult(images, array, s, done, self.runtime_info())
+
+    def preview(self, latents: np.ndarray) -> Image.Image:
+        """A cheap RGB preview of the first image of the UNet-space `latents` a step callback gets
+        (runtime/preview.py: a linear map fitted once to this model's decoder, not the decoder)."""
+        if self._preview is None:
+            m, decoder = self.manifest, self.vae_decoder
+            decode = lambda z: decoder(latent_sample=z)  # noqa: E731
+            self._preview = LatentPreview(decode, m.latent_channels, m.vae_scaling_factor, m.vae_scale_factor)
+        return self._preview(latents)
 
     def runtime_info(self) -> dict[str, str]:
         """How the networks ran: the load options as resolved (backend, device with its name, memory

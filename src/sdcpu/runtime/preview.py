@@ -10,9 +10,12 @@ one. It is approximate by design: a preview of where the image is going, not the
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from sdcpu.runtime.errors import SdcpuError
 
 FIT_LATENTS, FIT_SIZE = 2, 16  # random latents decoded once, of FIT_SIZE x FIT_SIZE latent pixels
 
@@ -45,3 +48,21 @@ class LatentPreview:
 def _rows(array: np.ndarray) -> np.ndarray:
     # (N, C, h, w) -> (N * h * w, C): one row per latent pixel
     return array.transpose(0, 2, 3, 1).reshape(-1, array.shape[1]).astype(np.float32)
+
+
+def preview_writer(
+    preview: Callable[[np.ndarray], Image.Image], every: int, path: Path | None
+) -> Callable[[int, int, np.ndarray], None]:
+    """A step callback that writes `preview(latents)` to the PNG `path` every `every` steps and at the last
+    one (atomically: a viewer that reloads the file never sees half of it)."""
+    from sdcpu.runtime.images import save_png
+
+    if every < 1 or path is None or path.suffix.lower() != ".png":
+        raise SdcpuError(f"previews need --preview-every of at least 1 and a .png --preview-out; got {every}, {path}")
+    target = path
+
+    def write(step: int, total: int, latents: np.ndarray) -> None:
+        if step % every == 0 or step == total:
+            save_png(preview(latents), target, {"sdcpu_preview_step": f"{step}/{total}"})
+
+    return write

@@ -19,7 +19,6 @@ from PIL import Image
 
 from sdcpu.runtime.errors import SdcpuError
 from sdcpu.runtime.images import png_bytes
-from sdcpu.runtime.preview import LatentPreview
 from sdcpu.runtime.settings import GenerationSettings
 from sdcpu.serve.limits import ServeLimits
 
@@ -90,7 +89,6 @@ class JobQueue:
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._pending: deque[Job] = deque()
         self._lock = threading.Condition()
-        self._preview: LatentPreview | None = None
         self._closed = False
         self.finished: Counter[str] = Counter()  # jobs finished since start, by status
         self._worker = threading.Thread(target=self._work, name="sdcpu-jobs", daemon=True)
@@ -186,13 +184,6 @@ class JobQueue:
             raise Cancelled
         preview = job.preview
         if self.preview_every and (done % self.preview_every == 0 or done == total):
-            preview = png_bytes(self._previewer()(latents))
+            preview = png_bytes(self.pipeline.preview(latents))
         job.touch(step=done, total=total, preview=preview)
         return not job.interrupt
-
-    def _previewer(self) -> LatentPreview:
-        if self._preview is None:  # fitted on first use, with the model's own decoder
-            m, decoder = self.pipeline.manifest, self.pipeline.vae_decoder
-            decode = lambda z: decoder(latent_sample=z)  # noqa: E731
-            self._preview = LatentPreview(decode, m.latent_channels, m.vae_scaling_factor, m.vae_scale_factor)
-        return self._preview
