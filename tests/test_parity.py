@@ -163,7 +163,7 @@ def test_img2img_matches_diffusers(scheduler, backend, tiny_sd1, sd1_openvino, s
     pipe = diffusers.StableDiffusionImg2ImgPipeline.from_pretrained(
         tiny_sd1, safety_checker=None, feature_extractor=None, requires_safety_checker=False
     )
-    pipe.scheduler = getattr(diffusers, class_name).from_config({**pipe.scheduler.config, **overrides})
+    pipe.scheduler = getattr(diffusers, class_name).from_config(pipe.scheduler.config, **overrides)
     pipe.set_progress_bar_config(disable=True)
     theirs = pipe("a blue square", image=init, strength=0.6, num_inference_steps=10, output_type="np").images
     diff = float(np.abs(ours - theirs).max())
@@ -189,5 +189,31 @@ def test_other_tools_exports_match_diffusers(tool, scheduler, tmp_path, monkeypa
         tiny.INTEROP / tool / "scheduler" / "scheduler_config.json", source / "scheduler" / "scheduler_config.json"
     )
     theirs = _reference(source, scheduler, latents, 6, 7.5, monkeypatch, 11)
+    diff = float(np.abs(ours - theirs).max())
+    assert diff <= PIXEL_TOLERANCE, f"max abs pixel diff {diff:.4f}"
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4])
+def test_turbo_schedule_matches_diffusers(steps, tiny_sd1, sd1_openvino, monkeypatch):
+    """SD-Turbo's schedule: Euler ancestral over "trailing" timesteps (the model's scheduler config says
+    so), 1 to 4 steps, guidance off."""
+    import dataclasses
+
+    latents = np.random.default_rng(5).standard_normal((1, 4, 8, 8), dtype=np.float32)
+    pipe = Pipeline.load(sd1_openvino, LoadOptions(compute_precision="f32"))
+    pipe.scheduler_config = dataclasses.replace(pipe.scheduler_config, timestep_spacing="trailing")
+    ours = pipe("a red circle", steps=steps, guidance=0.0, seed=9, scheduler="euler-a", latents=latents).array
+    pipe_ref = tiny.diffusers_pipeline(tiny_sd1, "EulerAncestralDiscreteScheduler", timestep_spacing="trailing")
+    _patch_noise(monkeypatch, 9)
+    theirs = pipe_ref(
+        "a red circle",
+        num_inference_steps=steps,
+        guidance_scale=0.0,
+        latents=torch.from_numpy(latents),
+        output_type="np",
+        height=64,
+        width=64,
+    ).images
+    assert pipe_ref.scheduler.timesteps[0] == 999  # trailing: starts at the last training timestep
     diff = float(np.abs(ours - theirs).max())
     assert diff <= PIXEL_TOLERANCE, f"max abs pixel diff {diff:.4f}"

@@ -162,6 +162,8 @@ def diffusers_pipeline(folder: Path, scheduler_class: str | None = None, **sched
     )
     if scheduler_class is not None:
         cls = getattr(diffusers, scheduler_class)
-        pipe.scheduler = cls.from_config({**pipe.scheduler.config, **scheduler_overrides})
+        # Overrides as keyword arguments: in a dict, keys the config file left to their defaults (listed in
+        # its `_use_default_values`) would be reset to the new class's defaults.
+        pipe.scheduler = cls.from_config(pipe.scheduler.config, **scheduler_overrides)
     pipe.set_progress_bar_config(disable=True)
     return pipe
