@@ -68,22 +68,28 @@ def tiny_sd2v(tmp_path_factory) -> Path:
     return tiny.write_diffusers_folder(tmp_path_factory.mktemp("tiny") / "sd2v", seed=1, v_prediction=True)
 
 
-def _converted(source: Path, fmt: str, tmp_path_factory) -> Path:
+def _converted(source: Path, fmt: str, tmp_path_factory, tiny_vae: Path | None = None) -> Path:
     from sdcpu.export.convert import convert
 
     out = tmp_path_factory.mktemp("converted") / f"{source.name}-{fmt}"
-    convert(str(source), out, fmt, "fp32", progress=lambda _: None)
+    convert(str(source), out, fmt, "fp32", tiny_vae=tiny_vae, progress=lambda _: None)
     return out
 
 
 @pytest.fixture(scope="session")
-def sd1_openvino(tiny_sd1, tmp_path_factory) -> Path:
-    return _converted(tiny_sd1, "openvino", tmp_path_factory)
+def tiny_vae(tmp_path_factory) -> Path:
+    pytest.importorskip("diffusers")
+    return tiny.write_tiny_vae(tmp_path_factory.mktemp("tiny") / "taesd")
 
 
 @pytest.fixture(scope="session")
-def sd1_onnx(tiny_sd1, tmp_path_factory) -> Path:
-    return _converted(tiny_sd1, "onnx", tmp_path_factory)
+def sd1_openvino(tiny_sd1, tiny_vae, tmp_path_factory) -> Path:
+    return _converted(tiny_sd1, "openvino", tmp_path_factory, tiny_vae)  # with the tiny decoder (--tiny-vae)
+
+
+@pytest.fixture(scope="session")
+def sd1_onnx(tiny_sd1, tiny_vae, tmp_path_factory) -> Path:
+    return _converted(tiny_sd1, "onnx", tmp_path_factory, tiny_vae)
 
 
 @pytest.fixture(scope="session")
@@ -97,7 +103,7 @@ def converted(request, sd1_openvino, sd1_onnx) -> Path:
 
 
 # Fixtures that convert with the export extra: a test using any of them is a parity test.
-CONVERTING_FIXTURES = {"tiny_sd1", "tiny_sd2v", "sd1_openvino", "sd1_onnx", "sd2v_openvino", "converted"}
+CONVERTING_FIXTURES = {"tiny_sd1", "tiny_sd2v", "tiny_vae", "sd1_openvino", "sd1_onnx", "sd2v_openvino", "converted"}
 CONVERTING_FIXTURES |= {"demo_onnx", "quantized", "single_file"}
 
 

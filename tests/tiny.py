@@ -119,6 +119,25 @@ def write_diffusers_folder(folder: Path, seed: int = 0, v_prediction: bool = Fal
     return folder
 
 
+TINY_VAE = dict(
+    encoder_block_out_channels=(8, 8, 8, 8),
+    decoder_block_out_channels=(8, 8, 8, 8),
+    num_encoder_blocks=(1, 1, 1, 1),
+    num_decoder_blocks=(1, 1, 1, 1),
+    latent_channels=4,
+)
+
+
+def write_tiny_vae(folder: Path, seed: int = 0) -> Path:
+    """A random AutoencoderTiny (TAESD's architecture, narrower) in diffusers' layout."""
+    import torch
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(seed)
+    AutoencoderTiny(**TINY_VAE).eval().save_pretrained(folder)
+    return folder
+
+
 def write_tokenizer(folder: Path) -> None:
     """The real CLIP tokenizer where ../shared has it; else a byte-level one in CLIP's format (no merges)."""
     if SD1_TOKENIZER.exists():

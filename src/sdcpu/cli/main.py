@@ -66,6 +66,9 @@ def convert(
         Path | None, typer.Option(help="int8-hybrid: a text file of prompts, one per line (default: 8 built in)")
     ] = None,
     calibration_size: Annotated[int, typer.Option(help="int8-hybrid: UNet inputs to calibrate on")] = 32,
+    tiny_vae: Annotated[
+        Path | None, typer.Option(help="a diffusers AutoencoderTiny folder (TAESD) to export too, for --decoder tiny")
+    ] = None,
 ) -> None:
     """Convert a Stable Diffusion checkpoint to OpenVINO IR or ONNX."""
     try:
@@ -85,6 +88,7 @@ def convert(
             config_dir=config,
             tokenizer_dir=tokenizer,
             calibration=calibration,
+            tiny_vae=tiny_vae,
             progress=lambda line: console.print(line, highlight=False),
         )
     except SdcpuError as err:

@@ -62,6 +62,11 @@ class VerifyMode(str, Enum):
     sizes = "sizes"
 
 
+class Decoder(str, Enum):
+    full = "full"
+    tiny = "tiny"
+
+
 class ComputePrecision(str, Enum):
     auto = "auto"
     f32 = "f32"
@@ -78,6 +83,9 @@ TokenDownsampling = Annotated[int, typer.Option(help=TOKEN_DOWNSAMPLING_HELP)]
 Precision = Annotated[ComputePrecision, typer.Option(help=PRECISION_HELP)]
 Int8Activations = Annotated[bool | None, typer.Option(INT8_FLAG, help=INT8_ACTIVATIONS_HELP)]
 Verify = Annotated[VerifyMode, typer.Option(help=VERIFY_HELP)]
+DecoderFlag = Annotated[
+    Decoder, typer.Option("--decoder", help="full: the model's VAE decoder; tiny: the tiny decoder (--tiny-vae)")
+]
 
 
 def load_options(
@@ -90,6 +98,7 @@ def load_options(
     winograd: bool = True,
     token_downsampling: int = 1,
     verify: VerifyMode = VerifyMode.fast,
+    decoder: Decoder = Decoder.full,
 ) -> LoadOptions:
     """The LoadOptions for these flags (validated when the model is loaded)."""
     return LoadOptions(
@@ -102,6 +111,7 @@ def load_options(
         winograd=winograd,
         token_downsampling=token_downsampling,
         verify=verify.value,
+        decoder=decoder.value,
     )
 
 
@@ -116,6 +126,7 @@ FLAG_TYPES = {
     "winograd": Winograd,
     "token_downsampling": TokenDownsampling,
     "verify": Verify,
+    "decoder": DecoderFlag,
 }
 LOAD_FLAGS = [
     parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=FLAG_TYPES[name])

@@ -160,11 +160,39 @@ def vae_encoder_spec(vae) -> ExportSpec:
     return ExportSpec(_VaeEncoder(vae), {"sample": image}, ("latent_parameters",), axes)
 
 
-# component -> (which loaded model it is cut from, how to describe it for export)
+class _TinyVaeEncoder(torch.nn.Module):
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, sample):
+        return self.vae.encode(sample, return_dict=False)[0]
+
+
+def tiny_vae_decoder_spec(vae) -> ExportSpec:
+    """TAESD's decoder (diffusers' AutoencoderTiny): the UNet's latents as they are (its scaling factor
+    is 1) to pixels in [-1, 1], the same names as the VAE decoder's."""
+    latent = torch.randn(1, vae.config.latent_channels, 8, 8)
+    axes = {"latent_sample": {0: "batch", 2: "height", 3: "width"}}
+    return ExportSpec(_VaeDecoder(vae), {"latent_sample": latent}, ("sample",), axes)
+
+
+def tiny_vae_encoder_spec(vae) -> ExportSpec:
+    """TAESD's encoder: pixels in [-1, 1] to the UNet's latents (a point, not a distribution)."""
+    image = torch.randn(1, vae.config.in_channels, 64, 64)
+    axes = {"sample": {0: "batch", 2: "height", 3: "width"}}
+    return ExportSpec(_TinyVaeEncoder(vae), {"sample": image}, ("latent_sample",), axes)
+
+
+# component -> (which loaded model it is cut from, how to describe it for export). The optional kinds are
+# exported only when the convert is given them (--tiny-vae).
+OPTIONAL_KINDS = frozenset({"tiny_vae"})
 COMPONENT_SPECS: dict[str, tuple[str, Callable[..., ExportSpec]]] = {
     "text_encoder": ("text_encoder", text_encoder_spec),
     "unet": ("unet", unet_spec),
     "unet_shallow": ("unet", unet_shallow_spec),
     "vae_decoder": ("vae", vae_decoder_spec),
     "vae_encoder": ("vae", vae_encoder_spec),
+    "tiny_vae_decoder": ("tiny_vae", tiny_vae_decoder_spec),
+    "tiny_vae_encoder": ("tiny_vae", tiny_vae_encoder_spec),
 }

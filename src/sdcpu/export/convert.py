@@ -12,14 +12,15 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from sdcpu.export.calibration import CalibrationSettings, collect_unet_inputs
-from sdcpu.export.components import COMPONENT_SPECS
+from sdcpu.export.components import COMPONENT_SPECS, OPTIONAL_KINDS
 from sdcpu.export.quantize import PRECISIONS, component_precision
-from sdcpu.export.sources import Source, open_source
+from sdcpu.export.sources import Source, open_source, open_tiny_vae
 from sdcpu.export.tokenizer_ir import write_tokenizer_irs
 from sdcpu.export.writers import WRITERS, Calibrate
 from sdcpu.runtime.errors import SdcpuError
@@ -58,10 +59,12 @@ def convert(
     config_dir: str | Path | None = None,
     tokenizer_dir: str | Path | None = None,
     calibration: CalibrationSettings | None = None,
+    tiny_vae: str | Path | None = None,
     progress: Callable[[str], None] = print,
 ) -> Manifest:
     """Convert SOURCE (diffusers folder, hub id, or .safetensors/.ckpt file) into OUT; returns its manifest.
-    `calibration` sets the prompts and sample count of `int8-hybrid` (default: CalibrationSettings())."""
+    `calibration` sets the prompts and sample count of `int8-hybrid` (default: CalibrationSettings()).
+    `tiny_vae`: a diffusers AutoencoderTiny folder (TAESD), exported as tiny_vae_decoder and _encoder."""
     out = Path(out).expanduser().absolute()
     check_target(format, precision, out, force)
     for stale in remove_stale_work(out):
@@ -79,6 +82,9 @@ def convert(
             "work_dir": work,
         }
         src = open_source(source, **options)
+        if tiny_vae is not None:
+            latent_channels = int(src.vae_config.get("latent_channels", 4))
+            src = replace(src, optional={"tiny_vae": open_tiny_vae(Path(tiny_vae), latent_channels)})
         staged = work / "model"
         staged.mkdir()
         calibration = (calibration or CalibrationSettings()) if precision == "int8-hybrid" else None
@@ -139,9 +145,12 @@ def _export_components(
     for component in COMPONENT_SPECS:  # in the registry's order, grouped by the model each is cut from
         start = time.perf_counter()
         kind, make_spec = COMPONENT_SPECS[component]
+        if kind in OPTIONAL_KINDS and kind not in src.optional:
+            continue
         if kind not in loaded:
             loaded.clear()  # one torch model in memory at a time (the VAE serves two components)
-            loaded[kind] = _check_finite_weights(src.load(kind), kind)
+            model = src.optional[kind]() if kind in src.optional else src.load(kind)
+            loaded[kind] = _check_finite_weights(model, kind)
         folder = staged / component
         folder.mkdir()
         exact, spec = component_precision(precision, component), make_spec(loaded[kind])
@@ -150,6 +159,8 @@ def _export_components(
         components[component] = {"precision": exact, "files": [f"{component}/{name}" for name in names]}
         components[component]["inputs"] = read_inputs(folder / GRAPH_FILE[fmt])
         components[component] |= {"inner_outputs": list(spec.inner_outputs)} if spec.inner_outputs else {}
+        scaling = _config_dict(loaded[kind]).get("scaling_factor")  # a VAE's: what its latents are divided by
+        components[component] |= {"scaling_factor": float(scaling)} if scaling is not None else {}
         progress(f"{component}: exported to {fmt} {exact} in {time.perf_counter() - start:.1f} s")
     loaded.clear()
     return components

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ class Source:
     scheduler_config: dict[str, Any]
     tokenizer_dir: Path
     load: Callable[[str], Any]  # "text_encoder" | "unet" | "vae" -> torch module in eval mode
+    optional: dict[str, Callable[[], Any]] = field(default_factory=dict)  # other models given (tiny_vae)
 
 
 def open_source(source: str, **single_file_options: Any) -> Source:
@@ -118,3 +119,29 @@ def read_config(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise SdcpuError(f"{path} is not a JSON object; the folder is damaged")
     return data
+
+
+def open_tiny_vae(folder: Path, latent_channels: int) -> Callable[[], Any]:
+    """A loader of the diffusers AutoencoderTiny (TAESD) in `folder`, checked first: its config, its
+    safetensors weights, and latents of the pipeline's width."""
+    folder = Path(folder).expanduser()
+    config = read_config(folder / "config.json") if folder.is_dir() else None
+    if config is None or config.get("_class_name") != "AutoencoderTiny":
+        raise SdcpuError(f"--tiny-vae {folder} is not a diffusers AutoencoderTiny folder (config.json, weights)")
+    if int(config.get("latent_channels", 4)) != latent_channels:
+        raise SdcpuError(
+            f"--tiny-vae {folder} makes {config.get('latent_channels')}-channel latents; this model's have "
+            f"{latent_channels} (a TAESD for another family, such as SDXL's or SD3's?)"
+        )
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        raise SdcpuError(f"--tiny-vae {folder} has no .safetensors weights (pickled ones are not read)")
+    for path in weights:
+        check_safetensors(path)
+
+    def load() -> Any:
+        from diffusers import AutoencoderTiny
+
+        return AutoencoderTiny.from_pretrained(folder, use_safetensors=True).eval()
+
+    return load

@@ -22,10 +22,15 @@ MANIFEST_NAME = "sdcpu.json"
 #    in its `inner_outputs`), IRs store the timestep as int64, and each component records its `inputs`.
 #    (2: a two-output unet; 1 allowed folders without unet_shallow or vae_encoder.)
 MANIFEST_VERSION = 3
-COMPONENTS = ("text_encoder", "unet", "unet_shallow", "vae_decoder", "vae_encoder")
+COMPONENTS: tuple[str, ...] = ("text_encoder", "unet", "unet_shallow", "vae_decoder", "vae_encoder")
+COMPONENTS += ("tiny_vae_decoder", "tiny_vae_encoder")  # TAESD, when converted with --tiny-vae
 # What a folder needs for txt2img; the others serve one feature each (see `Manifest.require`).
 REQUIRED = ("text_encoder", "unet", "vae_decoder")
-FEATURES = {"unet_shallow": "DeepCache (--deep-cache)", "vae_encoder": "img2img (--init-image)"}
+FEATURES = {
+    "unet_shallow": "DeepCache (--deep-cache)",
+    "vae_encoder": "img2img (--init-image)",
+    "tiny_vae_decoder": "--decoder tiny",
+}
 VERIFY_MODES = ("fast", "full", "sizes")
 # The file holding each component's graph, per format (optimum's names, so other tools can read it).
 GRAPH_FILE = {"openvino": "openvino_model.xml", "onnx": "model.onnx"}

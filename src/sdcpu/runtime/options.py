@@ -18,6 +18,7 @@ from sdcpu.runtime.manifest import VERIFY_MODES, Manifest
 BACKENDS = ("openvino", "onnxruntime")
 NATIVE_BACKEND = {"openvino": "openvino", "onnx": "onnxruntime"}
 VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO", "BATCH")  # OpenVINO devices made of others
+DECODERS = {"full": "vae_decoder", "tiny": "tiny_vae_decoder"}  # --decoder -> the component that decodes
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,8 @@ class LoadOptions:
     key and value per f x f block (ToDo; approximate; OpenVINO folders). `verify`: check the folder's
     files against the manifest before loading: "fast" hashes those changed since they were last hashed
     (by size, mtime and inode, recorded in the cache folder), "full" hashes every file, "sizes" checks
-    presence and sizes only."""
+    presence and sizes only. `decoder`: "full", the model's VAE decoder, or "tiny", the tiny decoder
+    (TAESD) converted with `--tiny-vae`: about 1/18 of the decoder's work, approximate."""
 
     backend: str | None = None
     device: str = "CPU"
@@ -47,6 +49,7 @@ class LoadOptions:
     winograd: bool = True
     token_downsampling: int = 1
     verify: str = "fast"
+    decoder: str = "full"
 
     def cache_folder(self) -> Path | None:
         """Where compiled models and verified hashes are kept; None without a cache."""
@@ -71,6 +74,13 @@ class LoadOptions:
         if self.compute_precision not in compute.COMPUTE_PRECISIONS:
             choices = ", ".join(compute.COMPUTE_PRECISIONS)
             raise SdcpuError(f"unknown compute precision {self.compute_precision!r}; choose one of: {choices}")
+        if self.decoder not in DECODERS:
+            raise SdcpuError(f"unknown decoder {self.decoder!r}; choose one of: {', '.join(DECODERS)}")
+        if DECODERS[self.decoder] not in manifest.components:
+            raise SdcpuError(
+                "this folder has no tiny decoder; convert the checkpoint with --tiny-vae DIR (a diffusers "
+                "AutoencoderTiny folder, such as TAESD) to get one, or use --decoder full"
+            )
         if self.token_downsampling < 1:
             raise SdcpuError(f"token_downsampling must be at least 1 (1 turns it off); got {self.token_downsampling}")
         # It rewrites OpenVINO's attention op; a graph read from ONNX has attention as separate MatMuls.

@@ -25,7 +25,7 @@ from sdcpu.runtime.errors import SdcpuError, SdcpuNotice
 from sdcpu.runtime.foreign import foreign_manifest, is_foreign
 from sdcpu.runtime.manifest import Manifest
 from sdcpu.runtime.memory import machine_bytes, memory_policy
-from sdcpu.runtime.options import LoadOptions
+from sdcpu.runtime.options import DECODERS, LoadOptions
 from sdcpu.runtime.outputs import output_paths
 from sdcpu.runtime.preview import LatentPreview
 from sdcpu.runtime.schedulers import Scheduler, SchedulerConfig, default_scheduler_name, make_scheduler
@@ -95,7 +95,10 @@ class Pipeline:
         self.unet = self._load("unet")
         # Read on first use, where the folder has them: DeepCache's shallow pass, and the encoder for img2img.
         self.unet_shallow = self._load("unet_shallow", lazy=True) if "unet_shallow" in manifest.components else None
-        self.vae_decoder = self._load("vae_decoder")
+        # The full decoder or the tiny one (LoadOptions.decoder), and what it divides the latents by.
+        decoder = DECODERS[self.options.decoder]
+        self.vae_decoder = self._load(decoder)
+        self.decode_scaling = float(manifest.components[decoder].get("scaling_factor", manifest.vae_scaling_factor))
         self.vae_encoder = self._load("vae_encoder", lazy=True) if "vae_encoder" in manifest.components else None
 
     @classmethod
@@ -266,7 +269,7 @@ class Pipeline:
         # 5. Decode: z / scaling_factor through the VAE decoder, to [0, 1] pixels, with the UNet's buffers
         #    freed first (or the whole UNet, and then tile by tile, under a low-memory policy).
         unet.release()
-        decoded = self._decode((x / np.float32(self.manifest.vae_scaling_factor)).astype(np.float32))
+        decoded = self._decode((x / np.float32(self.decode_scaling)).astype(np.float32))
         array = imaging.decoded_to_float(_check_finite(decoded, "the decoded image"))
         images = imaging.float_to_pil(array)
         if s.watermark:  # on the 8-bit pixels, which are what is kept
@@ -280,7 +283,7 @@ class Pipeline:
         if self._preview is None:
             m, decoder = self.manifest, self.vae_decoder
             decode = lambda z: decoder(latent_sample=z)  # noqa: E731
-            self._preview = LatentPreview(decode, m.latent_channels, m.vae_scaling_factor, m.vae_scale_factor)
+            self._preview = LatentPreview(decode, m.latent_channels, self.decode_scaling, m.vae_scale_factor)
         return self._preview(latents)
 
     def runtime_info(self) -> dict[str, str]:
