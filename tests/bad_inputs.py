@@ -316,6 +316,11 @@ def _converts() -> list[Case]:
         ("convert a .txt file", convert("model.txt", b"hello"), "not a checkpoint"),
         ("convert a converted folder", lambda s: ["convert", str(CONVERTED), "out"], "is already converted"),
         ("convert a damaged .ckpt", convert("model.ckpt", b"PK\x03\x04garbage"), "is not a PyTorch checkpoint"),
+        (
+            "convert --tiny-vae of a file",
+            lambda s: ["convert", source, "out", "--tiny-vae", source + "/model_index.json"],
+            "is not a diffusers AutoencoderTiny folder",
+        ),
     ]
     return [Case(name, "convert", setup, message, EXPORT) for name, setup, message in cases]
 
@@ -334,6 +339,7 @@ def _previews() -> list[Case]:
     cases = [
         ("preview to a .jpg", [*base, "--preview-every", "1", "--preview-out", "p.jpg"], "a .png --preview-out"),
         ("preview without a file", [*base, "--preview-every", "1"], "a .png --preview-out"),
+        ("--decoder tiny without one", [*base, "--decoder", "tiny"], "no tiny decoder; convert the checkpoint with"),
     ]
     return [Case(name, "outputs", lambda s, a=args: a, message) for name, args, message in cases]
 
