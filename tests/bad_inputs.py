@@ -316,6 +316,12 @@ def _converts() -> list[Case]:
         ("convert a .txt file", convert("model.txt", b"hello"), "not a checkpoint"),
         ("convert a converted folder", lambda s: ["convert", str(CONVERTED), "out"], "is already converted"),
         ("convert a damaged .ckpt", convert("model.ckpt", b"PK\x03\x04garbage"), "is not a PyTorch checkpoint"),
+        ("convert --lora missing", lambda s: ["convert", source, "out", "--lora", "nope.safetensors"], "is not a"),
+        (
+            "convert two scales for one --lora",
+            lambda s: ["convert", source, "out", "--lora", "a.safetensors", "--lora-scale", "1", "--lora-scale", "2"],
+            "2 --lora-scale values for 1 --lora files",
+        ),
         (
             "convert --tiny-vae of a file",
             lambda s: ["convert", source, "out", "--tiny-vae", source + "/model_index.json"],

@@ -69,6 +69,12 @@ def convert(
     tiny_vae: Annotated[
         Path | None, typer.Option(help="a diffusers AutoencoderTiny folder (TAESD) to export too, for --decoder tiny")
     ] = None,
+    lora: Annotated[
+        list[Path] | None, typer.Option(help="a LoRA .safetensors (diffusers or kohya layout) to fuse in; repeatable")
+    ] = None,
+    lora_scale: Annotated[
+        list[float] | None, typer.Option(help="the scale of each --lora, in the same order [default: 1]")
+    ] = None,
 ) -> None:
     """Convert a Stable Diffusion checkpoint to OpenVINO IR or ONNX."""
     try:
@@ -78,6 +84,7 @@ def convert(
         raise fail(missing) from None
     try:
         calibration = _calibration(calibration_prompts, calibration_size)
+        loras = _loras(lora or [], lora_scale or [])
         run_convert(
             source,
             out,
@@ -89,6 +96,7 @@ def convert(
             tokenizer_dir=tokenizer,
             calibration=calibration,
             tiny_vae=tiny_vae,
+            loras=loras,
             progress=lambda line: console.print(line, highlight=False),
         )
     except SdcpuError as err:
@@ -343,6 +351,14 @@ def _print_bench(report: dict) -> None:
             cells.append(f"{models[1][key] / models[0][key]:.2f}x" if models[0][key] else "")
         table.add_row(label, *cells)
     Console().print(table)
+
+
+def _loras(files: list[Path], scales: list[float]):
+    from sdcpu.export.lora import Lora
+
+    if len(scales) > len(files):
+        raise SdcpuError(f"{len(scales)} --lora-scale values for {len(files)} --lora files; give one per file")
+    return [Lora(path, scales[i] if i < len(scales) else 1.0) for i, path in enumerate(files)]
 
 
 def _calibration(prompts: Path | None, size: int):

@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
@@ -19,6 +19,8 @@ from typing import Any
 
 from sdcpu.export.calibration import CalibrationSettings, collect_unet_inputs
 from sdcpu.export.components import COMPONENT_SPECS, OPTIONAL_KINDS
+from sdcpu.export.lora import PREFIXES as LORA_NETWORKS
+from sdcpu.export.lora import Lora, check_loras, fuse_loras
 from sdcpu.export.quantize import PRECISIONS, component_precision
 from sdcpu.export.sources import Source, open_source, open_tiny_vae
 from sdcpu.export.tokenizer_ir import write_tokenizer_irs
@@ -60,13 +62,16 @@ def convert(
     tokenizer_dir: str | Path | None = None,
     calibration: CalibrationSettings | None = None,
     tiny_vae: str | Path | None = None,
+    loras: Sequence[Lora] = (),
     progress: Callable[[str], None] = print,
 ) -> Manifest:
     """Convert SOURCE (diffusers folder, hub id, or .safetensors/.ckpt file) into OUT; returns its manifest.
     `calibration` sets the prompts and sample count of `int8-hybrid` (default: CalibrationSettings()).
-    `tiny_vae`: a diffusers AutoencoderTiny folder (TAESD), exported as tiny_vae_decoder and _encoder."""
+    `tiny_vae`: a diffusers AutoencoderTiny folder (TAESD), exported as tiny_vae_decoder and _encoder.
+    `loras`: LoRA files fused into the UNet and text encoder before export (export/lora.py)."""
     out = Path(out).expanduser().absolute()
     check_target(format, precision, out, force)
+    check_loras(list(loras))
     for stale in remove_stale_work(out):
         progress(f"removed {stale.name}, left by a convert that was killed")
     try:
@@ -88,10 +93,13 @@ def convert(
         staged = work / "model"
         staged.mkdir()
         calibration = (calibration or CalibrationSettings()) if precision == "int8-hybrid" else None
-        components = _export_components(src, staged, format, precision, calibration, progress)
+        fuse = _lora_fuser(list(loras), progress)
+        components = _export_components(src, staged, (format, precision), calibration, fuse, progress)
         files = [f for info in components.values() for f in info["files"]]
         files += _write_support_files(src, staged, format, progress)
         manifest = _manifest(src, staged, (format, precision), components, files, calibration)
+        if loras:
+            manifest = replace(manifest, extra=manifest.extra | {"loras": [lora.record() for lora in loras]})
         (staged / MANIFEST_NAME).write_text(manifest.to_json())
         for path in [staged, *staged.rglob("*")]:  # some writers make files 0600, as tempfile does
             follow_umask(path)
@@ -130,15 +138,27 @@ def _opt_path(value: str | Path | None) -> Path | None:
     return Path(value).expanduser() if value is not None else None
 
 
+def _lora_fuser(loras: list[Lora], progress: Callable[[str], None]) -> Callable[[Any, str], Any]:
+    def fuse(model: Any, kind: str) -> Any:
+        if loras and kind in LORA_NETWORKS:
+            changed = fuse_loras(model, kind, loras, lambda line: progress(f"warning: {line}"))
+            progress(f"{kind}: {changed} layers adapted by {len(loras)} LoRA file(s)")
+        return model
+
+    return fuse
+
+
 def _export_components(
     src: Source,
     staged: Path,
-    fmt: str,
-    precision: str,
+    target: tuple[str, str],
     calibration: CalibrationSettings | None,
+    prepare: Callable[[Any, str], Any],
     progress: Callable[[str], None],
 ) -> dict[str, dict[str, Any]]:
-    """Export every component; returns the manifest's entry of each: precision, files, inputs, inner outputs."""
+    """Export every component; returns the manifest's entry of each: precision, files, inputs, inner outputs.
+    `prepare(model, kind)`: applied to each torch model once loaded (LoRA fusion)."""
+    fmt, precision = target
     components: dict[str, dict[str, Any]] = {}
     loaded: dict[str, Any] = {}
     calibrate = _calibrator(src, staged, calibration, progress) if calibration is not None else None
@@ -150,7 +170,7 @@ def _export_components(
         if kind not in loaded:
             loaded.clear()  # one torch model in memory at a time (the VAE serves two components)
             model = src.optional[kind]() if kind in src.optional else src.load(kind)
-            loaded[kind] = _check_finite_weights(model, kind)
+            loaded[kind] = _check_finite_weights(prepare(model, kind), kind)
         folder = staged / component
         folder.mkdir()
         exact, spec = component_precision(precision, component), make_spec(loaded[kind])

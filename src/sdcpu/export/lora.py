@@ -1,0 +1,147 @@
+"""LoRA weights fused into the networks before export (Hu et al., https://arxiv.org/abs/2106.09685):
+W' = W + scale * (alpha / rank) * up @ down for each adapted Linear or Conv2d. Fused, the graphs run at
+the base model's cost, in any tool that reads them, and the manifest records each file and scale.
+
+Two layouts are read, from safetensors files only:
+- diffusers and PEFT: `unet.<module>.lora_A.weight` (down) and `.lora_B.weight` (up); `text_encoder.`
+  for the text encoder; alpha is the rank (PEFT's scale 1) unless the file's metadata says otherwise;
+- kohya (A1111, ComfyUI): `lora_unet_<module, dots as underscores>.lora_down.weight`, `.lora_up.weight`
+  and `.alpha`; `lora_te_` for the text encoder. This is the layout LCM-LoRA files use for SD 1.5 too.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sdcpu.export.safetensors_check import check_safetensors
+from sdcpu.runtime.errors import SdcpuError
+from sdcpu.runtime.manifest import sha256_file
+
+# (prefix of the network in the file's keys, the network) for each layout
+PREFIXES = {"unet": ("unet.", "lora_unet_"), "text_encoder": ("text_encoder.", "lora_te_")}
+KNOWN_PREFIXES = tuple(prefix for pair in PREFIXES.values() for prefix in pair)
+KEY = re.compile(r"^(?P<module>.+?)\.(?P<part>lora_A|lora_B|lora_down|lora_up)\.weight$|^(?P<alpha_of>.+)\.alpha$")
+
+
+@dataclass(frozen=True)
+class Lora:
+    path: Path
+    scale: float = 1.0
+
+    def record(self) -> dict[str, Any]:
+        """For the manifest: the file's name, sha256 and scale."""
+        return {"file": self.path.name, "sha256": sha256_file(self.path), "scale": self.scale}
+
+
+def check_loras(loras: list[Lora]) -> None:
+    """Refuse, before any work, missing or unsafe files, keys of another kind (LoCon, LoHa, DoRA), and
+    files that adapt neither the UNet nor the text encoder (a LoRA for SDXL's second text encoder)."""
+    for lora in loras:
+        if not lora.path.is_file() or lora.path.suffix != ".safetensors":
+            raise SdcpuError(f"--lora {lora.path} is not a .safetensors file (pickled LoRAs are not read)")
+        check_safetensors(lora.path)
+        found = [_pairs(lora, network) for network in PREFIXES]
+        unknown = sorted({key for _, keys in found for key in keys})
+        if unknown:
+            raise SdcpuError(f"--lora {lora.path.name} holds keys sdcpu does not read: {', '.join(unknown[:3])}")
+        if not any(pairs for pairs, _ in found):
+            raise SdcpuError(f"--lora {lora.path.name} adapts neither a UNet nor a text encoder of this layout")
+
+
+def fuse_loras(model: Any, network: str, loras: list[Lora], warn: Callable[[str], None]) -> int:
+    """Add each LoRA's products to `model` (the torch "unet" or "text_encoder") in place; returns the
+    layers changed. A file that adapts none of the model's layers is refused; one whose layers are
+    only partly found is fused with a warning naming those it could not place."""
+    import torch
+
+    changed = 0
+    for lora in loras:
+        pairs, _ = _pairs(lora, network)  # unknown keys were refused by check_loras
+        modules = _modules(model)
+        missing = [name for name in pairs if name not in modules]
+        if pairs and len(missing) == len(pairs):
+            raise SdcpuError(
+                f"--lora {lora.path.name} adapts no layer of this model's {network}; is it for another family?"
+            )
+        if missing:
+            warn(
+                f"--lora {lora.path.name}: {len(missing)} {network} layers not found, left as they are: "
+                f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
+            )
+        with torch.no_grad():
+            for name, (down, up, alpha) in pairs.items():
+                if name in modules:
+                    _fuse(modules[name], down, up, lora.scale * alpha / down.shape[0])
+                    changed += 1
+    return changed
+
+
+def _fuse(module: Any, down: Any, up: Any, scale: float) -> None:
+    weight = module.weight
+    delta = up.flatten(1).float() @ down.flatten(1).float()  # (out, rank) @ (rank, in * kh * kw)
+    weight += (scale * delta).reshape(weight.shape).to(weight.dtype)
+
+
+def _pairs(lora: Lora, network: str) -> tuple[dict[str, tuple[Any, Any, float]], list[str]]:
+    # {module name, in the model's dotted form: (down, up, alpha)} of one network, and keys not understood.
+    from safetensors import safe_open
+
+    diffusers_prefix, kohya_prefix = PREFIXES[network]
+    parts: dict[str, dict[str, Any]] = {}
+    unknown: list[str] = []
+    with safe_open(str(lora.path), framework="pt") as f:
+        network_alpha = _metadata_alpha(f.metadata() or {}, network)
+        for key in f.keys():  # noqa: SIM118 (safe_open is not iterable)
+            match = KEY.match(key)
+            name = (match["module"] or match["alpha_of"]) if match is not None else ""
+            if match is None or not name.startswith(KNOWN_PREFIXES):
+                unknown.append(key)
+            elif name.startswith((diffusers_prefix, kohya_prefix)):  # else the other network's
+                parts.setdefault(name, {})[match["part"] or "alpha"] = f.get_tensor(key)
+    pairs = {}
+    for name, p in parts.items():
+        down, up = p.get("lora_A", p.get("lora_down")), p.get("lora_B", p.get("lora_up"))
+        if down is None or up is None:
+            unknown.append(name)
+            continue
+        rank_alpha = float(p["alpha"]) if "alpha" in p else network_alpha or float(down.shape[0])
+        pairs[_module_name(name, diffusers_prefix, kohya_prefix)] = (down, up, rank_alpha)
+    return pairs, unknown
+
+
+def _metadata_alpha(metadata: dict[str, str], network: str) -> float | None:
+    # diffusers keeps PEFT's adapter config in the file's metadata, flattened: {"unet.lora_alpha": 8, ...}.
+    # One alpha for the network; per-layer patterns are refused rather than half-read.
+    try:
+        config = json.loads(metadata.get("lora_adapter_metadata", "{}"))
+    except ValueError:
+        return None
+    if not isinstance(config, dict):
+        return None
+    if config.get(f"{network}.alpha_pattern") or config.get(f"{network}.rank_pattern"):
+        raise SdcpuError("a LoRA with per-layer ranks or alphas (PEFT's rank_pattern, alpha_pattern) is not read yet")
+    alpha = config.get(f"{network}.lora_alpha")
+    return float(alpha) if isinstance(alpha, (int, float)) else None
+
+
+def _module_name(name: str, diffusers_prefix: str, kohya_prefix: str) -> str:
+    if name.startswith(diffusers_prefix):
+        return name[len(diffusers_prefix) :]
+    return "kohya:" + name[len(kohya_prefix) :]  # resolved against the model's names, underscored
+
+
+def _modules(model: Any) -> dict[str, Any]:
+    # Every Linear or Conv2d, by its dotted name and by kohya's underscored one.
+    import torch
+
+    found = {}
+    for name, module in model.named_modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+            found[name] = module
+            found["kohya:" + name.replace(".", "_")] = module
+    return found
