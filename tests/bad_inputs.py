@@ -316,7 +316,11 @@ def _converts() -> list[Case]:
         ("convert a .txt file", convert("model.txt", b"hello"), "not a checkpoint"),
         ("convert a converted folder", lambda s: ["convert", str(CONVERTED), "out"], "is already converted"),
         ("convert a damaged .ckpt", convert("model.ckpt", b"PK\x03\x04garbage"), "is not a PyTorch checkpoint"),
-        ("convert --lora missing", lambda s: ["convert", source, "out", "--lora", "nope.safetensors"], "is not a"),
+        (
+            "convert --lora missing",
+            lambda s: ["convert", source, "out", "--lora", "nope.safetensors"],
+            "does not exist",
+        ),
         (
             "convert two scales for one --lora",
             lambda s: ["convert", source, "out", "--lora", "a.safetensors", "--lora-scale", "1", "--lora-scale", "2"],

@@ -42,7 +42,9 @@ def check_loras(loras: list[Lora]) -> None:
     """Refuse, before any work, missing or unsafe files, keys of another kind (LoCon, LoHa, DoRA), and
     files that adapt neither the UNet nor the text encoder (a LoRA for SDXL's second text encoder)."""
     for lora in loras:
-        if not lora.path.is_file() or lora.path.suffix != ".safetensors":
+        if not lora.path.is_file():
+            raise SdcpuError(f"--lora {lora.path} does not exist or is not a file")
+        if lora.path.suffix != ".safetensors":
             raise SdcpuError(f"--lora {lora.path} is not a .safetensors file (pickled LoRAs are not read)")
         check_safetensors(lora.path)
         found = [_pairs(lora, network) for network in PREFIXES]
