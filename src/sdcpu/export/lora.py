@@ -25,6 +25,7 @@ from sdcpu.runtime.manifest import sha256_file
 # (prefix of the network in the file's keys, the network) for each layout
 PREFIXES = {"unet": ("unet.", "lora_unet_"), "text_encoder": ("text_encoder.", "lora_te_")}
 KNOWN_PREFIXES = tuple(prefix for pair in PREFIXES.values() for prefix in pair)
+PARTS = {"lora_A": "down", "lora_down": "down", "lora_B": "up", "lora_up": "up"}
 KEY = re.compile(r"^(?P<module>.+?)\.(?P<part>lora_A|lora_B|lora_down|lora_up)\.weight$|^(?P<alpha_of>.+)\.alpha$")
 
 
@@ -47,11 +48,12 @@ def check_loras(loras: list[Lora]) -> None:
         if lora.path.suffix != ".safetensors":
             raise SdcpuError(f"--lora {lora.path} is not a .safetensors file (pickled LoRAs are not read)")
         check_safetensors(lora.path)
-        found = [_pairs(lora, network) for network in PREFIXES]
-        unknown = sorted({key for _, keys in found for key in keys})
+        keys = _keys(lora)  # the names alone: no tensor is read here
+        found = [_groups(keys, network) for network in PREFIXES]
+        unknown = sorted({key for _, missing in found for key in missing})
         if unknown:
             raise SdcpuError(f"--lora {lora.path.name} holds keys sdcpu does not read: {', '.join(unknown[:3])}")
-        if not any(pairs for pairs, _ in found):
+        if not any(groups for groups, _ in found):
             raise SdcpuError(f"--lora {lora.path.name} adapts neither a UNet nor a text encoder of this layout")
 
 
@@ -62,9 +64,9 @@ def fuse_loras(model: Any, network: str, loras: list[Lora], warn: Callable[[str]
     import torch
 
     changed = 0
+    modules = _modules(model)
     for lora in loras:
-        pairs, _ = _pairs(lora, network)  # unknown keys were refused by check_loras
-        modules = _modules(model)
+        pairs = _pairs(lora, network)  # unknown keys were refused by check_loras
         missing = [name for name in pairs if name not in modules]
         if pairs and len(missing) == len(pairs):
             raise SdcpuError(
@@ -89,31 +91,43 @@ def _fuse(module: Any, down: Any, up: Any, scale: float) -> None:
     weight += (scale * delta).reshape(weight.shape).to(weight.dtype)
 
 
-def _pairs(lora: Lora, network: str) -> tuple[dict[str, tuple[Any, Any, float]], list[str]]:
-    # {module name, in the model's dotted form: (down, up, alpha)} of one network, and keys not understood.
+def _keys(lora: Lora) -> list[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(lora.path), framework="pt") as f:
+        return list(f.keys())
+
+
+def _groups(keys: list[str], network: str) -> tuple[dict[str, dict[str, str]], list[str]]:
+    # {layer as the file names it: {"down" | "up" | "alpha": key}} of one network, and the keys not understood
+    # (of either network: another kind of adapter, another network, a down without its up).
+    diffusers_prefix, kohya_prefix = PREFIXES[network]
+    groups: dict[str, dict[str, str]] = {}
+    unknown: list[str] = []
+    for key in keys:
+        match = KEY.match(key)
+        name = (match["module"] or match["alpha_of"]) if match is not None else ""
+        if match is None or not name.startswith(KNOWN_PREFIXES):
+            unknown.append(key)
+        elif name.startswith((diffusers_prefix, kohya_prefix)):  # else the other network's
+            groups.setdefault(name, {})[PARTS.get(match["part"], "alpha")] = key
+    unknown += [name for name, parts in groups.items() if not {"down", "up"} <= set(parts)]
+    return {name: parts for name, parts in groups.items() if {"down", "up"} <= set(parts)}, unknown
+
+
+def _pairs(lora: Lora, network: str) -> dict[str, tuple[Any, Any, float]]:
+    # {module name, in the model's dotted form: (down, up, alpha)} of one network.
     from safetensors import safe_open
 
     diffusers_prefix, kohya_prefix = PREFIXES[network]
-    parts: dict[str, dict[str, Any]] = {}
-    unknown: list[str] = []
+    pairs = {}
     with safe_open(str(lora.path), framework="pt") as f:
         network_alpha = _metadata_alpha(f.metadata() or {}, network)
-        for key in f.keys():  # noqa: SIM118 (safe_open is not iterable)
-            match = KEY.match(key)
-            name = (match["module"] or match["alpha_of"]) if match is not None else ""
-            if match is None or not name.startswith(KNOWN_PREFIXES):
-                unknown.append(key)
-            elif name.startswith((diffusers_prefix, kohya_prefix)):  # else the other network's
-                parts.setdefault(name, {})[match["part"] or "alpha"] = f.get_tensor(key)
-    pairs = {}
-    for name, p in parts.items():
-        down, up = p.get("lora_A", p.get("lora_down")), p.get("lora_B", p.get("lora_up"))
-        if down is None or up is None:
-            unknown.append(name)
-            continue
-        rank_alpha = float(p["alpha"]) if "alpha" in p else network_alpha or float(down.shape[0])
-        pairs[_module_name(name, diffusers_prefix, kohya_prefix)] = (down, up, rank_alpha)
-    return pairs, unknown
+        for name, parts in _groups(list(f.keys()), network)[0].items():
+            down, up = f.get_tensor(parts["down"]), f.get_tensor(parts["up"])
+            alpha = float(f.get_tensor(parts["alpha"])) if "alpha" in parts else network_alpha or float(down.shape[0])
+            pairs[_module_name(name, diffusers_prefix, kohya_prefix)] = (down, up, alpha)
+    return pairs
 
 
 def _metadata_alpha(metadata: dict[str, str], network: str) -> float | None:

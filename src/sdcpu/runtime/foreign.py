@@ -21,9 +21,9 @@ from typing import Any
 
 import openvino as ov
 
-from sdcpu.runtime.cache import FOREIGN_MANIFESTS, write_cache_file
+from sdcpu.runtime.cache import FOREIGN_MANIFESTS, VERIFIED_FILES, write_cache_file
 from sdcpu.runtime.errors import SdcpuError
-from sdcpu.runtime.graph_signature import read_inputs
+from sdcpu.runtime.graph_signature import inputs_of, read_graph
 from sdcpu.runtime.manifest import (
     COMPONENTS,
     GRAPH_FILE,
@@ -60,7 +60,7 @@ def foreign_manifest(folder: Path, cache: Path | None, say: Callable[[str], None
     if kept is not None:
         return kept
     start = time.perf_counter()
-    manifest = build_manifest(folder)
+    manifest = build_manifest(folder, cache / VERIFIED_FILES if cache is not None else None)
     size = sum(info["bytes"] for info in manifest.files.values())
     where = f"kept in {record}" if record is not None else "not kept (no cache)"
     say(
@@ -73,8 +73,9 @@ def foreign_manifest(folder: Path, cache: Path | None, say: Callable[[str], None
     return manifest
 
 
-def build_manifest(folder: Path) -> Manifest:
-    """A manifest for another tool's export of a Stable Diffusion pipeline, from its files."""
+def build_manifest(folder: Path, record: Path | None = None) -> Manifest:
+    """A manifest for another tool's export of a Stable Diffusion pipeline, from its files. `record`: the
+    record of verified hashes, which gets the hashes computed here."""
     fmt = _format(folder)
     unet, vae = _config(folder, "unet"), _config(folder, "vae_decoder")
     scheduler = _config(folder, "scheduler", "scheduler_config.json")
@@ -87,8 +88,9 @@ def build_manifest(folder: Path) -> Manifest:
     support = [rel for rel in SUPPORT_FILES if (folder / rel).is_file()]
     support += [f"tokenizer/{name}" for name in TOKENIZER_FILES if (folder / "tokenizer" / name).is_file()]
     files = [f for info in components.values() for f in info["files"]] + support
+    made_by = _made_by(folder)
     return Manifest(
-        source=f"{folder.resolve()} ({_made_by(folder)})",
+        source=f"{folder.resolve()} ({made_by})",
         family=family_of(unet),
         prediction_type=scheduler.get("prediction_type", "epsilon"),
         format=fmt,
@@ -98,9 +100,9 @@ def build_manifest(folder: Path) -> Manifest:
         vae_scaling_factor=float(vae.get("scaling_factor", 0.18215)),
         latent_channels=int(unet.get("in_channels", 4)),
         components=components,
-        files=describe_files(folder, files),
+        files=describe_files(folder, files, record),
         versions={"sdcpu": metadata.version("sdcpu")},
-        extra={"built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "made_by": _made_by(folder)},
+        extra={"built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "made_by": made_by},
     )
 
 
@@ -137,15 +139,16 @@ def _component(folder: Path, component: str, fmt: str) -> dict[str, Any]:
     graph = folder / component / GRAPH_FILE[fmt]
     # The graph and its weights: OpenVINO's .bin, or ONNX's external data files beside it.
     files = sorted(f for f in graph.parent.iterdir() if f.is_file() and f.name != "config.json")
+    model = read_graph(graph)
     return {
-        "precision": _stored_precision(graph),
+        "precision": _stored_precision(model),
         "files": [f"{component}/{f.name}" for f in files],
-        "inputs": read_inputs(graph),
+        "inputs": inputs_of(model, graph),
     }
 
 
-def _stored_precision(graph: Path) -> str:
-    ops = ov.Core().read_model(str(graph)).get_ops()
+def _stored_precision(model: ov.Model) -> str:
+    ops = model.get_ops()
     seen = {op.get_type_name() for op in ops}
     seen |= {op.get_element_type().get_type_name() for op in ops if op.get_type_name() == "Constant"}
     return next((precision for marker, precision in PRECISION_OF_CONSTANTS if marker in seen), "fp32")

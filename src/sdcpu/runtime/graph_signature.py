@@ -16,10 +16,19 @@ from sdcpu.runtime.errors import SdcpuError
 
 def read_inputs(path: Path) -> dict[str, dict[str, Any]]:
     """{input name: {"dtype": numpy's name, "shape": [size or -1, ...]}} of the graph at `path`."""
+    return inputs_of(read_graph(path), path)
+
+
+def read_graph(path: Path) -> ov.Model:
+    """The graph at `path` (IR or ONNX), read without compiling."""
     try:
-        model = ov.Core().read_model(str(path))
+        return ov.Core().read_model(str(path))
     except RuntimeError as err:
         raise SdcpuError(f"OpenVINO cannot read {path}: {err}") from err
+
+
+def inputs_of(model: ov.Model, path: Path) -> dict[str, dict[str, Any]]:
+    """`read_inputs` of a graph already read from `path`."""
     inputs = {}
     for port in model.inputs:
         shape = port.get_partial_shape()

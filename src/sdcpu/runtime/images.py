@@ -57,9 +57,6 @@ def float_to_pil(images: np.ndarray) -> list[Image.Image]:
 
 def save_png(image: Image.Image, path: Path, metadata: dict[str, str]) -> None:
     """Write atomically (temporary file + rename) with `metadata` as PNG text chunks."""
-    info = PngImagePlugin.PngInfo()
-    for key, value in metadata.items():
-        info.add_itxt(key, value)
     folder = path.parent if str(path.parent) else Path(".")
     try:
         fd, tmp = tempfile.mkstemp(suffix=".png.partial", dir=folder)
@@ -67,7 +64,7 @@ def save_png(image: Image.Image, path: Path, metadata: dict[str, str]) -> None:
         raise SdcpuError(f"cannot write to {folder}: {err.strerror}; choose another --out") from err
     try:
         with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG", pnginfo=info)
+            f.write(png_bytes(image, metadata))
         follow_umask(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
@@ -76,7 +73,7 @@ def save_png(image: Image.Image, path: Path, metadata: dict[str, str]) -> None:
 
 
 def png_bytes(image: Image.Image, metadata: dict[str, str] | None = None) -> bytes:
-    """The image as PNG bytes, with `metadata` as text chunks (for a server's responses)."""
+    """The image as PNG bytes, with `metadata` as text chunks."""
     info = PngImagePlugin.PngInfo()
     for key, value in (metadata or {}).items():
         info.add_itxt(key, value)

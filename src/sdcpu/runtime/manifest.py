@@ -29,7 +29,6 @@ REQUIRED = ("text_encoder", "unet", "vae_decoder")
 FEATURES = {
     "unet_shallow": "DeepCache (--deep-cache)",
     "vae_encoder": "img2img (--init-image)",
-    "tiny_vae_decoder": "--decoder tiny",
 }
 VERIFY_MODES = ("fast", "full", "sizes")
 # The file holding each component's graph, per format (optimum's names, so other tools can read it).
@@ -173,10 +172,15 @@ def _write_record(record: Path, known: dict[str, Any]) -> None:
     write_cache_file(record, json.dumps(known, indent=1, sort_keys=True).encode())
 
 
-def describe_files(folder: Path, relative_paths: list[str]) -> dict[str, dict[str, Any]]:
-    """{path: {sha256, bytes}} for the manifest, computed from the files as written."""
+def describe_files(folder: Path, relative_paths: list[str], record: Path | None = None) -> dict[str, dict[str, Any]]:
+    """{path: {sha256, bytes}} for the manifest, computed from the files as written. `record`: the record of
+    hashes that `verify` reads, which gets these too (a "fast" verify right after then reads no file)."""
+    stored = _read_record(record)
+    known = dict(stored)
     out = {}
     for rel in sorted(relative_paths):
         path = Path(folder) / rel
-        out[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+        out[rel] = {"sha256": _known_sha256(path, known), "bytes": path.stat().st_size}
+    if record is not None and known != stored:
+        _write_record(record, known)
     return out

@@ -93,9 +93,11 @@ def create_app(
     app.include_router(router)
     app.include_router(a1111.router)
 
+    html = (STATIC / "index.html").read_text(encoding="utf-8")
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
-        return (STATIC / "index.html").read_text(encoding="utf-8")
+        return html
 
     return app
 
