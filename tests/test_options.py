@@ -129,3 +129,16 @@ def test_folders_of_another_manifest_version_are_refused(tmp_path, version, mess
     (folder / "sdcpu.json").write_text(json.dumps({**data, "sdcpu_manifest": version}))
     with pytest.raises(SdcpuError, match=message):
         Manifest.load(folder)
+
+
+def test_version_3_folders_load_as_text_to_image(tmp_path):
+    """Version 3 had no `task`: such folders are text-to-image models, and still load."""
+    folder = tmp_path / "model"
+    shutil.copytree(CONVERTED, folder)
+    data = json.loads((folder / "sdcpu.json").read_text())
+    del data["task"]
+    (folder / "sdcpu.json").write_text(json.dumps({**data, "sdcpu_manifest": 3}))
+    assert Manifest.load(folder).task == "text-to-image"
+    (folder / "sdcpu.json").write_text(json.dumps({**data, "task": "colouring-in"}))
+    with pytest.raises(SdcpuError, match="unknown task 'colouring-in'"):
+        Manifest.load(folder)

@@ -148,13 +148,15 @@ def generate(
             with console.status("loading model"):
                 pipe = Pipeline.load(model, options)
         preview = preview_writer(pipe.preview, preview_every, preview_out) if preview_every or preview_out else None
-        result, warned = _with_progress(pipe, preview, init_image=init_image, strength=strength, **request)
-        _save(result, out, overwrite, caught + warned)
+        run = lambda callback: pipe(callback=callback, init_image=init_image, strength=strength, **request)  # noqa: E731
+        result, warned = run_with_progress(run, preview)
+        save_result(result, out, overwrite, caught + warned)
     except SdcpuError as err:
         raise fail(err) from None
 
 
-def _with_progress(pipe, preview, **settings):
+def run_with_progress(run, preview):
+    """`run(callback)` with a progress bar (and previews); returns its result and the warnings it gave."""
     from sdcpu.cli.progress import StepProgress
 
     with warnings.catch_warnings(record=True) as caught, StepProgress(console) as progress:
@@ -165,11 +167,11 @@ def _with_progress(pipe, preview, **settings):
                 preview(done, total, latents)
             return progress.update(done, total, latents)
 
-        result = pipe(callback=step, **settings)
+        result = run(step)
     return result, caught
 
 
-def _save(result, out: Path, overwrite: bool, warned: list[warnings.WarningMessage]) -> None:
+def save_result(result, out: Path, overwrite: bool, warned: list[warnings.WarningMessage]) -> None:
     for w in warned:
         kind = "note:" if issubclass(w.category, SdcpuNotice) else "[yellow]warning:[/yellow]"
         console.print(f"{kind} {escape(str(w.message))}", highlight=False, soft_wrap=True)
@@ -375,3 +377,6 @@ def _calibration(prompts: Path | None, size: int):
 
 def main() -> None:
     sys.exit(app())
+
+
+from sdcpu.cli import modes as _modes  # noqa: E402, F401  (registers inpaint; it uses the helpers above)

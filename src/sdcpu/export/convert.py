@@ -27,7 +27,7 @@ from sdcpu.export.tokenizer_ir import write_tokenizer_irs
 from sdcpu.export.writers import WRITERS, Calibrate
 from sdcpu.runtime.errors import SdcpuError
 from sdcpu.runtime.graph_signature import read_inputs
-from sdcpu.runtime.manifest import GRAPH_FILE, MANIFEST_NAME, Manifest, describe_files
+from sdcpu.runtime.manifest import GRAPH_FILE, MANIFEST_NAME, Manifest, describe_files, task_of
 from sdcpu.runtime.outputs import follow_umask
 from sdcpu.runtime.tokenizer import TOKENIZER_FILES
 
@@ -228,15 +228,28 @@ def _write_support_files(src: Source, staged: Path, fmt: str, progress: Callable
         )
     (staged / "scheduler").mkdir()
     (staged / "scheduler" / "scheduler_config.json").write_text(json.dumps(src.scheduler_config, indent=2))
-    index = model_index(src.scheduler_config.get("_class_name", "PNDMScheduler"))
+    index = model_index(src.scheduler_config.get("_class_name", "PNDMScheduler"), _task(src))
     (staged / "model_index.json").write_text(json.dumps(index, indent=2))
     return [*written, "scheduler/scheduler_config.json", "model_index.json"]
 
 
-def model_index(scheduler_class: str) -> dict[str, Any]:
-    """diffusers' model_index.json for a Stable Diffusion pipeline without safety checker."""
+# diffusers' pipeline class for each task (manifest_schema.TASKS), named in model_index.json
+PIPELINE_CLASSES = {
+    "text-to-image": "StableDiffusionPipeline",
+    "inpainting": "StableDiffusionInpaintPipeline",
+    "upscaling": "StableDiffusionUpscalePipeline",
+    "depth-to-image": "StableDiffusionDepth2ImgPipeline",
+}
+
+
+def _task(src: Source) -> str:
+    return task_of(src.unet_config, int(src.vae_config.get("latent_channels", 4)))
+
+
+def model_index(scheduler_class: str, task: str = "text-to-image") -> dict[str, Any]:
+    """diffusers' model_index.json for a Stable Diffusion pipeline of `task`, without safety checker."""
     return {
-        "_class_name": "StableDiffusionPipeline",
+        "_class_name": PIPELINE_CLASSES[task],
         "scheduler": ["diffusers", scheduler_class],
         "text_encoder": ["transformers", "CLIPTextModel"],
         "tokenizer": ["transformers", "CLIPTokenizer"],
@@ -270,11 +283,12 @@ def _manifest(
         sample_size=int(src.unet_config.get("sample_size", 64)) * vae_factor,
         vae_scale_factor=vae_factor,
         vae_scaling_factor=float(src.vae_config.get("scaling_factor", 0.18215)),
-        latent_channels=int(src.unet_config.get("in_channels", 4)),
+        latent_channels=int(src.vae_config.get("latent_channels", 4)),
         components=components,
         files=describe_files(staged, files),
         versions=_versions(fmt),
         extra=extra,
+        task=_task(src),
     )
 
 

@@ -97,6 +97,10 @@ def open_single_file(
         raise SdcpuError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     chosen = PRESETS[preset] if preset else detect_preset(state)
     configs = _configs(chosen, config_dir)
+    # The first convolution says what the UNet takes: 4 channels, or an inpainting model's 9 (and so on).
+    conv_in = state.get(f"{UNET_PREFIX}input_blocks.0.0.weight")
+    if conv_in is not None and len(conv_in.shape) == 4:
+        configs["unet"] = {**configs["unet"], "in_channels": int(conv_in.shape[1])}
     family = family_of(configs["unet"])
     tok_src = tokenizer_dir or (config_dir / "tokenizer" if config_dir else None) or _hub_tokenizer(family)
     assert work_dir is not None

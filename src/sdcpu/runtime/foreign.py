@@ -32,6 +32,7 @@ from sdcpu.runtime.manifest import (
     Manifest,
     describe_files,
     family_of,
+    task_of,
 )
 from sdcpu.runtime.manifest_schema import check_fields
 from sdcpu.runtime.tokenizer import TOKENIZER_FILES
@@ -80,10 +81,8 @@ def build_manifest(folder: Path, record: Path | None = None) -> Manifest:
     unet, vae = _config(folder, "unet"), _config(folder, "vae_decoder")
     scheduler = _config(folder, "scheduler", "scheduler_config.json")
     vae_factor = 2 ** (len(vae.get("block_out_channels", [0] * 4)) - 1)
-    if int(unet.get("in_channels", 4)) != int(vae.get("latent_channels", 4)):
-        raise SdcpuError(
-            f"{folder} holds a UNet with {unet.get('in_channels')} input channels; sdcpu runs txt2img models"
-        )
+    latent_channels = int(vae.get("latent_channels", 4))
+    task = task_of(unet, latent_channels)
     components = {c: _component(folder, c, fmt) for c in _graphs(folder, fmt)}
     support = [rel for rel in SUPPORT_FILES if (folder / rel).is_file()]
     support += [f"tokenizer/{name}" for name in TOKENIZER_FILES if (folder / "tokenizer" / name).is_file()]
@@ -98,11 +97,12 @@ def build_manifest(folder: Path, record: Path | None = None) -> Manifest:
         sample_size=int(unet.get("sample_size", 64)) * vae_factor,
         vae_scale_factor=vae_factor,
         vae_scaling_factor=float(vae.get("scaling_factor", 0.18215)),
-        latent_channels=int(unet.get("in_channels", 4)),
+        latent_channels=latent_channels,
         components=components,
         files=describe_files(folder, files, record),
         versions={"sdcpu": metadata.version("sdcpu")},
         extra={"built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "made_by": made_by},
+        task=task,
     )
 
 

@@ -18,16 +18,17 @@ from sdcpu.runtime.outputs import follow_umask
 MAX_INIT_PIXELS = 50_000_000
 
 
-def open_init_image(source: str | Path | Image.Image) -> Image.Image:
+def open_init_image(source: str | Path | Image.Image, name: str = "init image") -> Image.Image:
+    """An input image (the init image, a mask, ...: `name`) as RGB, its size checked before decoding."""
     if isinstance(source, Image.Image):
-        _check_pixels(source, "the init image")
+        _check_pixels(source, f"the {name}")
         return source.convert("RGB")
     try:
         with Image.open(source) as image:
-            _check_pixels(image, f"the init image {source}")
+            _check_pixels(image, f"the {name} {source}")
             return image.convert("RGB")
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError) as err:
-        raise SdcpuError(f"cannot read the init image {source}: {err}") from err
+        raise SdcpuError(f"cannot read the {name} {source}: {err}") from err
 
 
 def _check_pixels(image: Image.Image, name: str) -> None:

@@ -68,6 +68,8 @@ def format_parameters(settings: dict[str, Any], model: str, model_hash: str, ver
     fields |= {"Size": f"{settings['width']}x{settings['height']}", "Model hash": model_hash, "Model": model}
     if settings.get("strength") is not None:
         fields["Denoising strength"] = settings["strength"]
+    if settings.get("mask") is not None:  # inpainting, as A1111 writes it
+        fields |= {"Mask blur": settings["mask"]["blur"], "Mask padding": settings["mask"]["padding"] or None}
     if settings["num_images"] > 1:  # one seed draws the whole batch: the image is reproduced by its place in it
         fields |= {"Batch size": settings["num_images"], "Batch pos": settings["image_index"]}
     fields["Version"] = version

@@ -15,20 +15,22 @@ from typing import Any
 
 from sdcpu.runtime.cache import write_cache_file
 from sdcpu.runtime.errors import SdcpuError
-from sdcpu.runtime.manifest_schema import check_fields
+from sdcpu.runtime.manifest_schema import TASKS, check_fields
 
 MANIFEST_NAME = "sdcpu.json"
 # 3: `unet` has the single output `out_sample` (DeepCache's features are a named tensor inside it, listed
 #    in its `inner_outputs`), IRs store the timestep as int64, and each component records its `inputs`.
 #    (2: a two-output unet; 1 allowed folders without unet_shallow or vae_encoder.)
-MANIFEST_VERSION = 3
+# 4: `task` names what the UNet was trained for (TASKS); version 3 folders are text-to-image.
+MANIFEST_VERSION = 4
+READABLE_VERSIONS = (3, 4)
 COMPONENTS: tuple[str, ...] = ("text_encoder", "unet", "unet_shallow", "vae_decoder", "vae_encoder")
 COMPONENTS += ("tiny_vae_decoder", "tiny_vae_encoder")  # TAESD, when converted with --tiny-vae
 # What a folder needs for txt2img; the others serve one feature each (see `Manifest.require`).
 REQUIRED = ("text_encoder", "unet", "vae_decoder")
 FEATURES = {
     "unet_shallow": "DeepCache (--deep-cache)",
-    "vae_encoder": "img2img (--init-image)",
+    "vae_encoder": "img2img (--init-image) and inpainting",
 }
 VERIFY_MODES = ("fast", "full", "sizes")
 # The file holding each component's graph, per format (optimum's names, so other tools can read it).
@@ -39,6 +41,19 @@ def family_of(unet_config: dict[str, Any]) -> str:
     """sd1 / sd2 / sdxl / other, from the UNet's text conditioning width."""
     width = int(unet_config.get("cross_attention_dim") or 0)
     return {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(width, "other")
+
+
+def task_of(unet_config: dict[str, Any], latent_channels: int) -> str:
+    """What a UNet was trained for, from the input channels it takes beyond the latents (TASKS)."""
+    extra = int(unet_config.get("in_channels", latent_channels)) - latent_channels
+    for task, channels in TASKS.items():
+        if channels == extra:
+            return task
+    known = ", ".join(f"{latent_channels + c} ({t})" for t, c in TASKS.items())
+    raise SdcpuError(
+        f"the UNet takes {latent_channels + extra} input channels with {latent_channels}-channel latents; "
+        f"sdcpu runs UNets with {known}"
+    )
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -64,6 +79,7 @@ class Manifest:
     files: dict[str, dict[str, Any]]
     versions: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    task: str = "text-to-image"  # one of manifest_schema.TASKS: what the UNet's extra input channels carry
 
     def to_json(self) -> str:
         data = {"sdcpu_manifest": MANIFEST_VERSION, **self.__dict__}
@@ -83,7 +99,8 @@ class Manifest:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             version = data.pop("sdcpu_manifest", None) if isinstance(data, dict) else None
-            if version == MANIFEST_VERSION:
+            if version in READABLE_VERSIONS:
+                data.setdefault("task", "text-to-image")
                 check_fields(data)
                 return cls(**data)
         except (OSError, ValueError, RecursionError) as err:  # SchemaError and JSON errors are ValueErrors

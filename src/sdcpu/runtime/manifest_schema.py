@@ -10,6 +10,10 @@ from typing import Any
 
 FORMATS = ("openvino", "onnx")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+# What the UNet was trained for, named as the Hugging Face hub's pipeline tags name them, and how many input
+# channels it takes beyond the latents: inpainting's mask and masked-image latents, the upscaler's low-res
+# image, depth2img's depth map.
+TASKS = {"text-to-image": 0, "inpainting": 5, "upscaling": 3, "depth-to-image": 1}
 FIELDS: dict[str, type | tuple[type, ...]] = {
     "source": str,
     "family": str,
@@ -24,6 +28,7 @@ FIELDS: dict[str, type | tuple[type, ...]] = {
     "files": dict,
     "versions": dict,
     "extra": dict,
+    "task": str,
 }
 TYPE_NAMES: dict[type | tuple[type, ...], str] = {str: "a string", int: "an integer", dict: "an object"}
 SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -46,6 +51,8 @@ def check_fields(data: dict[str, Any]) -> None:
             raise SchemaError(f"{name} is not {TYPE_NAMES.get(kind, 'a number')}")
     if data["format"] not in FORMATS:
         raise SchemaError(f"unknown format {data['format']!r}; this sdcpu reads {' and '.join(FORMATS)}")
+    if data["task"] not in TASKS:
+        raise SchemaError(f"unknown task {data['task']!r}; this sdcpu runs {', '.join(TASKS)}")
     if data["prediction_type"] not in PREDICTION_TYPES:
         raise SchemaError(f"unknown prediction_type {data['prediction_type']!r}")
     for name in ("sample_size", "vae_scale_factor", "latent_channels", "vae_scaling_factor"):

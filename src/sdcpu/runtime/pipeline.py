@@ -8,8 +8,9 @@ from __future__ import annotations
 import secrets
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -21,13 +22,15 @@ from sdcpu.runtime.backends import Model, load_model
 from sdcpu.runtime.backends.fallback import RetryAtF32
 from sdcpu.runtime.backends.graph_passes import graph_passes
 from sdcpu.runtime.cache import VERIFIED_FILES
+from sdcpu.runtime.conditioning import PLAIN, Conditioning
 from sdcpu.runtime.errors import SdcpuError, SdcpuNotice
 from sdcpu.runtime.foreign import foreign_manifest, is_foreign
+from sdcpu.runtime.inpaint import MaskSettings, blend_start, inpaint_start, prepare_mask
 from sdcpu.runtime.manifest import Manifest
 from sdcpu.runtime.memory import machine_bytes, memory_policy
 from sdcpu.runtime.options import DECODERS, LoadOptions
-from sdcpu.runtime.outputs import output_paths
 from sdcpu.runtime.preview import LatentPreview
+from sdcpu.runtime.result import PipelineResult
 from sdcpu.runtime.schedulers import Scheduler, SchedulerConfig, default_scheduler_name, make_scheduler
 from sdcpu.runtime.settings import GenerationSettings
 from sdcpu.runtime.tokenizer import ClipTokenizer
@@ -35,23 +38,9 @@ from sdcpu.runtime.unet import UNetRunner, unet_interfaces
 from sdcpu.runtime.watermark import embed as embed_watermark
 
 Callback = Callable[[int, int, np.ndarray], bool | None]
-
-
-@dataclass(frozen=True)
-class PipelineResult:
-    images: list[Image.Image]
-    array: np.ndarray  # (N, H, W, 3) float32 in [0, 1], before 8-bit rounding
-    settings: GenerationSettings
-    completed_steps: int
-    runtime: dict[str, str] = field(default_factory=dict)  # how it ran: backend, device, compute precision
-
-    def save(self, path: str | Path, overwrite: bool = False) -> list[Path]:
-        """Write the images as PNG with the settings in their text metadata (several: `stem-i.png`);
-        an existing file is replaced only with `overwrite`. Returns the paths."""
-        paths = output_paths(path, len(self.images), overwrite)
-        for i, (image, target) in enumerate(zip(self.images, paths, strict=True)):
-            imaging.save_png(image, target, self.settings.png_metadata(i, self.runtime))
-        return paths
+__all__ = ["Callback", "Pipeline", "PipelineResult"]
+# What each task's model is run with; txt2img models also inpaint (by latent blending).
+TASK_COMMANDS = {"inpainting": "`sdcpu inpaint` (Pipeline.inpaint)"}
 
 
 def _check_finite(array: np.ndarray, where: str) -> np.ndarray:
@@ -167,6 +156,27 @@ class Pipeline:
         )
         return self.generate(settings, image, latents, callback)
 
+    def inpaint(
+        self,
+        prompt: str,
+        image: str | Path | Image.Image,
+        mask: str | Path | Image.Image,
+        *,
+        strength: float = 1.0,
+        mask_settings: MaskSettings | None = None,
+        latents: np.ndarray | None = None,
+        callback: Callback | None = None,
+        **options: Any,
+    ) -> PipelineResult:
+        """Repaint the white part of `mask` in `image` (paths or images of one size) to match `prompt`;
+        `strength` < 1 starts from the image, noised; `options` as for `__call__` (steps, seed, ...).
+        9-channel inpainting models and ordinary ones both work (runtime/inpaint.py)."""
+        init = imaging.open_init_image(image)
+        mask_image = imaging.open_init_image(mask, "mask")
+        given, mask_settings = latents is not None, mask_settings or MaskSettings()
+        settings = self.settings(prompt, init, strength=strength, mask=mask_settings, given=given, **options)
+        return self.generate(settings, init, latents, callback, mask_image)
+
     def settings(
         self,
         prompt: str,
@@ -183,10 +193,13 @@ class Pipeline:
         strength: float = 0.8,
         deep_cache: int = 1,
         watermark: bool = False,
+        mask: MaskSettings | None = None,
         given: bool = False,
     ) -> GenerationSettings:
-        """The settings `__call__` runs, with this folder's defaults, checked against the folder and this
-        machine's memory before any work (SdcpuError says what to change). `given`: latents are passed."""
+        """The settings `__call__` (or with `mask`, `inpaint`) runs, with this folder's defaults, checked
+        against the folder and this machine's memory before any work (SdcpuError says what to change).
+        `given`: latents are passed."""
+        self._check_task(inpainting=mask is not None)
         default_w, default_h = self._default_size(image)
         settings = GenerationSettings(
             prompt=prompt,
@@ -203,12 +216,19 @@ class Pipeline:
             deep_cache=deep_cache,
             watermark=watermark,
             noise="given" if given else "seed",
+            mask=mask.validate() if mask is not None else None,
         ).validate(self.manifest.vae_scale_factor, self.scheduler_config.num_train_timesteps)
         for component, needed in (("unet_shallow", deep_cache > 1), ("vae_encoder", image is not None)):
             if needed:
                 self.manifest.require(component)
         self._check_memory(settings)
         return settings
+
+    def _check_task(self, inpainting: bool) -> None:
+        task = self.manifest.task
+        if task != "text-to-image" and not (inpainting and task == "inpainting"):
+            command = TASK_COMMANDS.get(task, "a newer sdcpu")
+            raise SdcpuError(f"{self.folder} holds a {task} model; run it with {command}")
 
     def _check_memory(self, s: GenerationSettings) -> None:
         # Before any work: a size that cannot fit would otherwise fail deep in an engine, or swap for hours.
@@ -234,35 +254,28 @@ class Pipeline:
         image: Image.Image | None = None,
         latents: np.ndarray | None = None,
         callback: Callback | None = None,
+        mask: Image.Image | None = None,
     ) -> PipelineResult:
-        """The denoising loop for validated settings; `latents` replaces the initial noise."""
+        """The denoising loop for validated settings; `latents` replaces the initial noise, `mask` (with
+        `image` and `s.mask`) inpaints."""
         rng = np.random.default_rng(s.seed)
         # 1. Text conditioning: one batch of [negative x N, prompt x N] when guided, so that one UNet call
         #    gives both predictions (the runner splits it under a low-memory policy).
         embeddings = self._encode_text(s.prompt, s.negative_prompt, s.num_images, guided=s.guidance > 1.0)
-        timestep = self.manifest.input_shape("unet", "timestep")
-        unet = UNetRunner(self.unet, self.unet_shallow, self.memory, embeddings, s.guidance, s.deep_cache, timestep)
         # 2. Timesteps of the chosen scheduler.
         scheduler = make_scheduler(s.scheduler, self.scheduler_config)
         scheduler.set_timesteps(s.steps)
-        # 3. Initial latents z_T ~ N(0, sigma_init^2 I), or for img2img (SDEdit, https://arxiv.org/abs/2108.01073)
-        #    the encoded image noised to the timestep where the strength-truncated schedule starts.
-        f = self.manifest.vae_scale_factor
-        shape = (s.num_images, self.manifest.latent_channels, s.height // f, s.width // f)
-        start = 0
-        if image is None:
-            x = self._noise(latents, shape, rng) * np.float32(scheduler.init_noise_sigma)
-        else:
-            start = self._img2img_start(scheduler, s)
-            x0 = self._encode_image(image, s, rng)
-            x = scheduler.add_noise(x0, self._noise(latents, shape, rng), start)
-            scheduler.set_begin_index(start)
+        # 3. Initial latents and what the mode adds to the loop (runtime/conditioning.py).
+        x, start, cond = self._initial(s, scheduler, image, mask, latents, rng)
+        timestep = self.manifest.input_shape("unet", "timestep")
+        unet = UNetRunner(self.unet, self.unet_shallow, self.memory, embeddings, s.guidance, s.deep_cache, timestep)
         # 4. Denoise: the runner's guided noise prediction, then one scheduler step.
         timesteps = scheduler.timesteps[start:]
         done = 0
         for i, t in enumerate(timesteps):
-            eps = _check_finite(unet(scheduler.scale_model_input(x, t), t, i), f"the UNet's output at step {i + 1}")
-            x = _check_finite(scheduler.step(eps, t, x, rng), f"the latents after step {i + 1}")
+            sample = cond.unet_input(scheduler.scale_model_input(x, t))
+            eps = _check_finite(unet(sample, t, i), f"the UNet's output at step {i + 1}")
+            x = _check_finite(cond.after_step(scheduler.step(eps, t, x, rng), i), f"the latents after step {i + 1}")
             done += 1
             if callback is not None and callback(done, len(timesteps), x) is False:
                 break
@@ -270,12 +283,41 @@ class Pipeline:
         #    freed first (or the whole UNet, and then tile by tile, under a low-memory policy).
         unet.release()
         decoded = self._decode((x / np.float32(self.decode_scaling)).astype(np.float32))
-        array = imaging.decoded_to_float(_check_finite(decoded, "the decoded image"))
+        array = cond.finish(imaging.decoded_to_float(_check_finite(decoded, "the decoded image")))
         images = imaging.float_to_pil(array)
         if s.watermark:  # on the 8-bit pixels, which are what is kept
             images = [Image.fromarray(embed_watermark(np.asarray(image))) for image in images]
             array = (np.stack([np.asarray(image) for image in images]) / np.float32(255)).astype(np.float32)
         return PipelineResult(images, array, s, done, self.runtime_info())
+
+    def _initial(
+        self,
+        s: GenerationSettings,
+        scheduler: Scheduler,
+        image: Image.Image | None,
+        mask: Image.Image | None,
+        latents: np.ndarray | None,
+        rng: np.random.Generator,
+    ) -> tuple[np.ndarray, int, Conditioning]:
+        # z_T ~ N(0, sigma_init^2 I); or for img2img (SDEdit, https://arxiv.org/abs/2108.01073) the encoded
+        # image noised to the timestep where the strength-truncated schedule starts; or inpainting's start.
+        f = self.manifest.vae_scale_factor
+        shape = (s.num_images, self.manifest.latent_channels, s.height // f, s.width // f)
+        if image is None:
+            return self._noise(latents, shape, rng) * np.float32(scheduler.init_noise_sigma), 0, PLAIN
+        start = self._img2img_start(scheduler, s)
+        scheduler.set_begin_index(start)
+        pixels = imaging.image_to_array(image, s.width, s.height)
+        if mask is None:
+            x0 = self._encode_pixels(pixels, s.num_images, rng)
+            return scheduler.add_noise(x0, self._noise(latents, shape, rng), start), start, PLAIN
+        assert s.mask is not None and s.strength is not None
+        m = prepare_mask(mask, image, s.width, s.height, s.mask)
+        encode = lambda p: self._encode_pixels(p, s.num_images, rng)  # noqa: E731
+        # A 4-channel UNet inpaints by latent blending; a 9-channel one takes the mask as input channels.
+        start_latents = inpaint_start if self.manifest.task == "inpainting" else blend_start
+        x, cond = start_latents(pixels, m, s, scheduler, start, lambda: self._noise(latents, shape, rng), encode)
+        return x, start, cond
 
     def preview(self, latents: np.ndarray) -> Image.Image:
         """A cheap RGB preview of the first image of the UNet-space `latents` a step callback gets
@@ -332,14 +374,13 @@ class Pipeline:
             raise SdcpuError(f"strength {s.strength} with {s.steps} steps leaves no step to run; raise either")
         return (s.steps - kept) * scheduler.order
 
-    def _encode_image(self, image: Image.Image, s: GenerationSettings, rng: np.random.Generator) -> np.ndarray:
-        pixels = imaging.image_to_array(image, s.width, s.height)
-        assert self.vae_encoder is not None  # required in __call__
+    def _encode_pixels(self, pixels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+        assert self.vae_encoder is not None  # required by `settings`
         moments = self.vae_encoder(sample=pixels)
         self.memory.free(self.vae_encoder)
         # q(z|x) = N(mean, exp(logvar)): sample it (as diffusers does), then scale to the UNet's latent space.
         mean, logvar = np.split(moments, 2, axis=1)
         std = np.exp(0.5 * np.clip(logvar, -30.0, 20.0))
         z = mean + std * rng.standard_normal(mean.shape, dtype=np.float32)
-        z = np.repeat(z, s.num_images, axis=0)
+        z = np.repeat(z, n, axis=0)
         return (z * np.float32(self.manifest.vae_scaling_factor)).astype(np.float32)

@@ -15,6 +15,21 @@ MAX_GUIDANCE = 100.0  # far above any useful scale (7.5 is usual); beyond it ima
 # a pasted file (tokenized, then stored in every PNG) from costing gigabytes.
 MAX_PROMPT_BYTES = 16 * 1024
 
+MAX_MASK_PIXELS = 256  # blur and padding, in pixels: more than any edit needs
+
+
+@dataclass(frozen=True)
+class MaskSettings:
+    blur: int = 4  # the soft edge (Gaussian radius, pixels) through which the result is pasted over the original
+    padding: int = 0  # grow the mask by this many pixels before repainting
+    keep_unmasked: bool = True  # paste the original's pixels back outside the blurred mask
+
+    def validate(self) -> MaskSettings:
+        for name, value in (("mask blur", self.blur), ("mask padding", self.padding)):
+            if not 0 <= value <= MAX_MASK_PIXELS:
+                raise SdcpuError(f"{name} must be from 0 to {MAX_MASK_PIXELS} pixels; got {value}")
+        return self
+
 
 @dataclass(frozen=True)
 class GenerationSettings:
@@ -32,6 +47,7 @@ class GenerationSettings:
     deep_cache: int = 1  # DeepCache: the whole UNet every N steps, a shallow pass between (1: every step)
     watermark: bool = False  # the invisible watermark of the reference scripts (runtime/watermark.py)
     noise: str = "seed"  # "seed": drawn from the seed; "given": passed in (latents=), not reproduced by the seed
+    mask: MaskSettings | None = None  # inpainting's mask handling (None: not inpainting)
 
     def validate(self, multiple: int, max_steps: int = 1000) -> GenerationSettings:
         """Raise SdcpuError (with what to do) on any setting the pipeline cannot run; `max_steps`: the
@@ -71,7 +87,8 @@ class GenerationSettings:
         from sdcpu import __version__
 
         runtime = runtime or {}
-        data = {k: str(v) for k, v in asdict(self).items() if v is not None} | runtime
+        data = {k: json.dumps(v) if isinstance(v, dict) else str(v) for k, v in asdict(self).items() if v is not None}
+        data |= runtime
         data["image_index"] = str(index)
         data["sdcpu"] = json.dumps({**asdict(self), "image_index": index, "runtime": runtime})
         given = {**asdict(self), "image_index": index}

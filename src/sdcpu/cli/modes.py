@@ -1,0 +1,70 @@
+"""The edit modes' commands: `sdcpu inpaint`. Registered on the app of cli/main.py, whose helpers they share."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sdcpu.cli.main import app, console, fail, run_with_progress, save_result
+from sdcpu.cli.options import MODEL_HELP, WATERMARK_HELP, with_load_options
+from sdcpu.runtime.errors import SdcpuError
+from sdcpu.runtime.options import LoadOptions
+
+OUT_HELP = "PNG to write (image-N.png for several)"
+SCHEDULER_HELP = "ddim, pndm, euler, euler-a, dpm++2m, dpm++2m-karras, lcm (default: the model's own)"
+
+
+@app.command()
+@with_load_options
+def inpaint(
+    prompt: Annotated[str, typer.Argument(help="what to paint where the mask is white")],
+    image: Annotated[Path, typer.Option("--image", "-i", help="the image to edit")],
+    mask: Annotated[Path, typer.Option(help="the image's size: white where it changes, black where it stays")],
+    out: Annotated[Path, typer.Option("--out", "-o", help=OUT_HELP)],
+    overwrite: Annotated[bool, typer.Option(help="replace --out if it exists")] = False,
+    model: Annotated[Path | None, typer.Option("--model", "-m", help=MODEL_HELP)] = None,
+    negative_prompt: Annotated[str | None, typer.Option(help="what to steer away from")] = None,
+    steps: Annotated[int, typer.Option(help="denoising steps")] = 20,
+    guidance: Annotated[float, typer.Option(help="guidance scale (<= 1 turns it off)")] = 7.5,
+    seed: Annotated[int | None, typer.Option(help="random seed (default: a fresh one, stored in the PNG)")] = None,
+    width: Annotated[int | None, typer.Option(help="output width, a multiple of 8 (default: the image's)")] = None,
+    height: Annotated[int | None, typer.Option(help="output height, a multiple of 8 (default: the image's)")] = None,
+    num_images: Annotated[int, typer.Option(help="how many images")] = 1,
+    scheduler: Annotated[str | None, typer.Option(help=SCHEDULER_HELP)] = None,
+    strength: Annotated[float, typer.Option(help="1 repaints the masked part from noise; less keeps more of it")] = 1.0,
+    mask_blur: Annotated[int, typer.Option(help="pixels of soft edge where the result meets the original")] = 4,
+    mask_padding: Annotated[int, typer.Option(help="grow the mask by this many pixels first")] = 0,
+    keep_unmasked: Annotated[
+        bool, typer.Option(help="paste the original's pixels back outside the mask (decoding changes them a little)")
+    ] = True,
+    watermark: Annotated[bool, typer.Option(help=WATERMARK_HELP)] = False,
+    *,
+    options: LoadOptions,
+) -> None:
+    """Repaint the masked part of an image to match a prompt (any model; inpainting models do it best)."""
+    from sdcpu.runtime.outputs import output_paths
+    from sdcpu.runtime.pipeline import Pipeline
+    from sdcpu.runtime.settings import MaskSettings
+
+    settings = dict(negative_prompt=negative_prompt, steps=steps, guidance=guidance, seed=seed, width=width)
+    settings |= dict(height=height, num_images=num_images, scheduler=scheduler, watermark=watermark)
+    mask_settings = MaskSettings(blur=mask_blur, padding=mask_padding, keep_unmasked=keep_unmasked)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            output_paths(out, num_images, overwrite)  # before any work: a bad --out costs nothing
+            with console.status("loading model"):
+                pipe = Pipeline.load(model, options)
+
+        def run(callback):
+            return pipe.inpaint(
+                prompt, image, mask, strength=strength, mask_settings=mask_settings, callback=callback, **settings
+            )
+
+        result, warned = run_with_progress(run, None)
+        save_result(result, out, overwrite, caught + warned)
+    except SdcpuError as err:
+        raise fail(err) from None
