@@ -354,6 +354,29 @@ def _previews() -> list[Case]:
     return [Case(name, "outputs", lambda s, a=args: a, message) for name, args, message in cases]
 
 
+def _masks() -> list[Case]:
+    def images(mask_size: int, fill: int = 255, *extra: str, mask: str = "m.png") -> Setup:
+        def setup(scratch: Path) -> list[str]:
+            from PIL import Image
+
+            Image.new("RGB", (64, 64), (200, 30, 30)).save(scratch / "x.png")
+            Image.new("L", (mask_size, mask_size), fill).save(scratch / "m.png")
+            (scratch / "text.png").write_text("not an image")
+            return ["inpaint", "a cat", "--image", "x.png", "--mask", mask, "--out", "out.png", "--steps", "2", *extra]
+
+        return setup
+
+    cases = [
+        ("mask of another size", images(32), "the mask is 32x32 and the image 64x64"),
+        ("mask all black", images(64, 0), "the mask is empty"),
+        ("mask missing", images(64, mask="none.png"), "cannot read the mask"),
+        ("mask is text", images(64, mask="text.png"), "cannot read the mask"),
+        ("mask blur negative", images(64, 255, "--mask-blur", "-1"), "mask blur must be from 0 to 256"),
+        ("inpaint with --strength 0", images(64, 255, "--strength", "0"), "strength must be in (0, 1]"),
+    ]
+    return [Case(name, "masks", setup, message) for name, setup, message in cases]
+
+
 def _serve() -> list[Case]:
     serve = ("fastapi", "uvicorn")
     cases = [
@@ -365,4 +388,4 @@ def _serve() -> list[Case]:
 
 
 CASES = [*_settings(), *_prompts(), *_init_images(), *_outputs(), *_model_folders(), *_safetensors(), *_converts()]
-CASES += [*_previews(), *_serve(), *_faults()]
+CASES += [*_previews(), *_masks(), *_serve(), *_faults()]

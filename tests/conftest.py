@@ -98,6 +98,22 @@ def sd2v_openvino(tiny_sd2v, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_inpainting(tmp_path_factory) -> Path:
+    pytest.importorskip("diffusers")
+    return tiny.write_diffusers_folder(tmp_path_factory.mktemp("tiny") / "inpainting", seed=2, task="inpainting")
+
+
+@pytest.fixture(scope="session")
+def inpainting_openvino(tiny_inpainting, tmp_path_factory) -> Path:
+    return _converted(tiny_inpainting, "openvino", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def inpainting_onnx(tiny_inpainting, tmp_path_factory) -> Path:
+    return _converted(tiny_inpainting, "onnx", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
 def converted(request, sd1_openvino, sd1_onnx) -> Path:
     return {"openvino": sd1_openvino, "onnx": sd1_onnx}[request.param]
 
@@ -105,6 +121,7 @@ def converted(request, sd1_openvino, sd1_onnx) -> Path:
 # Fixtures that convert with the export extra: a test using any of them is a parity test.
 CONVERTING_FIXTURES = {"tiny_sd1", "tiny_sd2v", "tiny_vae", "sd1_openvino", "sd1_onnx", "sd2v_openvino", "converted"}
 CONVERTING_FIXTURES |= {"demo_onnx", "quantized", "single_file"}
+CONVERTING_FIXTURES |= {"tiny_inpainting", "inpainting_openvino", "inpainting_onnx"}
 
 
 def pytest_collection_modifyitems(items) -> None:

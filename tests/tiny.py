@@ -74,14 +74,14 @@ TEXT: dict[str, Any] = dict(
 )
 
 
-def build_components(seed: int = 0, v_prediction: bool = False):
+def build_components(seed: int = 0, v_prediction: bool = False, in_channels: int = 4):
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
     unet_config = dict(UNET, use_linear_projection=True, upcast_attention=True) if v_prediction else UNET
-    unet: Any = UNet2DConditionModel(**unet_config)
+    unet: Any = UNet2DConditionModel(**{**unet_config, "in_channels": in_channels})
     vae: Any = AutoencoderKL(**VAE)
     text_encoder: Any = CLIPTextModel(CLIPTextConfig(**TEXT))
     for model in (unet, vae, text_encoder):
@@ -97,16 +97,21 @@ def _unit_spread(unet) -> None:
 
     with torch.no_grad():
         size = unet.config.sample_size
-        out = unet(torch.randn(2, 4, size, size), 500, torch.randn(2, 77, unet.config.cross_attention_dim)).sample
+        sample = torch.randn(2, unet.config.in_channels, size, size)
+        out = unet(sample, 500, torch.randn(2, 77, unet.config.cross_attention_dim)).sample
         scale = 1.0 / float(out.std())
         unet.conv_out.weight.mul_(scale)
         unet.conv_out.bias.mul_(scale)
 
 
-def write_diffusers_folder(folder: Path, seed: int = 0, v_prediction: bool = False) -> Path:
+def write_diffusers_folder(
+    folder: Path, seed: int = 0, v_prediction: bool = False, task: str = "text-to-image"
+) -> Path:
+    """A tiny random pipeline; `task` "inpainting" gives its UNet the 9 input channels of SD inpainting."""
     from sdcpu.export.convert import model_index
 
-    text_encoder, unet, vae = build_components(seed, v_prediction)
+    in_channels = {"text-to-image": 4, "inpainting": 9}[task]
+    text_encoder, unet, vae = build_components(seed, v_prediction, in_channels)
     unet.save_pretrained(folder / "unet")
     vae.save_pretrained(folder / "vae")
     text_encoder.save_pretrained(folder / "text_encoder")
@@ -114,7 +119,9 @@ def write_diffusers_folder(folder: Path, seed: int = 0, v_prediction: bool = Fal
     (folder / "scheduler").mkdir(parents=True)
     scheduler = SD2_V_SCHEDULER if v_prediction else SD1_SCHEDULER
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler))
-    index = model_index(scheduler["_class_name"])
+    import diffusers
+
+    index = model_index(scheduler["_class_name"], task) | {"_diffusers_version": diffusers.__version__}
     (folder / "model_index.json").write_text(json.dumps(index))
     return folder
 
