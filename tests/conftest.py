@@ -114,6 +114,22 @@ def inpainting_onnx(tiny_inpainting, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_upscaler(tmp_path_factory) -> Path:
+    pytest.importorskip("diffusers")
+    return tiny.write_diffusers_folder(tmp_path_factory.mktemp("tiny") / "upscaler", seed=3, task="upscaling")
+
+
+@pytest.fixture(scope="session")
+def upscaler_openvino(tiny_upscaler, tmp_path_factory) -> Path:
+    return _converted(tiny_upscaler, "openvino", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def upscaler_onnx(tiny_upscaler, tmp_path_factory) -> Path:
+    return _converted(tiny_upscaler, "onnx", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
 def converted(request, sd1_openvino, sd1_onnx) -> Path:
     return {"openvino": sd1_openvino, "onnx": sd1_onnx}[request.param]
 
@@ -122,6 +138,7 @@ def converted(request, sd1_openvino, sd1_onnx) -> Path:
 CONVERTING_FIXTURES = {"tiny_sd1", "tiny_sd2v", "tiny_vae", "sd1_openvino", "sd1_onnx", "sd2v_openvino", "converted"}
 CONVERTING_FIXTURES |= {"demo_onnx", "quantized", "single_file"}
 CONVERTING_FIXTURES |= {"tiny_inpainting", "inpainting_openvino", "inpainting_onnx"}
+CONVERTING_FIXTURES |= {"tiny_upscaler", "upscaler_openvino", "upscaler_onnx"}
 
 
 def pytest_collection_modifyitems(items) -> None:

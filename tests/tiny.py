@@ -74,15 +74,54 @@ TEXT: dict[str, Any] = dict(
 )
 
 
-def build_components(seed: int = 0, v_prediction: bool = False, in_channels: int = 4):
+UPSCALER_SCHEDULER = {
+    "_class_name": "DDIMScheduler",
+    "beta_end": 0.02,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.0001,
+    "clip_sample": False,
+    "num_train_timesteps": 1000,
+    "prediction_type": "v_prediction",
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+}
+LOW_RES_SCHEDULER = {
+    "_class_name": "DDPMScheduler",
+    "beta_end": 0.02,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.0001,
+    "clip_sample": True,
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "variance_type": "fixed_small",
+}
+# task -> UNet config changes, VAE config changes (the x4 upscaler's VAE upsamples 4x: three levels)
+TASKS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "text-to-image": ({}, {}),
+    "inpainting": ({"in_channels": 9}, {}),
+    "upscaling": (
+        {"in_channels": 7, "num_class_embeds": 1000},
+        {
+            "block_out_channels": (8, 16, 16),
+            "down_block_types": ("DownEncoderBlock2D",) * 3,
+            "up_block_types": ("UpDecoderBlock2D",) * 3,
+            "sample_size": 32,
+            "scaling_factor": 0.08333,
+        },
+    ),
+}
+
+
+def build_components(seed: int = 0, v_prediction: bool = False, task: str = "text-to-image"):
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
     unet_config = dict(UNET, use_linear_projection=True, upcast_attention=True) if v_prediction else UNET
-    unet: Any = UNet2DConditionModel(**{**unet_config, "in_channels": in_channels})
-    vae: Any = AutoencoderKL(**VAE)
+    unet_changes, vae_changes = TASKS[task]
+    unet: Any = UNet2DConditionModel(**{**unet_config, **unet_changes})
+    vae: Any = AutoencoderKL(**{**VAE, **vae_changes})
     text_encoder: Any = CLIPTextModel(CLIPTextConfig(**TEXT))
     for model in (unet, vae, text_encoder):
         model.eval()
@@ -98,7 +137,8 @@ def _unit_spread(unet) -> None:
     with torch.no_grad():
         size = unet.config.sample_size
         sample = torch.randn(2, unet.config.in_channels, size, size)
-        out = unet(sample, 500, torch.randn(2, 77, unet.config.cross_attention_dim)).sample
+        labels = torch.tensor([20, 20]) if unet.config.num_class_embeds else None
+        out = unet(sample, 500, torch.randn(2, 77, unet.config.cross_attention_dim), class_labels=labels).sample
         scale = 1.0 / float(out.std())
         unet.conv_out.weight.mul_(scale)
         unet.conv_out.bias.mul_(scale)
@@ -107,21 +147,27 @@ def _unit_spread(unet) -> None:
 def write_diffusers_folder(
     folder: Path, seed: int = 0, v_prediction: bool = False, task: str = "text-to-image"
 ) -> Path:
-    """A tiny random pipeline; `task` "inpainting" gives its UNet the 9 input channels of SD inpainting."""
+    """A tiny random pipeline for `task`: "inpainting" gives its UNet the 9 input channels of SD inpainting,
+    "upscaling" makes the x4 upscaler (7 channels, the noise level as class label, a 4x VAE)."""
     from sdcpu.export.convert import model_index
 
-    in_channels = {"text-to-image": 4, "inpainting": 9}[task]
-    text_encoder, unet, vae = build_components(seed, v_prediction, in_channels)
+    text_encoder, unet, vae = build_components(seed, v_prediction, task)
     unet.save_pretrained(folder / "unet")
     vae.save_pretrained(folder / "vae")
     text_encoder.save_pretrained(folder / "text_encoder")
     write_tokenizer(folder / "tokenizer")
     (folder / "scheduler").mkdir(parents=True)
     scheduler = SD2_V_SCHEDULER if v_prediction else SD1_SCHEDULER
+    if task == "upscaling":
+        scheduler = UPSCALER_SCHEDULER
+        (folder / "low_res_scheduler").mkdir(parents=True)
+        (folder / "low_res_scheduler" / "scheduler_config.json").write_text(json.dumps(LOW_RES_SCHEDULER))
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler))
     import diffusers
 
     index = model_index(scheduler["_class_name"], task) | {"_diffusers_version": diffusers.__version__}
+    if task == "upscaling":
+        index |= {"low_res_scheduler": ["diffusers", "DDPMScheduler"], "max_noise_level": 350}
     (folder / "model_index.json").write_text(json.dumps(index))
     return folder
 

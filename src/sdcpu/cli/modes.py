@@ -1,4 +1,5 @@
-"""The edit modes' commands: `sdcpu inpaint`. Registered on the app of cli/main.py, whose helpers they share."""
+"""The edit modes' commands: `sdcpu inpaint`, `sdcpu upscale`. Registered on the app of cli/main.py,
+whose helpers they share."""
 
 from __future__ import annotations
 
@@ -65,6 +66,47 @@ def inpaint(
             )
 
         result, warned = run_with_progress(run, None)
+        save_result(result, out, overwrite, caught + warned)
+    except SdcpuError as err:
+        raise fail(err) from None
+
+
+@app.command()
+@with_load_options
+def upscale(
+    image: Annotated[Path, typer.Argument(help="the image to upscale 4x (cut to a multiple of 8 pixels)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help=OUT_HELP)],
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="what the image shows, to guide the detail")] = "",
+    overwrite: Annotated[bool, typer.Option(help="replace --out if it exists")] = False,
+    model: Annotated[
+        Path, typer.Option("--model", "-m", help="an x4 upscaler folder made by `sdcpu convert`")
+    ] = Path(),
+    negative_prompt: Annotated[str | None, typer.Option(help="what to steer away from")] = None,
+    steps: Annotated[int, typer.Option(help="denoising steps")] = 20,
+    guidance: Annotated[float, typer.Option(help="guidance scale (<= 1 turns it off)")] = 9.0,
+    noise_level: Annotated[int, typer.Option(help="noise added to the input: more lets the model invent detail")] = 20,
+    seed: Annotated[int | None, typer.Option(help="random seed (default: a fresh one, stored in the PNG)")] = None,
+    scheduler: Annotated[str | None, typer.Option(help=SCHEDULER_HELP)] = None,
+    tile: Annotated[int, typer.Option(help="the largest square of input pixels denoised at once (memory)")] = 320,
+    tile_overlap: Annotated[int, typer.Option(help="input pixels that neighbouring tiles share, blended")] = 32,
+    *,
+    options: LoadOptions,
+) -> None:
+    """Upscale an image 4x with an x4 upscaler model (Stable Diffusion's x4-upscaling), in tiles."""
+    from sdcpu.runtime.outputs import output_paths
+    from sdcpu.runtime.pipeline import Pipeline
+
+    settings = dict(negative_prompt=negative_prompt, steps=steps, guidance=guidance, seed=seed, scheduler=scheduler)
+    settings |= dict(noise_level=noise_level, tile=tile, tile_overlap=tile_overlap)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            output_paths(out, 1, overwrite)
+            with console.status("loading model"):
+                pipe = Pipeline.load(model, options)
+        result, warned = run_with_progress(
+            lambda callback: pipe.upscale(image, prompt, callback=callback, **settings), None
+        )
         save_result(result, out, overwrite, caught + warned)
     except SdcpuError as err:
         raise fail(err) from None

@@ -64,6 +64,23 @@ class _UNet(torch.nn.Module):
         return out, deep[0]
 
 
+class _UNetWithClassLabels(_UNet):
+    """The x4 upscaler's UNet: its class label is the noise level of its low-res input."""
+
+    def forward(self, sample, timestep, encoder_hidden_states, class_labels):
+        deep = []
+
+        def catch(module, args, kwargs):
+            deep.append(kwargs["hidden_states"])
+
+        hook = self.model.up_blocks[-1].register_forward_pre_hook(catch, with_kwargs=True)
+        try:
+            out = self.model(sample, timestep, encoder_hidden_states, class_labels=class_labels, return_dict=False)[0]
+        finally:
+            hook.remove()
+        return out, deep[0]
+
+
 class _UNetShallow(torch.nn.Module):
     """The UNet's outermost skip branch around given deep features (DeepCache, see the module notes)."""
 
@@ -133,12 +150,24 @@ def _unet_inputs(model) -> tuple[dict[str, torch.Tensor], dict[str, dict[int, st
     return inputs, axes
 
 
+def _has_class_labels(model) -> bool:
+    return model.config.num_class_embeds is not None or model.config.class_embed_type is not None
+
+
 def unet_spec(model) -> ExportSpec:
     inputs, axes = _unet_inputs(model)
-    return ExportSpec(_UNet(model), inputs, ("out_sample", "deep_features"), axes, ("deep_features",), ("timestep",))
+    module: torch.nn.Module = _UNet(model)
+    if _has_class_labels(model):  # the x4 upscaler: `class_labels` (int64, one per batch item) is the noise level
+        inputs["class_labels"] = torch.tensor([20, 20], dtype=torch.int64)
+        axes["class_labels"] = {0: "batch"}
+        module = _UNetWithClassLabels(model)
+    return ExportSpec(module, inputs, ("out_sample", "deep_features"), axes, ("deep_features",), ("timestep",))
 
 
-def unet_shallow_spec(model) -> ExportSpec:
+def unet_shallow_spec(model) -> ExportSpec | None:
+    """None for UNets with class labels, whose embedding the shallow pass does not add."""
+    if _has_class_labels(model):
+        return None
     inputs, axes = _unet_inputs(model)
     # The last up block's input has the second level's width at the full latent size.
     batch, _, height, width = inputs["sample"].shape
@@ -187,7 +216,9 @@ def tiny_vae_encoder_spec(vae) -> ExportSpec:
 # component -> (which loaded model it is cut from, how to describe it for export). The optional kinds are
 # exported only when the convert is given them (--tiny-vae).
 OPTIONAL_KINDS = frozenset({"tiny_vae"})
-COMPONENT_SPECS: dict[str, tuple[str, Callable[..., ExportSpec]]] = {
+# A spec function returns None where its component does not apply to the model (no DeepCache pass for
+# the upscaler's UNet).
+COMPONENT_SPECS: dict[str, tuple[str, Callable[..., ExportSpec | None]]] = {
     "text_encoder": ("text_encoder", text_encoder_spec),
     "unet": ("unet", unet_spec),
     "unet_shallow": ("unet", unet_shallow_spec),

@@ -171,9 +171,12 @@ def _export_components(
             loaded.clear()  # one torch model in memory at a time (the VAE serves two components)
             model = src.optional[kind]() if kind in src.optional else src.load(kind)
             loaded[kind] = _check_finite_weights(prepare(model, kind), kind)
+        spec = make_spec(loaded[kind])
+        if spec is None:
+            continue
         folder = staged / component
         folder.mkdir()
-        exact, spec = component_precision(precision, component), make_spec(loaded[kind])
+        exact = component_precision(precision, component)
         names = WRITERS[fmt](spec, folder, exact, calibrate if exact == "int8-hybrid" else None)
         (folder / "config.json").write_text(json.dumps(_config_dict(loaded[kind]), indent=2, default=str))
         components[component] = {"precision": exact, "files": [f"{component}/{name}" for name in names]}
@@ -226,11 +229,14 @@ def _write_support_files(src: Source, staged: Path, fmt: str, progress: Callable
         progress(
             "tokenizer: OpenVINO IRs written" if irs else "tokenizer: no OpenVINO IRs (openvino-tokenizers absent)"
         )
-    (staged / "scheduler").mkdir()
-    (staged / "scheduler" / "scheduler_config.json").write_text(json.dumps(src.scheduler_config, indent=2))
+    configs = {"scheduler/scheduler_config.json": src.scheduler_config, **src.support_configs}
+    for rel, config in configs.items():
+        (staged / rel).parent.mkdir(exist_ok=True)
+        (staged / rel).write_text(json.dumps(config, indent=2))
     index = model_index(src.scheduler_config.get("_class_name", "PNDMScheduler"), _task(src))
-    (staged / "model_index.json").write_text(json.dumps(index, indent=2))
-    return [*written, "scheduler/scheduler_config.json", "model_index.json"]
+    index |= {rel.split("/")[0]: ["diffusers", config["_class_name"]] for rel, config in src.support_configs.items()}
+    (staged / "model_index.json").write_text(json.dumps(index | src.pipeline_options, indent=2))
+    return [*written, *configs, "model_index.json"]
 
 
 # diffusers' pipeline class for each task (manifest_schema.TASKS), named in model_index.json
@@ -257,8 +263,7 @@ def model_index(scheduler_class: str, task: str = "text-to-image") -> dict[str, 
         "vae": ["diffusers", "AutoencoderKL"],
         "safety_checker": [None, None],
         "feature_extractor": [None, None],
-        "requires_safety_checker": False,
-    }
+    } | ({"requires_safety_checker": False} if task != "upscaling" else {})
 
 
 def _manifest(
@@ -274,6 +279,7 @@ def _manifest(
     extra: dict[str, Any] = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if calibration is not None:
         extra["calibration"] = calibration.to_dict()
+    extra |= src.pipeline_options
     return Manifest(
         source=src.description,
         family=src.family,

@@ -18,7 +18,9 @@ from sdcpu.runtime.manifest import family_of
 from sdcpu.runtime.tokenizer import has_vocabulary
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
-CONVERTED_GRAPHS = ("openvino_model.xml", "model.onnx")  # a UNet already exported, by sdcpu or optimum
+CONVERTED_GRAPHS = ("openvino_model.xml", "model.onnx")
+SUPPORT_CONFIGS = ("low_res_scheduler/scheduler_config.json",)  # the x4 upscaler's noise for its low-res input
+PIPELINE_OPTIONS = ("max_noise_level",)  # a UNet already exported, by sdcpu or optimum
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,10 @@ class Source:
     tokenizer_dir: Path
     load: Callable[[str], Any]  # "text_encoder" | "unet" | "vae" -> torch module in eval mode
     optional: dict[str, Callable[[], Any]] = field(default_factory=dict)  # other models given (tiny_vae)
+    # A task's other configs, copied as they are (the upscaler's low_res_scheduler), by path in the folder,
+    # and its pipeline's own settings from model_index.json (the upscaler's max_noise_level).
+    support_configs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pipeline_options: dict[str, Any] = field(default_factory=dict)
 
 
 def open_source(source: str, **single_file_options: Any) -> Source:
@@ -91,6 +97,8 @@ def open_diffusers_folder(folder: Path, description: str) -> Source:
     unet_config = read_config(folder / "unet/config.json")
     scheduler_path = folder / "scheduler/scheduler_config.json"
     scheduler = read_config(scheduler_path) if scheduler_path.exists() else {}
+    index = read_config(folder / "model_index.json") if (folder / "model_index.json").exists() else {}
+    support = {rel: read_config(folder / rel) for rel in SUPPORT_CONFIGS if (folder / rel).exists()}
 
     def load(component: str) -> Any:
         from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -107,6 +115,8 @@ def open_diffusers_folder(folder: Path, description: str) -> Source:
         scheduler_config=scheduler,
         tokenizer_dir=folder / "tokenizer",
         load=load,
+        support_configs=support,
+        pipeline_options={key: index[key] for key in PIPELINE_OPTIONS if key in index},
     )
 
 

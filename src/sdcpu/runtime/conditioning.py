@@ -8,6 +8,8 @@ depth map (runtime/depth.py). Each hook is called at one numbered step of `Pipel
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 
@@ -21,6 +23,10 @@ class Conditioning:
     def unet_inputs(self) -> dict[str, np.ndarray]:
         """Step 4: extra named UNet inputs, one row per image (the runner repeats them for guidance)."""
         return {}
+
+    def predict(self, unet: Callable[[np.ndarray], np.ndarray], sample: np.ndarray) -> np.ndarray:
+        """Step 4: the guided prediction for the UNet input `sample` (whole, or tile by tile)."""
+        return unet(sample)
 
     def after_step(self, latents: np.ndarray, index: int) -> np.ndarray:
         """Step 4: the latents after the `index`-th scheduler step (from 0) of this run."""

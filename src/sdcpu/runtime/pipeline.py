@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import secrets
 import warnings
-from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -25,22 +24,25 @@ from sdcpu.runtime.cache import VERIFIED_FILES
 from sdcpu.runtime.conditioning import PLAIN, Conditioning
 from sdcpu.runtime.errors import SdcpuError, SdcpuNotice
 from sdcpu.runtime.foreign import foreign_manifest, is_foreign
-from sdcpu.runtime.inpaint import MaskSettings, blend_start, inpaint_start, prepare_mask
+from sdcpu.runtime.inpaint import blend_start, inpaint_start, prepare_mask
 from sdcpu.runtime.manifest import Manifest
 from sdcpu.runtime.memory import machine_bytes, memory_policy
+from sdcpu.runtime.modes import EditModes
 from sdcpu.runtime.options import DECODERS, LoadOptions
 from sdcpu.runtime.preview import LatentPreview
-from sdcpu.runtime.result import PipelineResult
+from sdcpu.runtime.result import Callback, PipelineResult
 from sdcpu.runtime.schedulers import Scheduler, SchedulerConfig, default_scheduler_name, make_scheduler
-from sdcpu.runtime.settings import GenerationSettings
+from sdcpu.runtime.settings import GenerationSettings, MaskSettings, UpscaleSettings
 from sdcpu.runtime.tokenizer import ClipTokenizer
 from sdcpu.runtime.unet import UNetRunner, unet_interfaces
+from sdcpu.runtime.upscale import SCALE, upscale_start
 from sdcpu.runtime.watermark import embed as embed_watermark
 
-Callback = Callable[[int, int, np.ndarray], bool | None]
 __all__ = ["Callback", "Pipeline", "PipelineResult"]
 # What each task's model is run with; txt2img models also inpaint (by latent blending).
-TASK_COMMANDS = {"inpainting": "`sdcpu inpaint` (Pipeline.inpaint)"}
+# What each kind of model can do (manifest_schema.TASKS): txt2img models also inpaint, by latent blending.
+MODES = {"text-to-image": ("text-to-image", "inpainting"), "inpainting": ("inpainting",), "upscaling": ("upscaling",)}
+COMMANDS = {"inpainting": "`sdcpu inpaint` (Pipeline.inpaint)", "upscaling": "`sdcpu upscale` (Pipeline.upscale)"}
 
 
 def _check_finite(array: np.ndarray, where: str) -> np.ndarray:
@@ -60,7 +62,7 @@ def _demo_folder() -> Path:
     return DEMO
 
 
-class Pipeline:
+class Pipeline(EditModes):
     """A converted model folder, loaded for generation. Build it with `Pipeline.load(DIR, LoadOptions(...))`."""
 
     def __init__(self, folder: Path, manifest: Manifest, options: LoadOptions | None = None):
@@ -78,6 +80,8 @@ class Pipeline:
         try:
             self.tokenizer = ClipTokenizer(folder / "tokenizer")
             self.scheduler_config = SchedulerConfig.load(folder / "scheduler" / "scheduler_config.json")
+            low_res = folder / "low_res_scheduler" / "scheduler_config.json"  # the upscaler's, for its input's noise
+            self.low_res_scheduler = SchedulerConfig.load(low_res) if manifest.task == "upscaling" else None
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:  # JSON errors are ValueErrors
             raise SdcpuError(f"cannot read the tokenizer or scheduler of {folder} ({err}); convert it again") from None
         self.text_encoder = self._load("text_encoder")
@@ -156,27 +160,6 @@ class Pipeline:
         )
         return self.generate(settings, image, latents, callback)
 
-    def inpaint(
-        self,
-        prompt: str,
-        image: str | Path | Image.Image,
-        mask: str | Path | Image.Image,
-        *,
-        strength: float = 1.0,
-        mask_settings: MaskSettings | None = None,
-        latents: np.ndarray | None = None,
-        callback: Callback | None = None,
-        **options: Any,
-    ) -> PipelineResult:
-        """Repaint the white part of `mask` in `image` (paths or images of one size) to match `prompt`;
-        `strength` < 1 starts from the image, noised; `options` as for `__call__` (steps, seed, ...).
-        9-channel inpainting models and ordinary ones both work (runtime/inpaint.py)."""
-        init = imaging.open_init_image(image)
-        mask_image = imaging.open_init_image(mask, "mask")
-        given, mask_settings = latents is not None, mask_settings or MaskSettings()
-        settings = self.settings(prompt, init, strength=strength, mask=mask_settings, given=given, **options)
-        return self.generate(settings, init, latents, callback, mask_image)
-
     def settings(
         self,
         prompt: str,
@@ -194,12 +177,13 @@ class Pipeline:
         deep_cache: int = 1,
         watermark: bool = False,
         mask: MaskSettings | None = None,
+        upscale: UpscaleSettings | None = None,
         given: bool = False,
     ) -> GenerationSettings:
         """The settings `__call__` (or with `mask`, `inpaint`) runs, with this folder's defaults, checked
         against the folder and this machine's memory before any work (SdcpuError says what to change).
         `given`: latents are passed."""
-        self._check_task(inpainting=mask is not None)
+        self._check_task("inpainting" if mask is not None else "upscaling" if upscale is not None else "text-to-image")
         default_w, default_h = self._default_size(image)
         settings = GenerationSettings(
             prompt=prompt,
@@ -211,24 +195,26 @@ class Pipeline:
             height=height or default_h,
             num_images=num_images,
             scheduler=scheduler or default_scheduler_name(self.scheduler_config),
-            strength=strength if image is not None else None,
+            strength=strength if image is not None and upscale is None else None,
             model=self.model_name,
             deep_cache=deep_cache,
             watermark=watermark,
             noise="given" if given else "seed",
             mask=mask.validate() if mask is not None else None,
+            upscale=upscale.validate(int(self.manifest.extra.get("max_noise_level", 350))) if upscale else None,
         ).validate(self.manifest.vae_scale_factor, self.scheduler_config.num_train_timesteps)
-        for component, needed in (("unet_shallow", deep_cache > 1), ("vae_encoder", image is not None)):
+        encodes = image is not None and upscale is None
+        for component, needed in (("unet_shallow", deep_cache > 1), ("vae_encoder", encodes)):
             if needed:
                 self.manifest.require(component)
         self._check_memory(settings)
         return settings
 
-    def _check_task(self, inpainting: bool) -> None:
+    def _check_task(self, mode: str) -> None:
         task = self.manifest.task
-        if task != "text-to-image" and not (inpainting and task == "inpainting"):
-            command = TASK_COMMANDS.get(task, "a newer sdcpu")
-            raise SdcpuError(f"{self.folder} holds a {task} model; run it with {command}")
+        if mode not in MODES.get(task, ()):
+            runs = f"run it with {COMMANDS[task]}" if task in COMMANDS else "this sdcpu cannot run it"
+            raise SdcpuError(f"{self.folder} holds a {task} model; {runs}")
 
     def _check_memory(self, s: GenerationSettings) -> None:
         # Before any work: a size that cannot fit would otherwise fail deep in an engine, or swap for hours.
@@ -269,12 +255,13 @@ class Pipeline:
         x, start, cond = self._initial(s, scheduler, image, mask, latents, rng)
         timestep = self.manifest.input_shape("unet", "timestep")
         unet = UNetRunner(self.unet, self.unet_shallow, self.memory, embeddings, s.guidance, s.deep_cache, timestep)
+        unet.extra = unet.with_guidance(cond.unet_inputs())
         # 4. Denoise: the runner's guided noise prediction, then one scheduler step.
         timesteps = scheduler.timesteps[start:]
         done = 0
         for i, t in enumerate(timesteps):
             sample = cond.unet_input(scheduler.scale_model_input(x, t))
-            eps = _check_finite(unet(sample, t, i), f"the UNet's output at step {i + 1}")
+            eps = _check_finite(cond.predict(partial(unet, t=t, step=i), sample), f"the UNet's output at step {i + 1}")
             x = _check_finite(cond.after_step(scheduler.step(eps, t, x, rng), i), f"the latents after step {i + 1}")
             done += 1
             if callback is not None and callback(done, len(timesteps), x) is False:
@@ -305,6 +292,12 @@ class Pipeline:
         shape = (s.num_images, self.manifest.latent_channels, s.height // f, s.width // f)
         if image is None:
             return self._noise(latents, shape, rng) * np.float32(scheduler.init_noise_sigma), 0, PLAIN
+        if s.upscale is not None:
+            assert self.low_res_scheduler is not None  # read at load for upscalers
+            low = imaging.image_to_array(image, s.width // SCALE, s.height // SCALE)
+            draw = lambda: self._noise(latents, shape, rng)  # noqa: E731
+            x, cond = upscale_start(low, s, scheduler, self.low_res_scheduler, draw, rng)
+            return x, 0, cond
         start = self._img2img_start(scheduler, s)
         scheduler.set_begin_index(start)
         pixels = imaging.image_to_array(image, s.width, s.height)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from PIL import Image
 from sdcpu.runtime import images as imaging
 from sdcpu.runtime.outputs import output_paths
 from sdcpu.runtime.settings import GenerationSettings
+
+Callback = Callable[[int, int, np.ndarray], bool | None]  # (steps done, steps, latents) -> False stops the loop
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,21 @@ class MaskSettings:
 
 
 @dataclass(frozen=True)
+class UpscaleSettings:
+    noise_level: int = 20  # noise added to the low-res image (its class label): more lets the model invent more
+    tile: int = 320  # the largest square of latents (input pixels) the UNet denoises at once
+    tile_overlap: int = 32  # latents that neighbouring tiles share, blended
+
+    def validate(self, max_noise_level: int) -> UpscaleSettings:
+        if not 0 <= self.noise_level <= max_noise_level:
+            raise SdcpuError(f"noise level must be from 0 to the model's {max_noise_level}; got {self.noise_level}")
+        if self.tile < 16 or not 0 <= self.tile_overlap <= self.tile // 2:
+            given = f"{self.tile}, {self.tile_overlap}"
+            raise SdcpuError(f"tile must be at least 16 and tile overlap from 0 to half the tile; got {given}")
+        return self
+
+
+@dataclass(frozen=True)
 class GenerationSettings:
     prompt: str
     negative_prompt: str
@@ -48,6 +63,7 @@ class GenerationSettings:
     watermark: bool = False  # the invisible watermark of the reference scripts (runtime/watermark.py)
     noise: str = "seed"  # "seed": drawn from the seed; "given": passed in (latents=), not reproduced by the seed
     mask: MaskSettings | None = None  # inpainting's mask handling (None: not inpainting)
+    upscale: UpscaleSettings | None = None  # the x4 upscaler's noise level and tiles (None: not upscaling)
 
     def validate(self, multiple: int, max_steps: int = 1000) -> GenerationSettings:
         """Raise SdcpuError (with what to do) on any setting the pipeline cannot run; `max_steps`: the

@@ -53,3 +53,37 @@ def decode_tiled(
             out[:, :, ys, xs] += pixels * weight
             total[ys, xs] += weight
     return out / total
+
+
+def even_tiles(length: int, largest: int, overlap: int) -> tuple[int, list[int]]:
+    """The fewest tiles of at most `largest` that cover `length` sharing at least `overlap`, made as small
+    as that count allows (so little is computed twice), in multiples of 8 (the UNet halves them three
+    times): (tile size, start offsets)."""
+    if length <= largest:
+        return length, [0]
+    count = -(-(length - overlap) // (largest - overlap))
+    tile = min(length, -(-(length + (count - 1) * overlap) // (count * 8)) * 8)
+    return tile, tile_starts(length, tile, overlap)
+
+
+def denoise_tiled(
+    predict: Callable[[np.ndarray], np.ndarray], sample: np.ndarray, largest: int, overlap: int
+) -> np.ndarray:
+    """The UNet's prediction for (N, C, h, w) `sample`, tile by tile, blended with the same linear ramps
+    as `decode_tiled` (MultiDiffusion's averaging of overlapping windows, Bar-Tal et al.,
+    https://arxiv.org/abs/2302.08113, eq. 5, with feathered weights). The scheduler then steps the whole
+    latent, so neighbouring tiles agree at every step instead of meeting only at the end."""
+    n, _, h, w = sample.shape
+    (th, rows), (tw, cols) = even_tiles(h, largest, overlap), even_tiles(w, largest, overlap)
+    out: np.ndarray | None = None
+    total = np.zeros((h, w), dtype=np.float32)
+    for y in rows:
+        for x in cols:
+            part = predict(np.ascontiguousarray(sample[:, :, y : y + th, x : x + tw]))
+            if out is None:
+                out = np.zeros((n, part.shape[1], h, w), dtype=np.float32)
+            weight = np.outer(_ramp(th, overlap, y > 0, y != rows[-1]), _ramp(tw, overlap, x > 0, x != cols[-1]))
+            out[:, :, y : y + th, x : x + tw] += part * weight
+            total[y : y + th, x : x + tw] += weight
+    assert out is not None
+    return out / total

@@ -28,7 +28,8 @@ def unet_interfaces(manifest: Manifest) -> dict[str, GraphInterface]:
 
 class UNetRunner:
     """For one generation: `embeddings` are [negative x N, prompt x N] with guidance (`guidance` > 1),
-    else [prompt x N]. `deep_cache`: the whole UNet every N-th step, the shallow pass between."""
+    else [prompt x N]. `deep_cache`: the whole UNet every N-th step, the shallow pass between. `extra`:
+    more named inputs, one row per image (the upscaler's class labels), repeated as the embeddings are."""
 
     def __init__(
         self,
@@ -39,12 +40,18 @@ class UNetRunner:
         guidance: float,
         deep_cache: int = 1,
         timestep_shape: tuple[int, ...] = (-1,),
+        extra: dict[str, np.ndarray] | None = None,
     ):
         self.unet, self.unet_shallow, self.memory = unet, unet_shallow, memory
         self.timestep_shape = timestep_shape  # as the graph declares it; -1: one per batch item
         self.embeddings, self.guidance, self.deep_cache = embeddings, guidance, deep_cache
         self.guided = guidance > 1.0  # classifier-free guidance, as diffusers: off for guidance <= 1
+        self.extra = self.with_guidance(extra or {})
         self._deep: np.ndarray | None = None
+
+    def with_guidance(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Per-image inputs as the batch has them: twice over ([unconditional, conditional]) when guided."""
+        return {name: np.concatenate([value, value]) if self.guided else value for name, value in inputs.items()}
 
     def __call__(self, sample: np.ndarray, t: float, step: int) -> np.ndarray:
         """eps = eps_u + w (eps_c - eps_u) (Ho & Salimans, https://arxiv.org/abs/2207.12598) for the
@@ -67,6 +74,7 @@ class UNetRunner:
         parts = []
         for rows in self.memory.batches(len(sample)):
             inputs = {"sample": sample[rows], "encoder_hidden_states": self.embeddings[rows]}
+            inputs |= {name: value[rows] for name, value in self.extra.items()}
             inputs["timestep"] = self._timestep(t, len(inputs["sample"]))
             if deep is not None and self.unet_shallow is not None:
                 parts.append([self.unet_shallow(**inputs, deep_features=deep[rows])])

@@ -1,0 +1,75 @@
+"""The edit modes' entry points (inpaint, upscale), on every Pipeline: each opens its images, builds the
+settings and hands them to the shared loop, `Pipeline.generate`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+
+from sdcpu.runtime import images as imaging
+from sdcpu.runtime.result import Callback, PipelineResult
+from sdcpu.runtime.settings import GenerationSettings, MaskSettings, UpscaleSettings
+from sdcpu.runtime.upscale import SCALE, input_size
+
+
+class _Runs(Protocol):
+    def settings(self, prompt: str, image: Image.Image | None = None, **options: Any) -> GenerationSettings: ...
+
+    def generate(
+        self,
+        s: GenerationSettings,
+        image: Image.Image | None = None,
+        latents: np.ndarray | None = None,
+        callback: Callback | None = None,
+        mask: Image.Image | None = None,
+    ) -> PipelineResult: ...
+
+
+class EditModes:
+    def inpaint(
+        self: _Runs,
+        prompt: str,
+        image: str | Path | Image.Image,
+        mask: str | Path | Image.Image,
+        *,
+        strength: float = 1.0,
+        mask_settings: MaskSettings | None = None,
+        latents: np.ndarray | None = None,
+        callback: Callback | None = None,
+        **options: Any,
+    ) -> PipelineResult:
+        """Repaint the white part of `mask` in `image` (paths or images of one size) to match `prompt`;
+        `strength` < 1 starts from the image, noised; `options` as for `__call__` (steps, seed, ...).
+        9-channel inpainting models and ordinary ones both work (runtime/inpaint.py)."""
+        init = imaging.open_init_image(image)
+        mask_image = imaging.open_init_image(mask, "mask")
+        given, mask_settings = latents is not None, mask_settings or MaskSettings()
+        settings = self.settings(prompt, init, strength=strength, mask=mask_settings, given=given, **options)
+        return self.generate(settings, init, latents, callback, mask_image)
+
+    def upscale(
+        self: _Runs,
+        image: str | Path | Image.Image,
+        prompt: str = "",
+        *,
+        noise_level: int = 20,
+        tile: int = 320,
+        tile_overlap: int = 32,
+        guidance: float = 9.0,
+        latents: np.ndarray | None = None,
+        callback: Callback | None = None,
+        **options: Any,
+    ) -> PipelineResult:
+        """Upscale `image` 4x with an x4 upscaler model (runtime/upscale.py), described by `prompt`;
+        `noise_level` lets it invent more detail; `tile`: the largest latent square denoised at once (input
+        pixels); `options` as for `__call__` (steps, seed, ...)."""
+        low = imaging.open_init_image(image)
+        width, height = input_size(low)
+        up = UpscaleSettings(noise_level, tile, tile_overlap)
+        given = latents is not None
+        size = dict(width=width * SCALE, height=height * SCALE)
+        settings = self.settings(prompt, low, guidance=guidance, upscale=up, given=given, **size, **options)
+        return self.generate(settings, low, latents, callback)
