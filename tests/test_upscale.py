@@ -104,3 +104,13 @@ def test_an_upscaler_refuses_txt2img_and_other_models_refuse_upscaling(upscaler_
         pipe("a red circle")
     with pytest.raises(SdcpuError, match="holds a text-to-image model"):
         Pipeline.load(None, F32).upscale(_low_res(), "x")
+
+
+def test_an_image_too_large_for_memory_says_what_fits(upscaler_openvino, monkeypatch):
+    import sdcpu.runtime.pipeline as pipeline_module
+
+    monkeypatch.setattr(pipeline_module, "machine_bytes", lambda: 2 * 10**9)
+    pipe = Pipeline.load(upscaler_openvino, F32)
+    big = Image.new("RGB", (4000, 4000))
+    with pytest.raises(SdcpuError, match=r"16000x16000 need about .* GB, .* inputs up to about \d+x\d+ fit"):
+        pipe.upscale(big, "x")

@@ -96,17 +96,29 @@ def upscale(
     from sdcpu.runtime.outputs import output_paths
     from sdcpu.runtime.pipeline import Pipeline
 
-    settings = dict(negative_prompt=negative_prompt, steps=steps, guidance=guidance, seed=seed, scheduler=scheduler)
-    settings |= dict(noise_level=noise_level, tile=tile, tile_overlap=tile_overlap)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             output_paths(out, 1, overwrite)
             with console.status("loading model"):
                 pipe = Pipeline.load(model, options)
-        result, warned = run_with_progress(
-            lambda callback: pipe.upscale(image, prompt, callback=callback, **settings), None
-        )
+
+        def run(callback):
+            return pipe.upscale(
+                image,
+                prompt,
+                noise_level=noise_level,
+                tile=tile,
+                tile_overlap=tile_overlap,
+                guidance=guidance,
+                callback=callback,
+                negative_prompt=negative_prompt,
+                steps=steps,
+                seed=seed,
+                scheduler=scheduler,
+            )
+
+        result, warned = run_with_progress(run, None)
         save_result(result, out, overwrite, caught + warned)
     except SdcpuError as err:
         raise fail(err) from None

@@ -3,7 +3,7 @@
 
 - `Resident` (the default): every network stays compiled between images; between phases only its
   buffers of intermediate results are freed (about 1 GB for SD 1.5's UNet at 512x512); guidance runs
-  as one batch-2 UNet call; the VAE decodes the whole latent at once.
+  as one batch-2 UNet call; the VAE decodes the whole latent at once, up to a megapixel.
 - `LowMemory`: one network in memory at a time (each is read on first use and dropped after its
   phase); guidance runs as batch-1 UNet calls, the same arithmetic with half the activations alive;
   the VAE decodes overlapping tiles (runtime/tiling.py; approximate, seams measured in docs/quality.md).
@@ -23,10 +23,16 @@ from sdcpu.runtime.tiling import decode_tiled
 # buffers held 1.15 GB for a batch of 2 samples of 64x64 latents (about 0.6 GB each), the VAE decoder 1.35 GB
 # per 512x512 image. Upper bounds for smaller models, which need less.
 UNET_BYTES_PER_LATENT_PIXEL = 0.6e9 / 64**2
+# The x4 upscaler's UNet has no self-attention (cross-attention only, to 77 tokens), so its buffers grow with
+# its widest level's convolutions alone; measured in bench/modes.py (docs/modes.md).
+UPSCALER_BYTES_PER_LATENT_PIXEL = 12e3
 DECODER_BYTES_PER_PIXEL = 1.35e9 / 512**2
 # Tiles of 40x40 latents (320x320 pixels for SD) that share at least 8 latent pixels: 2x2 tiles for
 # 512x512, each with 39% of the whole image's decoder activations.
 VAE_TILE, VAE_TILE_OVERLAP = 40, 8
+# Above a megapixel even the resident policy decodes in tiles (of 512x512 pixels sharing 64): the x4
+# upscaler's 2048x2048 output would hold about 2 GB per activation of its decoder's last level whole.
+WHOLE_DECODE_PIXELS, DECODE_TILE_PIXELS, DECODE_OVERLAP_PIXELS = 1024 * 1024, 512, 64
 
 
 class MemoryPolicy(Protocol):
@@ -39,7 +45,7 @@ class MemoryPolicy(Protocol):
 
     def decode(self, decoder: Model, latents: np.ndarray, scale_factor: int) -> np.ndarray: ...
 
-    def working_bytes(self, samples: int, height: int, width: int, scale_factor: int) -> float: ...
+    def working_bytes(self, samples: int, unet_latents: int, pixels: int, unet_bytes: float) -> float: ...
 
 
 class Resident:
@@ -52,13 +58,18 @@ class Resident:
         return [slice(None)]
 
     def decode(self, decoder: Model, latents: np.ndarray, scale_factor: int) -> np.ndarray:
-        return decoder(latent_sample=latents)
+        if latents.shape[-2] * latents.shape[-1] * scale_factor**2 <= WHOLE_DECODE_PIXELS:
+            return decoder(latent_sample=latents)
+        decode = lambda z: decoder(latent_sample=z)  # noqa: E731
+        tile, overlap = DECODE_TILE_PIXELS // scale_factor, DECODE_OVERLAP_PIXELS // scale_factor
+        return decode_tiled(decode, latents, scale_factor, tile, overlap)
 
-    def working_bytes(self, samples: int, height: int, width: int, scale_factor: int) -> float:
-        """About the most memory the networks' intermediate results take at once, for `samples` UNet
-        rows (2 per image with guidance) of height x width pixels: one phase at a time."""
-        unet = samples * height * width / scale_factor**2 * UNET_BYTES_PER_LATENT_PIXEL
-        return max(unet, samples / 2 * height * width * DECODER_BYTES_PER_PIXEL)
+    def working_bytes(self, samples: int, unet_latents: int, pixels: int, unet_bytes: float) -> float:
+        """About the most memory the networks' intermediate results take at once, one phase at a time:
+        `samples` UNet rows (2 per image with guidance) of `unet_latents` latent pixels (a tile's, when
+        tiled) at `unet_bytes` each, and the decode of images of `pixels` pixels."""
+        decoded = pixels if pixels <= WHOLE_DECODE_PIXELS else DECODE_TILE_PIXELS**2
+        return max(samples * unet_latents * unet_bytes, samples / 2 * decoded * DECODER_BYTES_PER_PIXEL)
 
 
 class LowMemory:
@@ -74,10 +85,9 @@ class LowMemory:
         decode = lambda z: decoder(latent_sample=z)  # noqa: E731
         return decode_tiled(decode, latents, scale_factor, VAE_TILE, VAE_TILE_OVERLAP)
 
-    def working_bytes(self, samples: int, height: int, width: int, scale_factor: int) -> float:
-        unet = height * width / scale_factor**2 * UNET_BYTES_PER_LATENT_PIXEL  # one row per call
-        tile = min(height, VAE_TILE * scale_factor) * min(width, VAE_TILE * scale_factor)
-        return max(unet, tile * DECODER_BYTES_PER_PIXEL)
+    def working_bytes(self, samples: int, unet_latents: int, pixels: int, unet_bytes: float) -> float:
+        # one UNet row per call; one decoder tile (VAE_TILE latents, 320x320 pixels for SD) at a time
+        return max(unet_latents * unet_bytes, min(pixels, (VAE_TILE * 8) ** 2) * DECODER_BYTES_PER_PIXEL)
 
 
 def machine_bytes() -> int | None:

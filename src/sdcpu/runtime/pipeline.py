@@ -26,7 +26,12 @@ from sdcpu.runtime.errors import SdcpuError, SdcpuNotice
 from sdcpu.runtime.foreign import foreign_manifest, is_foreign
 from sdcpu.runtime.inpaint import blend_start, inpaint_start, prepare_mask
 from sdcpu.runtime.manifest import Manifest
-from sdcpu.runtime.memory import machine_bytes, memory_policy
+from sdcpu.runtime.memory import (
+    UNET_BYTES_PER_LATENT_PIXEL,
+    UPSCALER_BYTES_PER_LATENT_PIXEL,
+    machine_bytes,
+    memory_policy,
+)
 from sdcpu.runtime.modes import EditModes
 from sdcpu.runtime.options import DECODERS, LoadOptions
 from sdcpu.runtime.preview import LatentPreview
@@ -42,6 +47,7 @@ __all__ = ["Callback", "Pipeline", "PipelineResult"]
 # What each task's model is run with; txt2img models also inpaint (by latent blending).
 # What each kind of model can do (manifest_schema.TASKS): txt2img models also inpaint, by latent blending.
 MODES = {"text-to-image": ("text-to-image", "inpainting"), "inpainting": ("inpainting",), "upscaling": ("upscaling",)}
+IMAGE_BYTES_PER_PIXEL = 4 * 3 * 4  # float32 RGB, held about four times over (decoded, blended, [0, 1], 8-bit)
 COMMANDS = {"inpainting": "`sdcpu inpaint` (Pipeline.inpaint)", "upscaling": "`sdcpu upscale` (Pipeline.upscale)"}
 
 
@@ -218,15 +224,30 @@ class Pipeline(EditModes):
 
     def _check_memory(self, s: GenerationSettings) -> None:
         # Before any work: a size that cannot fit would otherwise fail deep in an engine, or swap for hours.
-        samples = s.num_images * (2 if s.guidance > 1.0 else 1)
-        working = self.memory.working_bytes(samples, s.height, s.width, self.manifest.vae_scale_factor)
-        need, have = working + sum(f["bytes"] for f in self.manifest.files.values()), machine_bytes()
-        if have is not None and need > have:
-            hint = "" if self.options.low_memory else ", or use --low-memory"
-            raise SdcpuError(
-                f"{s.num_images} image(s) of {s.width}x{s.height} need about {need / 1e9:,.0f} GB, and this machine "
-                f"has {have / 1e9:,.0f} GB of memory and swap: lower the size or --num-images{hint}"
-            )
+        need, have = self._memory_need(s), machine_bytes()
+        if have is None or need <= have:
+            return
+        hint = "" if self.options.low_memory else ", or use --low-memory"
+        if s.upscale is not None:
+            side = next((n for n in range(s.width // SCALE, 7, -8) if self._memory_need(s, n * SCALE) <= have), 0)
+            fits = f"inputs up to about {side}x{side} fit" if side else "no input fits"
+            hint = f"; {fits}, or lower --tile"
+        raise SdcpuError(
+            f"{s.num_images} image(s) of {s.width}x{s.height} need about {need / 1e9:,.0f} GB, and this machine "
+            f"has {have / 1e9:,.0f} GB of memory and swap: lower the size or --num-images{hint}"
+        )
+
+    def _memory_need(self, s: GenerationSettings, side: int | None = None) -> float:
+        # The weights, and the largest phase's buffers: for the upscaler, a tile's UNet (of `side` output pixels).
+        samples, f = s.num_images * (2 if s.guidance > 1.0 else 1), self.manifest.vae_scale_factor
+        width, height = (side, side) if side else (s.width, s.height)
+        latents, unet_bytes = height * width // f**2, UNET_BYTES_PER_LATENT_PIXEL
+        if s.upscale is not None:
+            tile = s.upscale.tile
+            latents, unet_bytes = min(height // f, tile) * min(width // f, tile), UPSCALER_BYTES_PER_LATENT_PIXEL
+        working = self.memory.working_bytes(samples, latents, height * width, unet_bytes)
+        images = s.num_images * height * width * IMAGE_BYTES_PER_PIXEL  # the outputs themselves, whole
+        return working + images + sum(info["bytes"] for info in self.manifest.files.values())
 
     def _default_size(self, image: Image.Image | None) -> tuple[int, int]:
         if image is None:
