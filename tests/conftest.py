@@ -130,6 +130,22 @@ def upscaler_onnx(tiny_upscaler, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_depth(tmp_path_factory) -> Path:
+    pytest.importorskip("diffusers")
+    return tiny.write_diffusers_folder(tmp_path_factory.mktemp("tiny") / "depth", seed=4, task="depth-to-image")
+
+
+@pytest.fixture(scope="session")
+def depth_openvino(tiny_depth, tmp_path_factory) -> Path:
+    return _converted(tiny_depth, "openvino", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def depth_onnx(tiny_depth, tmp_path_factory) -> Path:
+    return _converted(tiny_depth, "onnx", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
 def converted(request, sd1_openvino, sd1_onnx) -> Path:
     return {"openvino": sd1_openvino, "onnx": sd1_onnx}[request.param]
 
@@ -139,6 +155,7 @@ CONVERTING_FIXTURES = {"tiny_sd1", "tiny_sd2v", "tiny_vae", "sd1_openvino", "sd1
 CONVERTING_FIXTURES |= {"demo_onnx", "quantized", "single_file"}
 CONVERTING_FIXTURES |= {"tiny_inpainting", "inpainting_openvino", "inpainting_onnx"}
 CONVERTING_FIXTURES |= {"tiny_upscaler", "upscaler_openvino", "upscaler_onnx"}
+CONVERTING_FIXTURES |= {"tiny_depth", "depth_openvino", "depth_onnx"}
 
 
 def pytest_collection_modifyitems(items) -> None:

@@ -107,9 +107,9 @@ def test_an_upscaler_refuses_txt2img_and_other_models_refuse_upscaling(upscaler_
 
 
 def test_an_image_too_large_for_memory_says_what_fits(upscaler_openvino, monkeypatch):
-    import sdcpu.runtime.pipeline as pipeline_module
+    import sdcpu.runtime.memory_check as memory_check
 
-    monkeypatch.setattr(pipeline_module, "machine_bytes", lambda: 2 * 10**9)
+    monkeypatch.setattr(memory_check, "machine_bytes", lambda: 2 * 10**9)
     pipe = Pipeline.load(upscaler_openvino, F32)
     big = Image.new("RGB", (4000, 4000))
     with pytest.raises(SdcpuError, match=r"16000x16000 need about .* GB, .* inputs up to about \d+x\d+ fit"):

@@ -99,6 +99,7 @@ LOW_RES_SCHEDULER = {
 TASKS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "text-to-image": ({}, {}),
     "inpainting": ({"in_channels": 9}, {}),
+    "depth-to-image": ({"in_channels": 5}, {}),
     "upscaling": (
         {"in_channels": 7, "num_class_embeds": 1000},
         {
@@ -168,8 +169,61 @@ def write_diffusers_folder(
     index = model_index(scheduler["_class_name"], task) | {"_diffusers_version": diffusers.__version__}
     if task == "upscaling":
         index |= {"low_res_scheduler": ["diffusers", "DDPMScheduler"], "max_noise_level": 350}
+    if task == "depth-to-image":
+        write_depth_estimator(folder, seed)
+        index |= {"depth_estimator": ["transformers", "DPTForDepthEstimation"]}
+        index |= {"feature_extractor": ["transformers", "DPTImageProcessor"]}
     (folder / "model_index.json").write_text(json.dumps(index))
     return folder
+
+
+DEPTH_PROCESSOR = {
+    "do_normalize": True,
+    "do_resize": True,
+    "ensure_multiple_of": 1,
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
+    "image_processor_type": "DPTImageProcessor",
+    "keep_aspect_ratio": False,
+    "resample": 3,
+    "size": {"height": 32, "width": 32},
+    "do_rescale": True,
+    "rescale_factor": 1 / 255,
+}
+
+
+def write_depth_estimator(folder: Path, seed: int) -> None:
+    """A tiny DPT-Hybrid (BiT backbone, as SD 2 depth's) and its image processor, as diffusers' own tests build."""
+    import torch
+    from transformers import DPTConfig, DPTForDepthEstimation
+
+    torch.manual_seed(seed)
+    backbone = {
+        "global_padding": "same",
+        "layer_type": "bottleneck",
+        "depths": [3, 4, 9],
+        "out_features": ["stage1", "stage2", "stage3"],
+        "embedding_dynamic_padding": True,
+        "hidden_sizes": [96, 192, 384, 768],
+        "num_groups": 2,
+    }
+    config = DPTConfig(
+        image_size=32,
+        patch_size=16,  # the BiT backbone's output stride, as in SD 2 depth's DPT
+        num_channels=3,
+        hidden_size=32,
+        num_hidden_layers=4,
+        backbone_out_indices=(0, 1, 2, 3),
+        num_attention_heads=4,
+        intermediate_size=37,
+        hidden_act="gelu",
+        is_hybrid=True,
+        backbone_config=backbone,
+        backbone_featmap_shape=[1, 384, 24, 24],
+    )
+    DPTForDepthEstimation(config).eval().save_pretrained(folder / "depth_estimator")
+    (folder / "feature_extractor").mkdir(parents=True)
+    (folder / "feature_extractor" / "preprocessor_config.json").write_text(json.dumps(DEPTH_PROCESSOR))
 
 
 TINY_VAE = dict(

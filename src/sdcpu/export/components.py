@@ -213,9 +213,29 @@ def tiny_vae_encoder_spec(vae) -> ExportSpec:
     return ExportSpec(_TinyVaeEncoder(vae), {"sample": image}, ("latent_sample",), axes)
 
 
+class _DepthEstimator(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values):
+        return self.model(pixel_values=pixel_values).predicted_depth
+
+
+def depth_estimator_spec(model) -> ExportSpec:
+    """depth2img's DPT: `pixel_values` (its image processor's size, 384x384 for SD 2 depth) to
+    `predicted_depth` (relative inverse depth, larger is nearer)."""
+    size = model.config.image_size
+    pixels = torch.randn(1, model.config.num_channels, size, size)
+    return ExportSpec(
+        _DepthEstimator(model), {"pixel_values": pixels}, ("predicted_depth",), {"pixel_values": {0: "batch"}}
+    )
+
+
 # component -> (which loaded model it is cut from, how to describe it for export). The optional kinds are
-# exported only when the convert is given them (--tiny-vae).
-OPTIONAL_KINDS = frozenset({"tiny_vae"})
+# exported only when the source has them (a depth2img folder's depth_estimator) or the convert is given
+# them (--tiny-vae).
+OPTIONAL_KINDS = frozenset({"tiny_vae", "depth_estimator"})
 # A spec function returns None where its component does not apply to the model (no DeepCache pass for
 # the upscaler's UNet).
 COMPONENT_SPECS: dict[str, tuple[str, Callable[..., ExportSpec | None]]] = {
@@ -226,4 +246,5 @@ COMPONENT_SPECS: dict[str, tuple[str, Callable[..., ExportSpec | None]]] = {
     "vae_encoder": ("vae", vae_encoder_spec),
     "tiny_vae_decoder": ("tiny_vae", tiny_vae_decoder_spec),
     "tiny_vae_encoder": ("tiny_vae", tiny_vae_encoder_spec),
+    "depth_estimator": ("depth_estimator", depth_estimator_spec),
 }

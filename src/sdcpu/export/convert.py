@@ -89,7 +89,7 @@ def convert(
         src = open_source(source, **options)
         if tiny_vae is not None:
             latent_channels = int(src.vae_config.get("latent_channels", 4))
-            src = replace(src, optional={"tiny_vae": open_tiny_vae(Path(tiny_vae), latent_channels)})
+            src = replace(src, optional=src.optional | {"tiny_vae": open_tiny_vae(Path(tiny_vae), latent_channels)})
         staged = work / "model"
         staged.mkdir()
         calibration = (calibration or CalibrationSettings()) if precision == "int8-hybrid" else None
@@ -234,7 +234,8 @@ def _write_support_files(src: Source, staged: Path, fmt: str, progress: Callable
         (staged / rel).parent.mkdir(exist_ok=True)
         (staged / rel).write_text(json.dumps(config, indent=2))
     index = model_index(src.scheduler_config.get("_class_name", "PNDMScheduler"), _task(src))
-    index |= {rel.split("/")[0]: ["diffusers", config["_class_name"]] for rel, config in src.support_configs.items()}
+    index |= {rel.split("/")[0]: _library_class(config) for rel, config in src.support_configs.items()}
+    index |= {"depth_estimator": ["transformers", "DPTForDepthEstimation"]} if "depth_estimator" in src.optional else {}
     (staged / "model_index.json").write_text(json.dumps(index | src.pipeline_options, indent=2))
     return [*written, *configs, "model_index.json"]
 
@@ -250,6 +251,13 @@ PIPELINE_CLASSES = {
 
 def _task(src: Source) -> str:
     return task_of(src.unet_config, int(src.vae_config.get("latent_channels", 4)))
+
+
+def _library_class(config: dict[str, Any]) -> list[str]:
+    # diffusers configs name their class in `_class_name`, transformers' image processors in `image_processor_type`
+    if "image_processor_type" in config:
+        return ["transformers", str(config["image_processor_type"])]
+    return ["diffusers", str(config.get("_class_name"))]
 
 
 def model_index(scheduler_class: str, task: str = "text-to-image") -> dict[str, Any]:

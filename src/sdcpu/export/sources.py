@@ -19,7 +19,8 @@ from sdcpu.runtime.tokenizer import has_vocabulary
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 CONVERTED_GRAPHS = ("openvino_model.xml", "model.onnx")
-SUPPORT_CONFIGS = ("low_res_scheduler/scheduler_config.json",)  # the x4 upscaler's noise for its low-res input
+# The x4 upscaler's scheduler for its low-res input's noise; depth2img's depth estimator's image processor.
+SUPPORT_CONFIGS = ("low_res_scheduler/scheduler_config.json", "feature_extractor/preprocessor_config.json")
 PIPELINE_OPTIONS = ("max_noise_level",)  # a UNet already exported, by sdcpu or optimum
 
 
@@ -115,9 +116,23 @@ def open_diffusers_folder(folder: Path, description: str) -> Source:
         scheduler_config=scheduler,
         tokenizer_dir=folder / "tokenizer",
         load=load,
+        optional=_depth_estimator(folder),
         support_configs=support,
         pipeline_options={key: index[key] for key in PIPELINE_OPTIONS if key in index},
     )
+
+
+def _depth_estimator(folder: Path) -> dict[str, Callable[[], Any]]:
+    """depth2img's DPT (transformers DPTForDepthEstimation), where the folder has one."""
+    if not (folder / "depth_estimator" / "config.json").exists():
+        return {}
+
+    def load() -> Any:
+        from transformers import DPTForDepthEstimation
+
+        return DPTForDepthEstimation.from_pretrained(folder / "depth_estimator").eval()
+
+    return {"depth_estimator": load}
 
 
 def read_config(path: Path) -> dict[str, Any]:

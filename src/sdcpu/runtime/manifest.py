@@ -26,11 +26,13 @@ MANIFEST_VERSION = 4
 READABLE_VERSIONS = (3, 4)
 COMPONENTS: tuple[str, ...] = ("text_encoder", "unet", "unet_shallow", "vae_decoder", "vae_encoder")
 COMPONENTS += ("tiny_vae_decoder", "tiny_vae_encoder")  # TAESD, when converted with --tiny-vae
+COMPONENTS += ("depth_estimator",)  # depth2img's DPT
 # What a folder needs for txt2img; the others serve one feature each (see `Manifest.require`).
 REQUIRED = ("text_encoder", "unet", "vae_decoder")
 FEATURES = {
     "unet_shallow": "DeepCache (--deep-cache)",
     "vae_encoder": "img2img (--init-image) and inpainting",
+    "depth_estimator": "depth2img without --depth-map",
 }
 VERIFY_MODES = ("fast", "full", "sizes")
 # The file holding each component's graph, per format (optimum's names, so other tools can read it).

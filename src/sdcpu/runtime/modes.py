@@ -1,4 +1,4 @@
-"""The edit modes' entry points (inpaint, upscale), on every Pipeline: each opens its images, builds the
+"""The edit modes' entry points (inpaint, upscale, depth2img), on every Pipeline: each opens its images, builds the
 settings and hands them to the shared loop, `Pipeline.generate`."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from sdcpu.runtime import images as imaging
+from sdcpu.runtime.depth import load_depth_map
 from sdcpu.runtime.result import Callback, PipelineResult
 from sdcpu.runtime.settings import GenerationSettings, MaskSettings, UpscaleSettings
 from sdcpu.runtime.upscale import SCALE, input_size
@@ -25,6 +26,7 @@ class _Runs(Protocol):
         latents: np.ndarray | None = None,
         callback: Callback | None = None,
         mask: Image.Image | None = None,
+        depth_map: np.ndarray | None = None,
     ) -> PipelineResult: ...
 
 
@@ -73,3 +75,23 @@ class EditModes:
         size = dict(width=width * SCALE, height=height * SCALE)
         settings = self.settings(prompt, low, guidance=guidance, upscale=up, given=given, **size, **options)
         return self.generate(settings, low, latents, callback)
+
+    def depth2img(
+        self: _Runs,
+        prompt: str,
+        image: str | Path | Image.Image,
+        *,
+        depth_map: str | Path | np.ndarray | None = None,
+        strength: float = 0.8,
+        latents: np.ndarray | None = None,
+        callback: Callback | None = None,
+        **options: Any,
+    ) -> PipelineResult:
+        """Redraw `image` to match `prompt` keeping its depth (runtime/depth.py): estimated by the model's
+        DPT, or `depth_map` (a .npy, a 16-bit PNG or an array, larger is nearer); `strength` as img2img's;
+        `options` as for `__call__` (steps, seed, ...)."""
+        init = imaging.open_init_image(image)
+        given = load_depth_map(depth_map, init) if depth_map is not None else None
+        kind = "given" if given is not None else "estimated"
+        settings = self.settings(prompt, init, strength=strength, depth=kind, given=latents is not None, **options)
+        return self.generate(settings, init, latents, callback, depth_map=given)

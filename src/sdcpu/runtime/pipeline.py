@@ -5,6 +5,7 @@ Torch-free: numpy drives the loop; OpenVINO or ONNX Runtime run the networks.
 
 from __future__ import annotations
 
+import json
 import secrets
 import warnings
 from dataclasses import replace
@@ -22,16 +23,13 @@ from sdcpu.runtime.backends.fallback import RetryAtF32
 from sdcpu.runtime.backends.graph_passes import graph_passes
 from sdcpu.runtime.cache import VERIFIED_FILES
 from sdcpu.runtime.conditioning import PLAIN, Conditioning
+from sdcpu.runtime.depth import DepthChannel, DepthPreprocess, normalised_depth
 from sdcpu.runtime.errors import SdcpuError, SdcpuNotice
 from sdcpu.runtime.foreign import foreign_manifest, is_foreign
 from sdcpu.runtime.inpaint import blend_start, inpaint_start, prepare_mask
 from sdcpu.runtime.manifest import Manifest
-from sdcpu.runtime.memory import (
-    UNET_BYTES_PER_LATENT_PIXEL,
-    UPSCALER_BYTES_PER_LATENT_PIXEL,
-    machine_bytes,
-    memory_policy,
-)
+from sdcpu.runtime.memory import memory_policy
+from sdcpu.runtime.memory_check import check_memory
 from sdcpu.runtime.modes import EditModes
 from sdcpu.runtime.options import DECODERS, LoadOptions
 from sdcpu.runtime.preview import LatentPreview
@@ -47,8 +45,9 @@ __all__ = ["Callback", "Pipeline", "PipelineResult"]
 # What each task's model is run with; txt2img models also inpaint (by latent blending).
 # What each kind of model can do (manifest_schema.TASKS): txt2img models also inpaint, by latent blending.
 MODES = {"text-to-image": ("text-to-image", "inpainting"), "inpainting": ("inpainting",), "upscaling": ("upscaling",)}
-IMAGE_BYTES_PER_PIXEL = 4 * 3 * 4  # float32 RGB, held about four times over (decoded, blended, [0, 1], 8-bit)
+MODES["depth-to-image"] = ("depth-to-image",)
 COMMANDS = {"inpainting": "`sdcpu inpaint` (Pipeline.inpaint)", "upscaling": "`sdcpu upscale` (Pipeline.upscale)"}
+COMMANDS["depth-to-image"] = "`sdcpu depth2img` (Pipeline.depth2img)"
 
 
 def _check_finite(array: np.ndarray, where: str) -> np.ndarray:
@@ -88,6 +87,10 @@ class Pipeline(EditModes):
             self.scheduler_config = SchedulerConfig.load(folder / "scheduler" / "scheduler_config.json")
             low_res = folder / "low_res_scheduler" / "scheduler_config.json"  # the upscaler's, for its input's noise
             self.low_res_scheduler = SchedulerConfig.load(low_res) if manifest.task == "upscaling" else None
+            processor = folder / "feature_extractor" / "preprocessor_config.json"  # depth2img's DPT's
+            self.depth_preprocess = DepthPreprocess.from_config(
+                json.loads(processor.read_text()) if processor.exists() else {}
+            )
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:  # JSON errors are ValueErrors
             raise SdcpuError(f"cannot read the tokenizer or scheduler of {folder} ({err}); convert it again") from None
         self.text_encoder = self._load("text_encoder")
@@ -99,6 +102,7 @@ class Pipeline(EditModes):
         self.vae_decoder = self._load(decoder)
         self.decode_scaling = float(manifest.components[decoder].get("scaling_factor", manifest.vae_scaling_factor))
         self.vae_encoder = self._load("vae_encoder", lazy=True) if "vae_encoder" in manifest.components else None
+        self.depth_estimator = self._optional("depth_estimator")
 
     @classmethod
     def load(cls, model_dir: str | Path | None = None, options: LoadOptions | None = None) -> Pipeline:
@@ -114,6 +118,9 @@ class Pipeline(EditModes):
         options.validate(manifest)
         manifest.verify(folder, options.verify, record=cache / VERIFIED_FILES if cache is not None else None)
         return cls(folder, manifest, options)
+
+    def _optional(self, component: str) -> Model | None:
+        return self._load(component, lazy=True) if component in self.manifest.components else None
 
     def _load(self, component: str, lazy: bool = False) -> Model:
         precision = self.manifest.components[component]["precision"]
@@ -184,12 +191,14 @@ class Pipeline(EditModes):
         watermark: bool = False,
         mask: MaskSettings | None = None,
         upscale: UpscaleSettings | None = None,
+        depth: str | None = None,
         given: bool = False,
     ) -> GenerationSettings:
         """The settings `__call__` (or with `mask`, `inpaint`) runs, with this folder's defaults, checked
         against the folder and this machine's memory before any work (SdcpuError says what to change).
         `given`: latents are passed."""
-        self._check_task("inpainting" if mask is not None else "upscaling" if upscale is not None else "text-to-image")
+        modes = {"inpainting": mask, "upscaling": upscale, "depth-to-image": depth}
+        self._check_task(next((mode for mode, given in modes.items() if given is not None), "text-to-image"))
         default_w, default_h = self._default_size(image)
         settings = GenerationSettings(
             prompt=prompt,
@@ -208,9 +217,11 @@ class Pipeline(EditModes):
             noise="given" if given else "seed",
             mask=mask.validate() if mask is not None else None,
             upscale=upscale.validate(int(self.manifest.extra.get("max_noise_level", 350))) if upscale else None,
+            depth=depth,
         ).validate(self.manifest.vae_scale_factor, self.scheduler_config.num_train_timesteps)
         encodes = image is not None and upscale is None
-        for component, needed in (("unet_shallow", deep_cache > 1), ("vae_encoder", encodes)):
+        needs = {"unet_shallow": deep_cache > 1, "vae_encoder": encodes, "depth_estimator": depth == "estimated"}
+        for component, needed in needs.items():
             if needed:
                 self.manifest.require(component)
         self._check_memory(settings)
@@ -224,30 +235,8 @@ class Pipeline(EditModes):
 
     def _check_memory(self, s: GenerationSettings) -> None:
         # Before any work: a size that cannot fit would otherwise fail deep in an engine, or swap for hours.
-        need, have = self._memory_need(s), machine_bytes()
-        if have is None or need <= have:
-            return
-        hint = "" if self.options.low_memory else ", or use --low-memory"
-        if s.upscale is not None:
-            side = next((n for n in range(s.width // SCALE, 7, -8) if self._memory_need(s, n * SCALE) <= have), 0)
-            fits = f"inputs up to about {side}x{side} fit" if side else "no input fits"
-            hint = f"; {fits}, or lower --tile"
-        raise SdcpuError(
-            f"{s.num_images} image(s) of {s.width}x{s.height} need about {need / 1e9:,.0f} GB, and this machine "
-            f"has {have / 1e9:,.0f} GB of memory and swap: lower the size or --num-images{hint}"
-        )
-
-    def _memory_need(self, s: GenerationSettings, side: int | None = None) -> float:
-        # The weights, and the largest phase's buffers: for the upscaler, a tile's UNet (of `side` output pixels).
-        samples, f = s.num_images * (2 if s.guidance > 1.0 else 1), self.manifest.vae_scale_factor
-        width, height = (side, side) if side else (s.width, s.height)
-        latents, unet_bytes = height * width // f**2, UNET_BYTES_PER_LATENT_PIXEL
-        if s.upscale is not None:
-            tile = s.upscale.tile
-            latents, unet_bytes = min(height // f, tile) * min(width // f, tile), UPSCALER_BYTES_PER_LATENT_PIXEL
-        working = self.memory.working_bytes(samples, latents, height * width, unet_bytes)
-        images = s.num_images * height * width * IMAGE_BYTES_PER_PIXEL  # the outputs themselves, whole
-        return working + images + sum(info["bytes"] for info in self.manifest.files.values())
+        weights = sum(info["bytes"] for info in self.manifest.files.values())
+        check_memory(s, self.memory, weights, self.manifest.vae_scale_factor, self.options.low_memory)
 
     def _default_size(self, image: Image.Image | None) -> tuple[int, int]:
         if image is None:
@@ -262,9 +251,10 @@ class Pipeline(EditModes):
         latents: np.ndarray | None = None,
         callback: Callback | None = None,
         mask: Image.Image | None = None,
+        depth_map: np.ndarray | None = None,
     ) -> PipelineResult:
         """The denoising loop for validated settings; `latents` replaces the initial noise, `mask` (with
-        `image` and `s.mask`) inpaints."""
+        `image` and `s.mask`) inpaints, `depth_map` (with `s.depth` "given") is depth2img's."""
         rng = np.random.default_rng(s.seed)
         # 1. Text conditioning: one batch of [negative x N, prompt x N] when guided, so that one UNet call
         #    gives both predictions (the runner splits it under a low-memory policy).
@@ -274,6 +264,7 @@ class Pipeline(EditModes):
         scheduler.set_timesteps(s.steps)
         # 3. Initial latents and what the mode adds to the loop (runtime/conditioning.py).
         x, start, cond = self._initial(s, scheduler, image, mask, latents, rng)
+        cond = self._depth(s, image, depth_map) if s.depth is not None else cond
         timestep = self.manifest.input_shape("unet", "timestep")
         unet = UNetRunner(self.unet, self.unet_shallow, self.memory, embeddings, s.guidance, s.deep_cache, timestep)
         unet.extra = unet.with_guidance(cond.unet_inputs())
@@ -387,6 +378,17 @@ class Pipeline(EditModes):
         if kept == 0:
             raise SdcpuError(f"strength {s.strength} with {s.steps} steps leaves no step to run; raise either")
         return (s.steps - kept) * scheduler.order
+
+    def _depth(self, s: GenerationSettings, image: Image.Image | None, given: np.ndarray | None) -> Conditioning:
+        # The DPT's prediction for the image, or the map given; at the latent size, in [-1, 1].
+        assert image is not None
+        if given is None:
+            assert self.depth_estimator is not None  # required by `settings`
+            given = self.depth_estimator(pixel_values=self.depth_preprocess(image))
+            self.memory.free(self.depth_estimator)
+        f = self.manifest.vae_scale_factor
+        depth = np.repeat(normalised_depth(given, s.height // f, s.width // f), s.num_images, axis=0)
+        return DepthChannel(depth)
 
     def _encode_pixels(self, pixels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
         assert self.vae_encoder is not None  # required by `settings`

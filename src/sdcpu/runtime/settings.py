@@ -64,6 +64,7 @@ class GenerationSettings:
     noise: str = "seed"  # "seed": drawn from the seed; "given": passed in (latents=), not reproduced by the seed
     mask: MaskSettings | None = None  # inpainting's mask handling (None: not inpainting)
     upscale: UpscaleSettings | None = None  # the x4 upscaler's noise level and tiles (None: not upscaling)
+    depth: str | None = None  # depth2img's depth map: "estimated" (by the DPT) or "given" (None: not depth2img)
 
     def validate(self, multiple: int, max_steps: int = 1000) -> GenerationSettings:
         """Raise SdcpuError (with what to do) on any setting the pipeline cannot run; `max_steps`: the

@@ -18,11 +18,13 @@ from sdcpu.runtime.memory import MemoryPolicy
 
 def unet_interfaces(manifest: Manifest) -> dict[str, GraphInterface]:
     """What the runner asks of the UNet graphs when they are loaded: a float32 timestep, and the whole
-    UNet's deep features (a tensor named inside it) where the folder has DeepCache's shallow pass."""
+    UNet's deep features (a tensor named inside it) where the folder has DeepCache's shallow pass. (And
+    depth2img's DPT compiles with dynamic shapes, see GraphInterface.)"""
     deep = tuple(manifest.components["unet"].get("inner_outputs", [])) if "unet_shallow" in manifest.components else ()
     return {
         "unet": GraphInterface(outputs=deep, float_inputs=("timestep",)),
         "unet_shallow": GraphInterface(float_inputs=("timestep",)),
+        "depth_estimator": GraphInterface(dynamic=True),
     }
 
 

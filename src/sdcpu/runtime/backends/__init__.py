@@ -29,15 +29,19 @@ class GraphInterface:
     graph, named there, returned after its declared outputs (DeepCache's deep features: the stored `unet`
     keeps the single output other tools expect). `float_inputs`: inputs stored as integers, for the
     tools that feed them so, that the graph only converts to float; fed as float32 instead, so that
-    fractional timesteps survive (OpenVINO; ONNX Runtime cannot retype a graph, and rounds them)."""
+    fractional timesteps survive (OpenVINO; ONNX Runtime cannot retype a graph, and rounds them).
+    `dynamic`: compiled with the shapes the file declares, not the call's (OpenVINO 2026.4's CPU plugin
+    crashes compiling DPT-Hybrid's graph reshaped to static shapes; dynamic, it runs)."""
 
     outputs: tuple[str, ...] = ()
     float_inputs: tuple[str, ...] = ()
+    dynamic: bool = False
 
     @property
     def keys(self) -> list[str]:
         """For the compiled-model cache's key: what this changes in the compiled graph."""
-        return [f"output {name}" for name in self.outputs] + [f"float {name}" for name in self.float_inputs]
+        keys = [f"output {name}" for name in self.outputs] + [f"float {name}" for name in self.float_inputs]
+        return keys + (["dynamic"] if self.dynamic else [])
 
 
 def conform(inputs: dict[str, np.ndarray], declared: dict[str, np.dtype]) -> dict[str, np.ndarray]:

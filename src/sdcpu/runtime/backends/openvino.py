@@ -97,7 +97,8 @@ class OpenVINOModel:
 
     def _compile_graph(self, shapes: dict[str, tuple[int, ...]], use_cache_dir: bool) -> ov.CompiledModel:
         model = self._model or self._read()
-        model.reshape({name: ov.PartialShape(list(shape)) for name, shape in shapes.items()})
+        if not self.interface.dynamic:
+            model.reshape({name: ov.PartialShape(list(shape)) for name, shape in shapes.items()})
         for graph_pass in self.passes:
             graph_pass.apply(model)
         config = dict(self.config)
