@@ -110,3 +110,23 @@ def test_depth_map_files(depth_openvino, tmp_path):
     assert np.array_equal(runs[0], runs[1]) and np.array_equal(runs[0], runs[2])
     with pytest.raises(SdcpuError, match="cannot read the depth map"):
         pipe.depth2img("a cat", _image(), depth_map=tmp_path / "text.npy", steps=2)
+
+
+@pytest.mark.parity
+def test_depth2img_command(depth_openvino, tmp_path):
+    from typer.testing import CliRunner
+
+    from sdcpu.cli.main import app
+
+    _image().save(tmp_path / "in.png")
+    np.save(tmp_path / "depth.npy", _ramp())
+    args = ["depth2img", "a cat", "--image", str(tmp_path / "in.png"), "--model", str(depth_openvino)]
+    args += ["--depth-map", str(tmp_path / "depth.npy"), "--out", str(tmp_path / "out.png"), "--steps", "2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "out.png").text["depth"] == "given"
+    refused = CliRunner().invoke(
+        app, [*args[:-4], "--depth-map", str(tmp_path / "none.npy"), "--out", str(tmp_path / "x.png")]
+    )
+    assert refused.exit_code == 2 and "cannot read the depth map" in refused.output
+    assert not (tmp_path / "x.png").exists()

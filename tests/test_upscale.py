@@ -114,3 +114,16 @@ def test_an_image_too_large_for_memory_says_what_fits(upscaler_openvino, monkeyp
     big = Image.new("RGB", (4000, 4000))
     with pytest.raises(SdcpuError, match=r"16000x16000 need about .* GB, .* inputs up to about \d+x\d+ fit"):
         pipe.upscale(big, "x")
+
+
+def test_upscale_command(upscaler_openvino, tmp_path):
+    from typer.testing import CliRunner
+
+    from sdcpu.cli.main import app
+
+    _low_res().save(tmp_path / "low.png")
+    args = ["upscale", str(tmp_path / "low.png"), "--model", str(upscaler_openvino), "--out", str(tmp_path / "up.png")]
+    result = CliRunner().invoke(app, [*args, "--prompt", "a red square", "--steps", "2", "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    written = Image.open(tmp_path / "up.png")
+    assert written.size == (64, 64) and '"noise_level": 20' in written.text["upscale"]

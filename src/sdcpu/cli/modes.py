@@ -1,4 +1,4 @@
-"""The edit modes' commands: `sdcpu inpaint`, `sdcpu upscale`. Registered on the app of cli/main.py,
+"""The edit modes' commands: `sdcpu inpaint`, `sdcpu upscale`, `sdcpu depth2img`. Registered on the app of cli/main.py,
 whose helpers they share."""
 
 from __future__ import annotations
@@ -116,6 +116,59 @@ def upscale(
                 steps=steps,
                 seed=seed,
                 scheduler=scheduler,
+            )
+
+        result, warned = run_with_progress(run, None)
+        save_result(result, out, overwrite, caught + warned)
+    except SdcpuError as err:
+        raise fail(err) from None
+
+
+@app.command()
+@with_load_options
+def depth2img(
+    prompt: Annotated[str, typer.Argument(help="what the image should become")],
+    image: Annotated[Path, typer.Option("--image", "-i", help="the image to redraw, keeping its depth")],
+    out: Annotated[Path, typer.Option("--out", "-o", help=OUT_HELP)],
+    model: Annotated[Path, typer.Option("--model", "-m", help="a depth2img folder made by `sdcpu convert`")],
+    depth_map: Annotated[
+        Path | None, typer.Option(help="a depth map (.npy, or a 16-bit PNG; larger is nearer) instead of the DPT's")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace --out if it exists")] = False,
+    negative_prompt: Annotated[str | None, typer.Option(help="what to steer away from")] = None,
+    steps: Annotated[int, typer.Option(help="denoising steps")] = 20,
+    guidance: Annotated[float, typer.Option(help="guidance scale (<= 1 turns it off)")] = 7.5,
+    strength: Annotated[float, typer.Option(help="how much to change the image, (0, 1]")] = 0.8,
+    seed: Annotated[int | None, typer.Option(help="random seed (default: a fresh one, stored in the PNG)")] = None,
+    scheduler: Annotated[str | None, typer.Option(help=SCHEDULER_HELP)] = None,
+    num_images: Annotated[int, typer.Option(help="how many images")] = 1,
+    *,
+    options: LoadOptions,
+) -> None:
+    """Redraw an image to match a prompt, keeping its depth (SD 2 depth models), estimated or given."""
+    from sdcpu.runtime.outputs import output_paths
+    from sdcpu.runtime.pipeline import Pipeline
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            output_paths(out, num_images, overwrite)
+            with console.status("loading model"):
+                pipe = Pipeline.load(model, options)
+
+        def run(callback):
+            return pipe.depth2img(
+                prompt,
+                image,
+                depth_map=depth_map,
+                strength=strength,
+                callback=callback,
+                negative_prompt=negative_prompt,
+                steps=steps,
+                guidance=guidance,
+                seed=seed,
+                scheduler=scheduler,
+                num_images=num_images,
             )
 
         result, warned = run_with_progress(run, None)
