@@ -179,5 +179,5 @@ def test_bad_masks_are_refused(mask, settings, message):
 def test_an_inpainting_model_refuses_txt2img(inpainting_openvino):
     pipe = Pipeline.load(inpainting_openvino, F32)
     assert pipe.manifest.task == "inpainting"
-    with pytest.raises(SdcpuError, match="holds a inpainting model; run it with `sdcpu inpaint`"):
+    with pytest.raises(SdcpuError, match="holds a model for inpainting; run it with `sdcpu inpaint`"):
         pipe("a red circle")

@@ -100,9 +100,9 @@ def test_bad_upscale_settings_are_refused(upscaler_openvino, kwargs, message):
 def test_an_upscaler_refuses_txt2img_and_other_models_refuse_upscaling(upscaler_openvino):
     pipe = Pipeline.load(upscaler_openvino, F32)
     assert pipe.manifest.task == "upscaling"
-    with pytest.raises(SdcpuError, match="holds a upscaling model; run it with `sdcpu upscale`"):
+    with pytest.raises(SdcpuError, match="holds a model for upscaling; run it with `sdcpu upscale`"):
         pipe("a red circle")
-    with pytest.raises(SdcpuError, match="holds a text-to-image model"):
+    with pytest.raises(SdcpuError, match="holds a model for text-to-image"):
         Pipeline.load(None, F32).upscale(_low_res(), "x")
 
 

@@ -11,9 +11,23 @@ from PIL import Image
 
 from sdcpu.runtime import images as imaging
 from sdcpu.runtime.depth import load_depth_map
+from sdcpu.runtime.errors import SdcpuError
 from sdcpu.runtime.result import Callback, PipelineResult
 from sdcpu.runtime.settings import GenerationSettings, MaskSettings, UpscaleSettings
 from sdcpu.runtime.upscale import SCALE, input_size
+
+# What each kind of model can do (manifest_schema.TASKS): txt2img models also inpaint, by latent blending.
+MODES = {"text-to-image": ("text-to-image", "inpainting"), "inpainting": ("inpainting",), "upscaling": ("upscaling",)}
+MODES["depth-to-image"] = ("depth-to-image",)
+COMMANDS = {"inpainting": "`sdcpu inpaint` (Pipeline.inpaint)", "upscaling": "`sdcpu upscale` (Pipeline.upscale)"}
+COMMANDS["depth-to-image"] = "`sdcpu depth2img` (Pipeline.depth2img)"
+
+
+def check_mode(task: str, mode: str) -> None:
+    """Raise SdcpuError, naming the command to use, when a model trained for `task` cannot run `mode`."""
+    if mode not in MODES.get(task, ()):
+        runs = f"run it with {COMMANDS[task]}" if task in COMMANDS else "this sdcpu cannot run it"
+        raise SdcpuError(f"this model folder holds a model for {task}; {runs}")
 
 
 class _Runs(Protocol):

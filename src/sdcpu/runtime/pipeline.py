@@ -30,11 +30,17 @@ from sdcpu.runtime.inpaint import blend_start, inpaint_start, prepare_mask
 from sdcpu.runtime.manifest import Manifest
 from sdcpu.runtime.memory import memory_policy
 from sdcpu.runtime.memory_check import check_memory
-from sdcpu.runtime.modes import EditModes
+from sdcpu.runtime.modes import EditModes, check_mode
 from sdcpu.runtime.options import DECODERS, LoadOptions
 from sdcpu.runtime.preview import LatentPreview
 from sdcpu.runtime.result import Callback, PipelineResult
-from sdcpu.runtime.schedulers import Scheduler, SchedulerConfig, default_scheduler_name, make_scheduler
+from sdcpu.runtime.schedulers import (
+    Scheduler,
+    SchedulerConfig,
+    default_scheduler_name,
+    make_scheduler,
+    sampling_defaults,
+)
 from sdcpu.runtime.settings import GenerationSettings, MaskSettings, UpscaleSettings
 from sdcpu.runtime.tokenizer import ClipTokenizer
 from sdcpu.runtime.unet import UNetRunner, unet_interfaces
@@ -43,11 +49,6 @@ from sdcpu.runtime.watermark import embed as embed_watermark
 
 __all__ = ["Callback", "Pipeline", "PipelineResult"]
 # What each task's model is run with; txt2img models also inpaint (by latent blending).
-# What each kind of model can do (manifest_schema.TASKS): txt2img models also inpaint, by latent blending.
-MODES = {"text-to-image": ("text-to-image", "inpainting"), "inpainting": ("inpainting",), "upscaling": ("upscaling",)}
-MODES["depth-to-image"] = ("depth-to-image",)
-COMMANDS = {"inpainting": "`sdcpu inpaint` (Pipeline.inpaint)", "upscaling": "`sdcpu upscale` (Pipeline.upscale)"}
-COMMANDS["depth-to-image"] = "`sdcpu depth2img` (Pipeline.depth2img)"
 
 
 def _check_finite(array: np.ndarray, where: str) -> np.ndarray:
@@ -85,6 +86,7 @@ class Pipeline(EditModes):
         try:
             self.tokenizer = ClipTokenizer(folder / "tokenizer")
             self.scheduler_config = SchedulerConfig.load(folder / "scheduler" / "scheduler_config.json")
+            self.defaults = sampling_defaults(self.scheduler_config)
             low_res = folder / "low_res_scheduler" / "scheduler_config.json"  # the upscaler's, for its input's noise
             self.low_res_scheduler = SchedulerConfig.load(low_res) if manifest.task == "upscaling" else None
             processor = folder / "feature_extractor" / "preprocessor_config.json"  # depth2img's DPT's
@@ -139,8 +141,8 @@ class Pipeline(EditModes):
         self,
         prompt: str,
         negative_prompt: str | None = None,
-        steps: int = 20,
-        guidance: float = 7.5,
+        steps: int | None = None,
+        guidance: float | None = None,
         seed: int | None = None,
         width: int | None = None,
         height: int | None = None,
@@ -153,7 +155,8 @@ class Pipeline(EditModes):
         deep_cache: int = 1,
         watermark: bool = False,
     ) -> PipelineResult:
-        """Generate images (txt2img, or img2img with `init_image`); see the README for each option."""
+        """Generate images (txt2img, or img2img with `init_image`); see the README for each option. `steps`
+        and `guidance` default to the model's (20 and 7.5; few-step models' schedulers imply fewer, unguided)."""
         image = imaging.open_init_image(init_image) if init_image is not None else None
         settings = self.settings(
             prompt,
@@ -179,8 +182,8 @@ class Pipeline(EditModes):
         image: Image.Image | None = None,
         *,
         negative_prompt: str | None = None,
-        steps: int = 20,
-        guidance: float = 7.5,
+        steps: int | None = None,
+        guidance: float | None = None,
         seed: int | None = None,
         width: int | None = None,
         height: int | None = None,
@@ -198,13 +201,13 @@ class Pipeline(EditModes):
         against the folder and this machine's memory before any work (SdcpuError says what to change).
         `given`: latents are passed."""
         modes = {"inpainting": mask, "upscaling": upscale, "depth-to-image": depth}
-        self._check_task(next((mode for mode, given in modes.items() if given is not None), "text-to-image"))
+        check_mode(self.manifest.task, next((m for m, given in modes.items() if given is not None), "text-to-image"))
         default_w, default_h = self._default_size(image)
         settings = GenerationSettings(
             prompt=prompt,
             negative_prompt=negative_prompt or "",
-            steps=steps,
-            guidance=guidance,
+            steps=steps if steps is not None else self.defaults.steps,
+            guidance=guidance if guidance is not None else self.defaults.guidance,
             seed=secrets.randbelow(2**32) if seed is None else seed,
             width=width or default_w,
             height=height or default_h,
@@ -226,12 +229,6 @@ class Pipeline(EditModes):
                 self.manifest.require(component)
         self._check_memory(settings)
         return settings
-
-    def _check_task(self, mode: str) -> None:
-        task = self.manifest.task
-        if mode not in MODES.get(task, ()):
-            runs = f"run it with {COMMANDS[task]}" if task in COMMANDS else "this sdcpu cannot run it"
-            raise SdcpuError(f"{self.folder} holds a {task} model; {runs}")
 
     def _check_memory(self, s: GenerationSettings) -> None:
         # Before any work: a size that cannot fit would otherwise fail deep in an engine, or swap for hours.

@@ -7,6 +7,7 @@ model's own diffusers scheduler class to that name (the default for `generate`).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from sdcpu.runtime.errors import SdcpuError
 from sdcpu.runtime.schedulers.common import Scheduler, SchedulerConfig
@@ -42,6 +43,25 @@ def default_scheduler_name(config: SchedulerConfig) -> str:
     return SCHEDULER_FOR_CLASS.get(config.class_name, "pndm")
 
 
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """The steps and guidance a model is run with when none are given."""
+
+    steps: int = 20
+    guidance: float = 7.5
+
+
+def sampling_defaults(config: SchedulerConfig) -> SamplingDefaults:
+    """What the model's scheduler implies: few-step models say so by theirs. An LCM scheduler (latent
+    consistency models, LCM-LoRA fused, the demo's few-step model): 4 steps, guidance off (it is baked in);
+    Euler a over "trailing" timesteps (SD-Turbo, SDXL-Turbo): 1 step, guidance off."""
+    if config.class_name == "LCMScheduler":
+        return SamplingDefaults(4, 1.0)
+    if config.class_name == "EulerAncestralDiscreteScheduler" and config.timestep_spacing == "trailing":
+        return SamplingDefaults(1, 0.0)
+    return SamplingDefaults()
+
+
 def make_scheduler(name: str, config: SchedulerConfig) -> Scheduler:
     """A fresh scheduler called `name` (see SCHEDULERS) reading the model's training schedule."""
     try:
@@ -51,4 +71,12 @@ def make_scheduler(name: str, config: SchedulerConfig) -> Scheduler:
     return factory(config)
 
 
-__all__ = ["SCHEDULERS", "Scheduler", "SchedulerConfig", "default_scheduler_name", "make_scheduler"]
+__all__ = [
+    "SCHEDULERS",
+    "SamplingDefaults",
+    "Scheduler",
+    "SchedulerConfig",
+    "default_scheduler_name",
+    "make_scheduler",
+    "sampling_defaults",
+]
