@@ -101,3 +101,19 @@ def test_real_scheduler_configs_load(model):
     raw = json.loads((REFERENCE / model / "scheduler" / "scheduler_config.json").read_text())
     assert config.class_name == raw["_class_name"]
     assert config.prediction_type == raw.get("prediction_type", "epsilon")
+
+
+@pytest.mark.parametrize(
+    "overrides, steps, guidance",
+    [
+        ({}, 20, 7.5),
+        ({"_class_name": "LCMScheduler"}, 4, 1.0),
+        ({"_class_name": "EulerAncestralDiscreteScheduler", "timestep_spacing": "trailing"}, 1, 0.0),
+        ({"_class_name": "EulerAncestralDiscreteScheduler"}, 20, 7.5),
+    ],
+)
+def test_few_step_models_default_to_few_unguided_steps(overrides, steps, guidance):
+    from sdcpu.runtime.schedulers import SchedulerConfig, sampling_defaults
+
+    config = SchedulerConfig.from_dict({"_class_name": "DDIMScheduler", **overrides})
+    assert (sampling_defaults(config).steps, sampling_defaults(config).guidance) == (steps, guidance)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from sdcpu.models.demo_model import BUNDLED
 from sdcpu.models.demo_model import CONVERTED as DEMO
 from sdcpu.runtime import images as imaging
 from sdcpu.runtime import precision as compute
@@ -62,10 +63,14 @@ def _check_finite(array: np.ndarray, where: str) -> np.ndarray:
     return array
 
 
-def _demo_folder() -> Path:
-    if not (DEMO / "sdcpu.json").is_file():
-        raise SdcpuError(f"the bundled demo model is missing from this install ({DEMO}); pass a model folder")
-    return DEMO
+def _model_folder(model_dir: str | Path | None) -> Path:
+    # A folder; or, where none has the name, a bundled model (default: the demo).
+    folder = Path(model_dir).expanduser() if model_dir is not None else DEMO
+    if model_dir is None or (not folder.exists() and str(model_dir) in BUNDLED):
+        folder = BUNDLED[str(model_dir or "demo")]
+        if not (folder / "sdcpu.json").is_file():
+            raise SdcpuError(f"the bundled model is missing from this install ({folder}); pass a model folder")
+    return folder
 
 
 class Pipeline(EditModes):
@@ -76,7 +81,8 @@ class Pipeline(EditModes):
         self.options = self.requested.resolve(manifest)  # validated, with every "auto" decided
         self.memory = memory_policy(self.options.low_memory)
         # The folder that runs names the model (the source it was converted from is recorded apart).
-        self.model_name = "sdcpu-demo" if folder.resolve() == DEMO.resolve() else folder.resolve().name
+        bundled = (f"sdcpu-{name}" for name, path in BUNDLED.items() if folder.resolve() == path.resolve())
+        self.model_name = next(bundled, folder.resolve().name)
         self.model_hash = self.manifest.content_hash()
         self.passes = graph_passes(self.options)
         self.interfaces = unet_interfaces(manifest)
@@ -108,9 +114,10 @@ class Pipeline(EditModes):
 
     @classmethod
     def load(cls, model_dir: str | Path | None = None, options: LoadOptions | None = None) -> Pipeline:
-        """Open a folder made by `sdcpu convert` (default: the bundled demo model), or exported by optimum-intel
-        or optimum, as `options` say, checking its manifest and its files (`options.verify`)."""
-        folder = Path(model_dir).expanduser() if model_dir is not None else _demo_folder()
+        """Open a folder made by `sdcpu convert` (default: the bundled demo model; "demo-lcm": its few-step
+        model), or exported by optimum-intel or optimum, as `options` say, checking its manifest and its
+        files (`options.verify`)."""
+        folder = _model_folder(model_dir)
         options = options or LoadOptions()
         cache = options.cache_folder()
         if is_foreign(folder):  # another tool's export: its manifest is built from its files
