@@ -33,8 +33,8 @@ class JobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     prompt: str
     negative_prompt: str = ""
-    steps: int = 20
-    guidance: float = 7.5
+    steps: int | None = None  # None: the model's (20; few-step models fewer)
+    guidance: float | None = None  # None: the model's (7.5; few-step models off)
     seed: int | None = None
     width: int | None = None
     height: int | None = None
@@ -57,7 +57,7 @@ class Server:
         the pipeline and again against the limits (an img2img size comes from its image), then queue it.
         Raises LimitError, SdcpuError or QueueFull."""
         s, texts = settings, (prompt, settings.get("negative_prompt") or "")
-        self.limits.check(s.get("width") or 0, s.get("height") or 0, s["steps"], s["num_images"], *texts)
+        self.limits.check(s.get("width") or 0, s.get("height") or 0, s.get("steps") or 0, s["num_images"], *texts)
         image = self.limits.decode_image(init_image, "init image") if init_image else None
         checked = self.pipeline.settings(prompt, image, **settings)
         self.limits.check(checked.width, checked.height, checked.steps, checked.num_images)
