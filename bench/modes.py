@@ -93,7 +93,7 @@ class Steps:
         return {"step_s": float(statistics.median(steps[1:] if len(steps) > 1 else steps)), "steps": len(steps)}
 
 
-def run_sdcpu(job: str, work: Path, steps: int) -> dict:
+def run_sdcpu(job: str, work: Path, steps: int, low_memory: bool = False) -> dict:
     from PIL import Image
 
     from sdcpu.runtime.options import LoadOptions
@@ -102,7 +102,7 @@ def run_sdcpu(job: str, work: Path, steps: int) -> dict:
     folders = {"upscale-128": "x4", "upscale-512": "x4", "inpaint": "inpainting", "sd14-txt2img": "sd14"}
     folder = work / (folders | {"sd14-blend": "sd14"}).get(job, job)
     start = time.perf_counter()
-    pipe = Pipeline.load(f"{folder}-openvino", LoadOptions())
+    pipe = Pipeline.load(f"{folder}-openvino", LoadOptions(low_memory=low_memory))
     loaded, timer = time.perf_counter() - start, Steps()
     if job.startswith("upscale"):
         size = int(job.split("-")[1])
@@ -121,10 +121,23 @@ def run_sdcpu(job: str, work: Path, steps: int) -> dict:
     total = time.perf_counter() - start - loaded
     report = timer.report() | {"load_s": loaded, "end_to_end_s": total, "peak_rss_gb": peak_rss_gb()}
     report |= {"dpt_s": dpt} if job == "depth" else {}
+    report |= {"memory": result.runtime["memory"], "tiles": pipe_tiles(result)}
     return report | {"compute": result.runtime["compute_precision"], "size": list(result.images[0].size)}
 
 
-def run_diffusers(job: str, work: Path, steps: int) -> dict:
+def pipe_tiles(result) -> str:
+    from sdcpu.runtime.tiling import even_tiles
+
+    up = result.settings.upscale
+    if up is None:
+        return ""
+    (h, rows), (w, cols) = (
+        even_tiles(n // 4, up.tile, up.tile_overlap) for n in (result.settings.height, result.settings.width)
+    )
+    return f"{len(rows)}x{len(cols)} tiles of {h}x{w} latents"
+
+
+def run_diffusers(job: str, work: Path, steps: int, low_memory: bool = False) -> dict:
     import torch
     from diffusers import StableDiffusionUpscalePipeline
 
@@ -142,8 +155,9 @@ def run_diffusers(job: str, work: Path, steps: int) -> dict:
     return report | {"compute": "f32 (PyTorch)", "size": list(image.size)}
 
 
-def spawn(runner: str, job: str, work: Path, steps: int) -> dict:
+def spawn(runner: str, job: str, work: Path, steps: int, low_memory: bool) -> dict:
     command = [sys.executable, __file__, "--work", str(work), "--steps", str(steps), "--worker", runner, job]
+    command += ["--low-memory"] if low_memory else []
     out = subprocess.run(command, capture_output=True, text=True, check=False)
     line = next((row for row in out.stdout.splitlines() if row.startswith("RESULT ")), None)
     if line is None:
@@ -157,12 +171,13 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/sdcpu-modes"))
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--low-memory", action="store_true", help="sdcpu's --low-memory policy")
     parser.add_argument("--worker", choices=("sdcpu", "diffusers"), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "modes.json")
     args = parser.parse_args()
     if args.worker:
         run = run_sdcpu if args.worker == "sdcpu" else run_diffusers
-        print("RESULT " + json.dumps(run(args.job, args.work, args.steps)), flush=True)
+        print("RESULT " + json.dumps(run(args.job, args.work, args.steps, args.low_memory)), flush=True)
         return
     args.work.mkdir(parents=True, exist_ok=True)
     names = {"upscale-128": ["x4"], "upscale-512": ["x4"], "inpaint": ["inpainting", "sd14"], "depth": ["depth"]}
@@ -174,10 +189,11 @@ def main() -> None:
     runs: dict[str, list[dict]] = {}
     for _ in range(args.rounds):
         for runner, job in runners:
-            runs.setdefault(f"{runner} {job}", []).append(spawn(runner, job, args.work, args.steps))
+            runs.setdefault(f"{runner} {job}", []).append(spawn(runner, job, args.work, args.steps, args.low_memory))
             print(runner, job, runs[f"{runner} {job}"][-1], flush=True)
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
-    results[args.job] = {"machine": machine(), "steps": args.steps, "rounds": args.rounds, "runs": runs}
+    key = args.job + (" low-memory" if args.low_memory else "")
+    results[key] = {"machine": machine(), "steps": args.steps, "rounds": args.rounds, "runs": runs}
     args.out.write_text(json.dumps(results, indent=2) + "\n")
 
 

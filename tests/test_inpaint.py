@@ -181,3 +181,23 @@ def test_an_inpainting_model_refuses_txt2img(inpainting_openvino):
     assert pipe.manifest.task == "inpainting"
     with pytest.raises(SdcpuError, match="holds a model for inpainting; run it with `sdcpu inpaint`"):
         pipe("a red circle")
+
+
+@pytest.mark.parity
+def test_a_safety_checker_image_processor_is_left_behind(tiny_inpainting, tmp_path):
+    """SD 1.x folders (the SD inpainting model's too) hold the safety checker's CLIP image processor in
+    feature_extractor/; it is not depth2img's and must neither be copied nor read as one."""
+    import json
+    import shutil
+
+    from sdcpu.export.convert import convert
+
+    source = shutil.copytree(tiny_inpainting, tmp_path / "source")
+    (source / "feature_extractor").mkdir()
+    clip = {"image_processor_type": "CLIPImageProcessor", "size": {"shortest_edge": 224}, "crop_size": 224}
+    (source / "feature_extractor" / "preprocessor_config.json").write_text(json.dumps(clip))
+    convert(str(source), tmp_path / "converted", "openvino", "fp32", progress=lambda _: None)
+    assert not (tmp_path / "converted" / "feature_extractor").exists()
+    shutil.copytree(source / "feature_extractor", tmp_path / "converted" / "feature_extractor")  # as others leave it
+    pipe = Pipeline.load(tmp_path / "converted", F32)
+    assert pipe.inpaint("a blue square", _image(), _mask(), steps=2, seed=1).images[0].size == (64, 64)

@@ -46,26 +46,33 @@ def inpaint(
     options: LoadOptions,
 ) -> None:
     """Repaint the masked part of an image to match a prompt (any model; inpainting models do it best)."""
-    from sdcpu.runtime.outputs import output_paths
-    from sdcpu.runtime.pipeline import Pipeline
     from sdcpu.runtime.settings import MaskSettings
 
     settings = dict(negative_prompt=negative_prompt, steps=steps, guidance=guidance, seed=seed, width=width)
     settings |= dict(height=height, num_images=num_images, scheduler=scheduler, watermark=watermark)
     mask_settings = MaskSettings(blur=mask_blur, padding=mask_padding, keep_unmasked=keep_unmasked)
+
+    def run(pipe, callback):
+        return pipe.inpaint(
+            prompt, image, mask, strength=strength, mask_settings=mask_settings, callback=callback, **settings
+        )
+
+    _run_mode(model, options, out, num_images, overwrite, run)
+
+
+def _run_mode(model: Path | None, options: LoadOptions, out: Path, count: int, overwrite: bool, run) -> None:
+    """Check --out (before any work: a bad one costs nothing), load the model, `run(pipe, callback)` with a
+    progress bar, save the images; an SdcpuError ends the command with exit code 2."""
+    from sdcpu.runtime.outputs import output_paths
+    from sdcpu.runtime.pipeline import Pipeline
+
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            output_paths(out, num_images, overwrite)  # before any work: a bad --out costs nothing
+            output_paths(out, count, overwrite)
             with console.status("loading model"):
                 pipe = Pipeline.load(model, options)
-
-        def run(callback):
-            return pipe.inpaint(
-                prompt, image, mask, strength=strength, mask_settings=mask_settings, callback=callback, **settings
-            )
-
-        result, warned = run_with_progress(run, None)
+        result, warned = run_with_progress(lambda callback: run(pipe, callback), None)
         save_result(result, out, overwrite, caught + warned)
     except SdcpuError as err:
         raise fail(err) from None
@@ -93,35 +100,13 @@ def upscale(
     options: LoadOptions,
 ) -> None:
     """Upscale an image 4x with an x4 upscaler model (Stable Diffusion's x4-upscaling), in tiles."""
-    from sdcpu.runtime.outputs import output_paths
-    from sdcpu.runtime.pipeline import Pipeline
+    settings = dict(negative_prompt=negative_prompt, steps=steps, guidance=guidance, seed=seed, scheduler=scheduler)
+    tiles = dict(noise_level=noise_level, tile=tile, tile_overlap=tile_overlap)
 
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            output_paths(out, 1, overwrite)
-            with console.status("loading model"):
-                pipe = Pipeline.load(model, options)
+    def run(pipe, callback):
+        return pipe.upscale(image, prompt, callback=callback, **tiles, **settings)
 
-        def run(callback):
-            return pipe.upscale(
-                image,
-                prompt,
-                noise_level=noise_level,
-                tile=tile,
-                tile_overlap=tile_overlap,
-                guidance=guidance,
-                callback=callback,
-                negative_prompt=negative_prompt,
-                steps=steps,
-                seed=seed,
-                scheduler=scheduler,
-            )
-
-        result, warned = run_with_progress(run, None)
-        save_result(result, out, overwrite, caught + warned)
-    except SdcpuError as err:
-        raise fail(err) from None
+    _run_mode(model, options, out, 1, overwrite, run)
 
 
 @app.command()
@@ -146,32 +131,11 @@ def depth2img(
     options: LoadOptions,
 ) -> None:
     """Redraw an image to match a prompt, keeping its depth (SD 2 depth models), estimated or given."""
-    from sdcpu.runtime.outputs import output_paths
-    from sdcpu.runtime.pipeline import Pipeline
+    settings = dict(negative_prompt=negative_prompt, steps=steps, guidance=guidance, seed=seed, scheduler=scheduler)
 
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            output_paths(out, num_images, overwrite)
-            with console.status("loading model"):
-                pipe = Pipeline.load(model, options)
+    def run(pipe, callback):
+        return pipe.depth2img(
+            prompt, image, depth_map=depth_map, strength=strength, num_images=num_images, callback=callback, **settings
+        )
 
-        def run(callback):
-            return pipe.depth2img(
-                prompt,
-                image,
-                depth_map=depth_map,
-                strength=strength,
-                callback=callback,
-                negative_prompt=negative_prompt,
-                steps=steps,
-                guidance=guidance,
-                seed=seed,
-                scheduler=scheduler,
-                num_images=num_images,
-            )
-
-        result, warned = run_with_progress(run, None)
-        save_result(result, out, overwrite, caught + warned)
-    except SdcpuError as err:
-        raise fail(err) from None
+    _run_mode(model, options, out, num_images, overwrite, run)

@@ -100,6 +100,8 @@ def open_diffusers_folder(folder: Path, description: str) -> Source:
     scheduler = read_config(scheduler_path) if scheduler_path.exists() else {}
     index = read_config(folder / "model_index.json") if (folder / "model_index.json").exists() else {}
     support = {rel: read_config(folder / rel) for rel in SUPPORT_CONFIGS if (folder / rel).exists()}
+    if not (folder / "depth_estimator").is_dir():  # SD 1.x's feature_extractor serves its safety checker: not ours
+        support.pop("feature_extractor/preprocessor_config.json", None)
 
     def load(component: str) -> Any:
         from diffusers import AutoencoderKL, UNet2DConditionModel

@@ -96,9 +96,8 @@ class Pipeline(EditModes):
             low_res = folder / "low_res_scheduler" / "scheduler_config.json"  # the upscaler's, for its input's noise
             self.low_res_scheduler = SchedulerConfig.load(low_res) if manifest.task == "upscaling" else None
             processor = folder / "feature_extractor" / "preprocessor_config.json"  # depth2img's DPT's
-            self.depth_preprocess = DepthPreprocess.from_config(
-                json.loads(processor.read_text()) if processor.exists() else {}
-            )
+            depth = manifest.task == "depth-to-image" and processor.exists()  # SD 1.x's serves its safety checker
+            self.depth_preprocess = DepthPreprocess.from_config(json.loads(processor.read_text()) if depth else {})
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:  # JSON errors are ValueErrors
             raise SdcpuError(f"cannot read the tokenizer or scheduler of {folder} ({err}); convert it again") from None
         self.text_encoder = self._load("text_encoder")
@@ -270,8 +269,16 @@ class Pipeline(EditModes):
         x, start, cond = self._initial(s, scheduler, image, mask, latents, rng)
         cond = self._depth(s, image, depth_map) if s.depth is not None else cond
         timestep = self.manifest.input_shape("unet", "timestep")
-        unet = UNetRunner(self.unet, self.unet_shallow, self.memory, embeddings, s.guidance, s.deep_cache, timestep)
-        unet.extra = unet.with_guidance(cond.unet_inputs())
+        unet = UNetRunner(
+            self.unet,
+            self.unet_shallow,
+            self.memory,
+            embeddings,
+            s.guidance,
+            s.deep_cache,
+            timestep,
+            cond.unet_inputs(),
+        )
         # 4. Denoise: the runner's guided noise prediction, then one scheduler step.
         timesteps = scheduler.timesteps[start:]
         done = 0
