@@ -349,9 +349,21 @@ def _previews() -> list[Case]:
     cases = [
         ("preview to a .jpg", [*base, "--preview-every", "1", "--preview-out", "p.jpg"], "a .png --preview-out"),
         ("preview without a file", [*base, "--preview-every", "1"], "a .png --preview-out"),
-        ("--decoder tiny without one", [*base, "--decoder", "tiny"], "no tiny decoder; convert the checkpoint with"),
     ]
-    return [Case(name, "outputs", lambda s, a=args: a, message) for name, args, message in cases]
+    cases_ = [Case(name, "outputs", lambda s, a=args: a, message) for name, args, message in cases]
+    no_tiny = damaged_model(_without_tiny_decoder, "--decoder", "tiny")
+    return [
+        *cases_,
+        Case("--decoder tiny without one", "outputs", no_tiny, "no tiny decoder; convert the checkpoint with"),
+    ]
+
+
+def _without_tiny_decoder(folder: Path, manifest: dict) -> None:
+    # the demo ships one: a folder converted without --tiny-vae has none
+    for component in ("tiny_vae_decoder", "tiny_vae_encoder"):
+        manifest["components"].pop(component)
+        shutil.rmtree(folder / component)
+    manifest["files"] = {rel: info for rel, info in manifest["files"].items() if not rel.startswith("tiny_vae_")}
 
 
 def _masks() -> list[Case]:
