@@ -57,9 +57,21 @@ def test_decoder_tiny_matches_diffusers_with_autoencoder_tiny(backend, folder, t
     assert float(np.abs(ours - other).max()) > 0.1  # the tiny decoder really decoded (random weights differ)
 
 
-def test_decoder_tiny_without_one_is_a_clear_error():
+def test_decoder_tiny_without_one_is_a_clear_error(tmp_path):
+    import json
+    import shutil
+
+    from sdcpu.models.demo_model import CONVERTED
+
+    folder = shutil.copytree(CONVERTED, tmp_path / "model")  # the demo ships a tiny decoder: take it out
+    data = json.loads((folder / "sdcpu.json").read_text())
+    for component in ("tiny_vae_decoder", "tiny_vae_encoder"):
+        data["components"].pop(component)
+        shutil.rmtree(folder / component)
+    data["files"] = {rel: info for rel, info in data["files"].items() if not rel.startswith("tiny_vae_")}
+    (folder / "sdcpu.json").write_text(json.dumps(data))
     with pytest.raises(SdcpuError, match="no tiny decoder; convert the checkpoint with --tiny-vae"):
-        Pipeline.load(None, LoadOptions(decoder="tiny"))
+        Pipeline.load(folder, LoadOptions(decoder="tiny"))
 
 
 def test_a_tiny_vae_for_other_latents_is_refused(tiny_sd1, tmp_path):
