@@ -51,14 +51,17 @@ class _UNet(torch.nn.Module):
         self.model = model
 
     def forward(self, sample, timestep, encoder_hidden_states):
+        return self.run(sample, timestep, encoder_hidden_states)
+
+    def run(self, *args, **kwargs):
         deep = []  # the last up block's input, caught on its way in
 
-        def catch(module, args, kwargs):
-            deep.append(kwargs["hidden_states"])
+        def catch(module, hook_args, hook_kwargs):
+            deep.append(hook_kwargs["hidden_states"])
 
         hook = self.model.up_blocks[-1].register_forward_pre_hook(catch, with_kwargs=True)
         try:
-            out = self.model(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+            out = self.model(*args, **kwargs, return_dict=False)[0]
         finally:
             hook.remove()
         return out, deep[0]
@@ -68,17 +71,7 @@ class _UNetWithClassLabels(_UNet):
     """The x4 upscaler's UNet: its class label is the noise level of its low-res input."""
 
     def forward(self, sample, timestep, encoder_hidden_states, class_labels):
-        deep = []
-
-        def catch(module, args, kwargs):
-            deep.append(kwargs["hidden_states"])
-
-        hook = self.model.up_blocks[-1].register_forward_pre_hook(catch, with_kwargs=True)
-        try:
-            out = self.model(sample, timestep, encoder_hidden_states, class_labels=class_labels, return_dict=False)[0]
-        finally:
-            hook.remove()
-        return out, deep[0]
+        return self.run(sample, timestep, encoder_hidden_states, class_labels=class_labels)
 
 
 class _UNetShallow(torch.nn.Module):
