@@ -15,10 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sdcpu.models.demo_model import BUNDLED
-from sdcpu.models.demo_model import CONVERTED as DEMO
+from sdcpu.models.demo_model import BUNDLED, model_folder
 from sdcpu.runtime import images as imaging
-from sdcpu.runtime import precision as compute
 from sdcpu.runtime.backends import Model, load_model
 from sdcpu.runtime.backends.fallback import RetryAtF32
 from sdcpu.runtime.backends.graph_passes import graph_passes
@@ -35,6 +33,7 @@ from sdcpu.runtime.modes import EditModes, check_mode
 from sdcpu.runtime.options import DECODERS, LoadOptions
 from sdcpu.runtime.preview import LatentPreview
 from sdcpu.runtime.result import Callback, PipelineResult
+from sdcpu.runtime.run_info import runtime_info
 from sdcpu.runtime.schedulers import (
     Scheduler,
     SchedulerConfig,
@@ -49,7 +48,6 @@ from sdcpu.runtime.upscale import SCALE, upscale_start
 from sdcpu.runtime.watermark import embed as embed_watermark
 
 __all__ = ["Callback", "Pipeline", "PipelineResult"]
-# What each task's model is run with; txt2img models also inpaint (by latent blending).
 
 
 def _check_finite(array: np.ndarray, where: str) -> np.ndarray:
@@ -61,16 +59,6 @@ def _check_finite(array: np.ndarray, where: str) -> np.ndarray:
             "convert it again"
         )
     return array
-
-
-def _model_folder(model_dir: str | Path | None) -> Path:
-    # A folder; or, where none has the name, a bundled model (default: the demo).
-    folder = Path(model_dir).expanduser() if model_dir is not None else DEMO
-    if model_dir is None or (not folder.exists() and str(model_dir) in BUNDLED):
-        folder = BUNDLED[str(model_dir or "demo")]
-        if not (folder / "sdcpu.json").is_file():
-            raise SdcpuError(f"the bundled model is missing from this install ({folder}); pass a model folder")
-    return folder
 
 
 class Pipeline(EditModes):
@@ -116,7 +104,7 @@ class Pipeline(EditModes):
         """Open a folder made by `sdcpu convert` (default: the bundled demo model; "demo-lcm": its few-step
         model), or exported by optimum-intel or optimum, as `options` say, checking its manifest and its
         files (`options.verify`)."""
-        folder = _model_folder(model_dir)
+        folder = model_folder(model_dir)
         options = options or LoadOptions()
         cache = options.cache_folder()
         if is_foreign(folder):  # another tool's export: its manifest is built from its files
@@ -345,24 +333,8 @@ class Pipeline(EditModes):
         return self._preview(latents)
 
     def runtime_info(self) -> dict[str, str]:
-        """How the networks ran: the load options as resolved (backend, device with its name, memory
-        policy, graph passes) and the compute precision each network was compiled for (as the engine
-        reports it) next to the one asked for."""
-        networks = {"text_encoder": self.text_encoder, "unet": self.unet, "unet_shallow": self.unet_shallow}
-        networks |= {"vae_decoder": self.vae_decoder, "vae_encoder": self.vae_encoder}
-        ran = {name: m.compute_precision for name, m in networks.items() if m is not None and m.compute_precision}
-        kinds = set(ran.values())
-        o = self.options
-        return o.record() | {
-            "device": f"{o.device} ({compute.device_name(str(o.backend), o.device)})",
-            "compute_precision": kinds.pop() if len(kinds) == 1 else ", ".join(f"{k}={v}" for k, v in ran.items()),
-            "compute_precision_requested": self.requested.compute_precision,
-            "memory": self.memory.name,
-            "graph_passes": "; ".join(f"{c}: {', '.join(keys)}" for c, keys in self.applied.items() if keys),
-            "model_source": self.manifest.source,
-            "model_hash": self.model_hash,
-            "fell_back_to_f32": ", ".join(self.fell_back),
-        }
+        """How the networks ran (runtime/run_info.py): load options as resolved, compute precisions."""
+        return runtime_info(self)
 
     def _encode_text(self, prompt: str, negative: str, n: int, guided: bool) -> np.ndarray:
         prompts = [negative, prompt] if guided else [prompt]
