@@ -23,7 +23,8 @@ from benchmark import machine, peak_rss_gb  # bench/ is on the path when this fi
 from modes import PROMPT, build
 
 ROOT = Path(__file__).resolve().parents[1]
-CASES = [(1, "tiny"), (1, "full"), (4, "tiny"), (4, "full")]
+# (steps, decoder, sdcpu's token downsampling factor: 0 off, 2 ToDo's approximate attention; diffusers: off)
+CASES = [(1, "tiny", 0), (1, "tiny", 2), (1, "full", 0), (4, "tiny", 0), (4, "full", 0)]
 
 
 def prepare_fast(work: Path) -> Path:
@@ -45,11 +46,12 @@ def prepare_fast(work: Path) -> Path:
     return out
 
 
-def run_sdcpu(work: Path, steps: int, decoder: str, runs: int) -> dict:
+def run_sdcpu(work: Path, steps: int, decoder: str, runs: int, todo: int) -> dict:
     from sdcpu.runtime.options import LoadOptions
     from sdcpu.runtime.pipeline import Pipeline
 
-    pipe = Pipeline.load(work / "sd14-int8-hybrid-tiny", LoadOptions(decoder=decoder))
+    options = LoadOptions(decoder=decoder, token_downsampling=todo or None)
+    pipe = Pipeline.load(work / "sd14-int8-hybrid-tiny", options)
     generate = lambda seed: pipe(PROMPT, steps=steps, guidance=0.0, scheduler="euler-a", seed=seed)  # noqa: E731
     info = generate(0).runtime
     times = []
@@ -60,7 +62,7 @@ def run_sdcpu(work: Path, steps: int, decoder: str, runs: int) -> dict:
     return {"seconds": times, "compute": info["compute_precision"], "peak_rss_gb": peak_rss_gb()}
 
 
-def run_diffusers(work: Path, steps: int, decoder: str, runs: int) -> dict:
+def run_diffusers(work: Path, steps: int, decoder: str, runs: int, todo: int) -> dict:
     import torch
     from diffusers import AutoencoderTiny, EulerAncestralDiscreteScheduler, StableDiffusionPipeline
 
@@ -84,9 +86,10 @@ def run_diffusers(work: Path, steps: int, decoder: str, runs: int) -> dict:
     return {"seconds": times, "compute": "f32 (PyTorch)", "peak_rss_gb": peak_rss_gb()}
 
 
-def spawn(runner: str, work: Path, steps: int, decoder: str, runs: int) -> dict:
+def spawn(runner: str, work: Path, case: tuple[int, str, int], runs: int) -> dict:
+    steps, decoder, todo = case
     command = [sys.executable, __file__, "--work", str(work), "--runs", str(runs), "--worker", runner]
-    command += ["--steps", str(steps), "--decoder", decoder]
+    command += ["--steps", str(steps), "--decoder", decoder, "--todo", str(todo if runner == "sdcpu" else 0)]
     out = subprocess.run(command, capture_output=True, text=True, check=False)
     line = next((row for row in out.stdout.splitlines() if row.startswith("RESULT ")), None)
     if line is None:
@@ -101,23 +104,27 @@ def main() -> None:
     parser.add_argument("--worker", choices=("sdcpu", "diffusers"), help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--decoder", default="tiny", help=argparse.SUPPRESS)
+    parser.add_argument("--todo", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--case", type=int, action="append", help="run only CASES[i] (repeatable); the rest kept")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "fewstep_speed.json")
     args = parser.parse_args()
     if args.worker:
         run = run_sdcpu if args.worker == "sdcpu" else run_diffusers
-        print("RESULT " + json.dumps(run(args.work, args.steps, args.decoder, args.runs)), flush=True)
+        print("RESULT " + json.dumps(run(args.work, args.steps, args.decoder, args.runs, args.todo)), flush=True)
         return
     prepare_fast(args.work)
-    rows = []
-    for steps, decoder in CASES:
-        row: dict = {"steps": steps, "decoder": decoder}
+    kept = json.loads(args.out.read_text())["rows"] if args.case and args.out.exists() else []
+    rows = {(r["steps"], r["decoder"], r.get("token_downsampling", 0)): r for r in kept}
+    for case in [CASES[i] for i in args.case] if args.case else CASES:
+        row: dict = {"steps": case[0], "decoder": case[1], "token_downsampling": case[2]}
         for runner in ("sdcpu", "diffusers"):
-            result = spawn(runner, args.work, steps, decoder, args.runs)
+            result = spawn(runner, args.work, case, args.runs)
             row[runner] = result | {"median_s": statistics.median(result["seconds"])}
         row["ratio"] = row["sdcpu"]["median_s"] / row["diffusers"]["median_s"]
         print(json.dumps(row), flush=True)
-        rows.append(row)
-    args.out.write_text(json.dumps({"machine": machine(), "prompt": PROMPT, "rows": rows}, indent=2) + "\n")
+        rows[case] = row | {"machine": machine()}
+    ordered = [rows[c] for c in CASES if c in rows]
+    args.out.write_text(json.dumps({"prompt": PROMPT, "rows": ordered}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
