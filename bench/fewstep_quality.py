@@ -26,7 +26,7 @@ TODO_ROWS = [("demo-lcm", 1), ("demo-lcm", 4)]
 
 
 def measure(model: str, steps: int, decoder: str, count: int, todo: int = 0) -> dict:
-    options = LoadOptions(compute_precision="f32", decoder=decoder, token_downsampling=todo or None)
+    options = LoadOptions(compute_precision="f32", decoder=decoder, token_downsampling=todo or 1)
     pipe = Pipeline.load(model, options)
     started = time.perf_counter()
     report = evaluate(lambda caption, seed: pipe(caption, steps=steps, seed=seed).array[0], count)

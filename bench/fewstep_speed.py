@@ -50,7 +50,7 @@ def run_sdcpu(work: Path, steps: int, decoder: str, runs: int, todo: int) -> dic
     from sdcpu.runtime.options import LoadOptions
     from sdcpu.runtime.pipeline import Pipeline
 
-    options = LoadOptions(decoder=decoder, token_downsampling=todo or None)
+    options = LoadOptions(decoder=decoder, token_downsampling=todo or 1)
     pipe = Pipeline.load(work / "sd14-int8-hybrid-tiny", options)
     generate = lambda seed: pipe(PROMPT, steps=steps, guidance=0.0, scheduler="euler-a", seed=seed)  # noqa: E731
     info = generate(0).runtime
