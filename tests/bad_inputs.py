@@ -346,14 +346,15 @@ def _faults() -> list[Case]:
 
 def _previews() -> list[Case]:
     base = ["generate", "a cat", "--out", "out.png", "--steps", "2"]
-    cases = [
-        ("preview to a .jpg", [*base, "--preview-every", "1", "--preview-out", "p.jpg"], "a .png --preview-out"),
-        ("preview without a file", [*base, "--preview-every", "1"], "a .png --preview-out"),
-    ]
-    cases_ = [Case(name, "outputs", lambda s, a=args: a, message) for name, args, message in cases]
     no_tiny = damaged_model(_without_tiny_decoder, "--decoder", "tiny")
     return [
-        *cases_,
+        Case(
+            "preview to a .jpg",
+            "outputs",
+            lambda s: [*base, "--preview-every", "1", "--preview-out", "p.jpg"],
+            "a .png --preview-out",
+        ),
+        Case("preview without a file", "outputs", lambda s: [*base, "--preview-every", "1"], "a .png --preview-out"),
         Case("--decoder tiny without one", "outputs", no_tiny, "no tiny decoder; convert the checkpoint with"),
     ]
 

@@ -228,7 +228,7 @@ def train(
     trainer: Student | TinyTrainer, steps: int, batch: int, lr: float, minutes: float, name: str, key: str = "step"
 ) -> None:
     """Cosine-decayed learning rate, a checkpoint every `minutes`; resumes from the last one. `key`: the
-    state's step counter, whose `trainer` method is the training step (`step`, or `distil_step`)."""
+    state's step counter, whose `trainer` method is the training step (`step`, `distil_step`, ...)."""
     trainer.resume()
     last_save, start = time.monotonic(), time.monotonic() - trainer.state["seconds"]
     step = getattr(trainer, key)

@@ -87,10 +87,14 @@ class TinyTrainer:
 
     def grow(self) -> None:
         """Stage 7's start: the decoder grows to GROWN blocks (unchanged output); saved at once."""
-        self.tiny = grow_decoder(self.tiny)
-        self.opt = torch.optim.AdamW(self.tiny.parameters(), lr=1e-3)
+        self._grown_shape()
         self.state["grown"] = True
         self.save()
+
+    def _grown_shape(self) -> None:
+        # the grown decoder and a fresh optimizer over its parameters (resume loads both states after)
+        self.tiny = grow_decoder(self.tiny)
+        self.opt = torch.optim.AdamW(self.tiny.parameters(), lr=1e-3)
 
     def distil_step(
         self,
@@ -114,9 +118,9 @@ class TinyTrainer:
         decoded = self.tiny.decode(latents).sample
         weight = torch.ones(decoded.shape[-2:])
         weight[:2], weight[-2:], weight[:, :2], weight[:, -2:] = edge_weight, edge_weight, edge_weight, edge_weight
-        for rows in (slice(0, 3), slice(-3, None)):
-            for cols in (slice(0, 3), slice(-3, None)):
-                weight[rows, cols] = max(corner_weight, edge_weight)
+        for ys in (slice(0, 3), slice(-3, None)):
+            for xs in (slice(0, 3), slice(-3, None)):
+                weight[ys, xs] = max(corner_weight, edge_weight)
         weight = weight * (1 + foreground_weight * foreground(target))
         error = (decoded - target).abs() + (decoded - target) ** 2
         loss = (error * weight).mean() / weight.mean()
@@ -150,9 +154,8 @@ class TinyTrainer:
             return
         blob = torch.load(self.work / "tiny.pt", weights_only=True)
         meta = json.loads((self.work / "tiny.json").read_text())
-        if meta.get("grown") and not self.state.get("grown"):  # a rerun during stage 7: its shape first
-            self.tiny = grow_decoder(self.tiny)
-            self.opt = torch.optim.AdamW(self.tiny.parameters(), lr=1e-3)
+        if meta.get("grown") and not self.state.get("grown"):  # a rerun from stage 7 on: its shape first
+            self._grown_shape()
         self.tiny.load_state_dict(blob["tiny"])
         self.opt.load_state_dict(blob["opt"])
         torch.set_rng_state(blob["torch_rng"])
