@@ -175,7 +175,7 @@ def render(record: dict) -> str:
         "Folder sizes include `unet_shallow/` only in rows measured since it was added (the DeepCache rows).",
         "Rows without a compute precision ran at f32; bf16 rows need a CPU with native bf16 (docs/precisions.md).",
         "int8 activations (`--int8-activations`): MatMuls with int8 or int4 weights quantize their activations",
-        "to int8 on the fly (OpenVINO's dynamic quantization, groups of 32).",
+        "to int8 on the fly (OpenVINO's dynamic quantization, groups of 64).",
         "",
         "| model | CPU | " + " | ".join(attributes) + " | SSIM | PSNR (dB) | folder (MB) |",
         "|---|---|" + "---:|" * (len(attributes) + 3),

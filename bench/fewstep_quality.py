@@ -6,6 +6,13 @@ Held-out captions, seed = caption index (as `sdcpu eval`). Rows: the demo model 
 guidance 7.5 (its defaults) through the full and the tiny decoder; the few-step model ("demo-lcm": LCM
 scheduler, guidance off) at 1, 2 and 4 steps through each decoder; and the few-step model with ToDo's
 approximate attention (`--token-downsampling 2`) at 1 and 4 steps. All at f32 compute.
+
+    python bench/fewstep_quality.py --int8-hybrid WORK --only-int8-hybrid
+
+`--int8-hybrid WORK` adds rows for both models converted at int8-hybrid with the tiny decoder, whose
+convolutions then compute in int8 too (calibrated on the latents of the UNet's calibration runs). It needs
+the [export] extra and the torch models of `tools/train_fewstep_demo.py --out-fewstep WORK/fewstep
+--out-tiny WORK/tiny`.
 """
 
 from __future__ import annotations
@@ -23,11 +30,13 @@ from sdcpu.runtime.pipeline import Pipeline
 
 ROWS = [("demo", 20), ("demo-lcm", 1), ("demo-lcm", 2), ("demo-lcm", 4)]
 TODO_ROWS = [("demo-lcm", 1), ("demo-lcm", 4)]
+INT8_HYBRID_ROWS = [("demo", 20), ("demo-lcm", 1), ("demo-lcm", 4)]
 
 
 def measure(model: str, steps: int, decoder: str, count: int, todo: int = 0) -> dict:
     options = LoadOptions(compute_precision="f32", decoder=decoder, token_downsampling=todo or 1)
     pipe = Pipeline.load(model, options)
+    model = INT8_HYBRID_NAMES.get(model, model)
     started = time.perf_counter()
     report = evaluate(lambda caption, seed: pipe(caption, steps=steps, seed=seed).array[0], count)
     row = {"model": model, "steps": steps, "decoder": decoder, "token_downsampling": todo}
@@ -38,13 +47,45 @@ def measure(model: str, steps: int, decoder: str, count: int, todo: int = 0) -> 
     return row
 
 
+INT8_HYBRID_NAMES: dict[str, str] = {}  # a converted folder's path -> its row name
+
+
+def convert_int8_hybrid(work: Path) -> dict[str, str]:
+    """The demo and its few-step model at int8-hybrid with the tiny decoder, calibrated as in
+    bench/demo_quality.py (128 UNet inputs from 16 training captions); returns row name -> folder."""
+    from demo_quality import calibration_prompts
+
+    from sdcpu.export.calibration import CalibrationSettings
+    from sdcpu.export.convert import convert
+    from sdcpu.models.demo_model import SOURCE
+
+    calibration = CalibrationSettings(prompts=calibration_prompts(), size=128)
+    folders = {}
+    for name, source in (("demo", SOURCE), ("demo-lcm", work / "fewstep")):
+        out = work / f"{name}-int8-hybrid"
+        if not (out / "sdcpu.json").exists():
+            convert(str(source), out, "openvino", "int8-hybrid", calibration=calibration, tiny_vae=work / "tiny")
+        INT8_HYBRID_NAMES[str(out)] = f"{name} int8-hybrid"
+        folders[name] = str(out)
+    return folders
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=240)
     parser.add_argument("--json", type=Path, default=Path("docs/fewstep_quality.json"))
+    parser.add_argument("--int8-hybrid", type=Path, help="also measure int8-hybrid conversions made here")
+    parser.add_argument("--only-int8-hybrid", action="store_true", help="keep the other rows from --json")
     args = parser.parse_args()
-    rows = [measure(model, steps, decoder, args.count) for decoder in ("full", "tiny") for model, steps in ROWS]
-    rows += [measure(model, steps, "full", args.count, todo=2) for model, steps in TODO_ROWS]
+    if args.only_int8_hybrid:
+        rows = [r for r in json.loads(args.json.read_text())["rows"] if "int8-hybrid" not in r["model"]]
+    else:
+        rows = [measure(model, steps, decoder, args.count) for decoder in ("full", "tiny") for model, steps in ROWS]
+        rows += [measure(model, steps, "full", args.count, todo=2) for model, steps in TODO_ROWS]
+    if args.int8_hybrid is not None:
+        folders = convert_int8_hybrid(args.int8_hybrid)
+        cases = [(folders[model], steps) for model, steps in INT8_HYBRID_ROWS]
+        rows += [measure(folder, steps, decoder, args.count) for decoder in ("full", "tiny") for folder, steps in cases]
     args.json.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2) + "\n")
 
 

@@ -77,6 +77,7 @@ class Pipeline(EditModes):
         self.applied: dict[str, list[str]] = {}  # component -> the graph passes it is compiled with
         self.fell_back: list[str] = []  # networks that gave NaN or Inf at bf16 and now run at f32
         self._preview: LatentPreview | None = None
+        self._prompts: tuple[list[str], np.ndarray] | None = None  # the last prompts encoded, and their encoding
         try:
             self.tokenizer = ClipTokenizer(folder / "tokenizer")
             self.scheduler_config = SchedulerConfig.load(folder / "scheduler" / "scheduler_config.json")
@@ -338,9 +339,11 @@ class Pipeline(EditModes):
 
     def _encode_text(self, prompt: str, negative: str, n: int, guided: bool) -> np.ndarray:
         prompts = [negative, prompt] if guided else [prompt]
-        hidden = self.text_encoder(input_ids=self.tokenizer(prompts))
-        self.memory.free(self.text_encoder)
-        return np.repeat(hidden, n, axis=0).astype(np.float32)  # [neg]*n + [prompt]*n
+        # The same prompts again (a seed sweep, a batch count): the last call's encoding, not the encoder's.
+        if self._prompts is None or self._prompts[0] != prompts:
+            self._prompts = (prompts, self.text_encoder(input_ids=self.tokenizer(prompts)))
+            self.memory.free(self.text_encoder)
+        return np.repeat(self._prompts[1], n, axis=0).astype(np.float32)  # [neg]*n + [prompt]*n
 
     def _decode(self, latents: np.ndarray) -> np.ndarray:
         pixels = self.memory.decode(self.vae_decoder, latents, self.manifest.vae_scale_factor)
