@@ -9,8 +9,8 @@ approximate attention (`--token-downsampling 2`) at 1 and 4 steps. All at f32 co
 
     python bench/fewstep_quality.py --int8-hybrid WORK --only-int8-hybrid
 
-`--int8-hybrid WORK` adds rows for both models converted at int8-hybrid with the tiny decoder, whose
-convolutions then compute in int8 too (calibrated on the latents of the UNet's calibration runs). It needs
+`--int8-hybrid WORK` adds rows for both models converted at int8-hybrid (int8 activations on the UNet's
+convolutions, calibrated as bench/demo_quality.py does) with the tiny decoder (fp16 weights). It needs
 the [export] extra and the torch models of `tools/train_fewstep_demo.py --out-fewstep WORK/fewstep
 --out-tiny WORK/tiny`.
 """

@@ -1,11 +1,8 @@
-"""Calibration data for `int8-hybrid`: UNet inputs recorded while the float model denoises prompts, and
-the latents those runs end on, for the tiny decoder.
+"""Calibration data for `int8-hybrid`: UNet inputs recorded while the float model denoises prompts.
 
 Each prompt runs a short DDIM schedule from pure noise with classifier-free guidance, so the samples
 cover the whole range of timesteps and both the conditional and unconditional halves of the batch,
-as the UNet sees them at generation time; each run's last latent is what a decoder gets. Few-step models
-(LCM, Turbo: runtime/schedulers sampling_defaults) run as they are sampled instead, with their own
-scheduler and guidance off: guided, their images (and so the decoder's inputs) come out oversaturated.
+as the UNet sees them at generation time.
 """
 
 from __future__ import annotations
@@ -17,13 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from sdcpu.runtime.schedulers import (
-    SamplingDefaults,
-    SchedulerConfig,
-    default_scheduler_name,
-    make_scheduler,
-    sampling_defaults,
-)
+from sdcpu.runtime.schedulers import SchedulerConfig, make_scheduler
 from sdcpu.runtime.tokenizer import ClipTokenizer
 
 DEFAULT_PROMPTS = (
@@ -54,22 +45,15 @@ class CalibrationSettings:
         return cls(prompts=prompts or DEFAULT_PROMPTS, size=size)
 
 
-@dataclass(frozen=True)
-class CalibrationRecord:
-    unet_inputs: list[dict[str, np.ndarray]]
-    latents: list[np.ndarray]  # one (1, C, H, W) latent per prompt, as the UNet left it: a decoder's input
-
-
-def record_calibration(
+def collect_unet_inputs(
     unet: Any,
     text_encoder_path: Path,
     tokenizer_dir: Path,
     scheduler_config: dict[str, Any],
     latent_shape: tuple[int, int, int],
     settings: CalibrationSettings,
-) -> CalibrationRecord:
-    """Run the float `unet` (an openvino.Model) on the prompts: `settings.size` input dicts and the latents
-    each prompt's run ends on."""
+) -> list[dict[str, np.ndarray]]:
+    """Run the float `unet` (an openvino.Model) on the prompts; return `settings.size` input dicts."""
     import openvino as ov
 
     core = ov.Core()
@@ -79,28 +63,21 @@ def record_calibration(
     rng = np.random.default_rng(settings.seed)
     steps = max(1, math.ceil(settings.size / len(settings.prompts)))
     config = SchedulerConfig.from_dict(scheduler_config)
-    defaults = sampling_defaults(config)
-    few_step = defaults != SamplingDefaults()
-    name, guidance = (default_scheduler_name(config), defaults.guidance) if few_step else ("ddim", settings.guidance)
-    batch = 2 if guidance > 1.0 else 1  # the unconditional half, then the conditional one
     samples: list[dict[str, np.ndarray]] = []
-    latents: list[np.ndarray] = []
     for prompt in settings.prompts:
-        embeddings = text_encoder(tokenizer(["", prompt][-batch:]))[0]
-        scheduler = make_scheduler(name, config)
+        embeddings = text_encoder(tokenizer(["", prompt]))[0]
+        scheduler = make_scheduler("ddim", config)
         scheduler.set_timesteps(steps)
         x = rng.standard_normal((1, *latent_shape), dtype=np.float32) * np.float32(scheduler.init_noise_sigma)
         for t in scheduler.timesteps:
             inputs = {
-                "sample": scheduler.scale_model_input(np.concatenate([x] * batch), t),
-                "timestep": np.full(batch, t, dtype=np.float32),
+                "sample": scheduler.scale_model_input(np.concatenate([x, x]), t),
+                "timestep": np.full(2, t, dtype=np.float32),
                 "encoder_hidden_states": embeddings,
             }
             samples.append(inputs)
-            noise = np.split(compiled(inputs)[0], batch)
-            guided = noise[0] + np.float32(guidance) * (noise[-1] - noise[0]) if batch == 2 else noise[0]
-            x = scheduler.step(guided, t, x, rng)
-        latents.append(x)
-        if len(samples) >= settings.size:
-            break
-    return CalibrationRecord(samples[: settings.size], latents)
+            eps_uncond, eps_text = np.split(compiled(inputs)[0], 2)
+            x = scheduler.step(eps_uncond + np.float32(settings.guidance) * (eps_text - eps_uncond), t, x, rng)
+            if len(samples) == settings.size:
+                return samples
+    return samples

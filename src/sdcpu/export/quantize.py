@@ -5,8 +5,7 @@
   (asymmetric, per output channel), decompressed inside the compiled kernels. ONNX: each large weight
   is stored as int8 with a per-channel scale and a DequantizeLinear node (symmetric, axis 0).
 - `int8-hybrid` (OpenVINO): int8 weights everywhere, plus int8 activations on the UNet's convolutions,
-  calibrated on UNet inputs collected by running the float model on prompts, and on the tiny decoder's
-  (all convolutions), calibrated on the latents those runs end on. This is NNCF's hybrid
+  calibrated on UNet inputs collected by running the float model on prompts. This is NNCF's hybrid
   recipe for diffusion models (as in optimum-intel): activation quantization of the attention and
   feed-forward MatMuls is what ruins Stable Diffusion images, so those keep float activations (on the
   demo model, quantizing them too lost 11.2 points of accuracy; docs/benchmarks.md).
@@ -32,8 +31,6 @@ INT4_GROUP_SIZE = 64
 
 def component_precision(precision: str, component: str) -> str:
     """The precision `component` is exported at when the whole model is asked for `precision`."""
-    if component == "tiny_vae_decoder" and precision == "int8-hybrid":
-        return "int8-hybrid"  # convolutions only: int8 activations halve its time (docs/benchmarks.md)
     if component.startswith("tiny_vae"):  # 1.2M weights: 8 bits would cost quality and save nothing
         return "fp32" if precision == "fp32" else "fp16"
     if precision == "int8-hybrid":
