@@ -4,11 +4,13 @@
 - `int8`: 8-bit weights for every component, compute in float32. OpenVINO: NNCF weight compression
   (asymmetric, per output channel), decompressed inside the compiled kernels. ONNX: each large weight
   is stored as int8 with a per-channel scale and a DequantizeLinear node (symmetric, axis 0).
-- `int8-hybrid` (OpenVINO): int8 weights everywhere, plus int8 activations on the UNet's convolutions,
-  calibrated on UNet inputs collected by running the float model on prompts. This is NNCF's hybrid
+- `int8-hybrid` (OpenVINO): int8 weights everywhere, plus int8 activations on the convolutions of the
+  UNet and of the tiny decoder, calibrated on UNet inputs collected by running the float model on
+  prompts and on the clean latents it predicts on the way (export/calibration.py). This is NNCF's hybrid
   recipe for diffusion models (as in optimum-intel): activation quantization of the attention and
   feed-forward MatMuls is what ruins Stable Diffusion images, so those keep float activations (on the
-  demo model, quantizing them too lost 11.2 points of accuracy; docs/benchmarks.md).
+  demo model, quantizing them too lost 11.2 points of accuracy; docs/benchmarks.md), and so do the
+  attentions themselves and each network's first and last convolution (`_float_activations`).
 - `int4` (OpenVINO): 4-bit weights (symmetric, groups of 64) for the UNet, its shallow DeepCache
   pass and the text encoder, 8-bit for the VAE; NNCF keeps the first and last layers at 8 bits.
   With int8-hybrid the shallow pass gets int8 weights only: it is not calibrated.
@@ -31,6 +33,8 @@ INT4_GROUP_SIZE = 64
 
 def component_precision(precision: str, component: str) -> str:
     """The precision `component` is exported at when the whole model is asked for `precision`."""
+    if component == "tiny_vae_decoder" and precision == "int8-hybrid":
+        return "int8-hybrid"  # all convolutions: int8 activations halve its time (docs/benchmarks.md)
     if component.startswith("tiny_vae"):  # 1.2M weights: 8 bits would cost quality and save nothing
         return "fp32" if precision == "fp32" else "fp16"
     if precision == "int8-hybrid":
@@ -68,19 +72,22 @@ def _hybrid(model: Any, calibration: Sequence[dict[str, np.ndarray]]) -> Any:
 
     if not calibration:
         raise ValueError("int8-hybrid needs calibration samples")
-    # Weight-only int8 for everything but convolutions; those get int8 weights *and* activations.
-    weighted = _matmuls_with_constant_weights(model)
+    # Weight-only int8 for everything but convolutions; those get int8 weights *and* activations, but for
+    # the first and last, which keep float activations and so get weight-only int8 too.
+    boundary = _boundary_convolutions(model)
+    calibrated = [op.get_friendly_name() for op in model.get_ops() if op.get_type_name() == "Convolution"]
     compressed = nncf.compress_weights(
         model,
         mode=nncf.CompressWeightsMode.INT8_ASYM,
-        ignored_scope=nncf.IgnoredScope(types=["Convolution"]),
+        ignored_scope=nncf.IgnoredScope(names=[name for name in calibrated if name not in boundary], validate=False),
     )
+    kept_float = _matmuls_with_constant_weights(model) + boundary
     return nncf.quantize(
         compressed,
         nncf.Dataset(list(calibration)),
         model_type=nncf.ModelType.TRANSFORMER,
         subset_size=len(calibration),
-        ignored_scope=nncf.IgnoredScope(names=weighted, validate=False),
+        ignored_scope=nncf.IgnoredScope(names=kept_float, types=["ScaledDotProductAttention"], validate=False),
         advanced_parameters=nncf.AdvancedQuantizationParameters(smooth_quant_alpha=-1),
     )
 
@@ -95,6 +102,28 @@ def _matmuls_with_constant_weights(model: Any) -> list[str]:
         if any(_is_constant(p) for p in producers):
             names.append(op.get_friendly_name())
     return names
+
+
+def _boundary_convolutions(model: Any, depth: int = 6) -> list[str]:
+    """The first convolution after each input and the last before each output, found within `depth`
+    ops that are neither convolutions nor MatMuls: they keep float activations. A 1-step image is the
+    UNet's x0 = (x_T - sqrt(1 - a_T) eps) / sqrt(a_T) (DDPM, https://arxiv.org/abs/2006.11239, eq. 15),
+    which multiplies the error of its last layer by 1 / sqrt(a_T), about 15 for SD; on the few-step demo,
+    quantizing these two cost 2.9 points at 1 step (docs/quality.md)."""
+    found: list[str] = []
+    for start, forward in [(p, True) for p in model.get_parameters()] + [(r, False) for r in model.get_results()]:
+        frontier = [start]
+        for _ in range(depth):
+            nodes = [n for node in frontier for n in _neighbours(node, forward)]
+            found += [n.get_friendly_name() for n in nodes if n.get_type_name() == "Convolution"]
+            frontier = [n for n in nodes if n.get_type_name() not in ("Convolution", "MatMul", "Constant")]
+    return sorted(set(found))
+
+
+def _neighbours(node: Any, forward: bool) -> list[Any]:
+    if forward:
+        return [target.get_node() for output in node.outputs() for target in output.get_target_inputs()]
+    return [node.input_value(i).get_node() for i in range(node.get_input_size())]
 
 
 def _is_constant(node: Any) -> bool:
