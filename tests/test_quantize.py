@@ -18,7 +18,6 @@ pytestmark = pytest.mark.parity
 
 from sdcpu.export.calibration import CalibrationSettings  # noqa: E402
 from sdcpu.export.convert import convert  # noqa: E402
-from sdcpu.runtime.backends import load_model  # noqa: E402
 from sdcpu.runtime.errors import SdcpuError  # noqa: E402
 from sdcpu.runtime.manifest import Manifest  # noqa: E402
 from sdcpu.runtime.options import LoadOptions  # noqa: E402
@@ -32,14 +31,13 @@ F32 = {"INFERENCE_PRECISION_HINT": "f32"}  # pinned: the CPU plugin computes in 
 
 
 @pytest.fixture(scope="session")
-def quantized(tiny_sd1, tiny_vae, tmp_path_factory) -> dict[tuple[str, str], Path]:
+def quantized(tiny_sd1, tmp_path_factory) -> dict[tuple[str, str], Path]:
     root = tmp_path_factory.mktemp("quantized")
     folders = {}
     for fmt, precision in CASES:
         out = root / f"{fmt}-{precision}"
-        taesd = tiny_vae if precision == "int8-hybrid" else None  # its tiny decoder is calibrated too
         calibration = CalibrationSettings(size=4)
-        convert(str(tiny_sd1), out, fmt, precision, calibration=calibration, tiny_vae=taesd, progress=lambda _: None)
+        convert(str(tiny_sd1), out, fmt, precision, calibration=calibration, progress=lambda _: None)
         folders[fmt, precision] = out
     return folders
 
@@ -90,7 +88,9 @@ def test_openvino_int4_is_4_bit_on_unet_and_text_encoder_only(quantized, compone
 def test_openvino_hybrid_quantizes_unet_activations_only(quantized):
     folder = quantized["openvino", "int8-hybrid"]
     unet = openvino_weight_types(folder / "unet" / "openvino_model.xml")
-    assert unet["fake_quantize"] >= 10 and unet["i8"] >= 10 and unet["f32"] == 0, unet
+    convolutions, calibrated = _quantized_inputs(folder / "unet" / "openvino_model.xml", "Convolution")
+    # Float weights only where convolutions keep float activations (conv_in and conv_out among them).
+    assert unet["fake_quantize"] >= 10 and unet["i8"] >= 10 and unet["f32"] <= len(convolutions) - len(calibrated), unet
     for component in ("text_encoder", "unet_shallow", "vae_decoder"):
         counts = openvino_weight_types(folder / component / "openvino_model.xml")
         assert counts["fake_quantize"] == 0 and counts["u8"] >= 4, counts
@@ -114,45 +114,6 @@ def test_openvino_hybrid_keeps_attention_and_the_first_and_last_convolution_floa
     assert not [name for name in calibrated if "model.conv_in/" in name or "model.conv_out/" in name], calibrated
     attentions, quantized_attentions = _quantized_inputs(unet, "ScaledDotProductAttention")
     assert len(attentions) >= 2 and not quantized_attentions
-
-
-def test_openvino_hybrid_quantizes_the_tiny_decoders_activations_near_pytorch(quantized, tiny_vae):
-    import torch
-    from diffusers import AutoencoderTiny
-
-    folder = quantized["openvino", "int8-hybrid"]
-    components = Manifest.load(folder).components
-    assert components["tiny_vae_decoder"]["precision"] == "int8-hybrid"
-    assert components["tiny_vae_encoder"]["precision"] == "fp16"  # not calibrated: float, as at int8
-    convolutions, calibrated = _quantized_inputs(folder / "tiny_vae_decoder" / "openvino_model.xml", "Convolution")
-    assert len(calibrated) >= len(convolutions) // 2 >= 5, (len(calibrated), len(convolutions))
-    # Calibrated on the clean latents the UNet's calibration runs predict; checked on fresh ones of that scale.
-    latents = np.random.default_rng(3).standard_normal((1, 4, 8, 8), dtype=np.float32)
-    with torch.no_grad():
-        reference = AutoencoderTiny.from_pretrained(tiny_vae).eval().decode(torch.from_numpy(latents)).sample.numpy()
-    options = LoadOptions(compute_precision="f32").resolve(Manifest.load(folder))
-    got = load_model(folder / "tiny_vae_decoder" / "openvino_model.xml", options)(latent_sample=latents)
-    error = float(np.abs(got - reference).mean())
-    assert 0 < error < 0.05 * float(np.abs(reference).mean()), error
-
-
-def test_calibration_records_the_clean_latent_predicted_at_each_step(sd1_openvino):
-    # The tiny decoder's calibration: what it would decode had sampling stopped at each step.
-    import json
-
-    import openvino as ov
-
-    from sdcpu.export.calibration import record_calibration
-
-    config = json.loads((sd1_openvino / "scheduler" / "scheduler_config.json").read_text())
-    unet = ov.Core().read_model(sd1_openvino / "unet" / "openvino_model.xml")
-    text_encoder = sd1_openvino / "text_encoder" / "openvino_model.xml"
-    settings = CalibrationSettings(prompts=("a cat", "a dog"), size=5)
-    record = record_calibration(unet, text_encoder, sd1_openvino / "tokenizer", config, (4, 8, 8), settings)
-    assert len(record.unet_inputs) == len(record.latents) == 5
-    assert {len(sample["sample"]) for sample in record.unet_inputs} == {2}  # unconditional and conditional
-    assert all(latent.shape == (1, 4, 8, 8) and np.isfinite(latent).all() for latent in record.latents)
-    assert float(np.abs(record.latents[0] - record.latents[2]).max()) > 0  # each step's own prediction
 
 
 @pytest.mark.parametrize("component", COMPONENTS)

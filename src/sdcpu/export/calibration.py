@@ -1,12 +1,8 @@
-"""Calibration data for `int8-hybrid`: UNet inputs recorded while the float model denoises prompts, and
-the clean latents it predicts on the way, for the tiny decoder.
+"""Calibration data for `int8-hybrid`: UNet inputs recorded while the float model denoises prompts.
 
 Each prompt runs a short DDIM schedule from pure noise with classifier-free guidance, so the samples
 cover the whole range of timesteps and both the conditional and unconditional halves of the batch,
-as the UNet sees them at generation time. At each step the prediction of the clean latent, x0 (DDIM's
-eq. 12 term), is what a decoder would get had sampling stopped there: from the first step's (a 1-step
-model's image, a preview) to the last's. Few-step models are calibrated the same way: on the few-step
-demo, calibrating with their own scheduler and guidance off cost 13 points at 1 step (docs/quality.md).
+as the UNet sees them at generation time.
 """
 
 from __future__ import annotations
@@ -19,7 +15,6 @@ from typing import Any
 import numpy as np
 
 from sdcpu.runtime.schedulers import SchedulerConfig, make_scheduler
-from sdcpu.runtime.schedulers.common import predicted_x0
 from sdcpu.runtime.tokenizer import ClipTokenizer
 
 DEFAULT_PROMPTS = (
@@ -50,22 +45,15 @@ class CalibrationSettings:
         return cls(prompts=prompts or DEFAULT_PROMPTS, size=size)
 
 
-@dataclass(frozen=True)
-class CalibrationRecord:
-    unet_inputs: list[dict[str, np.ndarray]]
-    latents: list[np.ndarray]  # (1, C, H, W) predictions of the clean latent, one per step: a decoder's inputs
-
-
-def record_calibration(
+def collect_unet_inputs(
     unet: Any,
     text_encoder_path: Path,
     tokenizer_dir: Path,
     scheduler_config: dict[str, Any],
     latent_shape: tuple[int, int, int],
     settings: CalibrationSettings,
-) -> CalibrationRecord:
-    """Run the float `unet` (an openvino.Model) on the prompts: `settings.size` input dicts and the clean
-    latents predicted at each of those steps."""
+) -> list[dict[str, np.ndarray]]:
+    """Run the float `unet` (an openvino.Model) on the prompts; return `settings.size` input dicts."""
     import openvino as ov
 
     core = ov.Core()
@@ -76,7 +64,6 @@ def record_calibration(
     steps = max(1, math.ceil(settings.size / len(settings.prompts)))
     config = SchedulerConfig.from_dict(scheduler_config)
     samples: list[dict[str, np.ndarray]] = []
-    latents: list[np.ndarray] = []
     for prompt in settings.prompts:
         embeddings = text_encoder(tokenizer(["", prompt]))[0]
         scheduler = make_scheduler("ddim", config)
@@ -90,9 +77,7 @@ def record_calibration(
             }
             samples.append(inputs)
             eps_uncond, eps_text = np.split(compiled(inputs)[0], 2)
-            guided = eps_uncond + np.float32(settings.guidance) * (eps_text - eps_uncond)
-            latents.append(predicted_x0(config, guided, x, scheduler.alphas_cumprod[int(t)]).astype(np.float32))
-            x = scheduler.step(guided, t, x, rng)
+            x = scheduler.step(eps_uncond + np.float32(settings.guidance) * (eps_text - eps_uncond), t, x, rng)
             if len(samples) == settings.size:
-                return CalibrationRecord(samples, latents)
-    return CalibrationRecord(samples, latents)
+                return samples
+    return samples

@@ -17,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from sdcpu.export.calibration import CalibrationRecord, CalibrationSettings, record_calibration
+from sdcpu.export.calibration import CalibrationSettings, collect_unet_inputs
 from sdcpu.export.components import COMPONENT_SPECS, OPTIONAL_KINDS
 from sdcpu.export.lora import PREFIXES as LORA_NETWORKS
 from sdcpu.export.lora import Lora, check_loras, fuse_loras
@@ -161,7 +161,7 @@ def _export_components(
     fmt, precision = target
     components: dict[str, dict[str, Any]] = {}
     loaded: dict[str, Any] = {}
-    calibrators = _calibrators(src, staged, calibration, progress) if calibration is not None else {}
+    calibrate = _calibrator(src, staged, calibration, progress) if calibration is not None else None
     for component in COMPONENT_SPECS:  # in the registry's order, grouped by the model each is cut from
         start = time.perf_counter()
         kind, make_spec = COMPONENT_SPECS[component]
@@ -177,7 +177,7 @@ def _export_components(
         folder = staged / component
         folder.mkdir()
         exact = component_precision(precision, component)
-        names = WRITERS[fmt](spec, folder, exact, calibrators.get(component) if exact == "int8-hybrid" else None)
+        names = WRITERS[fmt](spec, folder, exact, calibrate if exact == "int8-hybrid" else None)
         (folder / "config.json").write_text(json.dumps(_config_dict(loaded[kind]), indent=2, default=str))
         components[component] = {"precision": exact, "files": [f"{component}/{name}" for name in names]}
         components[component]["inputs"] = read_inputs(folder / GRAPH_FILE[fmt])
@@ -199,27 +199,16 @@ def _check_finite_weights(model: Any, kind: str) -> Any:
     return model
 
 
-def _calibrators(
-    src: Source, staged: Path, settings: CalibrationSettings, progress: Callable[[str], None]
-) -> dict[str, Calibrate]:
-    """int8-hybrid's calibrated components and their samples: the UNet's inputs, recorded by running the
-    float UNet on prompts; the tiny decoder's, the clean latents it predicted (the UNet is exported first)."""
+def _calibrator(src: Source, staged: Path, settings: CalibrationSettings, progress: Callable[[str], None]) -> Calibrate:
     size = int(src.unet_config.get("sample_size", 64))
     shape = (int(src.unet_config.get("in_channels", 4)), size, size)
-    records: list[CalibrationRecord] = []
 
-    def unet(model: Any) -> list[dict[str, Any]]:
+    def calibrate(unet: Any) -> list[dict[str, Any]]:
         progress(f"unet: recording {settings.size} calibration inputs from {len(settings.prompts)} prompts")
         text_encoder = staged / "text_encoder" / "openvino_model.xml"
-        tokenizer, scheduler = src.tokenizer_dir, src.scheduler_config
-        records.append(record_calibration(model, text_encoder, tokenizer, scheduler, shape, settings))
-        return records[-1].unet_inputs
+        return collect_unet_inputs(unet, text_encoder, src.tokenizer_dir, src.scheduler_config, shape, settings)
 
-    def tiny_decoder(model: Any) -> list[dict[str, Any]]:
-        name = model.inputs[0].get_any_name()
-        return [{name: latent} for latent in records[-1].latents]
-
-    return {"unet": unet, "tiny_vae_decoder": tiny_decoder}
+    return calibrate
 
 
 def _config_dict(model: Any) -> dict[str, Any]:

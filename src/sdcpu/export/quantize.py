@@ -4,13 +4,12 @@
 - `int8`: 8-bit weights for every component, compute in float32. OpenVINO: NNCF weight compression
   (asymmetric, per output channel), decompressed inside the compiled kernels. ONNX: each large weight
   is stored as int8 with a per-channel scale and a DequantizeLinear node (symmetric, axis 0).
-- `int8-hybrid` (OpenVINO): int8 weights everywhere, plus int8 activations on the convolutions of the
-  UNet and of the tiny decoder, calibrated on UNet inputs collected by running the float model on
-  prompts and on the clean latents it predicts on the way (export/calibration.py). This is NNCF's hybrid
+- `int8-hybrid` (OpenVINO): int8 weights everywhere, plus int8 activations on the UNet's convolutions,
+  calibrated on UNet inputs collected by running the float model on prompts. This is NNCF's hybrid
   recipe for diffusion models (as in optimum-intel): activation quantization of the attention and
   feed-forward MatMuls is what ruins Stable Diffusion images, so those keep float activations (on the
   demo model, quantizing them too lost 11.2 points of accuracy; docs/benchmarks.md), and so do the
-  attentions themselves and each network's first and last convolution (`_float_activations`).
+  attentions themselves and the UNet's first and last convolution (`_boundary_convolutions`).
 - `int4` (OpenVINO): 4-bit weights (symmetric, groups of 64) for the UNet, its shallow DeepCache
   pass and the text encoder, 8-bit for the VAE; NNCF keeps the first and last layers at 8 bits.
   With int8-hybrid the shallow pass gets int8 weights only: it is not calibrated.
@@ -33,8 +32,6 @@ INT4_GROUP_SIZE = 64
 
 def component_precision(precision: str, component: str) -> str:
     """The precision `component` is exported at when the whole model is asked for `precision`."""
-    if component == "tiny_vae_decoder" and precision == "int8-hybrid":
-        return "int8-hybrid"  # all convolutions: int8 activations halve its time (docs/benchmarks.md)
     if component.startswith("tiny_vae"):  # 1.2M weights: 8 bits would cost quality and save nothing
         return "fp32" if precision == "fp32" else "fp16"
     if precision == "int8-hybrid":
@@ -72,16 +69,15 @@ def _hybrid(model: Any, calibration: Sequence[dict[str, np.ndarray]]) -> Any:
 
     if not calibration:
         raise ValueError("int8-hybrid needs calibration samples")
+    # Read before weight compression, which puts a decompression between each MatMul and its weight.
+    kept_float = _matmuls_with_constant_weights(model) + _boundary_convolutions(model)
     # Weight-only int8 for everything but convolutions; those get int8 weights *and* activations, but for
-    # the first and last, which keep float activations and so get weight-only int8 too.
-    boundary = _boundary_convolutions(model)
-    calibrated = [op.get_friendly_name() for op in model.get_ops() if op.get_type_name() == "Convolution"]
+    # the first and last, which stay float, weights too (in SD 1.5's UNet, 23k of 860M weights).
     compressed = nncf.compress_weights(
         model,
         mode=nncf.CompressWeightsMode.INT8_ASYM,
-        ignored_scope=nncf.IgnoredScope(names=[name for name in calibrated if name not in boundary], validate=False),
+        ignored_scope=nncf.IgnoredScope(types=["Convolution"]),
     )
-    kept_float = _matmuls_with_constant_weights(model) + boundary
     return nncf.quantize(
         compressed,
         nncf.Dataset(list(calibration)),

@@ -21,7 +21,7 @@ from sdcpu.export.quantize import compress_openvino, store_onnx_weights_int8
 
 ONNX_OPSET = 17
 ONNX_DATA = "model.onnx_data"
-# A calibrated component's inputs, for its float graph (int8-hybrid only): export/convert.py's _calibrators.
+# Records UNet inputs from the float model (int8-hybrid only).
 Calibrate = Callable[[Any], list[dict[str, np.ndarray]]]
 
 
