@@ -21,7 +21,7 @@ from sdcpu.export.calibration import CalibrationSettings, collect_unet_inputs
 from sdcpu.export.components import COMPONENT_SPECS, OPTIONAL_KINDS
 from sdcpu.export.lora import PREFIXES as LORA_NETWORKS
 from sdcpu.export.lora import Lora, check_loras, fuse_loras
-from sdcpu.export.quantize import PRECISIONS, component_precision
+from sdcpu.export.quantize import FEW_STEP_RECIPE, NNCF_RECIPE, PRECISIONS, component_precision
 from sdcpu.export.sources import Source, open_source, open_tiny_vae
 from sdcpu.export.tokenizer_ir import write_tokenizer_irs
 from sdcpu.export.writers import WRITERS, Calibrate
@@ -29,6 +29,7 @@ from sdcpu.runtime.errors import SdcpuError
 from sdcpu.runtime.graph_signature import read_inputs
 from sdcpu.runtime.manifest import GRAPH_FILE, MANIFEST_NAME, Manifest, describe_files, task_of
 from sdcpu.runtime.outputs import follow_umask
+from sdcpu.runtime.schedulers import SamplingDefaults, SchedulerConfig, sampling_defaults
 from sdcpu.runtime.tokenizer import TOKENIZER_FILES
 
 OWNER = "convert.pid"  # in a convert's temporary folder: the process that writes it
@@ -162,6 +163,8 @@ def _export_components(
     components: dict[str, dict[str, Any]] = {}
     loaded: dict[str, Any] = {}
     calibrate = _calibrator(src, staged, calibration, progress) if calibration is not None else None
+    few_step = sampling_defaults(SchedulerConfig.from_dict(src.scheduler_config)) != SamplingDefaults()
+    recipe = FEW_STEP_RECIPE if few_step else NNCF_RECIPE
     for component in COMPONENT_SPECS:  # in the registry's order, grouped by the model each is cut from
         start = time.perf_counter()
         kind, make_spec = COMPONENT_SPECS[component]
@@ -177,7 +180,7 @@ def _export_components(
         folder = staged / component
         folder.mkdir()
         exact = component_precision(precision, component)
-        names = WRITERS[fmt](spec, folder, exact, calibrate if exact == "int8-hybrid" else None)
+        names = WRITERS[fmt](spec, folder, exact, calibrate if exact == "int8-hybrid" else None, recipe)
         (folder / "config.json").write_text(json.dumps(_config_dict(loaded[kind]), indent=2, default=str))
         components[component] = {"precision": exact, "files": [f"{component}/{name}" for name in names]}
         components[component]["inputs"] = read_inputs(folder / GRAPH_FILE[fmt])

@@ -8,8 +8,8 @@
   calibrated on UNet inputs collected by running the float model on prompts. This is NNCF's hybrid
   recipe for diffusion models (as in optimum-intel): activation quantization of the attention and
   feed-forward MatMuls is what ruins Stable Diffusion images, so those keep float activations (on the
-  demo model, quantizing them too lost 11.2 points of accuracy; docs/benchmarks.md), and so do the
-  attentions themselves and the UNet's first and last convolution (`_boundary_convolutions`).
+  demo model, quantizing them too lost 11.2 points of accuracy; docs/benchmarks.md). Few-step models
+  keep the attentions and the UNet's first and last convolution in float too (`HybridRecipe`).
 - `int4` (OpenVINO): 4-bit weights (symmetric, groups of 64) for the UNet, its shallow DeepCache
   pass and the text encoder, 8-bit for the VAE; NNCF keeps the first and last layers at 8 bits.
   With int8-hybrid the shallow pass gets int8 weights only: it is not calibrated.
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,23 @@ PRECISIONS = {
     "onnx": ("fp32", "fp16", "int8"),
 }
 INT4_GROUP_SIZE = 64
+
+
+@dataclass(frozen=True)
+class HybridRecipe:
+    """What int8-hybrid keeps in float besides the MatMuls with weights. A few-step model's 1-step image
+    is the UNet's x0 = (x_T - sqrt(1 - a_T) eps) / sqrt(a_T) (DDPM, https://arxiv.org/abs/2006.11239,
+    eq. 15), which multiplies the UNet's error by 1 / sqrt(a_T), about 15 for SD: on the few-step demo,
+    float attention and first and last convolutions took 1-step images from 80.4% to 84-85% (full
+    decoder) and from 55% to 71% (tiny decoder). On the 20-step demo the same cost 1.7-3.3 points, so
+    other models keep NNCF's recipe (docs/quality.md)."""
+
+    float_attention: bool = False
+    float_boundaries: bool = False  # the first convolution after an input, the last before an output
+
+
+NNCF_RECIPE = HybridRecipe()
+FEW_STEP_RECIPE = HybridRecipe(float_attention=True, float_boundaries=True)
 
 
 def component_precision(precision: str, component: str) -> str:
@@ -41,7 +59,12 @@ def component_precision(precision: str, component: str) -> str:
     return precision
 
 
-def compress_openvino(model: Any, precision: str, calibration: Sequence[dict[str, np.ndarray]] = ()) -> Any:
+def compress_openvino(
+    model: Any,
+    precision: str,
+    calibration: Sequence[dict[str, np.ndarray]] = (),
+    recipe: HybridRecipe = NNCF_RECIPE,
+) -> Any:
     """Compress an `openvino.Model` in place of its float weights; fp32 and fp16 pass through."""
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
@@ -60,30 +83,32 @@ def compress_openvino(model: Any, precision: str, calibration: Sequence[dict[str
             advanced_parameters=adjust,
         )
     if precision == "int8-hybrid":
-        return _hybrid(model, calibration)
+        return _hybrid(model, calibration, recipe)
     return model
 
 
-def _hybrid(model: Any, calibration: Sequence[dict[str, np.ndarray]]) -> Any:
+def _hybrid(model: Any, calibration: Sequence[dict[str, np.ndarray]], recipe: HybridRecipe) -> Any:
     import nncf
 
     if not calibration:
         raise ValueError("int8-hybrid needs calibration samples")
     # Read before weight compression, which puts a decompression between each MatMul and its weight.
-    kept_float = _matmuls_with_constant_weights(model) + _boundary_convolutions(model)
-    # Weight-only int8 for everything but convolutions; those get int8 weights *and* activations, but for
-    # the first and last, which stay float, weights too (in SD 1.5's UNet, 23k of 860M weights).
+    kept_float = _matmuls_with_constant_weights(model)
+    kept_float += _boundary_convolutions(model) if recipe.float_boundaries else []
+    # Weight-only int8 for everything but convolutions; those get int8 weights *and* activations (but the
+    # first and last of a few-step recipe: float, weights too; in SD 1.5's UNet, 23k of 860M weights).
     compressed = nncf.compress_weights(
         model,
         mode=nncf.CompressWeightsMode.INT8_ASYM,
         ignored_scope=nncf.IgnoredScope(types=["Convolution"]),
     )
+    float_types = ["ScaledDotProductAttention"] if recipe.float_attention else []
     return nncf.quantize(
         compressed,
         nncf.Dataset(list(calibration)),
         model_type=nncf.ModelType.TRANSFORMER,
         subset_size=len(calibration),
-        ignored_scope=nncf.IgnoredScope(names=kept_float, types=["ScaledDotProductAttention"], validate=False),
+        ignored_scope=nncf.IgnoredScope(names=kept_float, types=float_types, validate=False),
         advanced_parameters=nncf.AdvancedQuantizationParameters(smooth_quant_alpha=-1),
     )
 
@@ -102,10 +127,7 @@ def _matmuls_with_constant_weights(model: Any) -> list[str]:
 
 def _boundary_convolutions(model: Any, depth: int = 6) -> list[str]:
     """The first convolution after each input and the last before each output, found within `depth`
-    ops that are neither convolutions nor MatMuls: they keep float activations. A 1-step image is the
-    UNet's x0 = (x_T - sqrt(1 - a_T) eps) / sqrt(a_T) (DDPM, https://arxiv.org/abs/2006.11239, eq. 15),
-    which multiplies the error of its last layer by 1 / sqrt(a_T), about 15 for SD; on the few-step demo,
-    quantizing these two cost 2.9 points at 1 step (docs/quality.md)."""
+    ops that are neither convolutions nor MatMuls."""
     found: list[str] = []
     for start, forward in [(p, True) for p in model.get_parameters()] + [(r, False) for r in model.get_results()]:
         frontier = [start]

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from sdcpu.export.components import ExportSpec
-from sdcpu.export.quantize import compress_openvino, store_onnx_weights_int8
+from sdcpu.export.quantize import NNCF_RECIPE, HybridRecipe, compress_openvino, store_onnx_weights_int8
 
 ONNX_OPSET = 17
 ONNX_DATA = "model.onnx_data"
@@ -25,7 +25,13 @@ ONNX_DATA = "model.onnx_data"
 Calibrate = Callable[[Any], list[dict[str, np.ndarray]]]
 
 
-def write_openvino(spec: ExportSpec, folder: Path, precision: str, calibrate: Calibrate | None = None) -> list[str]:
+def write_openvino(
+    spec: ExportSpec,
+    folder: Path,
+    precision: str,
+    calibrate: Calibrate | None = None,
+    recipe: HybridRecipe = NNCF_RECIPE,
+) -> list[str]:
     import openvino as ov
 
     with torch.no_grad():
@@ -35,7 +41,7 @@ def write_openvino(spec: ExportSpec, folder: Path, precision: str, calibrate: Ca
     for port, name in zip(model.outputs, spec.output_names, strict=True):
         port.get_tensor().set_names({name})
     samples = calibrate(model) if calibrate is not None else []
-    model = compress_openvino(model, precision, samples)
+    model = compress_openvino(model, precision, samples, recipe)
     for result in [r for r in model.get_results() if r.output(0).get_names() & set(spec.inner_outputs)]:
         model.remove_result(result)  # the tensor keeps its name inside the graph
     for name in spec.int64_inputs:
@@ -45,7 +51,13 @@ def write_openvino(spec: ExportSpec, folder: Path, precision: str, calibrate: Ca
     return ["openvino_model.xml", "openvino_model.bin"]
 
 
-def write_onnx(spec: ExportSpec, folder: Path, precision: str, calibrate: Calibrate | None = None) -> list[str]:
+def write_onnx(
+    spec: ExportSpec,
+    folder: Path,
+    precision: str,
+    calibrate: Calibrate | None = None,
+    recipe: HybridRecipe = NNCF_RECIPE,  # int8-hybrid's; ONNX has no int8-hybrid
+) -> list[str]:
     import onnx
 
     with tempfile.TemporaryDirectory(dir=folder) as tmp, torch.no_grad():
