@@ -24,19 +24,23 @@ from modes import PROMPT, build
 
 ROOT = Path(__file__).resolve().parents[1]
 # (steps, decoder, sdcpu's token downsampling factor: 0 off, 2 ToDo's approximate attention; diffusers: off)
+TURBO_SCHEDULER = {"_class_name": "EulerAncestralDiscreteScheduler", "timestep_spacing": "trailing"}
 CASES = [(1, "tiny", 0), (1, "tiny", 2), (1, "full", 0), (4, "tiny", 0), (4, "full", 0)]
 
 
 def prepare_fast(work: Path) -> Path:
-    """SD 1.5 random weights (bench/modes.py's) with a random TAESD, converted at int8-hybrid."""
+    """SD 1.5 random weights (bench/modes.py's) with a random TAESD, converted at int8-hybrid. The scheduler
+    is SD-Turbo's (Euler a, trailing timesteps), so the conversion takes int8-hybrid's few-step recipe."""
     from diffusers import AutoencoderTiny
 
     from sdcpu.export.calibration import CalibrationSettings
     from sdcpu.export.convert import convert
 
-    source, taesd, out = work / "sd14-diffusers", work / "taesd", work / "sd14-int8-hybrid-tiny"
+    source, taesd, out = work / "sd14-diffusers", work / "taesd", work / "sd14-turbo-int8-hybrid-tiny"
     if not (source / "model_index.json").exists():
         build("sd14", source)
+    config = source / "scheduler" / "scheduler_config.json"
+    config.write_text(json.dumps(json.loads(config.read_text()) | TURBO_SCHEDULER, indent=2))
     if not (taesd / "config.json").exists():
         AutoencoderTiny().save_pretrained(taesd)  # diffusers' defaults are TAESD's architecture
     if not (out / "sdcpu.json").exists():
@@ -51,7 +55,7 @@ def run_sdcpu(work: Path, steps: int, decoder: str, runs: int, todo: int) -> dic
     from sdcpu.runtime.pipeline import Pipeline
 
     options = LoadOptions(decoder=decoder, token_downsampling=todo or 1)
-    pipe = Pipeline.load(work / "sd14-int8-hybrid-tiny", options)
+    pipe = Pipeline.load(work / "sd14-turbo-int8-hybrid-tiny", options)
     generate = lambda seed: pipe(PROMPT, steps=steps, guidance=0.0, scheduler="euler-a", seed=seed)  # noqa: E731
     info = generate(0).runtime
     times = []
