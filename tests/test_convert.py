@@ -160,7 +160,7 @@ def test_folder_with_tokenizer_json_only_converts_and_generates_the_same(tiny_sd
 def test_failed_convert_leaves_nothing(tiny_sd1, tmp_path, monkeypatch):
     from sdcpu.export import writers
 
-    def broken(spec, folder, precision, calibrate=None):
+    def broken(spec, folder, precision, calibrate=None, recipe=None):
         raise RuntimeError("disk full")
 
     monkeypatch.setitem(writers.WRITERS, "onnx", broken)
