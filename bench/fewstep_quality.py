@@ -33,21 +33,18 @@ TODO_ROWS = [("demo-lcm", 1), ("demo-lcm", 4)]
 INT8_HYBRID_ROWS = [("demo", 20), ("demo-lcm", 1), ("demo-lcm", 4)]
 
 
-def measure(model: str, steps: int, decoder: str, count: int, todo: int = 0) -> dict:
+def measure(model: str, steps: int, decoder: str, count: int, todo: int = 0, name: str | None = None) -> dict:
+    """One row: `model` (a bundled name or a folder) on the oracle; `name` names the row (default: `model`)."""
     options = LoadOptions(compute_precision="f32", decoder=decoder, token_downsampling=todo or 1)
     pipe = Pipeline.load(model, options)
-    model = INT8_HYBRID_NAMES.get(model, model)
     started = time.perf_counter()
     report = evaluate(lambda caption, seed: pipe(caption, steps=steps, seed=seed).array[0], count)
-    row = {"model": model, "steps": steps, "decoder": decoder, "token_downsampling": todo}
+    row = {"model": name or model, "steps": steps, "decoder": decoder, "token_downsampling": todo}
     row |= {"count": report.count, "accuracy": report.accuracy()}
     row |= {"scheduler": f"{pipe.scheduler_config.class_name}, guidance {pipe.defaults.guidance}"}
     row["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(row), flush=True)
     return row
-
-
-INT8_HYBRID_NAMES: dict[str, str] = {}  # a converted folder's path -> its row name
 
 
 def convert_int8_hybrid(work: Path) -> dict[str, str]:
@@ -65,7 +62,6 @@ def convert_int8_hybrid(work: Path) -> dict[str, str]:
         out = work / f"{name}-int8-hybrid"
         if not (out / "sdcpu.json").exists():
             convert(str(source), out, "openvino", "int8-hybrid", calibration=calibration, tiny_vae=work / "tiny")
-        INT8_HYBRID_NAMES[str(out)] = f"{name} int8-hybrid"
         folders[name] = str(out)
     return folders
 
@@ -84,8 +80,9 @@ def main() -> None:
         rows += [measure(model, steps, "full", args.count, todo=2) for model, steps in TODO_ROWS]
     if args.int8_hybrid is not None:
         folders = convert_int8_hybrid(args.int8_hybrid)
-        cases = [(folders[model], steps) for model, steps in INT8_HYBRID_ROWS]
-        rows += [measure(folder, steps, decoder, args.count) for decoder in ("full", "tiny") for folder, steps in cases]
+        for decoder in ("full", "tiny"):
+            for model, steps in INT8_HYBRID_ROWS:
+                rows.append(measure(folders[model], steps, decoder, args.count, name=f"{model} int8-hybrid"))
     args.json.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2) + "\n")
 
 

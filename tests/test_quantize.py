@@ -36,8 +36,7 @@ def quantized(tiny_sd1, tmp_path_factory) -> dict[tuple[str, str], Path]:
     folders = {}
     for fmt, precision in CASES:
         out = root / f"{fmt}-{precision}"
-        calibration = CalibrationSettings(size=4)
-        convert(str(tiny_sd1), out, fmt, precision, calibration=calibration, progress=lambda _: None)
+        convert(str(tiny_sd1), out, fmt, precision, calibration=CalibrationSettings(size=4), progress=lambda _: None)
         folders[fmt, precision] = out
     return folders
 
@@ -127,7 +126,8 @@ def test_openvino_hybrid_keeps_a_few_step_models_attention_and_first_and_last_co
     config = source / "scheduler" / "scheduler_config.json"
     config.write_text(json.dumps(json.loads(config.read_text()) | {"_class_name": "LCMScheduler"}))
     out = tmp_path / "out"
-    convert(str(source), out, "openvino", "int8-hybrid", calibration=CalibrationSettings(size=4), progress=print)
+    calibration = CalibrationSettings(size=4)
+    convert(str(source), out, "openvino", "int8-hybrid", calibration=calibration, progress=lambda _: None)
     for folder, few_step in ((out, True), (quantized["openvino", "int8-hybrid"], False)):
         unet = folder / "unet" / "openvino_model.xml"
         convolutions, calibrated = _quantized_inputs(unet, "Convolution")
