@@ -44,6 +44,9 @@ def test_manifest_describes_and_hashes_the_folder(sd1_onnx, tiny_sd1):
     assert "unet/model.onnx_data" in manifest.files  # weights in external data
     for rel, info in manifest.files.items():
         assert sha256_file(sd1_onnx / rel) == info["sha256"]
+    # component configs keep no path of the converting machine (diffusers' `_name_or_path`)
+    configs = [json.loads(path.read_text()) for path in sd1_onnx.glob("*/config.json")]
+    assert len(configs) >= 5 and not any("_name_or_path" in config for config in configs)
 
 
 @pytest.fixture(scope="module")

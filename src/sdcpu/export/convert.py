@@ -216,7 +216,9 @@ def _calibrator(src: Source, staged: Path, settings: CalibrationSettings, progre
 
 def _config_dict(model: Any) -> dict[str, Any]:
     config = model.config  # diffusers: a FrozenDict; transformers: a PretrainedConfig
-    return dict(config.to_dict() if hasattr(config, "to_dict") else config)
+    config = dict(config.to_dict() if hasattr(config, "to_dict") else config)
+    config.pop("_name_or_path", None)  # a path on the converting machine; the manifest names the source
+    return config
 
 
 def _write_support_files(src: Source, staged: Path, fmt: str, progress: Callable[[str], None]) -> list[str]:
