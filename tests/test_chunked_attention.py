@@ -7,6 +7,7 @@ import numpy as np
 import openvino as ov
 import openvino.opset13 as ops
 import pytest
+
 from sdcpu.runtime.backends.chunked_attention import split_queries
 
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}  # pinned: the CPU plugin computes in bf16 by default where the CPU has it

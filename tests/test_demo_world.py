@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
+
 from sdcpu.models import demo_world as world
 from sdcpu.models.demo_tokenizer import write_tokenizer
 from sdcpu.runtime.tokenizer import ClipTokenizer

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+from typer.testing import CliRunner
+
 from sdcpu.cli.main import app
 from sdcpu.models import demo_world as world
 from sdcpu.runtime.evaluation import evaluate, psnr, ssim
-from typer.testing import CliRunner
 
 
 def test_ssim_and_psnr():
