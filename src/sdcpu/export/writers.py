@@ -41,9 +41,11 @@ def write_openvino(
     for port, name in zip(model.outputs, spec.output_names, strict=True):
         port.get_tensor().set_names({name})
     samples = calibrate(model) if calibrate is not None else []
-    model = compress_openvino(model, precision, samples, recipe)
+    # Before compression: quantization must see the graph's real outputs only (a few-step recipe keeps the
+    # last convolution before each output in float, and an inner tensor is not an output).
     for result in [r for r in model.get_results() if r.output(0).get_names() & set(spec.inner_outputs)]:
         model.remove_result(result)  # the tensor keeps its name inside the graph
+    model = compress_openvino(model, precision, samples, recipe)
     for name in spec.int64_inputs:
         _store_as_int64(model, name)
     model.set_rt_info(precision, ["sdcpu", "precision"])
