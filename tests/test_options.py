@@ -18,6 +18,7 @@ from sdcpu.runtime.manifest import MANIFEST_VERSION, Manifest
 from sdcpu.runtime.memory import LowMemory, Resident, memory_policy
 from sdcpu.runtime.options import LoadOptions
 from sdcpu.runtime.pipeline import Pipeline
+from sdcpu.runtime.precision import CpuInfo
 
 MANIFEST = Manifest.load(CONVERTED)
 ONNX = replace(MANIFEST, format="onnx")
@@ -72,12 +73,15 @@ def test_each_pass_says_what_it_applies_to():
     assert token_downsampling(2).key != token_downsampling(3).key
 
 
-def test_passes_follow_the_options_in_order():
+@pytest.mark.parametrize("isa, chunked", [(("AVX2", "FMA"), ["chunked-attention"]), (("AVX2", "FMA", "AVX-512"), [])])
+def test_passes_follow_the_options_in_order(monkeypatch, isa, chunked):
+    # Attention is chunked only where OpenVINO splits it into separate nodes: on CPUs without AVX-512.
+    monkeypatch.setattr(precision, "cpu_info", lambda: CpuInfo("a CPU", 2, isa))
     keys = lambda options: [p.name for p in graph_passes(options.resolve(MANIFEST))]  # noqa: E731
-    assert keys(LoadOptions(compute_precision="f32")) == ["winograd", "chunked-attention"]
+    assert keys(LoadOptions(compute_precision="f32")) == ["winograd", *chunked]
     f32_todo = LoadOptions(compute_precision="f32", token_downsampling=2)
-    assert keys(f32_todo) == ["winograd", "token-downsampling-2", "chunked-attention"]
-    assert keys(LoadOptions(compute_precision="f32", winograd=False)) == ["chunked-attention"]
+    assert keys(f32_todo) == ["winograd", "token-downsampling-2", *chunked]
+    assert keys(LoadOptions(compute_precision="f32", winograd=False)) == chunked
     assert graph_passes(LoadOptions().resolve(ONNX)) == ()
 
 
