@@ -201,38 +201,37 @@ class Student:
                 live.copy_(ema)
 
     @torch.no_grad()
+    def one_step(self, x: torch.Tensor, rows: np.ndarray) -> np.ndarray:
+        """f(x, t) of the boundary condition at t = 999 for noise `x` and captions `rows`: what the few-step
+        model draws in one LCM step, as the scheduler returns it."""
+        t = torch.tensor(int(GRID[0]))
+        c_skip, c_out = boundary(t)
+        a = self.teacher.alphas_cumprod[t]
+        eps = self.unet(x, t, self.embeddings[rows]).sample
+        return (c_skip * x + c_out * (x - (1 - a).sqrt() * eps) / a.sqrt()).numpy()
+
+    def caption_batches(self) -> list[np.ndarray]:
+        return np.array_split(np.arange(len(self.x0)), max(1, len(self.x0) // 128))
+
     def one_step_samples(self) -> np.ndarray:
-        """What the shipped few-step model draws in one LCM step from each trajectory's start (t = 999):
-        f(x, t) of the boundary condition, as the scheduler returns it. Cached in the work folder."""
+        """The shipped few-step model's 1-step sample from each trajectory's start. Cached in the work folder."""
         path = self.work / "one_step.npy"
         if not path.exists():
             self.use_ema()
-            t = torch.tensor(int(GRID[0]))
-            c_skip, c_out = boundary(t)
-            a = self.teacher.alphas_cumprod[t]
-            out = []
-            for rows in np.array_split(np.arange(len(self.x0)), max(1, len(self.x0) // 128)):
-                x = torch.from_numpy(self.states[rows, 0].astype(np.float32))
-                eps = self.unet(x, t, self.embeddings[rows]).sample
-                out.append((c_skip * x + c_out * (x - (1 - a).sqrt() * eps) / a.sqrt()).numpy())
-            np.save(path, np.concatenate(out))
+            start = lambda rows: torch.from_numpy(self.states[rows, 0].astype(np.float32))  # noqa: E731
+            np.save(path, np.concatenate([self.one_step(start(rows), rows) for rows in self.caption_batches()]))
         return np.load(path)
 
-    @torch.no_grad()
     def fresh_one_step_samples(self, draws: int = 3) -> np.ndarray:
         """`draws` more 1-step samples per training caption, from new noise (seed 77). Cached."""
         path = self.work / "one_step_fresh.npy"
         if not path.exists():
             self.use_ema()
-            t = torch.tensor(int(GRID[0]))
-            c_skip, c_out = boundary(t)
-            a = self.teacher.alphas_cumprod[t]
             generator, out = torch.Generator().manual_seed(77), []
             for _ in range(draws):
-                for rows in np.array_split(np.arange(len(self.x0)), max(1, len(self.x0) // 128)):
+                for rows in self.caption_batches():
                     x = torch.randn((len(rows), *self.x0.shape[1:]), generator=generator)
-                    eps = self.unet(x, t, self.embeddings[rows]).sample
-                    out.append((c_skip * x + c_out * (x - (1 - a).sqrt() * eps) / a.sqrt()).numpy())
+                    out.append(self.one_step(x, rows))
             np.save(path, np.concatenate(out))
         return np.load(path)
 
