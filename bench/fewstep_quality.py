@@ -43,6 +43,7 @@ def measure(model: str, steps: int, decoder: str, count: int, todo: int = 0, nam
     row |= {"count": report.count, "accuracy": report.accuracy()}
     row |= {"scheduler": f"{pipe.scheduler_config.class_name}, guidance {pipe.defaults.guidance}"}
     row["seconds"] = round(time.perf_counter() - started, 1)
+    row["machine"] = machine()
     print(json.dumps(row), flush=True)
     return row
 
@@ -73,8 +74,9 @@ def main() -> None:
     parser.add_argument("--int8-hybrid", type=Path, help="also measure int8-hybrid conversions made here")
     parser.add_argument("--only-int8-hybrid", action="store_true", help="keep the other rows from --json")
     args = parser.parse_args()
-    if args.only_int8_hybrid:
-        rows = [r for r in json.loads(args.json.read_text())["rows"] if "int8-hybrid" not in r["model"]]
+    if args.only_int8_hybrid:  # the kept rows keep the CPU they were measured on
+        kept = json.loads(args.json.read_text())
+        rows = [{"machine": kept.get("machine")} | r for r in kept["rows"] if "int8-hybrid" not in r["model"]]
     else:
         rows = [measure(model, steps, decoder, args.count) for decoder in ("full", "tiny") for model, steps in ROWS]
         rows += [measure(model, steps, "full", args.count, todo=2) for model, steps in TODO_ROWS]
@@ -83,7 +85,7 @@ def main() -> None:
         for decoder in ("full", "tiny"):
             for model, steps in INT8_HYBRID_ROWS:
                 rows.append(measure(folders[model], steps, decoder, args.count, name=f"{model} int8-hybrid"))
-    args.json.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2) + "\n")
+    args.json.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

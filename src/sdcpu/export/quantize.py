@@ -36,9 +36,9 @@ class HybridRecipe:
     """What int8-hybrid keeps in float besides the MatMuls with weights. A few-step model's 1-step image
     is the UNet's x0 = (x_T - sqrt(1 - a_T) eps) / sqrt(a_T) (DDPM, https://arxiv.org/abs/2006.11239,
     eq. 15), which multiplies the UNet's error by 1 / sqrt(a_T), about 15 for SD: on the few-step demo,
-    float attention and first and last convolutions took 1-step images from 80.4% to 85.4% (full
-    decoder) and from 55.4% to 68.8% (tiny decoder). On the 20-step demo the same cost 0.9-3.3 points, so
-    other models keep NNCF's recipe (docs/quality.md)."""
+    float attention and first and last convolutions take 1-step images from 80.4% to 86.2% (full
+    decoder; the fp16 model: 85.4%). On the 20-step demo the same cost 0.9-3.3 points, so other models
+    keep NNCF's recipe (docs/quality.md)."""
 
     float_attention: bool = False
     float_boundaries: bool = False  # the first convolution after an input, the last before an output
