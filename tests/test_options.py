@@ -12,7 +12,13 @@ import pytest
 
 from sdcpu.models.demo_model import CONVERTED
 from sdcpu.runtime import precision
-from sdcpu.runtime.backends.graph_passes import chunked_attention, graph_passes, token_downsampling, winograd
+from sdcpu.runtime.backends.graph_passes import (
+    chunked_attention,
+    graph_passes,
+    token_downsampling,
+    upsampling_convolutions,
+    winograd,
+)
 from sdcpu.runtime.errors import SdcpuError
 from sdcpu.runtime.manifest import MANIFEST_VERSION, Manifest
 from sdcpu.runtime.memory import LowMemory, Resident, memory_policy
@@ -69,6 +75,9 @@ def test_each_pass_says_what_it_applies_to():
     # The shallow UNet of an int8-hybrid folder is int8 (no FakeQuantize): nothing to chunk.
     assert not chunked_attention().applies_to("unet_shallow", "int8", "CPU")
     assert not chunked_attention().applies_to("unet", "fp32", "CPU")
+    decoders = ("vae_decoder", "tiny_vae_decoder")
+    assert all(upsampling_convolutions().applies_to(c, "fp16", "CPU") for c in ("unet", *decoders))
+    assert not upsampling_convolutions().applies_to("vae_encoder", "fp32", "CPU")
     assert token_downsampling(2).applies_to("unet", "fp32", "GPU") and not token_downsampling(2).exact
     assert token_downsampling(2).key != token_downsampling(3).key
 
@@ -78,10 +87,11 @@ def test_passes_follow_the_options_in_order(monkeypatch, isa, chunked):
     # Attention is chunked only where OpenVINO splits it into separate nodes: on CPUs without AVX-512.
     monkeypatch.setattr(precision, "cpu_info", lambda: CpuInfo("a CPU", 2, isa))
     keys = lambda options: [p.name for p in graph_passes(options.resolve(MANIFEST))]  # noqa: E731
-    assert keys(LoadOptions(compute_precision="f32")) == ["winograd", *chunked]
+    up = "upsampling-convolutions"
+    assert keys(LoadOptions(compute_precision="f32")) == ["winograd", up, *chunked]
     f32_todo = LoadOptions(compute_precision="f32", token_downsampling=2)
-    assert keys(f32_todo) == ["winograd", "token-downsampling-2", *chunked]
-    assert keys(LoadOptions(compute_precision="f32", winograd=False)) == chunked
+    assert keys(f32_todo) == ["winograd", up, "token-downsampling-2", *chunked]
+    assert keys(LoadOptions(compute_precision="f32", winograd=False)) == [up, *chunked]
     assert graph_passes(LoadOptions().resolve(ONNX)) == ()
 
 
@@ -118,10 +128,9 @@ def test_the_pipeline_records_its_load_options(monkeypatch):
     info = pipe.runtime_info()
     assert info["compute_precision_requested"] == "f32" and info["token_downsampling"] == "2"
     assert info["memory"] == "resident" and info["backend"] == "openvino" and info["verify"] == "fast"
-    assert (
-        info["graph_passes"]
-        == "unet: winograd r2, token-downsampling-2 r1; unet_shallow: winograd r2, token-downsampling-2 r1"
-    )
+    unet = "winograd r2, upsampling-convolutions r1, token-downsampling-2 r1"
+    expected = f"unet: {unet}; unet_shallow: {unet}; vae_decoder: upsampling-convolutions r1"
+    assert info["graph_passes"] == expected
 
 
 @pytest.mark.parametrize("version, message", [(1, "older sdcpu .* convert the checkpoint again"), (99, "newer sdcpu")])

@@ -77,7 +77,7 @@ def rewrite_convolutions(model: ov.Model) -> int:
     `tile_size` picks by its Winograd form, in place. Returns how many were replaced."""
     count = 0
     for conv in model.get_ordered_ops():
-        weights = _filter(conv)
+        weights = float_filter_3x3(conv)
         if weights is None or not conv.get_input_partial_shape(0).is_static:
             continue
         batch, _, height, width = (int(d) for d in conv.get_input_partial_shape(0).to_shape())
@@ -88,22 +88,28 @@ def rewrite_convolutions(model: ov.Model) -> int:
     return count
 
 
-def _filter(conv: ov.Node) -> np.ndarray | None:
-    """The float filter [out, in, 3, 3] of a convolution that F(m x m, 3 x 3) computes, else None."""
-    if conv.get_type_name() != "Convolution":
-        return None
+def same_size_3x3(conv: ov.Node) -> bool:
+    """Whether `conv` is a 3x3, stride-1, pad-1 convolution: its output the size of its input."""
+    if conv.get_type_name() != "Convolution" or not conv.get_input_partial_shape(1).is_static:
+        return False
     attrs = conv.get_attributes()
     if attrs["strides"] != [1, 1] or attrs["dilations"] != [1, 1] or attrs["auto_pad"] != "explicit":
-        return None
-    if attrs["pads_begin"] != [1, 1] or attrs["pads_end"] != [1, 1]:
+        return False
+    same = attrs["pads_begin"] == [1, 1] and attrs["pads_end"] == [1, 1]
+    return same and tuple(conv.get_input_partial_shape(1).to_shape())[2:] == (3, 3)
+
+
+def float_filter_3x3(conv: ov.Node) -> np.ndarray | None:
+    """The float filter [out, in, 3, 3] of a 3x3, stride-1, pad-1 convolution (what F(m x m, 3 x 3)
+    computes), else None."""
+    if not same_size_3x3(conv):
         return None
     source = conv.input_value(1).get_node()
     if source.get_type_name() == "Convert":  # fp16 weights, converted when compiled
         source = source.input_value(0).get_node()
     if source.get_type_name() != "Constant" or source.get_element_type() not in (ov.Type.f32, ov.Type.f16):
         return None
-    weights = source.get_data()
-    return weights if weights.shape[2:] == (3, 3) else None
+    return source.get_data()
 
 
 def _i64(values: list[int]) -> ov.Node:
