@@ -190,6 +190,14 @@ def render(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def notes_after_the_table(page: str) -> str:
+    """What quality.md holds after the table `render` writes (its notes, the few-step section), kept."""
+    lines = page.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("| model | CPU |")), len(lines))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return "".join(line + "\n" for line in lines[end:])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=240)
@@ -207,7 +215,8 @@ def main() -> None:
     record = {"machine": machine(), "count": args.count}
     record["results"] = results
     (args.docs / "quality.json").write_text(json.dumps(record, indent=2) + "\n")
-    (args.docs / "quality.md").write_text(render(record))
+    page = args.docs / "quality.md"
+    page.write_text(render(record) + notes_after_the_table(page.read_text() if page.exists() else ""))
 
 
 if __name__ == "__main__":
