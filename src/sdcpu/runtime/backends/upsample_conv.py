@@ -14,7 +14,7 @@ source row i - 1 and rows 1 and 2 read row i). That is 4 x 4 multiply-adds per s
 channel pair against 4 x 9 on the upsampled map. Exact within float rounding (the summed filters).
 
 Why: with bf16 compute these convolutions run near the CPU's peak, so only fewer multiplications make
-them faster; they are 28% of the SD VAE decoder's FLOPs and a quarter of TAESD's at 512x512 output.
+them faster; they are 28% of the SD VAE decoder's FLOPs and 18% of TAESD's at 512x512 output.
 Int8 weights (an int8 or int8-hybrid VAE) are decompressed here, as the CPU plugin decompresses a
 convolution's weights anyway; convolutions with int8 inputs (FakeQuantize between the upsampling and the
 convolution, the int8-hybrid UNet) are left alone: summed weights leave the int8 grid.
