@@ -75,8 +75,7 @@ def main() -> None:
     parser.add_argument("--only-int8-hybrid", action="store_true", help="keep the other rows from --json")
     args = parser.parse_args()
     if args.only_int8_hybrid:  # the kept rows keep the CPU they were measured on
-        kept = json.loads(args.json.read_text())
-        rows = [{"machine": kept.get("machine")} | r for r in kept["rows"] if "int8-hybrid" not in r["model"]]
+        rows = [r for r in json.loads(args.json.read_text())["rows"] if "int8-hybrid" not in r["model"]]
     else:
         rows = [measure(model, steps, decoder, args.count) for decoder in ("full", "tiny") for model, steps in ROWS]
         rows += [measure(model, steps, "full", args.count, todo=2) for model, steps in TODO_ROWS]

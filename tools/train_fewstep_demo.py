@@ -304,9 +304,10 @@ def main() -> None:
     if not tiny.state.get("grown"):
         tiny.grow()
     train(tiny, args.tiny_grown_steps, args.batch, 3e-4, args.checkpoint_minutes, "tiny-grown", "foreground_step")
-    tiny.generated = np.concatenate([student.x0, student.one_step_samples()])
+    one_step = student.one_step_samples()
+    tiny.generated = np.concatenate([student.x0, one_step])
     train(tiny, args.tiny_fewstep_steps, args.batch, 1e-4, args.checkpoint_minutes, "tiny-fewstep", "fewstep_step")
-    tiny.generated = np.concatenate([student.x0, student.one_step_samples(), student.fresh_one_step_samples()])
+    tiny.generated = np.concatenate([student.x0, one_step, student.fresh_one_step_samples()])
     train(tiny, args.tiny_contour_steps, args.batch, 1e-4, args.checkpoint_minutes, "tiny-contour", "contour_step")
     if args.out_tiny:
         tiny.tiny.save_pretrained(args.out_tiny)

@@ -61,9 +61,9 @@ def foreground(target: torch.Tensor) -> torch.Tensor:
     return F.max_pool2d(shape, 5, stride=1, padding=2)
 
 
-def contour(target: torch.Tensor) -> torch.Tensor:
-    """(N, 1, H, W): 1 on the band where `foreground` meets the background (its mask less its erosion by 3)."""
-    mask = foreground(target)
+def contour(mask: torch.Tensor) -> torch.Tensor:
+    """(N, 1, H, W): 1 on the band where a `foreground` mask meets the background (the mask less its
+    erosion by 3)."""
     return (mask + F.max_pool2d(-mask, 7, stride=1, padding=3)).clamp(0, 1)
 
 
@@ -133,7 +133,8 @@ class TinyTrainer:
         for ys in (slice(0, 3), slice(-3, None)):
             for xs in (slice(0, 3), slice(-3, None)):
                 weight[ys, xs] = max(corner_weight, edge_weight)
-        weight = weight * (1 + foreground_weight * foreground(target) + contour_weight * contour(target))
+        mask = foreground(target)
+        weight = weight * (1 + foreground_weight * mask + contour_weight * contour(mask))
         error = (decoded - target).abs() + (decoded - target) ** 2
         loss = (error * weight).mean() / weight.mean()
         self.opt.zero_grad()

@@ -44,7 +44,6 @@ def rewrite_upsampling_convolutions(model: ov.Model) -> int:
         if source is not None and weights is not None:
             conv.output(0).replace(_sub_pixel(source, weights))
             count += 1
-    model.validate_nodes_and_infer_types()
     return count
 
 
