@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 from benchmark import machine  # bench/ is on the path when this file is run as a script
 
+from sdcpu.demo import world as world
+from sdcpu.demo.bundled import SOURCE
+from sdcpu.demo.oracle import evaluate
 from sdcpu.export.calibration import CalibrationSettings
 from sdcpu.export.convert import convert
-from sdcpu.models import demo_world as world
-from sdcpu.models.demo_model import SOURCE
-from sdcpu.runtime.evaluation import evaluate
 from sdcpu.runtime.options import LoadOptions
-from sdcpu.runtime.pipeline import Pipeline
+from sdcpu.runtime.pipelines.base import Pipeline
 from sdcpu.runtime.precision import cpu_info
 
 STEPS, GUIDANCE = 20, 7.5
@@ -165,7 +165,7 @@ def render(record: dict) -> str:
         "",
         f"The bundled demo model on the {record['count']} held-out captions of its world (attribute combinations",
         f"never seen in training), {STEPS} DDIM steps (the model's scheduler), guidance {GUIDANCE}, seed = caption",
-        "index. Accuracy is the oracle's verdict (`models/demo_world.py`); `all` means every named attribute is",
+        "index. Accuracy is the oracle's verdict (`demo/world.py`); `all` means every named attribute is",
         "right. SSIM and PSNR compare each image with the OpenVINO fp32 image (f32 compute) of the same caption",
         "and seed, computed on the row's CPU.",
         "int8-hybrid is calibrated on 128 UNet inputs: 16 training captions, 8 DDIM steps each.",

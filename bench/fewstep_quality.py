@@ -24,9 +24,9 @@ from pathlib import Path
 
 from benchmark import machine  # bench/ is on the path when this file is run as a script
 
-from sdcpu.runtime.evaluation import evaluate
+from sdcpu.demo.oracle import evaluate
 from sdcpu.runtime.options import LoadOptions
-from sdcpu.runtime.pipeline import Pipeline
+from sdcpu.runtime.pipelines.base import Pipeline
 
 ROWS = [("demo", 20), ("demo-lcm", 1), ("demo-lcm", 2), ("demo-lcm", 4)]
 TODO_ROWS = [("demo-lcm", 1), ("demo-lcm", 4)]
@@ -53,9 +53,9 @@ def convert_int8_hybrid(work: Path) -> dict[str, str]:
     bench/demo_quality.py (128 UNet inputs from 16 training captions); returns row name -> folder."""
     from demo_quality import calibration_prompts
 
+    from sdcpu.demo.bundled import SOURCE
     from sdcpu.export.calibration import CalibrationSettings
     from sdcpu.export.convert import convert
-    from sdcpu.models.demo_model import SOURCE
 
     calibration = CalibrationSettings(prompts=calibration_prompts(), size=128)
     folders = {}

@@ -52,7 +52,7 @@ def prepare_fast(work: Path) -> Path:
 
 def run_sdcpu(work: Path, steps: int, decoder: str, runs: int, todo: int) -> dict:
     from sdcpu.runtime.options import LoadOptions
-    from sdcpu.runtime.pipeline import Pipeline
+    from sdcpu.runtime.pipelines.base import Pipeline
 
     options = LoadOptions(decoder=decoder, token_downsampling=todo or 1)
     pipe = Pipeline.load(work / "sd14-turbo-int8-hybrid-tiny", options)

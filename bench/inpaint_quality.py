@@ -20,10 +20,10 @@ import numpy as np
 from benchmark import machine  # bench/ is on the path when this file is run as a script
 from PIL import Image, ImageDraw
 
-from sdcpu.models import demo_world as world
-from sdcpu.runtime.evaluation import evaluate
+from sdcpu.demo import world as world
+from sdcpu.demo.oracle import evaluate
 from sdcpu.runtime.options import LoadOptions
-from sdcpu.runtime.pipeline import Pipeline
+from sdcpu.runtime.pipelines.base import Pipeline
 from sdcpu.runtime.settings import MaskSettings
 
 STEPS, GUIDANCE, HALF = 20, 7.5, 18  # the mask: a square of 2 x 18 pixels around the position (large shapes: 12.8)

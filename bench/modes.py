@@ -97,7 +97,7 @@ def run_sdcpu(job: str, work: Path, steps: int, low_memory: bool = False) -> dic
     from PIL import Image
 
     from sdcpu.runtime.options import LoadOptions
-    from sdcpu.runtime.pipeline import Pipeline
+    from sdcpu.runtime.pipelines.base import Pipeline
 
     folders = {"upscale-128": "x4", "upscale-512": "x4", "inpaint": "inpainting", "sd14-txt2img": "sd14"}
     folder = work / (folders | {"sd14-blend": "sd14"}).get(job, job)
@@ -126,7 +126,7 @@ def run_sdcpu(job: str, work: Path, steps: int, low_memory: bool = False) -> dic
 
 
 def pipe_tiles(result) -> str:
-    from sdcpu.runtime.tiling import even_tiles
+    from sdcpu.runtime.components.tiling import even_tiles
 
     up = result.settings.upscale
     if up is None:

@@ -39,10 +39,10 @@ def make_runner(name: str, work: Path):
                 unet(**torch_inputs)
 
         return pytorch
-    from sdcpu.runtime.backends import load_model
-    from sdcpu.runtime.manifest import Manifest
+    from sdcpu.format.manifest import Manifest
+    from sdcpu.runtime.components.unet import unet_interfaces
+    from sdcpu.runtime.engines import load_model
     from sdcpu.runtime.options import LoadOptions
-    from sdcpu.runtime.unet import unet_interfaces
 
     backend = name.removeprefix("sdcpu-")
     folder = work / ("openvino" if backend == "openvino" else "onnx")

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sdcpu.models.demo_model import CONVERTED
+from sdcpu.demo.bundled import CONVERTED
 
 Setup = Callable[[Path], list[str]]  # scratch folder -> the command's arguments
 
@@ -208,7 +208,7 @@ def _warm_then_flip(*extra: str) -> Setup:
     what the fast check trusts (docs/reliability.md), and what --verify full catches."""
 
     def setup(scratch: Path) -> list[str]:
-        from sdcpu.runtime.manifest import sha256_file
+        from sdcpu.format.manifest import sha256_file
 
         args = damaged_model(lambda folder, data: None, *extra)(scratch)
         target = scratch / "model" / "unet" / "openvino_model.bin"

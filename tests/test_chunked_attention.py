@@ -1,4 +1,4 @@
-"""Chunked attention (runtime/backends/chunked_attention.py): slicing the queries changes nothing but
+"""Chunked attention (runtime/engines/passes/chunked_attention.py): slicing the queries changes nothing but
 memory, and only graphs with FakeQuantize are sliced. The real int8-hybrid UNet is in test_quantize.py."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import openvino as ov
 import openvino.opset13 as ops
 import pytest
 
-from sdcpu.runtime.backends.chunked_attention import split_queries
+from sdcpu.runtime.engines.passes.chunked_attention import split_queries
 
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}  # pinned: the CPU plugin computes in bf16 by default where the CPU has it
 

@@ -122,8 +122,8 @@ def test_nan_weights_stop_the_run_without_a_png(sd1_openvino, tmp_path):
     from dataclasses import replace
 
     from sdcpu import Pipeline
-    from sdcpu.runtime.errors import SdcpuError
-    from sdcpu.runtime.manifest import MANIFEST_NAME, Manifest, describe_files
+    from sdcpu.errors import SdcpuError
+    from sdcpu.format.manifest import MANIFEST_NAME, Manifest, describe_files
     from sdcpu.runtime.options import LoadOptions
 
     manifest = Manifest.load(broken)
@@ -243,8 +243,8 @@ def test_cache_shows_and_clears_only_its_own_files(tmp_path, monkeypatch):
 
 
 def test_generate_passes_graph_rewrites_to_the_pipeline(monkeypatch, tmp_path):
-    from sdcpu.runtime.errors import SdcpuError
-    from sdcpu.runtime.pipeline import Pipeline
+    from sdcpu.errors import SdcpuError
+    from sdcpu.runtime.pipelines.base import Pipeline
 
     seen = {}
 

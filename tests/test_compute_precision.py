@@ -19,12 +19,12 @@ import pytest
 from PIL import Image
 
 from sdcpu import Pipeline
+from sdcpu.errors import SdcpuError
+from sdcpu.format.manifest import Manifest
 from sdcpu.runtime import precision
-from sdcpu.runtime.backends import load_model
-from sdcpu.runtime.errors import SdcpuError
-from sdcpu.runtime.manifest import Manifest
+from sdcpu.runtime.components.unet import unet_interfaces
+from sdcpu.runtime.engines import load_model
 from sdcpu.runtime.options import LoadOptions
-from sdcpu.runtime.unet import unet_interfaces
 
 NATIVE_BF16 = "BF16" in precision.openvino_capabilities("CPU")
 needs_bf16 = pytest.mark.skipif(
@@ -137,7 +137,7 @@ def test_bf16_pipeline_stays_near_f32(sd1_openvino):
 
 @needs_bf16
 def test_bf16_demo_image_stays_near_f32_and_keeps_the_oracles_verdict():
-    from sdcpu.models import demo_world as world
+    from sdcpu.demo import world as world
 
     for seed in (0, 1):
         f32 = Pipeline.load(None, LoadOptions(compute_precision="f32"))(CAPTION, seed=seed).images[0]

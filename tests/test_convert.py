@@ -24,9 +24,9 @@ from typer.testing import CliRunner  # noqa: E402
 from sdcpu import Pipeline, SdcpuError  # noqa: E402
 from sdcpu.cli.main import app  # noqa: E402
 from sdcpu.export.convert import convert  # noqa: E402
-from sdcpu.export.single_file import detect_preset  # noqa: E402
-from sdcpu.models.presets import PRESETS  # noqa: E402
-from sdcpu.runtime.manifest import COMPONENTS, Manifest, sha256_file  # noqa: E402
+from sdcpu.export.sources.presets import PRESETS  # noqa: E402
+from sdcpu.export.sources.single_file import detect_preset  # noqa: E402
+from sdcpu.format.manifest import COMPONENTS, Manifest, sha256_file  # noqa: E402
 from sdcpu.runtime.options import LoadOptions  # noqa: E402
 
 runner = CliRunner()
@@ -201,7 +201,7 @@ def test_killed_convert_leaves_nothing_generate_accepts(tiny_sd1, tmp_path):
 
 
 def test_converted_files_follow_the_umask(sd1_onnx, sd1_openvino):
-    from sdcpu.runtime.outputs import umask
+    from sdcpu.runtime.io.outputs import umask
 
     for folder in (sd1_onnx, sd1_openvino):
         for path in [folder, *folder.rglob("*")]:
@@ -262,7 +262,7 @@ def test_single_file_with_config_reads_the_tokenizer_length(tmp_path, monkeypatc
     from safetensors.torch import save_file
     from transformers import CLIPTextModel
 
-    from sdcpu.models.demo_model import SOURCE
+    from sdcpu.demo.bundled import SOURCE
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     models = [cls.from_pretrained(SOURCE, subfolder=sub) for cls, sub in ((CLIPTextModel, "text_encoder"),)]
@@ -281,7 +281,7 @@ def test_openvino_folders_carry_the_tokenizer_as_openvino_irs(sd1_openvino):
     pytest.importorskip("openvino_tokenizers")
     import openvino as ov
 
-    from sdcpu.runtime.tokenizer import ClipTokenizer
+    from sdcpu.runtime.components.tokenizer import ClipTokenizer
 
     manifest = Manifest.load(sd1_openvino)
     assert {"tokenizer/openvino_tokenizer.xml", "tokenizer/openvino_detokenizer.bin"} <= set(manifest.files)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from sdcpu import Pipeline
-from sdcpu.runtime.errors import SdcpuError
+from sdcpu.errors import SdcpuError
 from sdcpu.runtime.options import LoadOptions
 
 torch = pytest.importorskip("torch")
@@ -31,7 +31,7 @@ PLAIN_OUTER = dict(
 def test_shallow_pass_with_fresh_features_is_the_whole_unet(config):
     from diffusers import UNet2DConditionModel
 
-    from sdcpu.export.components import unet_shallow_spec, unet_spec
+    from sdcpu.export.families.sd import unet_shallow_spec, unet_spec
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**config).eval()

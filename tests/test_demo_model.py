@@ -12,12 +12,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from sdcpu.cli.main import app
-from sdcpu.models import demo_world as world
-from sdcpu.models.demo_model import CONVERTED, SOURCE
-from sdcpu.runtime.evaluation import evaluate
-from sdcpu.runtime.manifest import Manifest
+from sdcpu.demo import world as world
+from sdcpu.demo.bundled import CONVERTED, SOURCE
+from sdcpu.demo.oracle import evaluate
+from sdcpu.format.manifest import Manifest
 from sdcpu.runtime.options import LoadOptions
-from sdcpu.runtime.pipeline import Pipeline
+from sdcpu.runtime.pipelines.base import Pipeline
 
 CAPTION = "a small red circle on the left, blue background"
 # Held-out accuracy (all attributes right) of the bundled model over all 240 captions, OpenVINO fp32,

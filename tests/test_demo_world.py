@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdcpu.models import demo_world as world
-from sdcpu.models.demo_tokenizer import write_tokenizer
-from sdcpu.runtime.tokenizer import ClipTokenizer
+from sdcpu.demo import world as world
+from sdcpu.demo.tokenizer import write_tokenizer
+from sdcpu.runtime.components.tokenizer import ClipTokenizer
 
 
 def test_oracle_accepts_every_exact_render():

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from sdcpu import Pipeline
-from sdcpu.runtime.depth import resize_bicubic
-from sdcpu.runtime.errors import SdcpuError
+from sdcpu.errors import SdcpuError
+from sdcpu.runtime.components.depth_estimator import resize_bicubic
 from sdcpu.runtime.options import LoadOptions
 
 PIXEL_TOLERANCE = 2 / 255

@@ -6,8 +6,8 @@ import numpy as np
 from typer.testing import CliRunner
 
 from sdcpu.cli.main import app
-from sdcpu.models import demo_world as world
-from sdcpu.runtime.evaluation import evaluate, psnr, ssim
+from sdcpu.demo import world as world
+from sdcpu.demo.oracle import evaluate, psnr, ssim
 
 
 def test_ssim_and_psnr():

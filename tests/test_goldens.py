@@ -45,7 +45,7 @@ def _run(
     folder: Path | None, backend: str | None = None, low_memory: bool = False, token_downsampling: int = 1, **call
 ) -> np.ndarray:
     from sdcpu.runtime.options import LoadOptions
-    from sdcpu.runtime.pipeline import Pipeline
+    from sdcpu.runtime.pipelines.base import Pipeline
 
     options = LoadOptions(
         backend=backend, compute_precision="f32", low_memory=low_memory, token_downsampling=token_downsampling

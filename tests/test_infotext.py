@@ -9,10 +9,10 @@ from PIL import Image, PngImagePlugin
 from typer.testing import CliRunner
 
 from sdcpu.cli.main import app
-from sdcpu.runtime.errors import SdcpuError
-from sdcpu.runtime.infotext import SAMPLERS, format_parameters, parse_parameters, quote
+from sdcpu.errors import SdcpuError
+from sdcpu.runtime.io.infotext import SAMPLERS, format_parameters, parse_parameters, quote
 from sdcpu.runtime.options import LoadOptions
-from sdcpu.runtime.pipeline import Pipeline
+from sdcpu.runtime.pipelines.base import Pipeline
 
 runner = CliRunner()
 SETTINGS = dict(prompt="a cat, sitting: on a mat\nsecond line", negative_prompt="blurry, dark", steps=20)

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from sdcpu import Pipeline
-from sdcpu.models import demo_world as world
-from sdcpu.runtime.errors import SdcpuError
+from sdcpu.demo import world as world
+from sdcpu.errors import SdcpuError
 from sdcpu.runtime.options import LoadOptions
 from sdcpu.runtime.settings import MaskSettings
 

@@ -14,13 +14,13 @@ import pytest
 import tiny
 
 from sdcpu import Pipeline
-from sdcpu.models.demo_model import CONVERTED as DEMO
-from sdcpu.runtime.backends import GraphInterface, load_model
-from sdcpu.runtime.errors import SdcpuError, SdcpuNotice
-from sdcpu.runtime.foreign import build_manifest
-from sdcpu.runtime.manifest import Manifest
+from sdcpu.demo.bundled import CONVERTED as DEMO
+from sdcpu.errors import SdcpuError, SdcpuNotice
+from sdcpu.format.foreign import build_manifest
+from sdcpu.format.manifest import Manifest
+from sdcpu.runtime.components.unet import unet_interfaces
+from sdcpu.runtime.engines import GraphInterface, load_model
 from sdcpu.runtime.options import LoadOptions
-from sdcpu.runtime.unet import unet_interfaces
 
 TOOLS = ["optimum-intel", "optimum-onnx"]
 

@@ -21,10 +21,10 @@ import tiny  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from sdcpu import Pipeline  # noqa: E402
+from sdcpu.errors import SdcpuError  # noqa: E402
 from sdcpu.export.convert import convert  # noqa: E402
 from sdcpu.export.lora import Lora  # noqa: E402
-from sdcpu.runtime.errors import SdcpuError  # noqa: E402
-from sdcpu.runtime.manifest import sha256_file  # noqa: E402
+from sdcpu.format.manifest import sha256_file  # noqa: E402
 from sdcpu.runtime.options import LoadOptions  # noqa: E402
 
 SCALE = 0.7

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from sdcpu import Pipeline
-from sdcpu.runtime.backends import load_model
-from sdcpu.runtime.errors import SdcpuError
+from sdcpu.errors import SdcpuError
+from sdcpu.runtime.components.tiling import decode_tiled, tile_starts
+from sdcpu.runtime.engines import load_model
+from sdcpu.runtime.engines.pages import drop_mapped_pages, dropping_mapped_pages
 from sdcpu.runtime.options import LoadOptions
-from sdcpu.runtime.pages import drop_mapped_pages, dropping_mapped_pages
-from sdcpu.runtime.tiling import decode_tiled, tile_starts
 
 
 def _upsample(scale: int):
@@ -97,7 +97,7 @@ def test_compiled_models_are_cached_and_reused(sd1_openvino, tmp_path):
 
 
 def test_a_warm_start_imports_and_a_damaged_blob_is_compiled_again(sd1_openvino, tmp_path, monkeypatch):
-    from sdcpu.runtime.backends.openvino import OpenVINOModel
+    from sdcpu.runtime.engines.openvino import OpenVINOModel
 
     first = Pipeline.load(sd1_openvino, LoadOptions(cache_dir=tmp_path, compute_precision="f32"))(
         "a cat", steps=2, seed=0
@@ -130,7 +130,7 @@ def test_a_warm_start_imports_and_a_damaged_blob_is_compiled_again(sd1_openvino,
 
 
 def test_devices_that_cannot_export_use_openvinos_cache_dir(sd1_openvino, tmp_path, monkeypatch):
-    from sdcpu.runtime.backends.compiled_cache import CompiledModelCache
+    from sdcpu.runtime.engines.compiled_cache import CompiledModelCache
 
     monkeypatch.setattr(CompiledModelCache, "can_export", lambda self, device: False)  # as for AUTO
     first = Pipeline.load(sd1_openvino, LoadOptions(cache_dir=tmp_path, compute_precision="f32"))(
@@ -160,7 +160,7 @@ def test_a_cache_folder_that_cannot_be_written_is_a_clear_error(sd1_openvino, tm
 
 
 def test_verified_hashes_are_recorded_and_rechecked_when_a_file_changes(sd1_openvino, tmp_path, monkeypatch):
-    import sdcpu.runtime.manifest as manifest_module
+    import sdcpu.format.manifest as manifest_module
 
     folder, record = tmp_path / "model", tmp_path / "cache" / "verified-files.json"
     shutil.copytree(sd1_openvino, folder)

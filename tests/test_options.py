@@ -10,20 +10,20 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from sdcpu.models.demo_model import CONVERTED
+from sdcpu.demo.bundled import CONVERTED
+from sdcpu.errors import SdcpuError
+from sdcpu.format.manifest import MANIFEST_VERSION, Manifest
 from sdcpu.runtime import precision
-from sdcpu.runtime.backends.graph_passes import (
+from sdcpu.runtime.engines.passes.registry import (
     chunked_attention,
     graph_passes,
     token_downsampling,
     upsampling_convolutions,
     winograd,
 )
-from sdcpu.runtime.errors import SdcpuError
-from sdcpu.runtime.manifest import MANIFEST_VERSION, Manifest
 from sdcpu.runtime.memory import LowMemory, Resident, memory_policy
 from sdcpu.runtime.options import LoadOptions
-from sdcpu.runtime.pipeline import Pipeline
+from sdcpu.runtime.pipelines.base import Pipeline
 from sdcpu.runtime.precision import CpuInfo
 
 MANIFEST = Manifest.load(CONVERTED)

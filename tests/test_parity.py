@@ -18,11 +18,11 @@ pytestmark = pytest.mark.parity
 import tiny  # noqa: E402
 
 from sdcpu import Pipeline  # noqa: E402
-from sdcpu.runtime.backends import load_model  # noqa: E402
-from sdcpu.runtime.errors import SdcpuNotice  # noqa: E402
-from sdcpu.runtime.manifest import Manifest  # noqa: E402
+from sdcpu.errors import SdcpuNotice  # noqa: E402
+from sdcpu.format.manifest import Manifest  # noqa: E402
+from sdcpu.runtime.components.unet import unet_interfaces  # noqa: E402
+from sdcpu.runtime.engines import load_model  # noqa: E402
 from sdcpu.runtime.options import LoadOptions  # noqa: E402
-from sdcpu.runtime.unet import unet_interfaces  # noqa: E402
 
 COMPONENT_TOLERANCE = 1e-4
 PIXEL_TOLERANCE = 2 / 255

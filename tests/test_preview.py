@@ -1,4 +1,4 @@
-"""Previews during denoising (runtime/preview.py): the fitted latent-to-RGB map, on the demo model and
+"""Previews during denoising (runtime/io/preview.py): the fitted latent-to-RGB map, on the demo model and
 from the CLI."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import numpy as np
 from PIL import Image
 
 from sdcpu import Pipeline
+from sdcpu.runtime.io.preview import LatentPreview
 from sdcpu.runtime.options import LoadOptions
-from sdcpu.runtime.preview import LatentPreview
 
 
 def test_the_map_is_exact_for_a_linear_decoder():

@@ -16,12 +16,12 @@ pytest.importorskip("torch")
 pytest.importorskip("nncf")
 pytestmark = pytest.mark.parity
 
+from sdcpu.errors import SdcpuError  # noqa: E402
 from sdcpu.export.calibration import CalibrationSettings  # noqa: E402
 from sdcpu.export.convert import convert  # noqa: E402
-from sdcpu.runtime.errors import SdcpuError  # noqa: E402
-from sdcpu.runtime.manifest import Manifest  # noqa: E402
+from sdcpu.format.manifest import Manifest  # noqa: E402
 from sdcpu.runtime.options import LoadOptions  # noqa: E402
-from sdcpu.runtime.pipeline import Pipeline  # noqa: E402
+from sdcpu.runtime.pipelines.base import Pipeline  # noqa: E402
 from sdcpu.runtime.precision import cpu_info  # noqa: E402
 
 CASES = [("openvino", "int8"), ("openvino", "int4"), ("openvino", "int8-hybrid"), ("onnx", "int8")]
@@ -194,7 +194,7 @@ def test_onnxruntime_folds_int8_weights_into_the_fp32_graph(quantized, component
     import onnx
     import onnxruntime as ort
 
-    from sdcpu.runtime.backends.onnxruntime import session_options
+    from sdcpu.runtime.engines.onnxruntime import session_options
 
     options = session_options()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED  # portable to save
@@ -214,7 +214,7 @@ def test_precision_the_format_cannot_do_is_refused_before_work(tiny_sd1, tmp_pat
 def test_chunked_attention_on_the_hybrid_unet_changes_nothing_but_slices(quantized):
     import openvino as ov
 
-    from sdcpu.runtime.backends.chunked_attention import split_queries
+    from sdcpu.runtime.engines.passes.chunked_attention import split_queries
 
     path = quantized["openvino", "int8-hybrid"] / "unet" / "openvino_model.xml"
     rng = np.random.default_rng(0)

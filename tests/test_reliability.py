@@ -14,13 +14,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sdcpu.errors import SdcpuError
 from sdcpu.export.safetensors_check import HeaderError, check_header, check_safetensors
-from sdcpu.runtime.backends.fallback import RetryAtF32
-from sdcpu.runtime.errors import SdcpuError
-from sdcpu.runtime.manifest import MANIFEST_VERSION, Manifest
+from sdcpu.format.manifest import MANIFEST_VERSION, Manifest
+from sdcpu.runtime.engines.fallback import RetryAtF32
+from sdcpu.runtime.io.outputs import umask
 from sdcpu.runtime.options import LoadOptions
-from sdcpu.runtime.outputs import umask
-from sdcpu.runtime.pipeline import Pipeline
+from sdcpu.runtime.pipelines.base import Pipeline
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -99,7 +99,7 @@ def test_fuzzed_manifests_load_or_are_refused(tmp_path, data):
 @FUZZ
 @given(field=st.sampled_from(["files", "components", "format", "sample_size", "vae_scaling_factor"]), value=JSON)
 def test_manifests_with_one_field_fuzzed_load_or_are_refused(tmp_path, field, value):
-    from sdcpu.models.demo_model import CONVERTED
+    from sdcpu.demo.bundled import CONVERTED
 
     data = json.loads((CONVERTED / "sdcpu.json").read_text())
     data[field] = value

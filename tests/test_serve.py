@@ -19,8 +19,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from sdcpu import Pipeline  # noqa: E402
-from sdcpu.runtime.errors import SdcpuError  # noqa: E402
-from sdcpu.runtime.infotext import parse_parameters  # noqa: E402
+from sdcpu.errors import SdcpuError  # noqa: E402
+from sdcpu.runtime.io.infotext import parse_parameters  # noqa: E402
 from sdcpu.runtime.options import LoadOptions  # noqa: E402
 from sdcpu.serve.app import create_app  # noqa: E402
 from sdcpu.serve.limits import ServeLimits  # noqa: E402

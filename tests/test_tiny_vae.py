@@ -13,9 +13,9 @@ pytest.importorskip("diffusers")
 import tiny  # noqa: E402
 
 from sdcpu import Pipeline  # noqa: E402
-from sdcpu.runtime.backends import load_model  # noqa: E402
-from sdcpu.runtime.errors import SdcpuError  # noqa: E402
-from sdcpu.runtime.manifest import Manifest  # noqa: E402
+from sdcpu.errors import SdcpuError  # noqa: E402
+from sdcpu.format.manifest import Manifest  # noqa: E402
+from sdcpu.runtime.engines import load_model  # noqa: E402
 from sdcpu.runtime.options import LoadOptions  # noqa: E402
 
 BACKENDS = [("openvino", "sd1_openvino"), ("onnxruntime", "sd1_onnx")]
@@ -61,7 +61,7 @@ def test_decoder_tiny_without_one_is_a_clear_error(tmp_path):
     import json
     import shutil
 
-    from sdcpu.models.demo_model import CONVERTED
+    from sdcpu.demo.bundled import CONVERTED
 
     folder = shutil.copytree(CONVERTED, tmp_path / "model")  # the demo ships a tiny decoder: take it out
     data = json.loads((folder / "sdcpu.json").read_text())

@@ -1,4 +1,4 @@
-"""Token downsampling (runtime/backends/token_downsampling.py): the rewritten attention is exactly
+"""Token downsampling (runtime/engines/passes/token_downsampling.py): the rewritten attention is exactly
 attention over the picked keys and values, the picks are PyTorch's nearest-exact ones, and the option
 reaches the UNet graphs, the cache key and the PNG metadata."""
 
@@ -10,8 +10,8 @@ import openvino.opset13 as ops
 import pytest
 
 from sdcpu import Pipeline
-from sdcpu.runtime.backends.token_downsampling import downsample_self_attention, nearest_exact
-from sdcpu.runtime.errors import SdcpuError
+from sdcpu.errors import SdcpuError
+from sdcpu.runtime.engines.passes.token_downsampling import downsample_self_attention, nearest_exact
 from sdcpu.runtime.options import LoadOptions
 
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}  # pinned: the CPU plugin computes in bf16 by default where the CPU has it

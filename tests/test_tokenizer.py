@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tiny
 
-from sdcpu.runtime.tokenizer import ClipTokenizer
+from sdcpu.runtime.components.tokenizer import ClipTokenizer
 
 PROMPTS = [
     "A photo of an astronaut riding a horse on Mars, highly detailed, 8k!!",

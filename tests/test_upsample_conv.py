@@ -1,4 +1,4 @@
-"""Upsampling convolutions (runtime/backends/upsample_conv.py): a nearest 2x upsampling and a 3x3
+"""Upsampling convolutions (runtime/engines/passes/upsample_conv.py): a nearest 2x upsampling and a 3x3
 convolution as four 2x2 convolutions of the smaller map equal the original within float32 rounding,
 and only that pattern is rewritten. The real networks are covered by the parity tests, which run with
 the pass on."""
@@ -10,7 +10,7 @@ import openvino as ov
 import openvino.opset13 as ops
 import pytest
 
-from sdcpu.runtime.backends.upsample_conv import rewrite_upsampling_convolutions
+from sdcpu.runtime.engines.passes.upsample_conv import rewrite_upsampling_convolutions
 
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}  # pinned: the CPU plugin computes in bf16 by default where the CPU has it
 

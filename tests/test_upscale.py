@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 from sdcpu import Pipeline
-from sdcpu.runtime.errors import SdcpuError
+from sdcpu.errors import SdcpuError
+from sdcpu.runtime.components.tiling import even_tiles
 from sdcpu.runtime.options import LoadOptions
-from sdcpu.runtime.tiling import even_tiles
 
 pytestmark = pytest.mark.parity
 PIXEL_TOLERANCE = 2 / 255

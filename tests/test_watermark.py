@@ -9,7 +9,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from sdcpu.cli.main import app
-from sdcpu.runtime import watermark
+from sdcpu.runtime.io import watermark
 
 
 def _images() -> dict[str, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Winograd convolutions (runtime/backends/winograd.py): the rewritten graph equals the direct one within
+"""Winograd convolutions (runtime/engines/passes/winograd.py): the rewritten graph equals the direct one within
 float32 rounding, and only the convolutions it can compute are rewritten."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import openvino as ov
 import openvino.opset13 as ops
 import pytest
 
-from sdcpu.runtime.backends.winograd import rewrite_convolutions, tile_size
+from sdcpu.runtime.engines.passes.winograd import rewrite_convolutions, tile_size
 
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}  # pinned: the CPU plugin computes in bf16 by default where the CPU has it
 
@@ -69,7 +69,7 @@ def test_other_convolutions_stay_direct(shape, out_ch, kernel, stride):
 
 def test_pipeline_with_winograd_matches_direct_convolutions(tmp_path):
     from sdcpu.runtime.options import LoadOptions
-    from sdcpu.runtime.pipeline import Pipeline
+    from sdcpu.runtime.pipelines.base import Pipeline
 
     def generate(winograd: bool) -> np.ndarray:
         # the demo model: 16x16 latents, 32 channels

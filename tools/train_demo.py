@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from sdcpu.demo import world as world
+from sdcpu.demo.tokenizer import write_tokenizer
 from sdcpu.export.convert import model_index
-from sdcpu.models import demo_world as world
-from sdcpu.models.demo_tokenizer import write_tokenizer
-from sdcpu.runtime.tokenizer import ClipTokenizer
+from sdcpu.runtime.components.tokenizer import ClipTokenizer
 
 MAX_LENGTH = 16
 SCHEDULER = {

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderTiny
 from train_demo import render_batch
 
-from sdcpu.models import demo_world as world
+from sdcpu.demo import world as world
 
 if TYPE_CHECKING:
     from train_fewstep_demo import Teacher

@@ -2,18 +2,19 @@
 
 from typing import Any
 
-__all__ = ["Pipeline", "PipelineResult", "SdcpuError"]
-__version__ = "0.1.0"
+from sdcpu.version import __version__
+
+__all__ = ["Pipeline", "PipelineResult", "SdcpuError", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
     # Imported lazily so that `import sdcpu.export` or `sdcpu --help` do not load the inference engines.
     if name in ("Pipeline", "PipelineResult"):
-        from sdcpu.runtime import pipeline
+        from sdcpu.runtime import pipelines as pipeline
 
         return getattr(pipeline, name)
     if name == "SdcpuError":
-        from sdcpu.runtime.errors import SdcpuError
+        from sdcpu.errors import SdcpuError
 
         return SdcpuError
     raise AttributeError(name)

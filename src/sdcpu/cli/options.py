@@ -7,6 +7,7 @@ import functools
 import inspect
 from collections.abc import Callable
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -147,3 +148,26 @@ def with_load_options(command: Callable[..., None]) -> Callable[..., None]:
     with_options.__signature__ = inspect.Signature([*own, *LOAD_FLAGS])  # type: ignore[attr-defined]
     with_options.__annotations__ = {p.name: p.annotation for p in [*own, *LOAD_FLAGS]}
     return with_options
+
+
+# Sampling flags, shared by generate and the edit commands (runtime/settings.py: GenerationSettings).
+SCHEDULER_HELP = "ddim, pndm, euler, euler-a, dpm++2m, dpm++2m-karras, lcm (default: the model's own)"
+Out = Annotated[Path, typer.Option("--out", "-o", help="PNG to write (image-N.png for several)")]
+Overwrite = Annotated[bool, typer.Option(help="replace --out if it exists")]
+Model = Annotated[Path | None, typer.Option("--model", "-m", help=MODEL_HELP)]
+NegativePrompt = Annotated[str | None, typer.Option(help="what to steer away from")]
+Steps = Annotated[int | None, typer.Option(help="denoising steps [default: the model's: 20; LCM models 4, Turbo 1]")]
+Guidance = Annotated[
+    float | None, typer.Option(help="guidance scale (<= 1 turns it off) [default: the model's: 7.5; few-step off]")
+]
+Seed = Annotated[int | None, typer.Option(help="random seed (default: a fresh one, stored in the PNG)")]
+Width = Annotated[int | None, typer.Option(help="image width, a multiple of 8 (default: the image's or the model's)")]
+Height = Annotated[int | None, typer.Option(help="image height, a multiple of 8 (default: the image's or the model's)")]
+NumImages = Annotated[int | None, typer.Option(help="how many images [default: 1]")]
+Scheduler = Annotated[str | None, typer.Option(help=SCHEDULER_HELP)]
+Watermark = Annotated[bool, typer.Option(help=WATERMARK_HELP)]
+
+
+def sampling(**flags: Any) -> dict[str, Any]:
+    """The sampling flags given (those left at None take the model's defaults)."""
+    return {name: value for name, value in flags.items() if value is not None}

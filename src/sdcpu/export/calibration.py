@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from sdcpu.runtime.components.tokenizer import ClipTokenizer
 from sdcpu.runtime.schedulers import SchedulerConfig, make_scheduler
-from sdcpu.runtime.tokenizer import ClipTokenizer
 
 DEFAULT_PROMPTS = (
     "a photograph of an astronaut riding a horse",

@@ -17,20 +17,20 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from sdcpu.errors import SdcpuError
 from sdcpu.export.calibration import CalibrationSettings, collect_unet_inputs
-from sdcpu.export.components import COMPONENT_SPECS, OPTIONAL_KINDS
+from sdcpu.export.families import OPTIONAL_KINDS, export_family
 from sdcpu.export.lora import PREFIXES as LORA_NETWORKS
 from sdcpu.export.lora import Lora, check_loras, fuse_loras
 from sdcpu.export.quantize import FEW_STEP_RECIPE, NNCF_RECIPE, PRECISIONS, component_precision
 from sdcpu.export.sources import Source, open_source, open_tiny_vae
 from sdcpu.export.tokenizer_ir import write_tokenizer_irs
 from sdcpu.export.writers import WRITERS, Calibrate
-from sdcpu.runtime.errors import SdcpuError
-from sdcpu.runtime.graph_signature import read_inputs
-from sdcpu.runtime.manifest import GRAPH_FILE, MANIFEST_NAME, Manifest, describe_files, task_of
-from sdcpu.runtime.outputs import follow_umask
+from sdcpu.format.graph_signature import read_inputs
+from sdcpu.format.manifest import GRAPH_FILE, MANIFEST_NAME, Manifest, describe_files, task_of
+from sdcpu.runtime.components.tokenizer import TOKENIZER_FILES
+from sdcpu.runtime.io.outputs import follow_umask
 from sdcpu.runtime.schedulers import SamplingDefaults, SchedulerConfig, sampling_defaults
-from sdcpu.runtime.tokenizer import TOKENIZER_FILES
 
 OWNER = "convert.pid"  # in a convert's temporary folder: the process that writes it
 
@@ -165,9 +165,9 @@ def _export_components(
     calibrate = _calibrator(src, staged, calibration, progress) if calibration is not None else None
     few_step = sampling_defaults(SchedulerConfig.from_dict(src.scheduler_config)) != SamplingDefaults()
     recipe = FEW_STEP_RECIPE if few_step else NNCF_RECIPE
-    for component in COMPONENT_SPECS:  # in the registry's order, grouped by the model each is cut from
+    specs = export_family(src.family).components
+    for component, (kind, make_spec) in specs.items():  # in the family's order, grouped by the model each is cut from
         start = time.perf_counter()
-        kind, make_spec = COMPONENT_SPECS[component]
         if kind in OPTIONAL_KINDS and kind not in src.optional:
             continue
         if kind not in loaded:

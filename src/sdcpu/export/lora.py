@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sdcpu.errors import SdcpuError
 from sdcpu.export.safetensors_check import check_safetensors
-from sdcpu.runtime.errors import SdcpuError
-from sdcpu.runtime.manifest import sha256_file
+from sdcpu.format.manifest import sha256_file
 
 # (prefix of the network in the file's keys, the network) for each layout
 PREFIXES = {"unet": ("unet.", "lora_unet_"), "text_encoder": ("text_encoder.", "lora_te_")}

@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from sdcpu.runtime.errors import SdcpuError
+from sdcpu.errors import SdcpuError
 
 MAX_HEADER_BYTES = 100 * 2**20  # the safetensors library's own limit
 DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "I16": 2, "F16": 2, "BF16": 2}

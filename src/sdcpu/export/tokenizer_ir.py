@@ -1,6 +1,6 @@
 """The tokenizer as OpenVINO IRs, `tokenizer/openvino_tokenizer.xml` and `openvino_detokenizer.xml`,
 made by openvino-tokenizers (in the export extra) from the folder's CLIP tokenizer files. openvino.genai
-and optimum-intel read them; sdcpu's runtime keeps its own tokenizer (runtime/tokenizer.py) and does
+and optimum-intel read them; sdcpu's runtime keeps its own tokenizer (runtime/components/tokenizer.py) and does
 not need them."""
 
 from __future__ import annotations

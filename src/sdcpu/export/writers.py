@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sdcpu.export.components import ExportSpec
+from sdcpu.export.families.base import ExportSpec
 from sdcpu.export.quantize import NNCF_RECIPE, HybridRecipe, compress_openvino, store_onnx_weights_int8
 
 ONNX_OPSET = 17

@@ -6,7 +6,7 @@
   as one batch-2 UNet call; the VAE decodes the whole latent at once, up to a megapixel.
 - `LowMemory`: one network in memory at a time (each is read on first use and dropped after its
   phase); guidance runs as batch-1 UNet calls, the same arithmetic with half the activations alive;
-  the VAE decodes overlapping tiles (runtime/tiling.py; approximate, seams measured in docs/quality.md).
+  the VAE decodes overlapping tiles (runtime/components/tiling.py; approximate, seams measured in docs/quality.md).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Protocol
 
 import numpy as np
 
-from sdcpu.runtime.backends import Model
-from sdcpu.runtime.tiling import decode_tiled
+from sdcpu.runtime.components.tiling import decode_tiled
+from sdcpu.runtime.engines import Model
 
 # Working memory per pixel, from SD 1.5 at 512x512 on a 2-core AMD EPYC Zen 3 (docs/benchmarks.md): the UNet's
 # buffers held 1.15 GB for a batch of 2 samples of 64x64 latents (about 0.6 GB each), the VAE decoder 1.35 GB

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from sdcpu.runtime.errors import SdcpuError
+from sdcpu.errors import SdcpuError
 from sdcpu.runtime.memory import (
     UNET_BYTES_PER_LATENT_PIXEL,
     UPSCALER_BYTES_PER_LATENT_PIXEL,
     MemoryPolicy,
     machine_bytes,
 )
-from sdcpu.runtime.settings import GenerationSettings
-from sdcpu.runtime.upscale import SCALE
+from sdcpu.runtime.settings import SCALE, GenerationSettings
 
 IMAGE_BYTES_PER_PIXEL = 4 * 3 * 4  # float32 RGB, held about four times over (decoded, blended, [0, 1], 8-bit)
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from sdcpu.cache import default_cache_dir
+from sdcpu.errors import SdcpuError
+from sdcpu.format.manifest import VERIFY_MODES, Manifest
 from sdcpu.runtime import precision as compute
-from sdcpu.runtime.cache import default_cache_dir
-from sdcpu.runtime.errors import SdcpuError
-from sdcpu.runtime.manifest import VERIFY_MODES, Manifest
 
 BACKENDS = ("openvino", "onnxruntime")
 NATIVE_BACKEND = {"openvino": "openvino", "onnx": "onnxruntime"}

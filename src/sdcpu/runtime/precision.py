@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from sdcpu.runtime.errors import SdcpuError
+from sdcpu.errors import SdcpuError
 
 COMPUTE_PRECISIONS = ("auto", "f32", "bf16")
 # /proc/cpuinfo flag -> the name a user knows, for the ISA that decides sdcpu's speed.

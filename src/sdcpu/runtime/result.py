@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sdcpu.runtime import images as imaging
-from sdcpu.runtime.outputs import output_paths
+from sdcpu.runtime.io import images as imaging
+from sdcpu.runtime.io.outputs import output_paths
 from sdcpu.runtime.settings import GenerationSettings
 
 Callback = Callable[[int, int, np.ndarray], bool | None]  # (steps done, steps, latents) -> False stops the loop

@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from sdcpu.format.manifest import Manifest
 from sdcpu.runtime import precision as compute
+from sdcpu.runtime.engines import Model
+from sdcpu.runtime.memory import MemoryPolicy
+from sdcpu.runtime.options import LoadOptions
 
-if TYPE_CHECKING:
-    from sdcpu.runtime.pipeline import Pipeline
+
+class Ran(Protocol):
+    """What a pipeline tells of how it runs."""
+
+    options: LoadOptions
+    requested: LoadOptions
+    memory: MemoryPolicy
+    manifest: Manifest
+    model_hash: str
+    applied: dict[str, list[str]]
+    fell_back: list[str]
+
+    def networks(self) -> dict[str, Model | None]: ...
 
 
-def runtime_info(pipe: Pipeline) -> dict[str, str]:
+def runtime_info(pipe: Ran) -> dict[str, str]:
     """How the networks ran: the load options as resolved (backend, device with its name, memory
     policy, graph passes) and the compute precision each network was compiled for (as the engine
     reports it) next to the one asked for."""
-    networks = {"text_encoder": pipe.text_encoder, "unet": pipe.unet, "unet_shallow": pipe.unet_shallow}
-    networks |= {"vae_decoder": pipe.vae_decoder, "vae_encoder": pipe.vae_encoder}
+    networks = pipe.networks()
     ran = {name: m.compute_precision for name, m in networks.items() if m is not None and m.compute_precision}
     kinds = set(ran.values())
     o = pipe.options

@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
-from sdcpu.runtime.errors import SdcpuError
-from sdcpu.runtime.infotext import format_parameters
+from sdcpu.errors import SdcpuError
+from sdcpu.runtime.io.infotext import format_parameters
+from sdcpu.runtime.io.watermark import MIN_PIXELS
 from sdcpu.runtime.schedulers import SCHEDULERS
-from sdcpu.runtime.watermark import MIN_PIXELS
 
 MAX_GUIDANCE = 100.0  # far above any useful scale (7.5 is usual); beyond it images are saturated noise
 # CLIP reads 77 tokens, a few hundred characters; 16 KiB leaves room for any prompt a person writes and keeps
 # a pasted file (tokenized, then stored in every PNG) from costing gigabytes.
 MAX_PROMPT_BYTES = 16 * 1024
 
+SCALE = 4  # the x4 upscaler's output pixels per input pixel, per side
 MAX_MASK_PIXELS = 256  # blur and padding, in pixels: more than any edit needs
 
 
@@ -60,7 +61,7 @@ class GenerationSettings:
     strength: float | None  # None for txt2img
     model: str
     deep_cache: int = 1  # DeepCache: the whole UNet every N steps, a shallow pass between (1: every step)
-    watermark: bool = False  # the invisible watermark of the reference scripts (runtime/watermark.py)
+    watermark: bool = False  # the invisible watermark of the reference scripts (runtime/io/watermark.py)
     noise: str = "seed"  # "seed": drawn from the seed; "given": passed in (latents=), not reproduced by the seed
     mask: MaskSettings | None = None  # inpainting's mask handling (None: not inpainting)
     upscale: UpscaleSettings | None = None  # the x4 upscaler's noise level and tiles (None: not upscaling)
@@ -100,8 +101,8 @@ class GenerationSettings:
 
     def png_metadata(self, index: int, runtime: dict[str, str] | None = None) -> dict[str, str]:
         """PNG text chunks: each setting, then how it ran (`runtime`: backend, device, compute precision),
-        all of it as one JSON chunk "sdcpu", and A1111's "parameters" (runtime/infotext.py)."""
-        from sdcpu import __version__
+        all of it as one JSON chunk "sdcpu", and A1111's "parameters" (runtime/io/infotext.py)."""
+        from sdcpu.version import __version__
 
         runtime = runtime or {}
         data = {k: json.dumps(v) if isinstance(v, dict) else str(v) for k, v in asdict(self).items() if v is not None}

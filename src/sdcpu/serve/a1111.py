@@ -19,10 +19,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict
 
-from sdcpu import __version__
-from sdcpu.runtime.errors import SdcpuError
-from sdcpu.runtime.infotext import SAMPLERS
+from sdcpu.errors import SdcpuError
+from sdcpu.runtime.io.infotext import SAMPLERS
 from sdcpu.serve.jobs import Job
+from sdcpu.version import __version__
 
 router = APIRouter(prefix="/sdapi/v1", tags=["A1111"])
 # A1111 >= 1.9's `scheduler` field, by label or name ("karras"); Uniform is the plain schedule.

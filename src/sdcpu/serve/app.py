@@ -16,8 +16,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict
 
-from sdcpu.runtime.errors import SdcpuError
+from sdcpu.errors import SdcpuError
 from sdcpu.runtime.schedulers import SCHEDULERS
+from sdcpu.runtime.tasks import ImageToImage, TextToImage
 from sdcpu.serve.jobs import FINISHED, Job, JobQueue, QueueFull
 from sdcpu.serve.limits import LimitError, ServeLimits
 from sdcpu.serve.security import guard
@@ -59,9 +60,11 @@ class Server:
         s, texts = settings, (prompt, settings.get("negative_prompt") or "")
         self.limits.check(s.get("width") or 0, s.get("height") or 0, s.get("steps") or 0, s["num_images"], *texts)
         image = self.limits.decode_image(init_image, "init image") if init_image else None
-        checked = self.pipeline.settings(prompt, image, **settings)
+        strength = settings.pop("strength", 0.8)
+        task = ImageToImage(image, strength) if image is not None else TextToImage()
+        checked = self.pipeline.settings(prompt, task, **settings)
         self.limits.check(checked.width, checked.height, checked.steps, checked.num_images)
-        return self.queue.submit("img2img" if image is not None else "txt2img", checked, image)
+        return self.queue.submit("img2img" if image is not None else "txt2img", checked, task)
 
     def job(self, job_id: str) -> Job:
         job = self.queue.get(job_id)

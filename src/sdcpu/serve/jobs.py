@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from sdcpu.runtime.errors import SdcpuError
-from sdcpu.runtime.images import png_bytes
+from sdcpu.errors import SdcpuError
+from sdcpu.runtime.io.images import png_bytes
 from sdcpu.runtime.settings import GenerationSettings
+from sdcpu.runtime.tasks import Task
 from sdcpu.serve.limits import ServeLimits
 
 log = logging.getLogger("sdcpu.serve")
@@ -39,7 +39,7 @@ class Job:
     id: str
     mode: str
     settings: GenerationSettings
-    image: Image.Image | None = None
+    task: Task | None = None  # what it runs, with its images; dropped when it has finished
     created: float = field(default_factory=time.time)
     status: str = "queued"  # queued, running, done, failed, cancelled
     step: int = 0
@@ -61,7 +61,7 @@ class Job:
         self.status = status
         self.version += 1
         if self.status in FINISHED:
-            self.image = None  # the init image is not needed any more
+            self.task = None  # the init image is not needed any more
             self.done.set()
 
     def public(self) -> dict[str, Any]:
@@ -94,13 +94,13 @@ class JobQueue:
         self._worker = threading.Thread(target=self._work, name="sdcpu-jobs", daemon=True)
         self._worker.start()
 
-    def submit(self, mode: str, settings: GenerationSettings, image: Image.Image | None = None) -> Job:
+    def submit(self, mode: str, settings: GenerationSettings, task: Task | None = None) -> Job:
         """Queue a job; raises QueueFull when `limits.queue` jobs are already waiting or running."""
         with self._lock:
             active = len(self._pending) + (self.current() is not None)
             if active >= self.limits.queue:
                 raise QueueFull(f"the queue is full ({active} jobs); try again when one has finished")
-            job = Job(secrets.token_hex(8), mode, settings, image)
+            job = Job(secrets.token_hex(8), mode, settings, task)
             self._jobs[job.id] = job
             self._pending.append(job)
             self._forget_old()
@@ -164,7 +164,7 @@ class JobQueue:
 
     def _run(self, job: Job) -> None:
         try:
-            result = self.pipeline.generate(job.settings, job.image, None, lambda *a: self._step(job, *a))
+            result = self.pipeline.generate(job.settings, job.task, None, lambda *a: self._step(job, *a))
         except Cancelled:
             job.touch(status="cancelled")
             return

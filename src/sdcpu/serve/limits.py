@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
-from sdcpu.runtime.errors import SdcpuError
+from sdcpu.errors import SdcpuError
 
 FORMATS = ["PNG", "JPEG", "WEBP"]  # the only decoders an upload reaches (not TIFF, PSD, EPS, ...)
 

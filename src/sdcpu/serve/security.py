@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from sdcpu.runtime.errors import SdcpuError
+from sdcpu.errors import SdcpuError
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 LOOPBACK_HOSTS = ("127.0.0.1", "[::1]", "localhost")  # as they appear in a Host header, before the port

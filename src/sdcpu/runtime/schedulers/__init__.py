@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sdcpu.runtime.errors import SdcpuError
+from sdcpu.errors import SdcpuError
 from sdcpu.runtime.schedulers.common import Scheduler, SchedulerConfig
 from sdcpu.runtime.schedulers.ddim import DDIMScheduler
 from sdcpu.runtime.schedulers.dpm_solver import DPMSolverMultistepScheduler

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sdcpu.runtime.errors import SdcpuError
+from sdcpu.errors import SdcpuError
 from sdcpu.runtime.schedulers.common import Scheduler, predicted_x0
 
 ORIGINAL_STEPS = 50

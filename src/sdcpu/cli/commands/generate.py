@@ -1,0 +1,78 @@
+"""`sdcpu generate`: txt2img and img2img, or the settings stored in a PNG again."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sdcpu.cli.app import fail, run_and_save
+from sdcpu.cli.options import (
+    DEEP_CACHE_HELP,
+    FROM_PNG_HELP,
+    Guidance,
+    Height,
+    Model,
+    NegativePrompt,
+    NumImages,
+    Out,
+    Overwrite,
+    Scheduler,
+    Seed,
+    Steps,
+    Watermark,
+    Width,
+    with_load_options,
+)
+from sdcpu.errors import SdcpuError
+from sdcpu.runtime.options import LoadOptions
+
+
+@with_load_options
+def generate(
+    out: Out,
+    prompt: Annotated[str | None, typer.Argument(help="what to draw (or --from-png)")] = None,
+    overwrite: Overwrite = False,
+    from_png: Annotated[Path | None, typer.Option(help=FROM_PNG_HELP)] = None,
+    model: Model = None,
+    negative_prompt: NegativePrompt = None,
+    steps: Steps = None,
+    guidance: Guidance = None,
+    seed: Seed = None,
+    width: Width = None,
+    height: Height = None,
+    num_images: NumImages = None,
+    scheduler: Scheduler = None,
+    init_image: Annotated[Path | None, typer.Option(help="start from this image (img2img)")] = None,
+    strength: Annotated[float, typer.Option(help="img2img: how much to change the init image, (0, 1]")] = 0.8,
+    deep_cache: Annotated[int | None, typer.Option(help=DEEP_CACHE_HELP)] = None,
+    watermark: Watermark = False,
+    preview_every: Annotated[int, typer.Option(help="write a preview every N steps to --preview-out")] = 0,
+    preview_out: Annotated[Path | None, typer.Option(help="PNG the preview is written to (replaced each time)")] = None,
+    *,
+    options: LoadOptions,
+) -> None:
+    """Generate images from a prompt (or from an init image and a prompt, or the settings of a PNG)."""
+    from sdcpu.runtime.io.infotext import generation_request
+    from sdcpu.runtime.io.preview import preview_writer
+
+    given = dict(negative_prompt=negative_prompt, steps=steps, guidance=guidance, seed=seed, width=width)
+    given |= dict(height=height, num_images=num_images, scheduler=scheduler, deep_cache=deep_cache)
+    given["watermark"] = watermark or None  # None: not asked for here, so a PNG's setting stands
+    try:
+        with warnings.catch_warnings(record=True) as noted:
+            warnings.simplefilter("always")
+            request = generation_request(prompt, given, from_png)
+    except SdcpuError as err:
+        raise fail(err) from None
+
+    def run(pipe, callback):
+        return pipe(callback=callback, init_image=init_image, strength=strength, **request)
+
+    def preview(pipe):
+        return preview_writer(pipe.preview, preview_every, preview_out) if preview_every or preview_out else None
+
+    count = request.get("num_images", 1)
+    run_and_save(model, options, out, overwrite, run, count, preview, noted)

@@ -1,0 +1,50 @@
+"""What an export family is: the torch classes its networks load as, and one exporter per component
+(`ExportSpec`: the module to trace, its example inputs, names and dynamic axes)."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    module: torch.nn.Module
+    inputs: dict[str, torch.Tensor]  # example inputs, in the order of `module.forward`
+    output_names: tuple[str, ...]
+    dynamic_axes: dict[str, dict[int, str]]
+    inner_outputs: tuple[str, ...] = ()  # traced and named as outputs, stored as inner tensors only
+    int64_inputs: tuple[str, ...] = ()  # float inputs that OpenVINO IRs store as int64 (see the notes)
+
+
+@dataclass(frozen=True)
+class TorchClass:
+    """A diffusers or transformers model class, imported when first used (`from_pretrained`)."""
+
+    module: str
+    name: str
+
+    def from_pretrained(self, folder: Path, subfolder: str) -> Any:
+        cls = getattr(importlib.import_module(self.module), self.name)
+        return cls.from_pretrained(folder, subfolder=subfolder).eval()
+
+
+# Optional kinds are exported only when the source has them (a depth2img folder's depth_estimator) or the
+# convert is given them (--tiny-vae).
+OPTIONAL_KINDS = frozenset({"tiny_vae", "depth_estimator"})
+
+
+@dataclass(frozen=True)
+class ExportFamily:
+    """`loaders`: the torch class of each model a diffusers folder holds, by its subfolder ("kind").
+    `components`: component -> (the kind it is cut from, its exporter), in export order, grouped by
+    kind so that one torch model is in memory at a time (the VAE serves two components)."""
+
+    name: str
+    loaders: Mapping[str, TorchClass]
+    components: Mapping[str, tuple[str, Callable[[Any], ExportSpec | None]]]

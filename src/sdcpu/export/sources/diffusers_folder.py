@@ -1,0 +1,99 @@
+"""A diffusers folder as a source (`model_index.json`, one folder per component), and the tiny VAE
+(TAESD) that a convert may be given beside it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sdcpu.errors import SdcpuError
+from sdcpu.export.families import export_family
+from sdcpu.export.safetensors_check import check_safetensors
+from sdcpu.export.sources.base import Source, read_config
+from sdcpu.format.families import family_of
+from sdcpu.runtime.components.tokenizer import has_vocabulary
+
+CONVERTED_GRAPHS = ("openvino_model.xml", "model.onnx")
+# The x4 upscaler's scheduler for its low-res input's noise; depth2img's depth estimator's image processor.
+SUPPORT_CONFIGS = ("low_res_scheduler/scheduler_config.json", "feature_extractor/preprocessor_config.json")
+PIPELINE_OPTIONS = ("max_noise_level",)  # a UNet already exported, by sdcpu or optimum
+
+
+def open_diffusers_folder(folder: Path, description: str) -> Source:
+    if (folder / "sdcpu.json").exists() or any((folder / "unet" / name).exists() for name in CONVERTED_GRAPHS):
+        raise SdcpuError(
+            f"{folder} is already converted (it holds OpenVINO or ONNX graphs, not PyTorch weights); "
+            f"generate with it: sdcpu generate PROMPT --model {folder} --out image.png"
+        )
+    unet_config = read_config(folder / "unet/config.json") if (folder / "unet/config.json").is_file() else {}
+    family = family_of(unet_config)
+    loaders = export_family(family).loaders  # an unsupported family stops here, before anything is read
+    for sub in ("unet/config.json", "vae/config.json", "text_encoder/config.json", "tokenizer/tokenizer_config.json"):
+        if not (folder / sub).exists():
+            raise SdcpuError(f"{folder} is not a Stable Diffusion diffusers folder: {sub} is missing")
+    if not has_vocabulary(folder / "tokenizer"):
+        raise SdcpuError(
+            f"{folder} is not a Stable Diffusion diffusers folder: tokenizer/ needs vocab.json and merges.txt, "
+            "or tokenizer.json"
+        )
+    for weights in sorted(folder.glob("*/*.safetensors")):
+        check_safetensors(weights)
+    scheduler_path = folder / "scheduler/scheduler_config.json"
+    scheduler = read_config(scheduler_path) if scheduler_path.exists() else {}
+    index = read_config(folder / "model_index.json") if (folder / "model_index.json").exists() else {}
+    support = {rel: read_config(folder / rel) for rel in SUPPORT_CONFIGS if (folder / rel).exists()}
+    if not (folder / "depth_estimator").is_dir():  # SD 1.x's feature_extractor serves its safety checker: not ours
+        support.pop("feature_extractor/preprocessor_config.json", None)
+
+    return Source(
+        description=description,
+        family=family,
+        unet_config=unet_config,
+        vae_config=read_config(folder / "vae/config.json"),
+        scheduler_config=scheduler,
+        tokenizer_dir=folder / "tokenizer",
+        load=lambda kind: loaders[kind].from_pretrained(folder, kind),
+        optional=_depth_estimator(folder),
+        support_configs=support,
+        pipeline_options={key: index[key] for key in PIPELINE_OPTIONS if key in index},
+    )
+
+
+def _depth_estimator(folder: Path) -> dict[str, Callable[[], Any]]:
+    """depth2img's DPT (transformers DPTForDepthEstimation), where the folder has one."""
+    if not (folder / "depth_estimator" / "config.json").exists():
+        return {}
+
+    def load() -> Any:
+        from transformers import DPTForDepthEstimation
+
+        return DPTForDepthEstimation.from_pretrained(folder / "depth_estimator").eval()
+
+    return {"depth_estimator": load}
+
+
+def open_tiny_vae(folder: Path, latent_channels: int) -> Callable[[], Any]:
+    """A loader of the diffusers AutoencoderTiny (TAESD) in `folder`, checked first: its config, its
+    safetensors weights, and latents of the pipeline's width."""
+    folder = Path(folder).expanduser()
+    config = read_config(folder / "config.json") if folder.is_dir() else None
+    if config is None or config.get("_class_name") != "AutoencoderTiny":
+        raise SdcpuError(f"--tiny-vae {folder} is not a diffusers AutoencoderTiny folder (config.json, weights)")
+    if int(config.get("latent_channels", 4)) != latent_channels:
+        raise SdcpuError(
+            f"--tiny-vae {folder} makes {config.get('latent_channels')}-channel latents; this model's have "
+            f"{latent_channels} (a TAESD for another family, such as SDXL's or SD3's?)"
+        )
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        raise SdcpuError(f"--tiny-vae {folder} has no .safetensors weights (pickled ones are not read)")
+    for path in weights:
+        check_safetensors(path)
+
+    def load() -> Any:
+        from diffusers import AutoencoderTiny
+
+        return AutoencoderTiny.from_pretrained(folder, use_safetensors=True).eval()
+
+    return load

@@ -1,0 +1,57 @@
+"""The interface every engine implements: `model(**inputs) -> first output as numpy` (`model.outputs(**inputs)`
+for all of them), what the pipeline asks of a graph beyond its file (`GraphInterface`), and the input casts
+(`conform`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class GraphInterface:
+    """What the pipeline asks of a graph beyond what its file declares. `outputs`: tensors inside the
+    graph, named there, returned after its declared outputs (DeepCache's deep features: the stored `unet`
+    keeps the single output other tools expect). `float_inputs`: inputs stored as integers, for the
+    tools that feed them so, that the graph only converts to float; fed as float32 instead, so that
+    fractional timesteps survive (OpenVINO; ONNX Runtime cannot retype a graph, and rounds them).
+    `dynamic`: compiled with the shapes the file declares, not the call's (OpenVINO 2026.4's CPU plugin
+    crashes compiling DPT-Hybrid's graph reshaped to static shapes; dynamic, it runs)."""
+
+    outputs: tuple[str, ...] = ()
+    float_inputs: tuple[str, ...] = ()
+    dynamic: bool = False
+
+    @property
+    def keys(self) -> list[str]:
+        """For the compiled-model cache's key: what this changes in the compiled graph."""
+        keys = [f"output {name}" for name in self.outputs] + [f"float {name}" for name in self.float_inputs]
+        return keys + (["dynamic"] if self.dynamic else [])
+
+
+def conform(inputs: dict[str, np.ndarray], declared: dict[str, np.dtype]) -> dict[str, np.ndarray]:
+    """Each input in the dtype its graph declares; floats fed to an integer input are rounded to nearest."""
+    fed = {}
+    for name, value in inputs.items():
+        dtype = declared.get(name, value.dtype)
+        if value.dtype != dtype and np.issubdtype(value.dtype, np.floating) and np.issubdtype(dtype, np.integer):
+            value = np.rint(value)
+        fed[name] = value.astype(dtype, copy=False)
+    return fed
+
+
+class Model(Protocol):
+    @property
+    def compute_precision(
+        self,
+    ) -> str | None: ...  # what the engine computes in ("f32", "bf16", ...); None until compiled
+
+    def __call__(self, **inputs: np.ndarray) -> np.ndarray: ...
+
+    def outputs(self, **inputs: np.ndarray) -> list[np.ndarray]: ...
+
+    def release_memory(self) -> None: ...
+
+    def release(self) -> None: ...

@@ -1,0 +1,145 @@
+"""Generation settings as AUTOMATIC1111's web UI writes them in a PNG's `parameters` text chunk, the
+text most metadata readers and image sites parse, and back.
+
+The layout (A1111's `create_infotext`): the prompt; a line `Negative prompt: ...` when there is one;
+then one line of `Key: value` pairs joined by ", ", where a value holding a comma, a colon or a newline
+is written as a JSON string. Sampler names are A1111's; the schedule (Karras) is its own key.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from sdcpu.errors import SdcpuError
+
+# sdcpu scheduler -> (A1111 sampler, A1111 schedule type or None)
+SAMPLERS = {
+    "ddim": ("DDIM", None),
+    "pndm": ("PNDM", None),
+    "euler": ("Euler", None),
+    "euler-a": ("Euler a", None),
+    "dpm++2m": ("DPM++ 2M", None),
+    "dpm++2m-karras": ("DPM++ 2M", "Karras"),
+    "lcm": ("LCM", None),
+}
+# A1111's own parser of the last line: a key, then a quoted string or anything up to the next comma.
+PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+SIZE = re.compile(r"^(\d+)x(\d+)$")
+# The settings of sdcpu's own JSON chunk that --from-png runs again.
+RERUN_KEYS = (
+    "prompt",
+    "negative_prompt",
+    "steps",
+    "guidance",
+    "seed",
+    "width",
+    "height",
+    "scheduler",
+    "num_images",
+    "deep_cache",
+)
+
+
+# A1111 key -> sdcpu keyword, and its type
+FIELDS: tuple[tuple[str, str, type], ...] = (
+    ("Steps", "steps", int),
+    ("CFG scale", "guidance", float),
+    ("Seed", "seed", int),
+    ("Batch size", "num_images", int),
+)
+
+
+def quote(value: Any) -> str:
+    text = str(value)
+    return json.dumps(text, ensure_ascii=False) if any(c in text for c in ",:\n") else text
+
+
+def format_parameters(settings: dict[str, Any], model: str, model_hash: str, version: str) -> str:
+    """The `parameters` chunk for one image's settings (GenerationSettings as a dict)."""
+    sampler, schedule = SAMPLERS[settings["scheduler"]]
+    fields: dict[str, Any] = {"Steps": settings["steps"], "Sampler": sampler, "Schedule type": schedule}
+    fields |= {"CFG scale": settings["guidance"], "Seed": settings["seed"]}
+    fields |= {"Size": f"{settings['width']}x{settings['height']}", "Model hash": model_hash, "Model": model}
+    if settings.get("strength") is not None:
+        fields["Denoising strength"] = settings["strength"]
+    if settings.get("mask") is not None:  # inpainting, as A1111 writes it
+        fields |= {"Mask blur": settings["mask"]["blur"], "Mask padding": settings["mask"]["padding"] or None}
+    if settings["num_images"] > 1:  # one seed draws the whole batch: the image is reproduced by its place in it
+        fields |= {"Batch size": settings["num_images"], "Batch pos": settings["image_index"]}
+    fields["Version"] = version
+    line = ", ".join(f"{key}: {quote(value)}" for key, value in fields.items() if value is not None)
+    negative = f"\nNegative prompt: {settings['negative_prompt']}" if settings["negative_prompt"] else ""
+    return f"{settings['prompt']}{negative}\n{line}"
+
+
+def parse_parameters(text: str) -> dict[str, Any]:
+    """Generation keyword arguments (prompt, negative_prompt, steps, guidance, seed, width, height,
+    scheduler) from a `parameters` chunk; keys that sdcpu has no equivalent for are left out."""
+    *lines, last = text.strip().split("\n")
+    if len(PARAM.findall(last)) < 3:  # as A1111: a last line of fewer than 3 pairs is part of the prompt
+        lines, last = [*lines, last], ""
+    prompt: list[str] = []
+    negative: list[str] = []
+    in_negative = False
+    for line in lines:
+        if line.startswith("Negative prompt:"):
+            in_negative, line = True, line[len("Negative prompt:") :].strip()
+        (negative if in_negative else prompt).append(line)
+    values = {key: json.loads(v) if v.startswith('"') and v.endswith('"') else v for key, v in PARAM.findall(last)}
+    out: dict[str, Any] = {"prompt": "\n".join(prompt), "negative_prompt": "\n".join(negative)}
+    try:
+        out |= {name: kind(values[key]) for key, name, kind in FIELDS if key in values}
+        if "Size" in values and (size := SIZE.match(values["Size"])):
+            out["width"], out["height"] = int(size.group(1)), int(size.group(2))
+    except ValueError as err:
+        raise SdcpuError(f"the image's generation parameters hold a value sdcpu cannot read ({err})") from None
+    if "Sampler" in values:
+        out["scheduler"] = scheduler_for(values["Sampler"], values.get("Schedule type"))
+    return out
+
+
+def scheduler_for(sampler: str, schedule: str | None) -> str:
+    """sdcpu's scheduler for an A1111 sampler name and schedule type; raises SdcpuError for others."""
+    karras = schedule == "Karras" or sampler.endswith(" Karras")  # A1111 before 1.9 put it in the name
+    sampler = sampler.removesuffix(" Karras")
+    for name, (theirs, their_schedule) in SAMPLERS.items():
+        if theirs == sampler and (their_schedule == "Karras") == karras:
+            return name
+    known = ", ".join(sorted({s for s, _ in SAMPLERS.values()}))
+    raise SdcpuError(f"the image's sampler {sampler!r} has no sdcpu equivalent; sdcpu has: {known}")
+
+
+def read_png_settings(path: Path) -> dict[str, Any]:
+    """The generation settings stored in a PNG: sdcpu's own JSON chunk where present, else A1111's
+    `parameters`. Raises SdcpuError when the file holds neither."""
+    try:
+        with Image.open(path) as image:
+            text = dict(getattr(image, "text", {}))
+    except (OSError, UnidentifiedImageError, ValueError) as err:
+        raise SdcpuError(f"cannot read {path}: {err}") from None
+    if "sdcpu" in text:
+        ours = json.loads(text["sdcpu"])
+        if ours.get("noise") == "given":
+            warnings.warn(f"{path} was generated from given noise: its seed does not reproduce it", stacklevel=2)
+        return {key: ours[key] for key in RERUN_KEYS if key in ours}
+    if "parameters" in text:
+        return parse_parameters(text["parameters"])
+    raise SdcpuError(f"{path} holds no generation settings (no sdcpu or A1111 parameters text chunk)")
+
+
+def generation_request(prompt: str | None, given: dict[str, Any], from_png: Path | None) -> dict[str, Any]:
+    """The keyword arguments of one generation: the settings read from `from_png` (if any), overridden
+    by those given explicitly (`given`, None meaning not given), and `prompt` when there is one."""
+    request = read_png_settings(from_png) if from_png is not None else {}
+    request |= {key: value for key, value in given.items() if value is not None}
+    if prompt is not None:
+        request["prompt"] = prompt
+    if "prompt" not in request:
+        raise SdcpuError("give a PROMPT, or --from-png FILE to run the settings stored in an image again")
+    return request
