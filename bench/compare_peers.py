@@ -26,9 +26,13 @@ import sys
 import time
 from pathlib import Path
 
-from benchmark import PROMPT, Timer, _report, build_random_pipeline, machine, run_pytorch, run_sdcpu
+from sdcpu.bench.machine import machine_line
+from sdcpu.bench.peers import PROMPT, random_pipeline, report, run_pytorch, run_sdcpu
+from sdcpu.bench.timing import Timed
 
 ROOT = Path(__file__).resolve().parents[1]
+# SD 1.4 and 1.5 share the architecture
+REFERENCE = ROOT.parent / "shared" / "reference-configs" / "stable-diffusion-v1-4"
 # Every sdcpu runner computes in f32 unless its name says "bf16 compute"; optimum-intel runs at OpenVINO's
 # default, which is bf16 on CPUs with native bf16.
 # name -> (kind, folder under --work, precision); sdcpu runners named "... + DeepCache N" reuse the
@@ -88,12 +92,12 @@ def run_optimum(folder: Path, steps: int) -> dict:
     pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     load = time.perf_counter() - start
-    text, unet, vae = Timer(pipe.text_encoder.forward), Timer(pipe.unet.forward), Timer(pipe.vae_decoder.forward)
+    text, unet, vae = Timed(pipe.text_encoder.forward), Timed(pipe.unet.forward), Timed(pipe.vae_decoder.forward)
     pipe.text_encoder.forward, pipe.unet.forward, pipe.vae_decoder.forward = text, unet, vae
     start = time.perf_counter()
     pipe(PROMPT, num_inference_steps=steps, generator=torch.Generator().manual_seed(0), height=512, width=512)
     total = time.perf_counter() - start
-    return _report(load, total, text.times, unet.times, vae.times)
+    return report(load, total, text.seconds, unet.seconds, vae.seconds)
 
 
 def _option(name: str, option: str) -> int:
@@ -120,7 +124,7 @@ def worker(name: str, work: Path, steps: int) -> None:
 
 def prepare(work: Path, names: list[str], peer_python: str) -> None:
     if not (work / "diffusers" / "unet").exists():
-        build_random_pipeline(work / "diffusers")
+        random_pipeline(REFERENCE, work / "diffusers")
     for name in names:
         kind, folder, precision = RUNNERS[name]
         if kind == "pytorch" or (work / folder).exists():
@@ -259,7 +263,7 @@ def main() -> None:
     summary = summarise(runs)
     sizes = {name: folder_gb(args.work / RUNNERS[name][1]) for name in names}
     flops = json.loads(args.flops.read_text()) if args.flops else None
-    record = {"machine": machine(), "steps": args.steps, "runs": args.runs, "median": summary, "all": runs}
+    record = {"machine": machine_line(), "steps": args.steps, "runs": args.runs, "median": summary, "all": runs}
     args.out.write_text(json.dumps({**record, "folder_gb": sizes, "flops": flops}, indent=2) + "\n")
     print(table(summary, sizes, flops))
     try:

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from benchmark import machine  # bench/ is on the path when this file is run as a script
 
+from sdcpu.bench.machine import machine_line as machine
 from sdcpu.demo import world as world
 from sdcpu.demo.bundled import SOURCE
 from sdcpu.demo.oracle import evaluate

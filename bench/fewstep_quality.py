@@ -22,8 +22,7 @@ import json
 import time
 from pathlib import Path
 
-from benchmark import machine  # bench/ is on the path when this file is run as a script
-
+from sdcpu.bench.machine import machine_line as machine
 from sdcpu.demo.oracle import evaluate
 from sdcpu.runtime.options import LoadOptions
 from sdcpu.runtime.pipelines.base import Pipeline

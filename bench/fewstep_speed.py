@@ -19,17 +19,19 @@ import sys
 import time
 from pathlib import Path
 
-from benchmark import machine, peak_rss_gb  # bench/ is on the path when this file is run as a script
-from modes import PROMPT, build
+from sdcpu.bench.machine import machine_line as machine
+from sdcpu.bench.machine import peak_rss_gb
+from sdcpu.bench.peers import PROMPT, random_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
+SD14 = ROOT.parent / "shared" / "reference-configs" / "stable-diffusion-v1-4"
 # (steps, decoder, sdcpu's token downsampling factor: 0 off, 2 ToDo's approximate attention; diffusers: off)
 TURBO_SCHEDULER = {"_class_name": "EulerAncestralDiscreteScheduler", "timestep_spacing": "trailing"}
 CASES = [(1, "tiny", 0), (1, "tiny", 2), (1, "full", 0), (4, "tiny", 0), (4, "full", 0)]
 
 
 def prepare_fast(work: Path) -> Path:
-    """SD 1.5 random weights (bench/modes.py's) with a random TAESD, converted at int8-hybrid. The scheduler
+    """SD 1.5 random weights (sdcpu.bench.peers) with a random TAESD, converted at int8-hybrid. The scheduler
     is SD-Turbo's (Euler a, trailing timesteps), so the conversion takes int8-hybrid's few-step recipe."""
     from diffusers import AutoencoderTiny
 
@@ -38,7 +40,7 @@ def prepare_fast(work: Path) -> Path:
 
     source, taesd, out = work / "sd14-diffusers", work / "taesd", work / "sd14-turbo-int8-hybrid-tiny"
     if not (source / "model_index.json").exists():
-        build("sd14", source)
+        random_pipeline(SD14, source)
     config = source / "scheduler" / "scheduler_config.json"
     config.write_text(json.dumps(json.loads(config.read_text()) | TURBO_SCHEDULER, indent=2))
     if not (taesd / "config.json").exists():

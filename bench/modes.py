@@ -21,7 +21,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from benchmark import machine, peak_rss_gb  # bench/ is on the path when this file is run as a script
+
+from sdcpu.bench.machine import machine_line as machine
+from sdcpu.bench.machine import peak_rss_gb
+from sdcpu.bench.peers import PROMPT, random_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT.parent / "shared" / "reference-configs"
@@ -31,34 +34,6 @@ SOURCES = {
     "sd14": "stable-diffusion-v1-4",
     "depth": "stable-diffusion-2-depth",
 }
-PROMPT = "a photograph of an astronaut riding a horse"
-
-
-def build(name: str, folder: Path) -> None:
-    """A diffusers folder of the reference config `name` with random weights (fixed seed)."""
-    import shutil
-
-    import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, DPTConfig, DPTForDepthEstimation
-
-    reference = REFERENCE / SOURCES[name]
-    torch.manual_seed(0)
-    makers = {
-        "unet": lambda: UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(reference / "unet")),
-        "vae": lambda: AutoencoderKL.from_config(AutoencoderKL.load_config(reference / "vae")),
-        "text_encoder": lambda: CLIPTextModel(CLIPTextConfig.from_pretrained(reference / "text_encoder")),
-        "depth_estimator": lambda: DPTForDepthEstimation(DPTConfig.from_pretrained(reference / "depth_estimator")),
-    }
-    for component, make in makers.items():
-        if (reference / component).exists():
-            make().save_pretrained(folder / component)
-    for sub in ("tokenizer", "scheduler", "low_res_scheduler", "feature_extractor"):
-        if (reference / sub).exists():
-            shutil.copytree(reference / sub, folder / sub)
-    index = json.loads((reference / "model_index.json").read_text())
-    index |= {"safety_checker": [None, None]} if "safety_checker" in index else {}
-    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
 
 
 def prepare(work: Path, name: str) -> Path:
@@ -66,7 +41,7 @@ def prepare(work: Path, name: str) -> Path:
 
     source, converted = work / f"{name}-diffusers", work / f"{name}-openvino"
     if not (source / "model_index.json").exists():
-        build(name, source)
+        random_pipeline(REFERENCE / SOURCES[name], source)
     if not (converted / "sdcpu.json").exists():
         convert(str(source), converted, "openvino", "fp32", force=True)
     return converted

@@ -1,4 +1,4 @@
-"""Run the battery of bad inputs (tests/bad_inputs.py) and write its table into docs/reliability.md,
+"""Run the battery of bad inputs (sdcpu/bench/bad_inputs.py) and write its table into docs/reliability.md,
 between the `<!-- battery -->` markers: each input, the exit code, and the first line of the message.
 
     python bench/reliability.py
@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import importlib.util
 import platform
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+from sdcpu.bench.bad_inputs import CASES, run
 
-from bad_inputs import CASES, run  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 DOC = ROOT / "docs" / "reliability.md"
 START, END = "<!-- battery -->", "<!-- /battery -->"

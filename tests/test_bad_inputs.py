@@ -1,4 +1,4 @@
-"""The battery of bad inputs (tests/bad_inputs.py), each in its own process: exit code 2 (never a signal),
+"""The battery of bad inputs (sdcpu/bench/bad_inputs.py), each in its own process: exit code 2 (never a signal),
 its message on stderr, no traceback, and no output file; an existing output is left as it was."""
 
 from __future__ import annotations
@@ -6,7 +6,8 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
-from bad_inputs import CASES, Case, run
+
+from sdcpu.bench.bad_inputs import CASES, Case, run
 
 pytestmark = pytest.mark.slow
 

@@ -44,7 +44,7 @@ def test_a1111s_own_text_is_read():
         width=512, height=768, scheduler="dpm++2m-karras",
     )  # fmt: skip
     assert parse_parameters("just a prompt") == {"prompt": "just a prompt", "negative_prompt": ""}
-    with pytest.raises(SdcpuError, match="sampler 'Heun' has no sdcpu equivalent; sdcpu has: DDIM"):
+    with pytest.raises(SdcpuError, match="sampler 'Heun' \\(schedule None\\) has no sdcpu equivalent; sdcpu has: DDIM"):
         parse_parameters("p\nSteps: 20, Sampler: Heun, CFG scale: 7, Seed: 1")
 
 

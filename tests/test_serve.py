@@ -251,7 +251,7 @@ def test_a1111_sampler_names_map_onto_ours(client, sampler, schedule, ours):
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ({"sampler_name": "Heun"}, "this server has: DDIM, PNDM, Euler, Euler a, DPM++ 2M, DPM++ 2M Karras, LCM"),
+        ({"sampler_name": "Heun"}, "sdcpu has: DDIM, PNDM, Euler, Euler a, DPM++ 2M, DPM++ 2M Karras, LCM"),
         ({"enable_hr": True}, "enable_hr is not supported"),
         ({"override_settings": {"CLIP_stop_at_last_layers": 1, "eta_noise_seed_delta": 31337}}, "eta_noise_seed_delta"),
         ({"override_settings": {"sd_vae": "vae-ft-mse-840000"}}, "sd_vae='vae-ft-mse-840000' is not supported"),

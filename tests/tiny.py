@@ -293,3 +293,36 @@ def diffusers_pipeline(folder: Path, scheduler_class: str | None = None, **sched
         pipe.scheduler = cls.from_config(pipe.scheduler.config, **scheduler_overrides)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+SDXL_UNET = dict(
+    UNET,
+    cross_attention_dim=64,  # the two text encoders' hidden states, concatenated
+    addition_embed_type="text_time",
+    addition_time_embed_dim=8,
+    projection_class_embeddings_input_dim=6 * 8 + 32,  # six size and crop numbers, and the pooled text
+    transformer_layers_per_block=1,
+)
+
+
+def write_sdxl_folder(folder: Path) -> Path:
+    """A tiny random pipeline of SDXL's architecture, as diffusers saves one: two tokenizers and text
+    encoders (the second with a projection), a UNet that takes the pooled text and time ids."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(0)
+    UNet2DConditionModel(**SDXL_UNET).save_pretrained(folder / "unet")
+    AutoencoderKL(**VAE).save_pretrained(folder / "vae")
+    CLIPTextModel(CLIPTextConfig(**TEXT)).save_pretrained(folder / "text_encoder")
+    CLIPTextModelWithProjection(CLIPTextConfig(**TEXT)).save_pretrained(folder / "text_encoder_2")
+    write_tokenizer(folder / "tokenizer")
+    write_tokenizer(folder / "tokenizer_2")
+    (folder / "scheduler").mkdir()
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(SD1_SCHEDULER))
+    index = {"_class_name": "StableDiffusionXLPipeline", "force_zeros_for_empty_prompt": True}
+    index |= {name: ["diffusers", "X"] for name in ("unet", "vae", "scheduler")}
+    index |= {name: ["transformers", "X"] for name in ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")}
+    (folder / "model_index.json").write_text(json.dumps(index))
+    return folder

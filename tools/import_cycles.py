@@ -1,11 +1,13 @@
-"""Find import cycles among the project's own modules: `python tools/import_cycles.py [ROOT ...]`.
+"""Find import cycles among the project's own modules: `python tools/import_cycles.py`.
 
 Builds the module import graph with `ast` (every `import` and `from ... import`, at any depth of the
 module, so imports inside functions count too: they are cycles that merely wait for their first call)
 and prints each strongly connected component of more than one module, or of a module that imports
 itself. Exit code 1 when there is one. Roots: `src/sdcpu` (the package, as `sdcpu.*`), and `tools`,
-`bench` and `tests` (their scripts, by file name). Imports under `if TYPE_CHECKING:` are type-only and
-do not count.
+`bench` and `tests` (their scripts, by file name). Imports under `if TYPE_CHECKING:` count too: a
+cycle that only type checkers follow still ties two modules into one. The parent package that
+importing a submodule runs first does not (every module has that edge; a package's `__init__`
+re-exporting its submodules is not a cycle).
 """
 
 from __future__ import annotations
@@ -33,16 +35,6 @@ def module_names(root: Path = ROOT) -> dict[str, Path]:
     return modules
 
 
-def _type_checking_lines(tree: ast.Module) -> set[int]:
-    # The line numbers of imports under `if TYPE_CHECKING:`: they never run.
-    lines: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            for inner in node.body:
-                lines |= {n.lineno for n in ast.walk(inner) if isinstance(n, ast.Import | ast.ImportFrom)}
-    return lines
-
-
 def _package_of(name: str, path: Path) -> str:
     return name if path.name == "__init__.py" else name.rpartition(".")[0]
 
@@ -50,11 +42,10 @@ def _package_of(name: str, path: Path) -> str:
 def imported(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
     """The project modules `name` (at `path`) imports."""
     tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
-    skip = _type_checking_lines(tree)
     folder = name.split(":")[0] if ":" in name else None
     found: set[str] = set()
     for node in ast.walk(tree):
-        if not isinstance(node, ast.Import | ast.ImportFrom) or node.lineno in skip:
+        if not isinstance(node, ast.Import | ast.ImportFrom):
             continue
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
@@ -63,7 +54,9 @@ def imported(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
             if node.level:  # relative: from the module's own package upwards
                 package = _package_of(name, path).split(".")
                 base = ".".join(package[: len(package) - node.level + 1] + ([base] if base else []))
-            targets = [f"{base}.{alias.name}" for alias in node.names] + [base]
+            # `from package import module` depends on that module; `from module import name`, on the module.
+            targets = [f"{base}.{alias.name}" for alias in node.names]
+            targets = [t if t in modules else base for t in targets]
         for target in targets:
             found |= set(_resolve(target, folder, modules))
     found.discard(name)  # `from . import x` inside a package's own __init__ names itself only as a base

@@ -6,18 +6,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderTiny
+from diffusers import AutoencoderKL, AutoencoderTiny
 from train_demo import render_batch
 
 from sdcpu.demo import world as world
 
-if TYPE_CHECKING:
-    from train_fewstep_demo import Teacher
+
+class Teacher(Protocol):
+    """What the tiny decoder learns from (train_fewstep_demo.py's Teacher): the full VAE."""
+
+    vae: AutoencoderKL
+
 
 TINY: dict[str, Any] = dict(
     encoder_block_out_channels=(16, 16, 16),

@@ -9,9 +9,7 @@ the pipeline's model objects; the denoising loop itself is the pipeline's, uncha
 from __future__ import annotations
 
 import multiprocessing as mp
-import resource
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from sdcpu.bench.machine import machine, peak_rss_gb
+from sdcpu.bench.timing import Timed
 from sdcpu.errors import SdcpuError
 from sdcpu.format.manifest import Manifest
 from sdcpu.runtime.options import LoadOptions
@@ -40,47 +40,6 @@ class BenchSettings:
         return {**{k: v for k, v in asdict(self).items() if k != "load"}, "load": self.load.record()}
 
 
-class _Timed:
-    """Calls the wrapped model and records how long each call took."""
-
-    def __init__(self, model: Any):
-        self.model = model
-        self.seconds: list[float] = []
-
-    def __call__(self, **inputs: np.ndarray) -> np.ndarray:
-        return self._timed(self.model, inputs)
-
-    def outputs(self, **inputs: np.ndarray) -> list[np.ndarray]:
-        return self._timed(self.model.outputs, inputs)
-
-    def _timed(self, call: Any, inputs: dict[str, np.ndarray]) -> Any:
-        start = time.perf_counter()
-        out = call(**inputs)
-        self.seconds.append(time.perf_counter() - start)
-        return out
-
-    @property
-    def compute_precision(self) -> str | None:
-        return self.model.compute_precision
-
-    def release_memory(self) -> None:
-        self.model.release_memory()
-
-    def release(self) -> None:
-        self.model.release()
-
-
-def peak_rss_gb() -> float:
-    """This process's peak resident set size in GB (10^9 bytes). On Linux, VmHWM: getrusage's ru_maxrss
-    survives exec, so a worker started by a large parent would report at least the parent's peak."""
-    status = Path("/proc/self/status")
-    if status.exists():
-        line = next(row for row in status.read_text().splitlines() if row.startswith("VmHWM:"))
-        return int(line.split()[1]) * 1024 / 1e9  # VmHWM is in KiB
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, KiB elsewhere
-    return peak / 1e9 if sys.platform == "darwin" else peak * 1024 / 1e9
-
-
 def _worker(folder: str | None, settings: BenchSettings, conn: Any) -> None:
     try:
         _serve(folder, settings, conn)
@@ -95,7 +54,7 @@ def _serve(folder: str | None, settings: BenchSettings, conn: Any) -> None:
     pipe = Pipeline.load(folder, settings.load)
     load_s = time.perf_counter() - start
     names = ("text_encoder", "unet", "unet_shallow", "vae_decoder")
-    timed = {name: _Timed(model) for name in names if (model := getattr(pipe, name)) is not None}
+    timed = {name: Timed(model) for name in names if (model := getattr(pipe, name)) is not None}
     for name, model in timed.items():
         setattr(pipe, name, model)
     conn.send({"load_s": load_s, "source": pipe.manifest.source, "precision": pipe.manifest.precision})
@@ -103,7 +62,7 @@ def _serve(folder: str | None, settings: BenchSettings, conn: Any) -> None:
         conn.send(_run(pipe, timed, settings))
 
 
-def _run(pipe: Any, timed: dict[str, _Timed], settings: BenchSettings) -> dict[str, Any]:
+def _run(pipe: Any, timed: dict[str, Timed], settings: BenchSettings) -> dict[str, Any]:
     for model in timed.values():
         model.seconds = []
     # UNet seconds so far at the end of each step (with --low-memory a step is several UNet calls)
@@ -128,15 +87,6 @@ def _run(pipe: Any, timed: dict[str, _Timed], settings: BenchSettings) -> dict[s
         "peak_rss_gb": peak_rss_gb(),
         "runtime": pipe.runtime_info(),  # each network's compute precision, known once compiled
     }
-
-
-def machine() -> dict[str, Any]:
-    """What the benchmark ran on: the CPU model, its cores, the ISA that decides speed, and OpenVINO's
-    view of the CPU (OPTIMIZATION_CAPABILITIES: BF16, INT8, ...)."""
-    from sdcpu.runtime.precision import cpu_info, openvino_capabilities
-
-    cpu = cpu_info()
-    return {"cpu": cpu.model, "cores": cpu.cores, "isa": list(cpu.isa), "openvino": list(openvino_capabilities("CPU"))}
 
 
 def _receive(conn: Any) -> dict[str, Any]:

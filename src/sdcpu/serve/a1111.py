@@ -20,7 +20,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict
 
 from sdcpu.errors import SdcpuError
-from sdcpu.runtime.io.infotext import SAMPLERS
+from sdcpu.runtime.io.infotext import SAMPLERS, sampler_names, scheduler_for
 from sdcpu.serve.jobs import Job
 from sdcpu.version import __version__
 
@@ -49,8 +49,6 @@ OVERRIDES: dict[str, tuple[Any, ...] | None] = {
     "CLIP_stop_at_last_layers": (1,),  # clip skip 2 changes the image
     "sd_vae": (None, "Automatic", "None"),  # the model's own VAE
 }
-# A1111 >= 1.9: the schedule a sampler takes with scheduler "Automatic" (or none), where it is not uniform.
-AUTOMATIC_SCHEDULE = {"DPM++ 2M": "karras"}
 POLL_S = 0.05
 
 
@@ -76,23 +74,6 @@ class Img2ImgRequest(Txt2ImgRequest):
     init_images: list[str] = []
     denoising_strength: float = 0.75
     resize_mode: int = 0
-
-
-def scheduler_for(sampler: str, schedule: str | None) -> str:
-    """sdcpu's scheduler for an A1111 sampler name and schedule type; SdcpuError listing ours otherwise."""
-    base = sampler.removesuffix(" Karras")  # before 1.9 the schedule was in the name
-    kind = (schedule or "automatic").lower()
-    if kind == "automatic":
-        kind = AUTOMATIC_SCHEDULE.get(base, "uniform")
-    karras = kind == "karras" or sampler.endswith(" Karras")
-    for ours, (theirs, their_schedule) in SAMPLERS.items():
-        if theirs.lower() == base.lower() and (their_schedule == "Karras") == karras:
-            return ours
-    raise SdcpuError(f"unknown sampler_name {sampler!r} (scheduler {schedule!r}); this server has: {_sampler_names()}")
-
-
-def _sampler_names() -> str:
-    return ", ".join(f"{name} Karras" if schedule else name for name, schedule in SAMPLERS.values())
 
 
 def _check_supported(request: Txt2ImgRequest) -> None:
@@ -126,7 +107,7 @@ def _submit(http: Request, request: Txt2ImgRequest, init_image: str | None = Non
         "width": request.width,
         "height": request.height,
         "num_images": request.batch_size * request.n_iter,
-        "scheduler": scheduler_for(request.sampler_name or request.sampler_index, request.scheduler),
+        "scheduler": scheduler_for(request.sampler_name or request.sampler_index, request.scheduler, automatic=True),
         "strength": strength,
     }
     return server.submit(request.prompt, init_image, **settings)
@@ -270,7 +251,7 @@ def sd_models(http: Request) -> list[dict[str, Any]]:
 
 @router.get("/samplers")
 def samplers() -> list[dict[str, Any]]:
-    return [{"name": name, "aliases": [], "options": {}} for name in _sampler_names().split(", ")]
+    return [{"name": name, "aliases": [], "options": {}} for name in sampler_names()]
 
 
 @router.get("/scripts")

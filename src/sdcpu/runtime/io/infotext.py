@@ -28,6 +28,8 @@ SAMPLERS = {
     "dpm++2m-karras": ("DPM++ 2M", "Karras"),
     "lcm": ("LCM", None),
 }
+# A1111 >= 1.9: the schedule a sampler takes with scheduler "Automatic" (or none), where it is not uniform.
+AUTOMATIC_SCHEDULE = {"DPM++ 2M": "karras"}
 # A1111's own parser of the last line: a key, then a quoted string or anything up to the next comma.
 PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 SIZE = re.compile(r"^(\d+)x(\d+)$")
@@ -104,15 +106,26 @@ def parse_parameters(text: str) -> dict[str, Any]:
     return out
 
 
-def scheduler_for(sampler: str, schedule: str | None) -> str:
-    """sdcpu's scheduler for an A1111 sampler name and schedule type; raises SdcpuError for others."""
-    karras = schedule == "Karras" or sampler.endswith(" Karras")  # A1111 before 1.9 put it in the name
-    sampler = sampler.removesuffix(" Karras")
+def scheduler_for(sampler: str, schedule: str | None, automatic: bool = False) -> str:
+    """sdcpu's scheduler for an A1111 sampler name (any case; before A1111 1.9 the schedule was a " Karras"
+    suffix) and schedule type. No schedule, or "Automatic", is uniform in a PNG's text (what A1111 wrote
+    before 1.9, and what sdcpu writes); with `automatic` (A1111's API, 1.9 and later) it is the schedule
+    A1111 picks for the sampler. Raises SdcpuError listing sdcpu's samplers for others."""
+    base = sampler.removesuffix(" Karras")
+    kind = (schedule or "automatic").lower()
+    if kind == "automatic":
+        kind = AUTOMATIC_SCHEDULE.get(base, "uniform") if automatic else "uniform"
+    karras = kind == "karras" or sampler.endswith(" Karras")
     for name, (theirs, their_schedule) in SAMPLERS.items():
-        if theirs == sampler and (their_schedule == "Karras") == karras:
+        if theirs.lower() == base.lower() and (their_schedule == "Karras") == karras:
             return name
-    known = ", ".join(sorted({s for s, _ in SAMPLERS.values()}))
-    raise SdcpuError(f"the image's sampler {sampler!r} has no sdcpu equivalent; sdcpu has: {known}")
+    known = ", ".join(sampler_names())
+    raise SdcpuError(f"the sampler {sampler!r} (schedule {schedule!r}) has no sdcpu equivalent; sdcpu has: {known}")
+
+
+def sampler_names() -> list[str]:
+    """A1111's names of sdcpu's schedulers (before 1.9: the Karras schedule in the name)."""
+    return [f"{name} Karras" if schedule else name for name, schedule in SAMPLERS.values()]
 
 
 def read_png_settings(path: Path) -> dict[str, Any]:
