@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import tiny
+
 from sdcpu.demo.bundled import CONVERTED
 from sdcpu.errors import SdcpuError
 from sdcpu.format.families import family_of
