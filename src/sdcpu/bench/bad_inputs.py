@@ -245,7 +245,10 @@ def _model_folders() -> list[Case]:
         return lambda folder, data: data["files"].__setitem__(rel, {"sha256": "0" * 64, "bytes": 1})
 
     def damage(rel: str, data_bytes: bytes) -> Callable[[Path, dict], None]:
-        return lambda folder, data: (folder / rel).write_bytes(data_bytes)
+        def change(folder: Path, data: dict) -> None:
+            (folder / rel).write_bytes(data_bytes)
+
+        return change
 
     cases = [
         (
@@ -397,7 +400,11 @@ def _serve() -> list[Case]:
         ("serve with --queue 0", ["serve", "--queue", "0"], "--queue must be at least 1"),
         ("serve a missing model", ["serve", "--model", "nope"], "does not exist"),
     ]
-    return [Case(name, "serve", lambda s, a=args: a, message, serve) for name, args, message in cases]
+    return [Case(name, "serve", _given(args), message, serve) for name, args, message in cases]
+
+
+def _given(args: list[str]) -> Setup:
+    return lambda scratch: args
 
 
 CASES = [*_settings(), *_prompts(), *_init_images(), *_outputs(), *_model_folders(), *_safetensors(), *_converts()]

@@ -222,36 +222,28 @@ def _config_dict(model: Any) -> dict[str, Any]:
 
 
 def _write_support_files(src: Source, staged: Path, fmt: str, progress: Callable[[str], None]) -> list[str]:
-    (staged / "tokenizer").mkdir()
     written = []
-    for name in TOKENIZER_FILES:
-        if (src.tokenizer_dir / name).exists():
-            shutil.copyfile(src.tokenizer_dir / name, staged / "tokenizer" / name)
-            written.append(f"tokenizer/{name}")
-    if fmt == "openvino":  # for openvino.genai, which tokenizes in OpenVINO
-        irs = write_tokenizer_irs(staged / "tokenizer")
-        written += [f"tokenizer/{name}" for name in irs]
-        progress(
-            "tokenizer: OpenVINO IRs written" if irs else "tokenizer: no OpenVINO IRs (openvino-tokenizers absent)"
-        )
+    for folder, source in src.tokenizers().items():  # the family's tokenizers
+        (staged / folder).mkdir()
+        for name in TOKENIZER_FILES:
+            if (source / name).exists():
+                shutil.copyfile(source / name, staged / folder / name)
+                written.append(f"{folder}/{name}")
+        if fmt == "openvino":  # for openvino.genai, which tokenizes in OpenVINO
+            irs = write_tokenizer_irs(staged / folder)
+            written += [f"{folder}/{name}" for name in irs]
+            progress(
+                f"{folder}: OpenVINO IRs written" if irs else f"{folder}: no OpenVINO IRs (openvino-tokenizers absent)"
+            )
     configs = {"scheduler/scheduler_config.json": src.scheduler_config, **src.support_configs}
     for rel, config in configs.items():
         (staged / rel).parent.mkdir(exist_ok=True)
         (staged / rel).write_text(json.dumps(config, indent=2))
-    index = model_index(src.scheduler_config.get("_class_name", "PNDMScheduler"), _task(src))
+    index = model_index(src.scheduler_config.get("_class_name", "PNDMScheduler"), _task(src), src.family)
     index |= {rel.split("/")[0]: _library_class(config) for rel, config in src.support_configs.items()}
     index |= {"depth_estimator": ["transformers", "DPTForDepthEstimation"]} if "depth_estimator" in src.optional else {}
     (staged / "model_index.json").write_text(json.dumps(index | src.pipeline_options, indent=2))
     return [*written, *configs, "model_index.json"]
-
-
-# diffusers' pipeline class for each task (manifest_schema.TASKS), named in model_index.json
-PIPELINE_CLASSES = {
-    "text-to-image": "StableDiffusionPipeline",
-    "inpainting": "StableDiffusionInpaintPipeline",
-    "upscaling": "StableDiffusionUpscalePipeline",
-    "depth-to-image": "StableDiffusionDepth2ImgPipeline",
-}
 
 
 def _task(src: Source) -> str:
@@ -265,18 +257,9 @@ def _library_class(config: dict[str, Any]) -> list[str]:
     return ["diffusers", str(config.get("_class_name"))]
 
 
-def model_index(scheduler_class: str, task: str = "text-to-image") -> dict[str, Any]:
-    """diffusers' model_index.json for a Stable Diffusion pipeline of `task`, without safety checker."""
-    return {
-        "_class_name": PIPELINE_CLASSES[task],
-        "scheduler": ["diffusers", scheduler_class],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-        "safety_checker": [None, None],
-        "feature_extractor": [None, None],
-    } | ({"requires_safety_checker": False} if task != "upscaling" else {})
+def model_index(scheduler_class: str, task: str = "text-to-image", family: str = "sd1") -> dict[str, Any]:
+    """diffusers' model_index.json for a pipeline of `family` and `task`, without safety checker."""
+    return export_family(family).model_index(task, scheduler_class)
 
 
 def _manifest(

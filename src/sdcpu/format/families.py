@@ -8,7 +8,7 @@ width (the bundled demo model's 64).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from sdcpu.errors import SdcpuError
@@ -19,16 +19,21 @@ NAMES = {
     "sdxl": "Stable Diffusion XL",
     "other": "Stable Diffusion 1.x/2.x-architecture",
 }
-CROSS_ATTENTION_WIDTHS = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
+Config = dict[str, Any]
+# family -> does a UNet config (and the folder's model_index.json, where there is one) belong to it? The
+# first rule that holds names the family. SDXL's UNet takes the pooled text embedding and the size and
+# crop as `added_cond_kwargs` (`addition_embed_type` "text_time"), whatever its text width (SSD-1B, Vega).
+FAMILY_RULES: dict[str, Callable[[Config, Config], bool]] = {
+    "sdxl": lambda unet, index: unet.get("addition_embed_type") == "text_time",
+    "sd1": lambda unet, index: unet.get("cross_attention_dim") == 768,
+    "sd2": lambda unet, index: unet.get("cross_attention_dim") == 1024,
+}
 
 
-def family_of(unet_config: dict[str, Any]) -> str:
-    """sd1 / sd2 / sdxl / other. SDXL's UNet takes the pooled text embedding and the size and crop as
-    `added_cond_kwargs` (`addition_embed_type` "text_time"), whatever its text width (SSD-1B, Vega)."""
-    if unet_config.get("addition_embed_type") == "text_time":
-        return "sdxl"
-    width = int(unet_config.get("cross_attention_dim") or 0)
-    return CROSS_ATTENTION_WIDTHS.get(width, "other")
+def family_of(unet_config: Config, model_index: Config | None = None) -> str:
+    """The family of a UNet config (sd1 / sd2 / sdxl), by FAMILY_RULES; "other" where none holds."""
+    index = model_index or {}
+    return next((family for family, rule in FAMILY_RULES.items() if rule(unet_config, index)), "other")
 
 
 def unsupported_family(family: str, supported: Iterable[str], verb: str) -> SdcpuError:

@@ -90,7 +90,9 @@ def build_manifest(folder: Path, record: Path | None = None) -> Manifest:
     made_by = _made_by(folder)
     return Manifest(
         source=f"{folder.resolve()} ({made_by})",
-        family=family_of(unet),
+        family=family_of(
+            unet, _config(folder, ".", "model_index.json") if (folder / "model_index.json").is_file() else {}
+        ),
         prediction_type=scheduler.get("prediction_type", "epsilon"),
         format=fmt,
         precision=components["unet"]["precision"],

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,3 +48,14 @@ class ExportFamily:
     name: str
     loaders: Mapping[str, TorchClass]
     components: Mapping[str, tuple[str, Callable[[Any], ExportSpec | None]]]
+    tokenizers: tuple[str, ...] = ("tokenizer",)  # their folders, copied as they are (CLIP's files)
+    pipeline_classes: Mapping[str, str] = field(default_factory=dict)  # task -> diffusers' pipeline class
+
+    def model_index(self, task: str, scheduler_class: str) -> dict[str, Any]:
+        """diffusers' model_index.json for this family's pipeline of `task`, without safety checker."""
+        parts: dict[str, Any] = {"scheduler": ["diffusers", scheduler_class]}
+        parts |= {kind: [cls.module, cls.name] for kind, cls in self.loaders.items()}
+        parts |= {name: ["transformers", "CLIPTokenizer"] for name in self.tokenizers}
+        index = {"_class_name": self.pipeline_classes[task], **dict(sorted(parts.items()))}
+        index |= {"safety_checker": [None, None], "feature_extractor": [None, None]}
+        return index | ({"requires_safety_checker": False} if task != "upscaling" else {})

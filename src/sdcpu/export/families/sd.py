@@ -236,4 +236,10 @@ STABLE_DIFFUSION = ExportFamily(
         "tiny_vae_encoder": ("tiny_vae", tiny_vae_encoder_spec),
         "depth_estimator": ("depth_estimator", depth_estimator_spec),
     },
+    pipeline_classes={
+        "text-to-image": "StableDiffusionPipeline",
+        "inpainting": "StableDiffusionInpaintPipeline",
+        "upscaling": "StableDiffusionUpscalePipeline",
+        "depth-to-image": "StableDiffusionDepth2ImgPipeline",
+    },
 )

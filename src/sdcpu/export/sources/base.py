@@ -26,6 +26,12 @@ class Source:
     # and its pipeline's own settings from model_index.json (the upscaler's max_noise_level).
     support_configs: dict[str, dict[str, Any]] = field(default_factory=dict)
     pipeline_options: dict[str, Any] = field(default_factory=dict)
+    # Families with more than one tokenizer: the others' folders, by the name of their folder (tokenizer_2).
+    more_tokenizers: dict[str, Path] = field(default_factory=dict)
+
+    def tokenizers(self) -> dict[str, Path]:
+        """Every tokenizer folder, by the name it has in a diffusers folder."""
+        return {"tokenizer": self.tokenizer_dir} | self.more_tokenizers
 
 
 def read_config(path: Path) -> dict[str, Any]:

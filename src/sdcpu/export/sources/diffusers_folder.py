@@ -27,8 +27,9 @@ def open_diffusers_folder(folder: Path, description: str) -> Source:
             f"generate with it: sdcpu generate PROMPT --model {folder} --out image.png"
         )
     unet_config = read_config(folder / "unet/config.json") if (folder / "unet/config.json").is_file() else {}
-    family = family_of(unet_config)
-    loaders = export_family(family).loaders  # an unsupported family stops here, before anything is read
+    index = read_config(folder / "model_index.json") if (folder / "model_index.json").exists() else {}
+    family = family_of(unet_config, index)
+    exporters = export_family(family)  # an unsupported family stops here, before anything is read
     for sub in ("unet/config.json", "vae/config.json", "text_encoder/config.json", "tokenizer/tokenizer_config.json"):
         if not (folder / sub).exists():
             raise SdcpuError(f"{folder} is not a Stable Diffusion diffusers folder: {sub} is missing")
@@ -41,7 +42,6 @@ def open_diffusers_folder(folder: Path, description: str) -> Source:
         check_safetensors(weights)
     scheduler_path = folder / "scheduler/scheduler_config.json"
     scheduler = read_config(scheduler_path) if scheduler_path.exists() else {}
-    index = read_config(folder / "model_index.json") if (folder / "model_index.json").exists() else {}
     support = {rel: read_config(folder / rel) for rel in SUPPORT_CONFIGS if (folder / rel).exists()}
     if not (folder / "depth_estimator").is_dir():  # SD 1.x's feature_extractor serves its safety checker: not ours
         support.pop("feature_extractor/preprocessor_config.json", None)
@@ -53,7 +53,8 @@ def open_diffusers_folder(folder: Path, description: str) -> Source:
         vae_config=read_config(folder / "vae/config.json"),
         scheduler_config=scheduler,
         tokenizer_dir=folder / "tokenizer",
-        load=lambda kind: loaders[kind].from_pretrained(folder, kind),
+        load=lambda kind: exporters.loaders[kind].from_pretrained(folder, kind),
+        more_tokenizers={name: folder / name for name in exporters.tokenizers if name != "tokenizer"},
         optional=_depth_estimator(folder),
         support_configs=support,
         pipeline_options={key: index[key] for key in PIPELINE_OPTIONS if key in index},
