@@ -148,3 +148,23 @@ def test_converting_sdxl_is_one_clear_sentence_exit_2_and_nothing_written(source
     assert message.startswith("error: " + SDXL_SENTENCE.format("convert")), message
     assert "Traceback" not in result.stderr and len(message.splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sources"]
+
+
+@pytest.mark.parity
+def test_an_sdxl_hub_id_is_refused_before_its_weights_are_fetched(tmp_path, monkeypatch):
+    pytest.importorskip("diffusers")
+    import huggingface_hub
+
+    from sdcpu.export.convert import convert
+
+    folder = tiny.write_sdxl_folder(tmp_path / "sdxl")
+    asked: list[list[str]] = []
+
+    def fake_snapshot(repo_id, allow_patterns):
+        asked.append(allow_patterns)
+        return str(folder)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    with pytest.raises(SdcpuError, match=SDXL_SENTENCE.format("convert")):
+        convert("someone/tiny-sdxl", tmp_path / "out", "onnx", progress=lambda _: None)
+    assert asked == [["model_index.json", "unet/config.json"]] and not (tmp_path / "out").exists()

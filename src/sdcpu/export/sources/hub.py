@@ -1,17 +1,34 @@
-"""A Hugging Face hub id as a source: its diffusers folder, fetched (safetensors and configs only)."""
+"""A Hugging Face hub id as a source: its diffusers folder, fetched (safetensors and configs only).
+
+The UNet's config and `model_index.json` come first: a family sdcpu cannot convert is refused before
+gigabytes of its weights are fetched.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from sdcpu.errors import SdcpuError
+from sdcpu.export.families import export_family
+from sdcpu.export.sources.base import read_config
+from sdcpu.format.families import family_of
+
+FAMILY_FILES = ["model_index.json", "unet/config.json"]
+# Safetensors and configs only: we never fetch (or load) pickled weights from the hub.
+PATTERNS = ["model_index.json", "*/config.json", "scheduler/*.json", "tokenizer*/*", "*.safetensors"]
 
 
 def download(repo_id: str) -> Path:
+    """The diffusers folder of `repo_id`, from the hub or its local cache; SdcpuError if it cannot be had."""
+    configs = _snapshot(repo_id, FAMILY_FILES)
+    unet, index = configs / "unet" / "config.json", configs / "model_index.json"
+    export_family(family_of(read_config(unet) if unet.is_file() else {}, read_config(index) if index.is_file() else {}))
+    return _snapshot(repo_id, PATTERNS)
+
+
+def _snapshot(repo_id: str, patterns: list[str]) -> Path:
     from huggingface_hub import snapshot_download
 
-    # Safetensors and configs only: we never fetch (or load) pickled weights from the hub.
-    patterns = ["model_index.json", "*/config.json", "scheduler/*.json", "tokenizer/*", "*.safetensors"]
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as err:  # the hub client raises many kinds; all mean "cannot get it"
