@@ -99,6 +99,11 @@ def convert(name: str, data: bytes, *extra: str) -> Setup:
 
 F32 = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
 EXPORT = ("torch", "diffusers")
+# A single file in A1111's SDXL layout (its text encoders under conditioner.embedders), of two tiny tensors.
+SDXL_KEYS = ("model.diffusion_model.input_blocks.0.0.weight", "conditioner.embedders.1.model.ln_final.weight")
+SDXL_FILE = safetensors(
+    {key: {**F32, "data_offsets": [8 * i, 8 * i + 8]} for i, key in enumerate(SDXL_KEYS)}, b"\0" * 16
+)
 
 
 def _settings() -> list[Case]:
@@ -276,6 +281,7 @@ def _model_folders() -> list[Case]:
         ("a weight file with a byte flipped", damaged_model(_flip_byte), "does not match its sha256"),
         ("byte flipped, stat kept, hash record warm, --verify full", _warm_then_flip("--verify", "full"), "sha256"),
         ("a weight file linked outside the folder", damaged_model(_link_outside), "points outside the folder"),
+        ("a model of a family not run yet (SDXL)", damaged_model(set_("family", "sdxl")), "are not supported yet"),
     ]
     return [Case(name, "model folders", setup, message) for name, setup, message in cases]
 
@@ -318,6 +324,7 @@ def _converts() -> list[Case]:
         ("convert a missing source", lambda s: ["convert", "./nope", "out"], "does not exist"),
         ("convert a .txt file", convert("model.txt", b"hello"), "not a checkpoint"),
         ("convert a converted folder", lambda s: ["convert", str(CONVERTED), "out"], "is already converted"),
+        ("convert an SDXL single file", convert("sdxl.safetensors", SDXL_FILE), "Stable Diffusion XL models are not"),
         ("convert a damaged .ckpt", convert("model.ckpt", b"PK\x03\x04garbage"), "is not a PyTorch checkpoint"),
         (
             "convert --lora missing",
