@@ -22,10 +22,10 @@ import numpy as np
 
 from sdcpu.bench.machine import machine_line as machine
 from sdcpu.demo import world as world
-from sdcpu.demo.bundled import SOURCE
 from sdcpu.demo.oracle import evaluate
 from sdcpu.export.calibration import CalibrationSettings
 from sdcpu.export.convert import convert
+from sdcpu.models import SOURCE
 from sdcpu.runtime.options import LoadOptions
 from sdcpu.runtime.pipelines.base import Pipeline
 from sdcpu.runtime.precision import cpu_info

@@ -52,9 +52,9 @@ def convert_int8_hybrid(work: Path) -> dict[str, str]:
     bench/demo_quality.py (128 UNet inputs from 16 training captions); returns row name -> folder."""
     from demo_quality import calibration_prompts
 
-    from sdcpu.demo.bundled import SOURCE
     from sdcpu.export.calibration import CalibrationSettings
     from sdcpu.export.convert import convert
+    from sdcpu.models import SOURCE
 
     calibration = CalibrationSettings(prompts=calibration_prompts(), size=128)
     folders = {}

@@ -122,8 +122,8 @@ def main() -> None:
     parser.add_argument("--genai", required=True, help="python of a venv with openvino-genai")
     parser.add_argument("--optimum-onnx", required=True, help="python of a venv with optimum-onnx[onnxruntime]")
     args = parser.parse_args()
-    from sdcpu.demo.bundled import CONVERTED, SOURCE
     from sdcpu.export.convert import convert
+    from sdcpu.models import CONVERTED, SOURCE
     from sdcpu.runtime.precision import system_report
 
     with tempfile.TemporaryDirectory() as scratch:

@@ -261,7 +261,7 @@ def test_single_file_with_config_reads_the_tokenizer_length(tmp_path, monkeypatc
     from safetensors.torch import save_file
     from transformers import CLIPTextModel
 
-    from sdcpu.demo.bundled import SOURCE
+    from sdcpu.models import SOURCE
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     models = [cls.from_pretrained(SOURCE, subfolder=sub) for cls, sub in ((CLIPTextModel, "text_encoder"),)]

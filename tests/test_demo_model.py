@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from sdcpu.cli.main import app
 from sdcpu.demo import world as world
-from sdcpu.demo.bundled import CONVERTED, SOURCE
 from sdcpu.demo.oracle import evaluate
 from sdcpu.format.manifest import Manifest
+from sdcpu.models import CONVERTED, SOURCE
 from sdcpu.runtime.options import LoadOptions
 from sdcpu.runtime.pipelines.base import Pipeline
 

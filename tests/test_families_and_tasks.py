@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import tiny
 
-from sdcpu.demo.bundled import CONVERTED
 from sdcpu.errors import SdcpuError
 from sdcpu.format.families import family_of
 from sdcpu.format.schema import TASKS as MANIFEST_TASKS
+from sdcpu.models import CONVERTED
 from sdcpu.runtime.components.unet import GuidedInput, UNetRunner
 from sdcpu.runtime.memory import memory_policy
 from sdcpu.runtime.pipelines import Pipeline, StableDiffusionPipeline

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from sdcpu import Pipeline
-from sdcpu.demo.bundled import FEWSTEP
 from sdcpu.demo.oracle import evaluate, psnr
+from sdcpu.models import FEWSTEP
 from sdcpu.runtime.options import LoadOptions
 
 F32 = LoadOptions(compute_precision="f32")

@@ -14,10 +14,10 @@ import pytest
 import tiny
 
 from sdcpu import Pipeline
-from sdcpu.demo.bundled import CONVERTED as DEMO
 from sdcpu.errors import SdcpuError, SdcpuNotice
 from sdcpu.format.foreign import build_manifest
 from sdcpu.format.manifest import Manifest
+from sdcpu.models import CONVERTED as DEMO
 from sdcpu.runtime.components.unet import unet_interfaces
 from sdcpu.runtime.engines import GraphInterface, load_model
 from sdcpu.runtime.options import LoadOptions

@@ -10,9 +10,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from sdcpu.demo.bundled import CONVERTED
 from sdcpu.errors import SdcpuError
 from sdcpu.format.manifest import MANIFEST_VERSION, Manifest
+from sdcpu.models import CONVERTED
 from sdcpu.runtime import precision
 from sdcpu.runtime.engines.passes.registry import (
     chunked_attention,

@@ -99,7 +99,7 @@ def test_fuzzed_manifests_load_or_are_refused(tmp_path, data):
 @FUZZ
 @given(field=st.sampled_from(["files", "components", "format", "sample_size", "vae_scaling_factor"]), value=JSON)
 def test_manifests_with_one_field_fuzzed_load_or_are_refused(tmp_path, field, value):
-    from sdcpu.demo.bundled import CONVERTED
+    from sdcpu.models import CONVERTED
 
     data = json.loads((CONVERTED / "sdcpu.json").read_text())
     data[field] = value

@@ -45,6 +45,35 @@ def test_the_check_finds_cycles_through_functions_and_type_only_imports(tmp_path
     assert found == [["pkg.a", "pkg.b"], ["tools:one", "tools:two"]]
 
 
+# The package's layers, lowest first: a module imports its own layer or lower ones, never a higher one.
+LAYERS = (
+    ("sdcpu.errors", "sdcpu.version", "sdcpu.cache", "sdcpu.format", "sdcpu.models"),
+    ("sdcpu.runtime",),
+    ("sdcpu.export", "sdcpu.demo", "sdcpu.bench"),
+    ("sdcpu.cli", "sdcpu.serve", "sdcpu.__main__"),
+)
+
+
+def _layer(module: str) -> int:
+    if module == "sdcpu":  # the public API, `from sdcpu import Pipeline`
+        return len(LAYERS)
+    return next(
+        i for i, names in enumerate(LAYERS) for name in names if module == name or module.startswith(name + ".")
+    )
+
+
+def test_no_module_imports_a_higher_layer():
+    graph = import_cycles.import_graph(ROOT)
+    upward = [
+        f"{module} -> {target}"
+        for module, targets in graph.items()
+        if module.startswith("sdcpu")
+        for target in targets
+        if _layer(target) > _layer(module)
+    ]
+    assert upward == []
+
+
 def test_the_runtime_holds_no_harness_and_imports_no_torch():
     runtime = ROOT / "src" / "sdcpu" / "runtime"
     for path in runtime.rglob("*.py"):

@@ -61,7 +61,7 @@ def test_decoder_tiny_without_one_is_a_clear_error(tmp_path):
     import json
     import shutil
 
-    from sdcpu.demo.bundled import CONVERTED
+    from sdcpu.models import CONVERTED
 
     folder = shutil.copytree(CONVERTED, tmp_path / "model")  # the demo ships a tiny decoder: take it out
     data = json.loads((folder / "sdcpu.json").read_text())

@@ -2,12 +2,12 @@
 
 Builds the module import graph with `ast` (every `import` and `from ... import`, at any depth of the
 module, so imports inside functions count too: they are cycles that merely wait for their first call)
-and prints each strongly connected component of more than one module, or of a module that imports
-itself. Exit code 1 when there is one. Roots: `src/sdcpu` (the package, as `sdcpu.*`), and `tools`,
-`bench` and `tests` (their scripts, by file name). Imports under `if TYPE_CHECKING:` count too: a
-cycle that only type checkers follow still ties two modules into one. The parent package that
-importing a submodule runs first does not (every module has that edge; a package's `__init__`
-re-exporting its submodules is not a cycle).
+and prints each strongly connected component of more than one module (a module importing itself, as a
+package's `__init__` may, is no cycle). Exit code 1 when there is one. Roots: `src/sdcpu` (the package,
+as `sdcpu.*`), and `tools`, `bench` and `tests` (their scripts, by file name). Imports under
+`if TYPE_CHECKING:` count too: a cycle that only type checkers follow still ties two modules into one.
+The parent package that importing a submodule runs first does not (every module has that edge; a
+package's `__init__` re-exporting its submodules is not a cycle).
 """
 
 from __future__ import annotations

@@ -63,8 +63,8 @@ from train_tiny_decoder import TinyTrainer
 from transformers import CLIPTextModel
 
 from sdcpu.demo import world as world
-from sdcpu.demo.bundled import DEMO_ROOT
 from sdcpu.export.convert import model_index
+from sdcpu.models import DEMO_ROOT
 from sdcpu.runtime.components.tokenizer import ClipTokenizer
 
 GRID = np.arange(999, 0, -20)  # the LCM scheduler's 50-step distillation grid, noisiest first

@@ -18,12 +18,11 @@ from typing import Any
 import numpy as np
 
 from sdcpu.bench.machine import machine, peak_rss_gb
+from sdcpu.bench.peers import PROMPT
 from sdcpu.bench.timing import Timed
 from sdcpu.errors import SdcpuError
 from sdcpu.format.manifest import Manifest
 from sdcpu.runtime.options import LoadOptions
-
-PROMPT = "a photograph of an astronaut riding a horse"
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from sdcpu.export.tokenizer_ir import write_tokenizer_irs
 from sdcpu.export.writers import WRITERS, Calibrate
 from sdcpu.format.graph_signature import read_inputs
 from sdcpu.format.manifest import GRAPH_FILE, MANIFEST_NAME, Manifest, describe_files, task_of
-from sdcpu.runtime.components.tokenizer import TOKENIZER_FILES
+from sdcpu.format.tokenizer_files import TOKENIZER_FILES
 from sdcpu.runtime.io.outputs import follow_umask
 from sdcpu.runtime.schedulers import SamplingDefaults, SchedulerConfig, sampling_defaults
 

@@ -26,9 +26,9 @@ class HeaderError(ValueError):
     """What is wrong with a header, in words."""
 
 
-def check_safetensors(path: Path) -> None:
+def check_safetensors(path: Path) -> list[str]:
     """Raise SdcpuError naming `path` and its defect unless its header is well formed and every tensor's
-    bytes lie inside the file, exactly once."""
+    bytes lie inside the file, exactly once; returns the tensors' names."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -39,11 +39,12 @@ def check_safetensors(path: Path) -> None:
                 raise HeaderError(f"it declares a {length:,}-byte header, over the {MAX_HEADER_BYTES:,}-byte limit")
             if 8 + length > size:
                 raise HeaderError(f"its {length:,}-byte header runs past the end of the {size:,}-byte file")
-            check_header(f.read(length), size - 8 - length)
+            header = check_header(f.read(length), size - 8 - length)
     except HeaderError as err:
         raise SdcpuError(f"{path} is not a valid safetensors file: {err}; get the file again") from None
     except OSError as err:
         raise SdcpuError(f"cannot read {path}: {err.strerror}") from None
+    return [name for name in header if name != "__metadata__"]
 
 
 def check_header(raw: bytes, data_bytes: int) -> dict[str, Any]:

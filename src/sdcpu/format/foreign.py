@@ -35,7 +35,7 @@ from sdcpu.format.manifest import (
     task_of,
 )
 from sdcpu.format.schema import check_fields
-from sdcpu.runtime.components.tokenizer import TOKENIZER_FILES
+from sdcpu.format.tokenizer_files import TOKENIZER_FILES
 
 SUPPORT_FILES = ("model_index.json", "scheduler/scheduler_config.json")
 FORMAT_NAMES = {"openvino": "an OpenVINO", "onnx": "an ONNX"}
@@ -90,9 +90,7 @@ def build_manifest(folder: Path, record: Path | None = None) -> Manifest:
     made_by = _made_by(folder)
     return Manifest(
         source=f"{folder.resolve()} ({made_by})",
-        family=family_of(
-            unet, _config(folder, ".", "model_index.json") if (folder / "model_index.json").is_file() else {}
-        ),
+        family=foreign_family(folder),
         prediction_type=scheduler.get("prediction_type", "epsilon"),
         format=fmt,
         precision=components["unet"]["precision"],
@@ -124,6 +122,13 @@ def _format(folder: Path) -> str:
         f"read (that needs {', '.join(REQUIRED)}, each with {graphs}); convert the checkpoint with "
         "`sdcpu convert SOURCE OUT`"
     )
+
+
+def foreign_family(folder: Path) -> str:
+    """The family of another tool's export, from its UNet config and model_index.json alone (cheap: no
+    file is hashed, so an unsupported family is refused before any work)."""
+    index = _config(folder, ".", "model_index.json") if (folder / "model_index.json").is_file() else {}
+    return family_of(_config(folder, "unet"), index)
 
 
 def _config(folder: Path, component: str, name: str = "config.json") -> dict[str, Any]:

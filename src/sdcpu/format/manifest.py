@@ -75,7 +75,7 @@ class Manifest:
     files: dict[str, dict[str, Any]]
     versions: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
-    task: str = "text-to-image"  # one of manifest_schema.TASKS: what the UNet's extra input channels carry
+    task: str = "text-to-image"  # one of format/schema.py TASKS: what the UNet's extra input channels carry
 
     def to_json(self) -> str:
         data = {"sdcpu_manifest": MANIFEST_VERSION, **self.__dict__}

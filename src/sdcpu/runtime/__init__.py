@@ -1,1 +1,1 @@
-"""The torch-free runtime: tokenizer, schedulers, backends and the denoising loop."""
+"""The torch-free runtime: pipelines (one per family), tasks, components, engines, schedulers and io."""

@@ -76,6 +76,14 @@ class Img2ImgRequest(Txt2ImgRequest):
     resize_mode: int = 0
 
 
+def _scheduler(request: Txt2ImgRequest) -> str:
+    # A1111's API: "Automatic" (or no) scheduler is the one A1111 picks for the sampler.
+    try:
+        return scheduler_for(request.sampler_name or request.sampler_index, request.scheduler, automatic=True)
+    except SdcpuError as err:
+        raise SdcpuError(f"sampler_name: {err}") from None
+
+
 def _check_supported(request: Txt2ImgRequest) -> None:
     given = request.model_dump()
     for name, default in UNSUPPORTED.items():
@@ -107,7 +115,7 @@ def _submit(http: Request, request: Txt2ImgRequest, init_image: str | None = Non
         "width": request.width,
         "height": request.height,
         "num_images": request.batch_size * request.n_iter,
-        "scheduler": scheduler_for(request.sampler_name or request.sampler_index, request.scheduler, automatic=True),
+        "scheduler": _scheduler(request),
         "strength": strength,
     }
     return server.submit(request.prompt, init_image, **settings)

@@ -1,1 +1,1 @@
-"""The commands, one module per group; each registers its commands on the app of cli/app.py."""
+"""The commands, one module per group; cli/main.py registers them on the app of cli/app.py."""

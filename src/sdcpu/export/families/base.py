@@ -45,7 +45,6 @@ class ExportFamily:
     `components`: component -> (the kind it is cut from, its exporter), in export order, grouped by
     kind so that one torch model is in memory at a time (the VAE serves two components)."""
 
-    name: str
     loaders: Mapping[str, TorchClass]
     components: Mapping[str, tuple[str, Callable[[Any], ExportSpec | None]]]
     tokenizers: tuple[str, ...] = ("tokenizer",)  # their folders, copied as they are (CLIP's files)

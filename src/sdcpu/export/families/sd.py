@@ -218,7 +218,6 @@ def depth_estimator_spec(model) -> ExportSpec:
 # The SD 1.x/2.x family (and the demo model, of their architecture): one CLIP text encoder, a UNet that
 # takes `encoder_hidden_states` (and the x4 upscaler's `class_labels`), and an AutoencoderKL.
 STABLE_DIFFUSION = ExportFamily(
-    name="sd",
     loaders={
         "text_encoder": TorchClass("transformers", "CLIPTextModel"),
         "unet": TorchClass("diffusers", "UNet2DConditionModel"),

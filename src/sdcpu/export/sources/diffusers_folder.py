@@ -12,7 +12,7 @@ from sdcpu.export.families import export_family
 from sdcpu.export.safetensors_check import check_safetensors
 from sdcpu.export.sources.base import Source, read_config
 from sdcpu.format.families import family_of
-from sdcpu.runtime.components.tokenizer import has_vocabulary
+from sdcpu.format.tokenizer_files import has_vocabulary
 
 CONVERTED_GRAPHS = ("openvino_model.xml", "model.onnx")
 # The x4 upscaler's scheduler for its low-res input's noise; depth2img's depth estimator's image processor.

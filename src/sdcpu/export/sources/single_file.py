@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from sdcpu.export.safetensors_check import check_safetensors
 from sdcpu.export.sources.base import Source, read_config
 from sdcpu.export.sources.presets import PRESETS, Preset
 from sdcpu.format.families import family_of
-from sdcpu.runtime.components.tokenizer import TOKENIZER_FILES, has_vocabulary
+from sdcpu.format.tokenizer_files import TOKENIZER_FILES, has_vocabulary
 
 OPEN_CLIP_KEY = "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight"
 UNET_PREFIX = "model.diffusion_model."
@@ -57,11 +58,16 @@ def load_state_dict(path: Path) -> dict[str, Any]:
     return state
 
 
+def check_sdxl(keys: Iterable[str]) -> None:
+    """Refuse SDXL single files (A1111/Civitai's layout: its two text encoders under conditioner.embedders)."""
+    if any(key.startswith(SDXL_PREFIX) for key in keys):
+        export_family("sdxl")  # refuses the family while sdcpu cannot convert it
+        raise SdcpuError("single-file SDXL checkpoints are not read yet; convert the model's diffusers folder")
+
+
 def detect_preset(state: dict[str, Any]) -> Preset:
     """SD 2 checkpoints carry an OpenCLIP text encoder; we then assume the 768 v-prediction model,
     as diffusers does (pass `preset="sd2-base"` for the 512 epsilon one)."""
-    if any(k.startswith(SDXL_PREFIX) for k in state):  # SDXL's two text encoders, in A1111/Civitai's layout
-        export_family("sdxl")
     if not any(k.startswith(UNET_PREFIX) for k in state):
         raise SdcpuError("this checkpoint has no Stable Diffusion UNet (no model.diffusion_model.* weights)")
     return PRESETS["sd2-v"] if OPEN_CLIP_KEY in state else PRESETS["sd1"]
@@ -96,7 +102,10 @@ def open_single_file(
     work_dir: Path | None = None,
 ) -> Source:
     """A Source for a single-file checkpoint; `work_dir` receives the tokenizer files it writes."""
+    if path.suffix.lower() == ".safetensors":  # the names alone, before gigabytes of weights are read
+        check_sdxl(check_safetensors(path))
     state = load_state_dict(path)
+    check_sdxl(state)
     if preset is not None and preset not in PRESETS:
         raise SdcpuError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     chosen = PRESETS[preset] if preset else detect_preset(state)

@@ -20,7 +20,6 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalize
 from sdcpu.errors import SdcpuError
 
 # Every file a tokenizer folder may have; a converted folder keeps those its source had.
-TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 CLIP_SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 
 
@@ -90,13 +89,6 @@ class ClipTokenizer:
             ids = ids[: n - 2]
         row = [self.bos_id, *ids, self.eos_id]
         return np.array(row + [self.pad_id] * (n - len(row)), dtype=np.int64)
-
-
-def has_vocabulary(folder: Path) -> bool:
-    """Whether `folder` holds a BPE vocabulary: vocab.json with merges.txt, or tokenizer.json."""
-    return ((folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()) or (
-        folder / "tokenizer.json"
-    ).is_file()
 
 
 def read_vocabulary(folder: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:

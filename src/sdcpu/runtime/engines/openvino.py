@@ -1,7 +1,7 @@
 """OpenVINO backend. The graph is kept with dynamic shapes on disk and compiled for the static
 shapes of the first call (OpenVINO's CPU plugin runs static shapes faster), after the graph passes it
 was given; a call with other shapes compiles again. With a cache folder, compiled models are kept
-there (backends/compiled_cache.py) and the graph is read only when there is no blob to import."""
+there (engines/compiled_cache.py) and the graph is read only when there is no blob to import."""
 
 from __future__ import annotations
 

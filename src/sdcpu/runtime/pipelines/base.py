@@ -20,11 +20,11 @@ import numpy as np
 from PIL import Image
 
 from sdcpu.cache import VERIFIED_FILES
-from sdcpu.demo.bundled import BUNDLED, model_folder
 from sdcpu.errors import SdcpuError, SdcpuNotice
 from sdcpu.format.families import unsupported_family
-from sdcpu.format.foreign import foreign_manifest, is_foreign
+from sdcpu.format.foreign import foreign_family, foreign_manifest, is_foreign
 from sdcpu.format.manifest import Manifest
+from sdcpu.models import BUNDLED, model_folder
 from sdcpu.runtime.components.unet import GuidedInput, UNetHook, UNetRunner, unet_interfaces
 from sdcpu.runtime.engines import Model, load_model
 from sdcpu.runtime.engines.fallback import RetryAtF32
@@ -40,7 +40,7 @@ from sdcpu.runtime.result import Callback, PipelineResult
 from sdcpu.runtime.run_info import runtime_info
 from sdcpu.runtime.schedulers import SchedulerConfig, default_scheduler_name, make_scheduler, sampling_defaults
 from sdcpu.runtime.settings import GenerationSettings
-from sdcpu.runtime.tasks import StartInputs, Task, TextToImage, check_task
+from sdcpu.runtime.tasks import TASKS, StartInputs, Task, TextToImage, check_task
 
 __all__ = ["Callback", "Pipeline", "PipelineResult"]
 
@@ -86,6 +86,7 @@ class Pipeline(TaskMethods):
             self.read_tokenizers()
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:  # JSON errors are ValueErrors
             raise SdcpuError(f"cannot read the tokenizer or scheduler of {folder} ({err}); convert it again") from None
+        TASKS[manifest.task].check_folder(folder)  # what the model's task reads beyond the networks
         self.load_text_encoders()
         self.unet = self._load("unet")
         # Read on first use, where the folder has them: DeepCache's shallow pass, and the encoder for img2img.
@@ -104,16 +105,23 @@ class Pipeline(TaskMethods):
         folder = model_folder(model_dir)
         options = options or LoadOptions()
         cache = options.cache_folder()
-        if is_foreign(folder):  # another tool's export: its manifest is built from its files
+        if is_foreign(folder):  # another tool's export: its manifest is built from its files, its family first
+            cls._family(foreign_family(folder))
             manifest = foreign_manifest(folder, cache, lambda note: warnings.warn(note, SdcpuNotice, stacklevel=3))
         else:
             manifest = Manifest.load(folder)
-        family = Pipeline.families.get(manifest.family)
-        if family is None or not issubclass(family, cls):
-            raise unsupported_family(manifest.family, Pipeline.families, "run")
+        family = cls._family(manifest.family)
         options.validate(manifest)
         manifest.verify(folder, options.verify, record=cache / VERIFIED_FILES if cache is not None else None)
         return family(folder, manifest, options)
+
+    @classmethod
+    def _family(cls, name: str) -> type[Pipeline]:
+        # The pipeline class of the family `name`; SdcpuError, in one sentence, for one sdcpu cannot run.
+        family = Pipeline.families.get(name)
+        if family is None or not issubclass(family, cls):
+            raise unsupported_family(name, Pipeline.families, "run")
+        return family
 
     # What a family adds: its tokenizers and text encoders, and the UNet inputs they make of the prompts.
 

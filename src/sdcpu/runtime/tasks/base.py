@@ -99,6 +99,11 @@ class Task:
     runs_on: ClassVar[tuple[str, ...]]
     command: ClassVar[str]
 
+    @classmethod
+    def check_folder(cls, folder: Path) -> None:
+        """At load, for a model made for this task: raise SdcpuError when the files the task reads beyond
+        the networks (an upscaler's low_res_scheduler) are damaged, so that a bad folder fails at once."""
+
     def image(self) -> Image.Image | None:
         """The image given, whose size is the default output size."""
         return None

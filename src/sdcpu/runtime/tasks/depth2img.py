@@ -78,6 +78,10 @@ class DepthToImage(Task):
     runs_on = ("depth-to-image",)
     command = "`sdcpu depth2img` (Pipeline.depth2img)"
 
+    @classmethod
+    def check_folder(cls, folder: Path) -> None:
+        depth_preprocess(folder)
+
     def image(self) -> Image.Image:
         return self.init_image
 
@@ -100,12 +104,16 @@ class DepthToImage(Task):
 
 def estimate_depth(pipe: TaskContext, image: Image.Image) -> np.ndarray:
     """The depth estimator's prediction for `image`, (1, h, w), with its image processor's settings."""
-    path = pipe.folder / "feature_extractor" / "preprocessor_config.json"
-    try:
-        preprocess = DepthPreprocess.from_config(json.loads(path.read_text()) if path.exists() else {})
-    except (OSError, ValueError, TypeError, AttributeError) as err:
-        raise SdcpuError(f"cannot read the depth estimator's {path} ({err}); convert the model again") from None
     estimator = pipe.component("depth_estimator")
-    depth = estimator(pixel_values=preprocess(image))
+    depth = estimator(pixel_values=depth_preprocess(pipe.folder)(image))
     pipe.free(estimator)
     return depth
+
+
+def depth_preprocess(folder: Path) -> DepthPreprocess:
+    """The depth estimator's image processor, as its folder's feature_extractor/ configures it."""
+    path = folder / "feature_extractor" / "preprocessor_config.json"
+    try:
+        return DepthPreprocess.from_config(json.loads(path.read_text()) if path.exists() else {})
+    except (OSError, ValueError, TypeError, AttributeError) as err:
+        raise SdcpuError(f"cannot read the depth estimator's {path} ({err}); convert the model again") from None

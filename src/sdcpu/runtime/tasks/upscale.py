@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -87,6 +88,10 @@ class Upscale(Task):
     runs_on = ("upscaling",)
     command = "`sdcpu upscale` (Pipeline.upscale)"
 
+    @classmethod
+    def check_folder(cls, folder: Path) -> None:
+        low_res_scheduler(folder)
+
     def image(self) -> Image.Image:
         return self.low_res
 
@@ -100,13 +105,13 @@ class Upscale(Task):
     def start(self, pipe: TaskContext, given: StartInputs) -> Start:
         s = given.settings
         low = imaging.image_to_array(self.low_res, s.width // SCALE, s.height // SCALE)
-        x, cond = upscale_start(low, s, given.scheduler, low_res_scheduler(pipe), given.noise, given.rng)
+        x, cond = upscale_start(low, s, given.scheduler, low_res_scheduler(pipe.folder), given.noise, given.rng)
         return Start(x, 0, cond)
 
 
-def low_res_scheduler(pipe: TaskContext) -> SchedulerConfig:
+def low_res_scheduler(folder: Path) -> SchedulerConfig:
     """The upscaler's `low_res_scheduler`: the forward process that noises its input."""
-    path = pipe.folder / "low_res_scheduler" / "scheduler_config.json"
+    path = folder / "low_res_scheduler" / "scheduler_config.json"
     try:
         return SchedulerConfig.load(path)
     except (OSError, ValueError, KeyError, TypeError) as err:

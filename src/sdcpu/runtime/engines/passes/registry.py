@@ -50,7 +50,7 @@ class GraphPass:
 
 
 def winograd() -> GraphPass:
-    """3x3 convolutions by Winograd's algorithm (backends/winograd.py): exact within float32 rounding,
+    """3x3 convolutions by Winograd's algorithm (passes/winograd.py): exact within float32 rounding,
     faster on the CPU at f32, larger filters. Not for the VAE decoder: faster there too (10.6 against
     14.8 s at 512x512) but it then holds 2.97 GB against 1.35 GB."""
     from sdcpu.runtime.engines.passes import winograd as algorithm
@@ -59,7 +59,7 @@ def winograd() -> GraphPass:
 
 
 def upsampling_convolutions() -> GraphPass:
-    """Nearest 2x upsampling + 3x3 convolution as four 2x2 convolutions (backends/upsample_conv.py):
+    """Nearest 2x upsampling + 3x3 convolution as four 2x2 convolutions (passes/upsample_conv.py):
     exact within float rounding, 2.25x fewer multiplications in those convolutions."""
     from sdcpu.runtime.engines.passes import upsample_conv as algorithm
 
@@ -68,7 +68,7 @@ def upsampling_convolutions() -> GraphPass:
 
 
 def token_downsampling(factor: int) -> GraphPass:
-    """ToDo (backends/token_downsampling.py): approximate; changes the image."""
+    """ToDo (passes/token_downsampling.py): approximate; changes the image."""
     from sdcpu.runtime.engines.passes import token_downsampling as algorithm
 
     def apply(model: Any) -> int:
@@ -79,7 +79,7 @@ def token_downsampling(factor: int) -> GraphPass:
 
 
 def chunked_attention() -> GraphPass:
-    """Attention over slices of its queries (backends/chunked_attention.py), for the graphs with
+    """Attention over slices of its queries (passes/chunked_attention.py), for the graphs with
     FakeQuantize nodes where OpenVINO's CPU plugin holds whole score matrices: the int8-hybrid UNet."""
     from sdcpu.runtime.engines.passes import chunked_attention as algorithm
 
