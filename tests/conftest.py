@@ -17,6 +17,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+# The README's test command runs two workers (pytest-xdist) on two cores: torch's own thread pool in each
+# would oversubscribe them. Set before anything imports torch; subprocesses inherit it.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import tiny  # noqa: E402
 
 
@@ -158,7 +163,25 @@ CONVERTING_FIXTURES |= {"tiny_upscaler", "upscaler_openvino", "upscaler_onnx"}
 CONVERTING_FIXTURES |= {"tiny_depth", "depth_openvino", "depth_onnx"}
 
 
+# The modules that take longest (mostly converting), first: the workers take whole modules (--dist loadfile)
+# in collection order, and the run ends sooner when no long module is left for the end.
+LONGEST_FIRST = (
+    "test_quantize.py",
+    "test_convert.py",
+    "test_bad_inputs.py",
+    "test_inpaint.py",
+    "test_goldens.py",
+    "test_depth.py",
+    "test_lora.py",
+    "test_demo_model.py",
+    "test_parity.py",
+    "test_upscale.py",
+)
+
+
 def pytest_collection_modifyitems(items) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
     for item in items:
         if CONVERTING_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.parity)
