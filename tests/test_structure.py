@@ -83,3 +83,11 @@ def test_the_runtime_holds_no_harness_and_imports_no_torch():
         heavy = {n for n in names if n.split(".")[0] in ("torch", "diffusers", "transformers")}
         harness = {n for n in names if n.startswith(("sdcpu.bench", "sdcpu.demo.oracle", "sdcpu.export"))}
         assert not heavy and not harness, f"{path.relative_to(ROOT)} imports {sorted(heavy | harness)}"
+
+
+def test_the_public_api_is_importable_from_the_package():
+    from sdcpu import LoadOptions, Pipeline, PipelineResult, SdcpuError
+    from sdcpu.runtime.options import LoadOptions as Options
+    from sdcpu.runtime.pipelines import Pipeline as Base
+
+    assert LoadOptions is Options and Pipeline is Base and PipelineResult and SdcpuError

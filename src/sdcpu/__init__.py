@@ -4,7 +4,7 @@ from typing import Any
 
 from sdcpu.version import __version__
 
-__all__ = ["Pipeline", "PipelineResult", "SdcpuError", "__version__"]
+__all__ = ["LoadOptions", "Pipeline", "PipelineResult", "SdcpuError", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
@@ -13,6 +13,10 @@ def __getattr__(name: str) -> Any:
         from sdcpu.runtime import pipelines as pipeline
 
         return getattr(pipeline, name)
+    if name == "LoadOptions":
+        from sdcpu.runtime.options import LoadOptions
+
+        return LoadOptions
     if name == "SdcpuError":
         from sdcpu.errors import SdcpuError
 
