@@ -38,7 +38,7 @@ def load_state_dict(path: Path) -> dict[str, Any]:
     if path.suffix.lower() == ".safetensors":
         from safetensors.torch import load_file
 
-        check_safetensors(path)
+        check_sdxl(check_safetensors(path))  # from the names alone, before gigabytes of weights are read
         return load_file(str(path))
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -55,6 +55,7 @@ def load_state_dict(path: Path) -> dict[str, Any]:
     state = data.get("state_dict", data) if isinstance(data, dict) else None
     if not isinstance(state, dict):
         raise SdcpuError(f"{path} holds no state dict")
+    check_sdxl(state)  # a pickle's names are known only once it is read
     return state
 
 
@@ -102,10 +103,7 @@ def open_single_file(
     work_dir: Path | None = None,
 ) -> Source:
     """A Source for a single-file checkpoint; `work_dir` receives the tokenizer files it writes."""
-    if path.suffix.lower() == ".safetensors":  # the names alone, before gigabytes of weights are read
-        check_sdxl(check_safetensors(path))
     state = load_state_dict(path)
-    check_sdxl(state)
     if preset is not None and preset not in PRESETS:
         raise SdcpuError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     chosen = PRESETS[preset] if preset else detect_preset(state)

@@ -86,16 +86,15 @@ class Pipeline(TaskMethods):
             self.read_tokenizers()
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:  # JSON errors are ValueErrors
             raise SdcpuError(f"cannot read the tokenizer or scheduler of {folder} ({err}); convert it again") from None
-        TASKS[manifest.task].check_folder(folder)  # what the model's task reads beyond the networks
+        self.task_files = TASKS[manifest.task].read_folder(folder)  # what the model's task reads beyond networks
         self.load_text_encoders()
         self.unet = self._load("unet")
-        # Read on first use, where the folder has them: DeepCache's shallow pass, and the encoder for img2img.
+        # Read on first use, where the folder has it: DeepCache's shallow pass (a task's networks: `component`).
         self.unet_shallow = self._load("unet_shallow", lazy=True) if "unet_shallow" in manifest.components else None
         # The full decoder or the tiny one (LoadOptions.decoder), and what it divides the latents by.
         decoder = DECODERS[self.options.decoder]
         self.vae_decoder = self._load(decoder)
         self.decode_scaling = float(manifest.components[decoder].get("scaling_factor", manifest.vae_scaling_factor))
-        self.vae_encoder = self._load("vae_encoder", lazy=True) if "vae_encoder" in manifest.components else None
 
     @classmethod
     def load(cls, model_dir: str | Path | None = None, options: LoadOptions | None = None) -> Pipeline:
@@ -156,8 +155,6 @@ class Pipeline(TaskMethods):
     def component(self, name: str) -> Model:
         """The network `name` (vae_encoder, depth_estimator), read on first use; SdcpuError where the
         folder lacks it."""
-        if name == "vae_encoder" and self.vae_encoder is not None:
-            return self.vae_encoder
         if name not in self._optional:
             self.manifest.require(name)
             self._optional[name] = self._load(name, lazy=True)
@@ -166,8 +163,7 @@ class Pipeline(TaskMethods):
     def networks(self) -> dict[str, Model | None]:
         """Every network this pipeline has opened, by component."""
         unets = {"unet": self.unet, "unet_shallow": self.unet_shallow}
-        decoders = {"vae_decoder": self.vae_decoder, "vae_encoder": self.vae_encoder}
-        return self.text_encoders() | unets | decoders | dict(self._optional)
+        return self.text_encoders() | unets | {"vae_decoder": self.vae_decoder} | self._optional
 
     def free(self, model: Model) -> None:
         self.memory.free(model)

@@ -58,6 +58,7 @@ class TaskContext(Protocol):
 
     folder: Path
     manifest: Manifest
+    task_files: object  # what the model's own task read from the folder at load (Task.read_folder)
 
     def component(self, name: str) -> Model:
         """The network `name` (vae_encoder, depth_estimator), loaded on first use."""
@@ -100,9 +101,11 @@ class Task:
     command: ClassVar[str]
 
     @classmethod
-    def check_folder(cls, folder: Path) -> None:
-        """At load, for a model made for this task: raise SdcpuError when the files the task reads beyond
-        the networks (an upscaler's low_res_scheduler) are damaged, so that a bad folder fails at once."""
+    def read_folder(cls, folder: Path) -> object:
+        """At load, once, for a model made for this task: what the task reads from the folder beyond the
+        networks (the upscaler's low_res_scheduler); SdcpuError when it is damaged, so a bad folder fails
+        at once. The pipeline keeps it as `task_files`."""
+        return None
 
     def image(self) -> Image.Image | None:
         """The image given, whose size is the default output size."""

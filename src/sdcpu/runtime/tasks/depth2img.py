@@ -8,7 +8,7 @@ PNG or an array, larger is nearer, as the DPT predicts.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,8 @@ from PIL import Image
 from sdcpu.errors import SdcpuError
 from sdcpu.format.manifest import Manifest
 from sdcpu.runtime.components.depth_estimator import DepthPreprocess, normalised_depth
-from sdcpu.runtime.io import images as imaging
-from sdcpu.runtime.tasks.base import Conditioning, Start, StartInputs, Task, TaskContext, strength_start
+from sdcpu.runtime.tasks.base import Conditioning, Start, StartInputs, Task, TaskContext
+from sdcpu.runtime.tasks.img2img import sdedit_start
 
 ASPECT_TOLERANCE = 0.02  # a given depth map may differ from the image's proportions by this much
 
@@ -79,8 +79,8 @@ class DepthToImage(Task):
     command = "`sdcpu depth2img` (Pipeline.depth2img)"
 
     @classmethod
-    def check_folder(cls, folder: Path) -> None:
-        depth_preprocess(folder)
+    def read_folder(cls, folder: Path) -> DepthPreprocess:
+        return depth_preprocess(folder)
 
     def image(self) -> Image.Image:
         return self.init_image
@@ -92,20 +92,20 @@ class DepthToImage(Task):
         return ("vae_encoder",) if self.depth_map is not None else ("vae_encoder", "depth_estimator")
 
     def start(self, pipe: TaskContext, given: StartInputs) -> Start:
-        s, scheduler = given.settings, given.scheduler
-        first = strength_start(scheduler, s)
-        x0 = pipe.encode_pixels(imaging.image_to_array(self.init_image, s.width, s.height), s.num_images, given.rng)
-        x = scheduler.add_noise(x0, given.noise(), first)
+        s = given.settings
+        start = sdedit_start(pipe, given, self.init_image)  # as img2img, then the depth channel
         depth = self.depth_map if self.depth_map is not None else estimate_depth(pipe, self.init_image)
         f = pipe.manifest.vae_scale_factor
         depth = np.repeat(normalised_depth(depth, s.height // f, s.width // f), s.num_images, axis=0)
-        return Start(x, first, DepthChannel(depth))
+        return replace(start, conditioning=DepthChannel(depth))
 
 
 def estimate_depth(pipe: TaskContext, image: Image.Image) -> np.ndarray:
     """The depth estimator's prediction for `image`, (1, h, w), with its image processor's settings."""
     estimator = pipe.component("depth_estimator")
-    depth = estimator(pixel_values=depth_preprocess(pipe.folder)(image))
+    preprocess = pipe.task_files
+    assert isinstance(preprocess, DepthPreprocess)  # read at load: depth2img runs on depth models only
+    depth = estimator(pixel_values=preprocess(image))
     pipe.free(estimator)
     return depth
 

@@ -32,7 +32,12 @@ class ImageToImage(Task):
         return ("vae_encoder",)
 
     def start(self, pipe: TaskContext, given: StartInputs) -> Start:
-        s, scheduler = given.settings, given.scheduler
-        first = strength_start(scheduler, s)
-        x0 = pipe.encode_pixels(imaging.image_to_array(self.init_image, s.width, s.height), s.num_images, given.rng)
-        return Start(scheduler.add_noise(x0, given.noise(), first), first)
+        return sdedit_start(pipe, given, self.init_image)
+
+
+def sdedit_start(pipe: TaskContext, given: StartInputs, image: Image.Image) -> Start:
+    """The encoded `image`, noised to the first timestep the strength leaves (img2img, depth2img)."""
+    s, scheduler = given.settings, given.scheduler
+    first = strength_start(scheduler, s)
+    x0 = pipe.encode_pixels(imaging.image_to_array(image, s.width, s.height), s.num_images, given.rng)
+    return Start(scheduler.add_noise(x0, given.noise(), first), first)

@@ -89,8 +89,8 @@ class Upscale(Task):
     command = "`sdcpu upscale` (Pipeline.upscale)"
 
     @classmethod
-    def check_folder(cls, folder: Path) -> None:
-        low_res_scheduler(folder)
+    def read_folder(cls, folder: Path) -> SchedulerConfig:
+        return low_res_scheduler(folder)
 
     def image(self) -> Image.Image:
         return self.low_res
@@ -105,7 +105,9 @@ class Upscale(Task):
     def start(self, pipe: TaskContext, given: StartInputs) -> Start:
         s = given.settings
         low = imaging.image_to_array(self.low_res, s.width // SCALE, s.height // SCALE)
-        x, cond = upscale_start(low, s, given.scheduler, low_res_scheduler(pipe.folder), given.noise, given.rng)
+        low_res = pipe.task_files
+        assert isinstance(low_res, SchedulerConfig)  # read at load: the upscale task runs on upscalers only
+        x, cond = upscale_start(low, s, given.scheduler, low_res, given.noise, given.rng)
         return Start(x, 0, cond)
 
 
