@@ -139,7 +139,12 @@ def _unit_spread(unet) -> None:
         size = unet.config.sample_size
         sample = torch.randn(2, unet.config.in_channels, size, size)
         labels = torch.tensor([20, 20]) if unet.config.num_class_embeds else None
-        out = unet(sample, 500, torch.randn(2, 77, unet.config.cross_attention_dim), class_labels=labels).sample
+        added = None
+        if unet.config.addition_embed_type == "text_time":  # SDXL: the pooled text and the time ids
+            pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
+            added = {"text_embeds": torch.randn(2, pooled), "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]] * 2)}
+        hidden = torch.randn(2, 77, unet.config.cross_attention_dim)
+        out = unet(sample, 500, hidden, class_labels=labels, added_cond_kwargs=added).sample
         scale = 1.0 / float(out.std())
         unet.conv_out.weight.mul_(scale)
         unet.conv_out.bias.mul_(scale)
@@ -295,6 +300,14 @@ def diffusers_pipeline(folder: Path, scheduler_class: str | None = None, **sched
     return pipe
 
 
+# SDXL base's scheduler config (Euler over "leading" timesteps).
+SDXL_SCHEDULER = {
+    **SD1_SCHEDULER,
+    "_class_name": "EulerDiscreteScheduler",
+    "interpolation_type": "linear",
+    "timestep_spacing": "leading",
+    "use_karras_sigmas": False,
+}
 SDXL_UNET = dict(
     UNET,
     cross_attention_dim=64,  # the two text encoders' hidden states, concatenated
@@ -305,24 +318,31 @@ SDXL_UNET = dict(
 )
 
 
-def write_sdxl_folder(folder: Path) -> Path:
-    """A tiny random pipeline of SDXL's architecture, as diffusers saves one: two tokenizers and text
-    encoders (the second with a projection), a UNet that takes the pooled text and time ids."""
+def write_sdxl_folder(folder: Path, seed: int = 0, task: str = "text-to-image", scheduler: dict | None = None) -> Path:
+    """A tiny random pipeline of SDXL's architecture, as diffusers saves one: two tokenizers (the second
+    pads with "!", as SDXL's does) and text encoders (the second with a projection), a UNet that takes the
+    pooled text and the time ids. "inpainting" gives the UNet SDXL inpainting's 9 input channels."""
+    import diffusers
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    torch.manual_seed(0)
-    UNet2DConditionModel(**SDXL_UNET).save_pretrained(folder / "unet")
+    from sdcpu.export.convert import model_index
+
+    torch.manual_seed(seed)
+    unet: Any = UNet2DConditionModel(**SDXL_UNET, **TASKS[task][0]).eval()
+    _unit_spread(unet)
+    unet.save_pretrained(folder / "unet")
     AutoencoderKL(**VAE).save_pretrained(folder / "vae")
     CLIPTextModel(CLIPTextConfig(**TEXT)).save_pretrained(folder / "text_encoder")
     CLIPTextModelWithProjection(CLIPTextConfig(**TEXT)).save_pretrained(folder / "text_encoder_2")
     write_tokenizer(folder / "tokenizer")
     write_tokenizer(folder / "tokenizer_2")
+    config = json.loads((folder / "tokenizer_2" / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_2" / "tokenizer_config.json").write_text(json.dumps(config | {"pad_token": "!"}))
     (folder / "scheduler").mkdir()
-    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(SD1_SCHEDULER))
-    index = {"_class_name": "StableDiffusionXLPipeline", "force_zeros_for_empty_prompt": True}
-    index |= {name: ["diffusers", "X"] for name in ("unet", "vae", "scheduler")}
-    index |= {name: ["transformers", "X"] for name in ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")}
-    (folder / "model_index.json").write_text(json.dumps(index))
+    scheduler = scheduler or SDXL_SCHEDULER
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler))
+    index = model_index(scheduler["_class_name"], task, "sdxl") | {"_diffusers_version": diffusers.__version__}
+    (folder / "model_index.json").write_text(json.dumps(index | {"force_zeros_for_empty_prompt": True}))
     return folder

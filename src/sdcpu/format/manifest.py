@@ -24,7 +24,7 @@ MANIFEST_NAME = "sdcpu.json"
 # 4: `task` names what the UNet was trained for (TASKS); version 3 folders are text-to-image.
 MANIFEST_VERSION = 4
 READABLE_VERSIONS = (3, 4)
-COMPONENTS: tuple[str, ...] = ("text_encoder", "unet", "unet_shallow", "vae_decoder", "vae_encoder")
+COMPONENTS: tuple[str, ...] = ("text_encoder", "text_encoder_2", "unet", "unet_shallow", "vae_decoder", "vae_encoder")
 COMPONENTS += ("tiny_vae_decoder", "tiny_vae_encoder")  # TAESD, when converted with --tiny-vae
 COMPONENTS += ("depth_estimator",)  # depth2img's DPT
 # What a folder needs for txt2img; the others serve one feature each (see `Manifest.require`).

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from sdcpu.export.families.base import OPTIONAL_KINDS, ExportFamily, ExportSpec
 from sdcpu.export.families.sd import STABLE_DIFFUSION
+from sdcpu.export.families.sdxl import STABLE_DIFFUSION_XL
 from sdcpu.format.families import unsupported_family
 
 __all__ = ["EXPORT_FAMILIES", "OPTIONAL_KINDS", "ExportFamily", "ExportSpec", "export_family"]
@@ -13,6 +14,7 @@ EXPORT_FAMILIES: dict[str, ExportFamily] = {
     "sd1": STABLE_DIFFUSION,
     "sd2": STABLE_DIFFUSION,
     "other": STABLE_DIFFUSION,
+    "sdxl": STABLE_DIFFUSION_XL,
 }
 
 

@@ -49,6 +49,7 @@ class ExportFamily:
     components: Mapping[str, tuple[str, Callable[[Any], ExportSpec | None]]]
     tokenizers: tuple[str, ...] = ("tokenizer",)  # their folders, copied as they are (CLIP's files)
     pipeline_classes: Mapping[str, str] = field(default_factory=dict)  # task -> diffusers' pipeline class
+    safety_checker: bool = True  # whether the pipeline class takes one (SD 1.x/2.x: named as absent)
 
     def model_index(self, task: str, scheduler_class: str) -> dict[str, Any]:
         """diffusers' model_index.json for this family's pipeline of `task`, without safety checker."""
@@ -56,5 +57,7 @@ class ExportFamily:
         parts |= {kind: [cls.module, cls.name] for kind, cls in self.loaders.items()}
         parts |= {name: ["transformers", "CLIPTokenizer"] for name in self.tokenizers}
         index = {"_class_name": self.pipeline_classes[task], **dict(sorted(parts.items()))}
+        if not self.safety_checker:
+            return index
         index |= {"safety_checker": [None, None], "feature_extractor": [None, None]}
         return index | ({"requires_safety_checker": False} if task != "upscaling" else {})

@@ -72,8 +72,15 @@ class _UNetShallow(torch.nn.Module):
         self.model = model
 
     def forward(self, sample, timestep, encoder_hidden_states, deep_features):
+        return self.run(sample, timestep, encoder_hidden_states, deep_features)
+
+    def run(self, sample, timestep, encoder_hidden_states, deep_features, added_cond_kwargs=None):
         unet = self.model
         emb = unet.time_embedding(unet.time_proj(timestep).to(sample.dtype))
+        if added_cond_kwargs is not None:  # SDXL: the pooled text and the size and crop, as the whole UNet adds them
+            emb = emb + unet.get_aug_embed(emb, encoder_hidden_states, added_cond_kwargs)
+        if unet.time_embed_act is not None:
+            emb = unet.time_embed_act(emb)
         h = unet.conv_in(sample)
         skips = [h]  # what the first down block hands to the last up block; its downsampler is not needed
         first = unet.down_blocks[0]

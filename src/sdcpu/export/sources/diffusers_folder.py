@@ -17,7 +17,8 @@ from sdcpu.format.tokenizer_files import has_vocabulary
 CONVERTED_GRAPHS = ("openvino_model.xml", "model.onnx")
 # The x4 upscaler's scheduler for its low-res input's noise; depth2img's depth estimator's image processor.
 SUPPORT_CONFIGS = ("low_res_scheduler/scheduler_config.json", "feature_extractor/preprocessor_config.json")
-PIPELINE_OPTIONS = ("max_noise_level",)  # a UNet already exported, by sdcpu or optimum
+# The upscaler's noise level limit; SDXL's zeros for an empty negative prompt (runtime/pipelines/sdxl.py).
+PIPELINE_OPTIONS = ("max_noise_level", "force_zeros_for_empty_prompt")
 
 
 def open_diffusers_folder(folder: Path, description: str) -> Source:

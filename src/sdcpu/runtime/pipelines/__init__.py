@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from sdcpu.runtime.pipelines.base import Pipeline
 from sdcpu.runtime.pipelines.sd import StableDiffusionPipeline
+from sdcpu.runtime.pipelines.sdxl import StableDiffusionXLPipeline
 from sdcpu.runtime.result import PipelineResult
 
-__all__ = ["Pipeline", "PipelineResult", "StableDiffusionPipeline"]
+__all__ = ["Pipeline", "PipelineResult", "StableDiffusionPipeline", "StableDiffusionXLPipeline"]

@@ -1,7 +1,7 @@
 """The pipeline every family shares: load a folder, run the denoising loop, decode.
 
 Torch-free: numpy drives the loop; OpenVINO or ONNX Runtime run the networks. A family (sd.py: SD 1.x
-and 2.x) adds its text encoders as `encode_prompt`, which returns named UNet inputs with a negative
+and 2.x; sdxl.py) adds its text encoders as `encode_prompt`, which returns named UNet inputs with a negative
 and a positive half; a task (runtime/tasks/) adds its initial latents and what it changes in the loop.
 `Pipeline.load` picks the family's class from the folder's manifest.
 """
@@ -137,6 +137,10 @@ class Pipeline(TaskMethods):
     def text_encoders(self) -> dict[str, Model | None]:
         raise NotImplementedError
 
+    def micro_conditioning(self, s: GenerationSettings) -> dict[str, GuidedInput]:
+        """The UNet's inputs from the settings beyond the prompt (SDXL's size and crop); none by default."""
+        return {}
+
     # Networks
 
     def _load(self, component: str, lazy: bool = False) -> Model:
@@ -250,6 +254,7 @@ class Pipeline(TaskMethods):
         #    [negative x N, prompt x N] when guided, so that one UNet call gives both predictions (the runner
         #    splits the batch under a low-memory policy).
         embeddings = self.encode_prompt(s.prompt, s.negative_prompt, s.num_images, guided=s.guidance > 1.0)
+        embeddings |= self.micro_conditioning(s)
         # 2. Timesteps of the chosen scheduler.
         scheduler = make_scheduler(s.scheduler, self.scheduler_config)
         scheduler.set_timesteps(s.steps)
