@@ -151,6 +151,28 @@ def depth_onnx(tiny_depth, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory) -> Path:
+    pytest.importorskip("diffusers")
+    return tiny.write_sdxl_folder(tmp_path_factory.mktemp("tiny") / "sdxl")
+
+
+@pytest.fixture(scope="session")
+def sdxl_openvino(tiny_sdxl, tiny_vae, tmp_path_factory) -> Path:
+    return _converted(tiny_sdxl, "openvino", tmp_path_factory, tiny_vae)
+
+
+@pytest.fixture(scope="session")
+def sdxl_onnx(tiny_sdxl, tmp_path_factory) -> Path:
+    return _converted(tiny_sdxl, "onnx", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_inpainting(tmp_path_factory) -> Path:
+    pytest.importorskip("diffusers")
+    return tiny.write_sdxl_folder(tmp_path_factory.mktemp("tiny") / "sdxl-inpainting", seed=3, task="inpainting")
+
+
+@pytest.fixture(scope="session")
 def converted(request, sd1_openvino, sd1_onnx) -> Path:
     return {"openvino": sd1_openvino, "onnx": sd1_onnx}[request.param]
 
@@ -161,6 +183,7 @@ CONVERTING_FIXTURES |= {"demo_onnx", "quantized", "single_file"}
 CONVERTING_FIXTURES |= {"tiny_inpainting", "inpainting_openvino", "inpainting_onnx"}
 CONVERTING_FIXTURES |= {"tiny_upscaler", "upscaler_openvino", "upscaler_onnx"}
 CONVERTING_FIXTURES |= {"tiny_depth", "depth_openvino", "depth_onnx"}
+CONVERTING_FIXTURES |= {"tiny_sdxl", "sdxl_openvino", "sdxl_onnx", "tiny_sdxl_inpainting"}
 
 
 # The modules that take longest (mostly converting), first: the workers take whole modules (--dist loadfile)
@@ -175,6 +198,7 @@ LONGEST_FIRST = (
     "test_lora.py",
     "test_demo_model.py",
     "test_parity.py",
+    "test_sdxl.py",
     "test_upscale.py",
 )
 

@@ -24,9 +24,16 @@ UNET_FIXED = [
 VAE_ATTN = [("norm.", "group_norm."), ("q.", "to_q."), ("k.", "to_k."), ("v.", "to_v."), ("proj_out.", "to_out.0.")]
 
 
+# SDXL's embedding of the pooled text and the time ids
+ADDED_EMBEDDING = [("label_emb.0.0.", "add_embedding.linear_1."), ("label_emb.0.2.", "add_embedding.linear_2.")]
+# transformers' CLIP layer names -> open_clip's (SD 2's and SDXL's OpenCLIP encoders)
+OPEN_CLIP_LAYER = [("self_attn.out_proj.", "attn.out_proj."), ("layer_norm1.", "ln_1."), ("layer_norm2.", "ln_2.")]
+OPEN_CLIP_LAYER += [("mlp.fc1.", "mlp.c_fc."), ("mlp.fc2.", "mlp.c_proj.")]
+
+
 def _unet_prefixes(config) -> list[tuple[str, str]]:
     layers, levels = config["layers_per_block"], len(config["block_out_channels"])
-    pairs = list(UNET_FIXED)
+    pairs = list(UNET_FIXED) + (ADDED_EMBEDDING if config.get("addition_embed_type") == "text_time" else [])
     for i, kind in enumerate(config["down_block_types"]):
         for j in range(layers):
             pairs.append((f"input_blocks.{i * (layers + 1) + j + 1}.0.", f"down_blocks.{i}.resnets.{j}."))
@@ -97,6 +104,37 @@ def vae_to_ldm(state, config) -> dict:
 
 def sd1_checkpoint(text_encoder, unet, vae) -> dict:
     state = {"cond_stage_model.transformer." + k: v for k, v in text_encoder.state_dict().items()}
+    state.update(unet_to_ldm(unet.state_dict(), dict(unet.config)))
+    state.update(vae_to_ldm(vae.state_dict(), dict(vae.config)))
+    return {k: v.contiguous() for k, v in state.items()}
+
+
+def open_clip_to_ldm(text_encoder, prefix: str) -> dict:
+    """A transformers CLIPTextModelWithProjection in open_clip's layout (q, k and v as one in_proj)."""
+    import torch
+
+    state = text_encoder.state_dict()
+    out = {
+        prefix + "token_embedding.weight": state["text_model.embeddings.token_embedding.weight"],
+        prefix + "positional_embedding": state["text_model.embeddings.position_embedding.weight"],
+        prefix + "ln_final.weight": state["text_model.final_layer_norm.weight"],
+        prefix + "ln_final.bias": state["text_model.final_layer_norm.bias"],
+        prefix + "text_projection": state["text_projection.weight"].T,
+    }
+    for i in range(text_encoder.config.num_hidden_layers):
+        hf, sd = f"text_model.encoder.layers.{i}.", f"{prefix}transformer.resblocks.{i}."
+        for kind in ("weight", "bias"):
+            qkv = [state[f"{hf}self_attn.{name}_proj.{kind}"] for name in ("q", "k", "v")]
+            out[f"{sd}attn.in_proj_{kind}"] = torch.cat(qkv)
+            for hf_name, sd_name in OPEN_CLIP_LAYER:
+                out[f"{sd}{sd_name}{kind}"] = state[f"{hf}{hf_name}{kind}"]
+    return out
+
+
+def sdxl_checkpoint(text_encoder, text_encoder_2, unet, vae) -> dict:
+    """SDXL in A1111's layout: its text encoders under conditioner.embedders.0 and .1."""
+    state = {"conditioner.embedders.0.transformer." + k: v for k, v in text_encoder.state_dict().items()}
+    state.update(open_clip_to_ldm(text_encoder_2, "conditioner.embedders.1.model."))
     state.update(unet_to_ldm(unet.state_dict(), dict(unet.config)))
     state.update(vae_to_ldm(vae.state_dict(), dict(vae.config)))
     return {k: v.contiguous() for k, v in state.items()}

@@ -20,10 +20,10 @@ from sdcpu.format.schema import TASKS as MANIFEST_TASKS
 from sdcpu.models import CONVERTED
 from sdcpu.runtime.components.unet import GuidedInput, UNetRunner
 from sdcpu.runtime.memory import memory_policy
-from sdcpu.runtime.pipelines import Pipeline, StableDiffusionPipeline
+from sdcpu.runtime.pipelines import Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 from sdcpu.runtime.tasks import TASKS, ImageToImage, TextToImage, check_task
 
-SDXL_SENTENCE = "Stable Diffusion XL models are not supported yet: sdcpu can {} Stable Diffusion 1.x and Stable "
+REFINER_SENTENCE = "Stable Diffusion XL refiner models are not supported yet: sdcpu can {} Stable Diffusion 1.x and "
 SDXL_REFERENCE = tiny.REFERENCE / "stable-diffusion-xl-base-1.0"
 
 
@@ -49,20 +49,32 @@ def tiny_image():
 
 
 def test_families_pick_their_pipeline():
-    assert {"sd1", "sd2", "other"} <= set(Pipeline.families)
-    assert all(cls is StableDiffusionPipeline for cls in Pipeline.families.values())
+    assert {"sd1", "sd2", "other", "sdxl"} <= set(Pipeline.families)
+    assert {Pipeline.families[f] for f in ("sd1", "sd2", "other")} == {StableDiffusionPipeline}
+    assert Pipeline.families["sdxl"] is StableDiffusionXLPipeline
     assert family_of({"cross_attention_dim": 768}) == "sd1" and family_of({"cross_attention_dim": 1024}) == "sd2"
     # SDXL's UNet by its added conditioning, whatever its text width (SSD-1B and Vega are 2048 too; a tiny one not).
     assert family_of({"cross_attention_dim": 64, "addition_embed_type": "text_time"}) == "sdxl"
+    # The refiner: an aesthetic score in model_index.json, or OpenCLIP ViT-bigG's text alone.
+    refiner_unet = {"cross_attention_dim": 1280, "addition_embed_type": "text_time"}
+    assert family_of(refiner_unet) == "sdxl-refiner"
+    assert family_of({"cross_attention_dim": 64, "addition_embed_type": "text_time"}, {"requires_aesthetics_score": True}) == "sdxl-refiner"
+
+
+def test_the_reference_sdxl_config_is_sdxl():
+    if not SDXL_REFERENCE.exists():
+        pytest.skip("the SDXL reference config is not here")
+    index = json.loads((SDXL_REFERENCE / "model_index.json").read_text())
+    assert family_of(json.loads((SDXL_REFERENCE / "unet" / "config.json").read_text()), index) == "sdxl"
 
 
 def test_a_folder_of_an_unsupported_family_is_refused_before_any_work(tmp_path):
     folder = shutil.copytree(CONVERTED, tmp_path / "xl")
     manifest = json.loads((folder / "sdcpu.json").read_text())
-    (folder / "sdcpu.json").write_text(json.dumps(manifest | {"family": "sdxl"}))
+    (folder / "sdcpu.json").write_text(json.dumps(manifest | {"family": "sdxl-refiner"}))
     with pytest.raises(SdcpuError) as caught:
         Pipeline.load(folder)
-    assert str(caught.value).startswith(SDXL_SENTENCE.format("run")) and "\n" not in str(caught.value)
+    assert str(caught.value).startswith(REFINER_SENTENCE.format("run")) and "\n" not in str(caught.value)
 
 
 class _Echo:
@@ -112,52 +124,53 @@ def test_unguided_runs_take_the_positive_half_alone():
         text.join(guided=True)
 
 
-def _sdxl_single_file(folder: Path) -> Path:
+def _refiner_single_file(folder: Path) -> Path:
+    """A single file in the refiner's layout: its one text encoder, OpenCLIP's, under conditioner.embedders.0."""
     import torch
     from safetensors.torch import save_file
 
     weights = {
         "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(32, 4, 3, 3),
-        "conditioner.embedders.0.transformer.text_model.final_layer_norm.weight": torch.zeros(32),
-        "conditioner.embedders.1.model.ln_final.weight": torch.zeros(32),
+        "conditioner.embedders.0.model.ln_final.weight": torch.zeros(32),
     }
-    save_file(weights, str(folder / "sdxl.safetensors"))
-    return folder / "sdxl.safetensors"
+    save_file(weights, str(folder / "refiner.safetensors"))
+    return folder / "refiner.safetensors"
+
+
+def _refiner_folder(folder: Path) -> Path:
+    tiny.write_sdxl_folder(folder)
+    shutil.rmtree(folder / "text_encoder")  # the refiner has the second encoder alone
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps(index | {"requires_aesthetics_score": True}))
+    return folder
 
 
 @pytest.mark.parity
-@pytest.mark.parametrize("source", ["tiny folder", "reference config", "single file"])
-def test_converting_sdxl_is_one_clear_sentence_exit_2_and_nothing_written(source, tmp_path):
+@pytest.mark.parametrize("source", ["tiny folder", "single file"])
+def test_converting_a_refiner_is_one_clear_sentence_exit_2_and_nothing_written(source, tmp_path):
     pytest.importorskip("diffusers")
     sources = tmp_path / "sources"
     sources.mkdir()
-    if source == "tiny folder":
-        given = tiny.write_sdxl_folder(sources / "sdxl")
-    elif source == "reference config":  # the real configs and tokenizers: the refusal reads nothing else
-        if not SDXL_REFERENCE.exists():
-            pytest.skip("the SDXL reference config is not here")
-        given = shutil.copytree(SDXL_REFERENCE, sources / "sdxl-base")
-    else:
-        given = _sdxl_single_file(sources)
+    given = _refiner_folder(sources / "refiner") if source == "tiny folder" else _refiner_single_file(sources)
     out = tmp_path / "out"
     result = subprocess.run(
         [sys.executable, "-m", "sdcpu", "convert", str(given), str(out)], capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 2, result.stderr
     message = result.stderr.strip()
-    assert message.startswith("error: " + SDXL_SENTENCE.format("convert")), message
+    assert message.startswith("error: " + REFINER_SENTENCE.format("convert")), message
     assert "Traceback" not in result.stderr and len(message.splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sources"]
 
 
 @pytest.mark.parity
-def test_an_sdxl_hub_id_is_refused_before_its_weights_are_fetched(tmp_path, monkeypatch):
+def test_a_refiner_hub_id_is_refused_before_its_weights_are_fetched(tmp_path, monkeypatch):
     pytest.importorskip("diffusers")
     import huggingface_hub
 
     from sdcpu.export.convert import convert
 
-    folder = tiny.write_sdxl_folder(tmp_path / "sdxl")
+    folder = _refiner_folder(tmp_path / "refiner")
     asked: list[list[str]] = []
 
     def fake_snapshot(repo_id, allow_patterns):
@@ -165,6 +178,6 @@ def test_an_sdxl_hub_id_is_refused_before_its_weights_are_fetched(tmp_path, monk
         return str(folder)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
-    with pytest.raises(SdcpuError, match=SDXL_SENTENCE.format("convert")):
-        convert("someone/tiny-sdxl", tmp_path / "out", "onnx", progress=lambda _: None)
+    with pytest.raises(SdcpuError, match=REFINER_SENTENCE.format("convert")):
+        convert("someone/tiny-refiner", tmp_path / "out", "onnx", progress=lambda _: None)
     assert asked == [["model_index.json", "unet/config.json"]] and not (tmp_path / "out").exists()

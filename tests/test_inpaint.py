@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+import tiny
 from sdcpu import Pipeline
 from sdcpu.demo import world as world
 from sdcpu.errors import SdcpuError
@@ -27,37 +28,6 @@ def _mask(box: tuple[int, int, int, int] = (8, 8, 40, 48), size: int = 64) -> Im
     mask = Image.new("L", (size, size), 0)
     ImageDraw.Draw(mask).rectangle(box, fill=255)
     return mask
-
-
-def _diffusers(folder, monkeypatch, seed, unused_draws, scheduler, **call):
-    """diffusers' pipeline drawing what ours draws from numpy: the first VAE sample from our generator,
-    then `unused_draws` VAE samples that ours skips, then the scheduler's noise from our generator."""
-    import diffusers
-    import diffusers.models.autoencoders.vae as vae_module
-    import diffusers.schedulers.scheduling_euler_ancestral_discrete as euler_a
-    import tiny
-    import torch
-
-    rng = np.random.default_rng(seed)
-    queue = iter(
-        [rng.standard_normal((1, 4, 8, 8), dtype=np.float32)] + [np.zeros((1, 4, 8, 8), np.float32)] * unused_draws
-    )
-
-    def queued(shape, generator=None, device=None, dtype=None, layout=None):
-        return torch.from_numpy(next(queue))
-
-    def numpy_noise(shape, generator=None, device=None, dtype=None, layout=None):
-        return torch.from_numpy(rng.standard_normal(tuple(shape), dtype=np.float32))
-
-    monkeypatch.setattr(vae_module, "randn_tensor", queued)
-    monkeypatch.setattr(euler_a, "randn_tensor", numpy_noise)
-    pipe = diffusers.StableDiffusionInpaintPipeline.from_pretrained(
-        folder, safety_checker=None, feature_extractor=None, requires_safety_checker=False
-    )
-    class_name, overrides = tiny.DIFFUSERS_SCHEDULERS[scheduler]
-    pipe.scheduler = getattr(diffusers, class_name).from_config(pipe.scheduler.config, **overrides)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe("a blue square", output_type="np", height=64, width=64, **call).images
 
 
 @pytest.mark.parity
@@ -81,7 +51,7 @@ def test_inpainting_model_matches_diffusers(
     ).array
     # At full strength with given latents, diffusers draws the masked image's latent sample, then step noise.
     steps = dict(num_inference_steps=8, latents=torch_tensor(noise))
-    theirs = _diffusers(tiny_inpainting, monkeypatch, 4, 0, scheduler, image=_image(), mask_image=_mask(), **steps)
+    theirs = tiny.diffusers_inpaint(tiny_inpainting, monkeypatch, 4, 0, scheduler, image=_image(), mask_image=_mask(), **steps)
     diff = float(np.abs(ours - theirs).max())
     assert diff <= PIXEL_TOLERANCE, f"max abs pixel diff {diff:.4f}"
 
@@ -107,7 +77,7 @@ def test_latent_blending_matches_diffusers(scheduler, strength, backend, tiny_sd
     ).array
     # diffusers draws the image's latent sample, then (unused by a 4-channel UNet) the masked image's.
     call = dict(num_inference_steps=8, latents=torch_tensor(noise), strength=strength)
-    theirs = _diffusers(tiny_sd1, monkeypatch, 4, 1, scheduler, image=_image(), mask_image=_mask(), **call)
+    theirs = tiny.diffusers_inpaint(tiny_sd1, monkeypatch, 4, 1, scheduler, image=_image(), mask_image=_mask(), **call)
     diff = float(np.abs(ours - theirs).max())
     assert diff <= PIXEL_TOLERANCE, f"max abs pixel diff {diff:.4f}"
 

@@ -11,6 +11,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference-configs"
 # Exports of one tiny pipeline by optimum-intel and optimum, made by tools/make_interop_fixtures.py.
 INTEROP = Path(__file__).resolve().parent / "data" / "interop"
@@ -330,7 +332,7 @@ def write_sdxl_folder(folder: Path, seed: int = 0, task: str = "text-to-image", 
     from sdcpu.export.convert import model_index
 
     torch.manual_seed(seed)
-    unet: Any = UNet2DConditionModel(**SDXL_UNET, **TASKS[task][0]).eval()
+    unet: Any = UNet2DConditionModel(**{**SDXL_UNET, **TASKS[task][0]}).eval()
     _unit_spread(unet)
     unet.save_pretrained(folder / "unet")
     AutoencoderKL(**VAE).save_pretrained(folder / "vae")
@@ -346,3 +348,33 @@ def write_sdxl_folder(folder: Path, seed: int = 0, task: str = "text-to-image", 
     index = model_index(scheduler["_class_name"], task, "sdxl") | {"_diffusers_version": diffusers.__version__}
     (folder / "model_index.json").write_text(json.dumps(index | {"force_zeros_for_empty_prompt": True}))
     return folder
+
+
+def diffusers_inpaint(folder, monkeypatch, seed, unused_draws, scheduler, pipeline="StableDiffusionInpaintPipeline", **call):
+    """diffusers' pipeline drawing what ours draws from numpy: the first VAE sample from our generator,
+    then `unused_draws` VAE samples that ours skips, then the scheduler's noise from our generator."""
+    import diffusers
+    import diffusers.models.autoencoders.vae as vae_module
+    import diffusers.schedulers.scheduling_euler_ancestral_discrete as euler_a
+    import torch
+
+    rng = np.random.default_rng(seed)
+    queue = iter(
+        [rng.standard_normal((1, 4, 8, 8), dtype=np.float32)] + [np.zeros((1, 4, 8, 8), np.float32)] * unused_draws
+    )
+
+    def queued(shape, generator=None, device=None, dtype=None, layout=None):
+        return torch.from_numpy(next(queue))
+
+    def numpy_noise(shape, generator=None, device=None, dtype=None, layout=None):
+        return torch.from_numpy(rng.standard_normal(tuple(shape), dtype=np.float32))
+
+    monkeypatch.setattr(vae_module, "randn_tensor", queued)
+    monkeypatch.setattr(euler_a, "randn_tensor", numpy_noise)
+    checker = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    cls = getattr(diffusers, pipeline)
+    pipe = cls.from_pretrained(folder, **(checker if "XL" not in pipeline else {}))
+    class_name, overrides = DIFFUSERS_SCHEDULERS[scheduler]
+    pipe.scheduler = getattr(diffusers, class_name).from_config(pipe.scheduler.config, **overrides)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe("a blue square", output_type="np", height=64, width=64, **call).images

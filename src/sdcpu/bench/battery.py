@@ -95,8 +95,9 @@ def convert(name: str, data: bytes, *extra: str) -> Setup:
 
 F32 = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
 EXPORT = ("torch", "diffusers")
-# A single file in A1111's SDXL layout (its text encoders under conditioner.embedders), of two tiny tensors.
-SDXL_KEYS = ("model.diffusion_model.input_blocks.0.0.weight", "conditioner.embedders.1.model.ln_final.weight")
-SDXL_FILE = safetensors(
-    {key: {**F32, "data_offsets": [8 * i, 8 * i + 8]} for i, key in enumerate(SDXL_KEYS)}, b"\0" * 16
+# A single file in the SDXL refiner's layout (its one text encoder, OpenCLIP's, under conditioner.embedders.0),
+# of two tiny tensors.
+REFINER_KEYS = ("model.diffusion_model.input_blocks.0.0.weight", "conditioner.embedders.0.model.ln_final.weight")
+REFINER_FILE = safetensors(
+    {key: {**F32, "data_offsets": [8 * i, 8 * i + 8]} for i, key in enumerate(REFINER_KEYS)}, b"\0" * 16
 )

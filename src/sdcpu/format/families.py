@@ -17,13 +17,17 @@ NAMES = {
     "sd1": "Stable Diffusion 1.x",
     "sd2": "Stable Diffusion 2.x",
     "sdxl": "Stable Diffusion XL",
+    "sdxl-refiner": "Stable Diffusion XL refiner",
     "other": "Stable Diffusion 1.x/2.x-architecture",
 }
 Config = dict[str, Any]
 # family -> does a UNet config (and the folder's model_index.json, where there is one) belong to it? The
 # first rule that holds names the family. SDXL's UNet takes the pooled text embedding and the size and
 # crop as `added_cond_kwargs` (`addition_embed_type` "text_time"), whatever its text width (SSD-1B, Vega).
+# The refiner also takes an aesthetic score, and OpenCLIP ViT-bigG's 1280-wide text alone.
 FAMILY_RULES: dict[str, Callable[[Config, Config], bool]] = {
+    "sdxl-refiner": lambda unet, index: unet.get("addition_embed_type") == "text_time"
+    and (bool(index.get("requires_aesthetics_score")) or unet.get("cross_attention_dim") == 1280),
     "sdxl": lambda unet, index: unet.get("addition_embed_type") == "text_time",
     "sd1": lambda unet, index: unet.get("cross_attention_dim") == 768,
     "sd2": lambda unet, index: unet.get("cross_attention_dim") == 1024,

@@ -5,7 +5,10 @@ the three families it can be, written out here so that conversion works offline:
 
 - `sd1`: SD 1.x (CLIP ViT-L/14 text encoder, 512 px, epsilon prediction);
 - `sd2-base`: SD 2.x base (OpenCLIP ViT-H/14 text encoder, 512 px, epsilon prediction);
-- `sd2-v`: SD 2.x 768 (as `sd2-base`, but 768 px and v-prediction).
+- `sd2-v`: SD 2.x 768 (as `sd2-base`, but 768 px and v-prediction);
+- `sdxl`: SDXL 1.0 base (CLIP ViT-L/14 and OpenCLIP ViT-bigG/14 with projection, 1024 px, epsilon
+  prediction; Euler over "leading" timesteps). Its distilled and Turbo variants share the text encoders
+  and VAE: pass their configs with `--config` where the UNet or the scheduler differs.
 
 Each preset is frozen; variants are made with `dataclasses.replace`.
 """
@@ -89,6 +92,39 @@ _SCHEDULER = {
 }
 
 
+# SDXL 1.0 base (https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0, its configs).
+_SDXL_UNET = {
+    **_UNET,
+    "attention_head_dim": [5, 10, 20],
+    "block_out_channels": [320, 640, 1280],
+    "cross_attention_dim": 2048,  # CLIP ViT-L's 768 and OpenCLIP ViT-bigG's 1280, concatenated
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    "transformer_layers_per_block": [1, 2, 10],
+    "use_linear_projection": True,
+    "sample_size": 128,
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 2816,  # 6 size and crop numbers x 256, and the 1280 pooled text
+}
+_OPEN_CLIP_BIG_G = {
+    **_CLIP_L,
+    "hidden_act": "gelu",
+    "hidden_size": 1280,
+    "intermediate_size": 5120,
+    "num_attention_heads": 20,
+    "num_hidden_layers": 32,
+    "projection_dim": 1280,
+}
+_SDXL_SCHEDULER = {
+    **_SCHEDULER,
+    "_class_name": "EulerDiscreteScheduler",
+    "interpolation_type": "linear",
+    "timestep_spacing": "leading",
+    "use_karras_sigmas": False,
+}
+
+
 @dataclass(frozen=True)
 class Preset:
     name: str
@@ -97,6 +133,7 @@ class Preset:
     text_encoder: dict[str, Any]
     scheduler: dict[str, Any]
     pad_token: str  # SD 1 pads prompts with <|endoftext|>, SD 2 with "!"
+    text_encoder_2: dict[str, Any] | None = None  # SDXL's second (its tokenizer pads with "!")
 
     @property
     def prediction_type(self) -> str:
@@ -119,4 +156,14 @@ SD2_V = dataclasses.replace(
     scheduler={**_SCHEDULER, "_class_name": "DDIMScheduler", "prediction_type": "v_prediction"},
 )
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (SD1, SD2_BASE, SD2_V)}
+SDXL = Preset(
+    "sdxl",
+    _SDXL_UNET,
+    {**_VAE, "sample_size": 1024, "scaling_factor": 0.13025, "force_upcast": True},
+    _CLIP_L,
+    _SDXL_SCHEDULER,
+    pad_token="<|endoftext|>",
+    text_encoder_2=_OPEN_CLIP_BIG_G,
+)
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (SD1, SD2_BASE, SD2_V, SDXL)}

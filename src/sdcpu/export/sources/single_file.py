@@ -1,9 +1,14 @@
-"""Original single-file checkpoints (`sd-v1-4.ckpt`, `v2-1_768-ema-pruned.safetensors`, ...).
+"""Original single-file checkpoints (`sd-v1-4.ckpt`, `v2-1_768-ema-pruned.safetensors`,
+`sd_xl_base_1.0.safetensors`, ...).
 
 Weights are renamed to diffusers' layout with diffusers' own conversion tables and built on the
 architecture presets in `sdcpu.export.sources.presets` (or on the configs of a diffusers-format `config_dir`),
 so nothing is downloaded. `.ckpt` files are pickles: they are read with `torch.load(weights_only=True)`,
 and one that needs arbitrary code to unpickle is refused.
+
+SDXL files (A1111's and Civitai's layout) hold their two text encoders under `conditioner.embedders.0`
+(CLIP ViT-L, as transformers names it) and `conditioner.embedders.1` (OpenCLIP ViT-bigG, as open_clip
+names it); the refiner's single text encoder is `conditioner.embedders.0`, in OpenCLIP's layout.
 """
 
 from __future__ import annotations
@@ -25,10 +30,12 @@ from sdcpu.format.tokenizer_files import TOKENIZER_FILES, has_vocabulary
 
 OPEN_CLIP_KEY = "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight"
 UNET_PREFIX = "model.diffusion_model."
-SDXL_PREFIX = "conditioner.embedders."
+SDXL_SECOND_ENCODER = "conditioner.embedders.1.model."
+SDXL_REFINER_ENCODER = "conditioner.embedders.0.model."
 TOKENIZER_REPOS = {
     "sd1": ("openai/clip-vit-large-patch14", None),
     "sd2": ("stabilityai/stable-diffusion-2-1", "tokenizer"),
+    "sdxl": ("stabilityai/stable-diffusion-xl-base-1.0", "tokenizer"),
 }
 
 
@@ -38,7 +45,7 @@ def load_state_dict(path: Path) -> dict[str, Any]:
     if path.suffix.lower() == ".safetensors":
         from safetensors.torch import load_file
 
-        check_sdxl(check_safetensors(path))  # from the names alone, before gigabytes of weights are read
+        check_family(check_safetensors(path))  # from the names alone, before gigabytes of weights are read
         return load_file(str(path))
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -55,22 +62,24 @@ def load_state_dict(path: Path) -> dict[str, Any]:
     state = data.get("state_dict", data) if isinstance(data, dict) else None
     if not isinstance(state, dict):
         raise SdcpuError(f"{path} holds no state dict")
-    check_sdxl(state)  # a pickle's names are known only once it is read
+    check_family(state)  # a pickle's names are known only once it is read
     return state
 
 
-def check_sdxl(keys: Iterable[str]) -> None:
-    """Refuse SDXL single files (A1111/Civitai's layout: its two text encoders under conditioner.embedders)."""
-    if any(key.startswith(SDXL_PREFIX) for key in keys):
-        export_family("sdxl")  # refuses the family while sdcpu cannot convert it
-        raise SdcpuError("single-file SDXL checkpoints are not read yet; convert the model's diffusers folder")
+def check_family(keys: Iterable[str]) -> None:
+    """Refuse, by the tensor names alone, a single file of a family sdcpu cannot convert (SDXL's refiner)."""
+    if any(key.startswith(SDXL_REFINER_ENCODER) for key in keys):
+        export_family("sdxl-refiner")
 
 
 def detect_preset(state: dict[str, Any]) -> Preset:
-    """SD 2 checkpoints carry an OpenCLIP text encoder; we then assume the 768 v-prediction model,
-    as diffusers does (pass `preset="sd2-base"` for the 512 epsilon one)."""
+    """SDXL checkpoints carry a second text encoder. SD 2 checkpoints carry an OpenCLIP text encoder; we
+    then assume the 768 v-prediction model, as diffusers does (pass `preset="sd2-base"` for the 512
+    epsilon one)."""
     if not any(k.startswith(UNET_PREFIX) for k in state):
         raise SdcpuError("this checkpoint has no Stable Diffusion UNet (no model.diffusion_model.* weights)")
+    if any(k.startswith(SDXL_SECOND_ENCODER) for k in state):
+        return PRESETS["sdxl"]
     return PRESETS["sd2-v"] if OPEN_CLIP_KEY in state else PRESETS["sd1"]
 
 
@@ -81,12 +90,14 @@ def _configs(preset: Preset, config_dir: Path | None) -> dict[str, dict[str, Any
         "text_encoder": preset.text_encoder,
         "scheduler": preset.scheduler,
     }
+    configs |= {"text_encoder_2": preset.text_encoder_2} if preset.text_encoder_2 is not None else {}
     if config_dir is None:
         return configs
     files = {
         "unet": "unet/config.json",
         "vae": "vae/config.json",
         "text_encoder": "text_encoder/config.json",
+        "text_encoder_2": "text_encoder_2/config.json",
         "scheduler": "scheduler/scheduler_config.json",
     }
     for name, rel in files.items():
@@ -117,6 +128,9 @@ def open_single_file(
     tok_src = tokenizer_dir or (config_dir / "tokenizer" if config_dir else None) or _hub_tokenizer(family)
     assert work_dir is not None
     tokenizer = _write_tokenizer(tok_src, work_dir / "single_file_tokenizer", chosen.pad_token)
+    # SDXL's second tokenizer is CLIP's vocabulary again, padding with "!" (token 0).
+    second = work_dir / "single_file_tokenizer_2"
+    more = {"tokenizer_2": _write_tokenizer(tok_src, second, "!", keep_pad=False)} if family == "sdxl" else {}
 
     def load(component: str) -> Any:
         return _build(component, state, configs, family)
@@ -129,16 +143,20 @@ def open_single_file(
         configs["scheduler"],
         tokenizer,
         load,
+        more_tokenizers=more,
     )
 
 
 def _build(component: str, state: dict[str, Any], configs: dict[str, dict[str, Any]], family: str) -> Any:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.loaders import single_file_utils as sfu
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     model: Any
-    if component == "unet":
+    if component == "text_encoder_2":  # SDXL's OpenCLIP ViT-bigG, with its projection
+        model = CLIPTextModelWithProjection(CLIPTextConfig(**_clean(configs["text_encoder_2"])))
+        weights = sfu.convert_open_clip_checkpoint(model, state, prefix=SDXL_SECOND_ENCODER)
+    elif component == "unet":
         model = UNet2DConditionModel(**_clean(configs["unet"]))
         weights = sfu.convert_ldm_unet_checkpoint(state, dict(model.config))
     elif component == "vae":
@@ -183,7 +201,9 @@ def _hub_tokenizer(family: str) -> Path:
     return folder / sub if sub else folder
 
 
-def _write_tokenizer(source: Path, target: Path, pad_token: str) -> Path:
+def _write_tokenizer(source: Path, target: Path, pad_token: str, keep_pad: bool = True) -> Path:
+    """CLIP's tokenizer files from `source`, configured to pad with `pad_token` unless the source's own
+    config names one and `keep_pad`."""
     target.mkdir(parents=True, exist_ok=True)
     if not has_vocabulary(source):
         raise SdcpuError(
@@ -205,6 +225,7 @@ def _write_tokenizer(source: Path, target: Path, pad_token: str) -> Path:
     # shorter prompts (the demo model: 16 tokens) has a text encoder with that many positions.
     if (source / "tokenizer_config.json").is_file():
         given = read_config(source / "tokenizer_config.json")
-        config |= {key: given[key] for key in ("model_max_length", "pad_token") if key in given}
+        kept = ("model_max_length", "pad_token") if keep_pad else ("model_max_length",)
+        config |= {key: given[key] for key in kept if key in given}
     (target / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
     return target

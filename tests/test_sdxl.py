@@ -1,0 +1,291 @@
+"""Stable Diffusion XL: a tiny random pipeline of SDXL's architecture, converted, against PyTorch (each
+network, max abs diff <= 1e-4) and diffusers' StableDiffusionXLPipeline, Img2Img and Inpaint pipelines
+(<= 2/255 per pixel), at f32 compute on both backends, guided and not, at 1 and at 20 steps."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+pytestmark = pytest.mark.parity
+
+import tiny  # noqa: E402
+
+from sdcpu import Pipeline  # noqa: E402
+from sdcpu.export.convert import convert  # noqa: E402
+from sdcpu.format.manifest import Manifest  # noqa: E402
+from sdcpu.runtime.components.unet import unet_interfaces  # noqa: E402
+from sdcpu.runtime.engines import load_model  # noqa: E402
+from sdcpu.runtime.options import LoadOptions  # noqa: E402
+from sdcpu.runtime.pipelines import StableDiffusionXLPipeline  # noqa: E402
+from sdcpu.runtime.settings import MaskSettings  # noqa: E402
+
+COMPONENT_TOLERANCE = 1e-4
+PIXEL_TOLERANCE = 2 / 255
+BACKENDS = ["openvino", "onnxruntime"]
+
+
+def _folder(backend, sdxl_openvino, sdxl_onnx):
+    return sdxl_openvino if backend == "openvino" else sdxl_onnx
+
+
+def _load(folder, backend="openvino") -> Pipeline:
+    return Pipeline.load(folder, LoadOptions(backend=backend, compute_precision="f32", cache=False))
+
+
+def _runtime(folder, component):
+    manifest = Manifest.load(folder)
+    options = LoadOptions(compute_precision="f32", cache=False).resolve(manifest)
+    interface = unet_interfaces(manifest).get(component)
+    return load_model(manifest.graph_path(folder, component), options, interface=interface)
+
+
+def _diffusers(folder, kind: str = "StableDiffusionXLPipeline", scheduler: str = "euler", **overrides):
+    import diffusers
+
+    pipe = getattr(diffusers, kind).from_pretrained(folder)
+    class_name, defaults = tiny.DIFFUSERS_SCHEDULERS[scheduler]
+    pipe.scheduler = getattr(diffusers, class_name).from_config(pipe.scheduler.config, **defaults, **overrides)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _noise_from(monkeypatch, seed: int) -> None:
+    """diffusers' schedulers draw their noise from torch: make them draw what ours draws from numpy."""
+    import diffusers.schedulers.scheduling_euler_ancestral_discrete as euler_a
+    import diffusers.schedulers.scheduling_lcm as lcm
+
+    rng = np.random.default_rng(seed)
+
+    def numpy_noise(shape, generator=None, device=None, dtype=None, layout=None):
+        return torch.from_numpy(rng.standard_normal(tuple(shape), dtype=np.float32))
+
+    for module in (euler_a, lcm):
+        monkeypatch.setattr(module, "randn_tensor", numpy_noise)
+
+
+def _max_diff(ours: np.ndarray, theirs: np.ndarray) -> float:
+    assert ours.shape == theirs.shape
+    return float(np.abs(ours - theirs).max())
+
+
+@pytest.mark.parametrize("fmt", ["openvino", "onnx"])
+def test_networks_match_pytorch(fmt, tiny_sdxl, sdxl_openvino, sdxl_onnx):
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    folder = sdxl_openvino if fmt == "openvino" else sdxl_onnx
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, tiny.TEXT["vocab_size"], size=(2, 77), dtype=np.int64)
+    sample = rng.standard_normal((2, 4, 8, 8), dtype=np.float32)
+    timestep = np.array([801.5, 801.5], dtype=np.float32)
+    hidden = rng.standard_normal((2, 77, 64), dtype=np.float32)
+    pooled = rng.standard_normal((2, 32), dtype=np.float32)
+    time_ids = np.array([[64, 64, 0, 0, 64, 64], [96, 32, 8, 0, 64, 64]], dtype=np.float32)
+    first = CLIPTextModel.from_pretrained(tiny_sdxl / "text_encoder").eval()
+    second = CLIPTextModelWithProjection.from_pretrained(tiny_sdxl / "text_encoder_2").eval()
+    unet = UNet2DConditionModel.from_pretrained(tiny_sdxl / "unet").eval()
+    t = torch.from_numpy
+    with torch.no_grad():
+        one = first(t(ids), output_hidden_states=True)
+        two = second(t(ids), output_hidden_states=True)
+        added = {"text_embeds": t(pooled), "time_ids": t(time_ids)}
+        out = unet(t(sample), t(timestep), t(hidden), added_cond_kwargs=added).sample.numpy()
+    got_one = _runtime(folder, "text_encoder").outputs(input_ids=ids)
+    got_two = _runtime(folder, "text_encoder_2").outputs(input_ids=ids)
+    pairs = {
+        "text_encoder penultimate": (got_one[tiny.TEXT["num_hidden_layers"] + 1], one.hidden_states[-2].numpy()),
+        "text_encoder_2 penultimate": (got_two[tiny.TEXT["num_hidden_layers"] + 1], two.hidden_states[-2].numpy()),
+        "text_encoder_2 text_embeds": (got_two[0], two.text_embeds.numpy()),
+        "unet": (
+            _runtime(folder, "unet")(sample=sample, timestep=timestep, encoder_hidden_states=hidden, **added_np(added)),
+            out,
+        ),
+    }
+    for name, (got, expected) in pairs.items():
+        assert _max_diff(got, expected) <= COMPONENT_TOLERANCE, name
+
+
+def added_np(added):
+    return {name: value.numpy() for name, value in added.items()}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "steps, guidance, negative",
+    [(20, 5.0, None), (1, 5.0, "blurry"), (20, 5.0, "blurry"), (20, 1.0, None), (1, 0.0, None)],
+)
+def test_txt2img_matches_diffusers(steps, guidance, negative, backend, tiny_sdxl, sdxl_openvino, sdxl_onnx):
+    """No negative prompt with guidance: zeros as its half (force_zeros_for_empty_prompt), as diffusers."""
+    latents = np.random.default_rng(7).standard_normal((1, 4, 8, 8), dtype=np.float32)
+    pipe = _load(_folder(backend, sdxl_openvino, sdxl_onnx), backend)
+    assert isinstance(pipe, StableDiffusionXLPipeline)
+    ours = pipe("a red circle", negative_prompt=negative, steps=steps, guidance=guidance, seed=1, latents=latents)
+    theirs = _diffusers(tiny_sdxl)(
+        "a red circle",
+        negative_prompt=negative,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        latents=torch.from_numpy(latents),
+        output_type="np",
+        height=64,
+        width=64,
+    ).images
+    assert _max_diff(ours.array, theirs) <= PIXEL_TOLERANCE
+
+
+@pytest.mark.parametrize("scheduler", list(tiny.DIFFUSERS_SCHEDULERS))
+def test_every_scheduler_matches_diffusers(scheduler, tiny_sdxl, sdxl_openvino, monkeypatch):
+    latents = np.random.default_rng(3).standard_normal((1, 4, 8, 8), dtype=np.float32)
+    ours = _load(sdxl_openvino)("a red circle", steps=6, guidance=5.0, seed=2, scheduler=scheduler, latents=latents)
+    pipe = _diffusers(tiny_sdxl, scheduler=scheduler)
+    _noise_from(monkeypatch, 2)
+    call = dict(num_inference_steps=6, guidance_scale=5.0, latents=torch.from_numpy(latents), output_type="np")
+    theirs = pipe("a red circle", height=64, width=64, **call).images
+    assert _max_diff(ours.array, theirs) <= PIXEL_TOLERANCE
+
+
+@pytest.mark.parametrize("steps", [1, 4])
+def test_the_turbo_schedule_matches_diffusers(steps, tiny_sdxl, sdxl_openvino, monkeypatch):
+    """SDXL-Turbo's: Euler ancestral over "trailing" timesteps, guidance off, 512 (here 64) pixels."""
+    import dataclasses
+
+    latents = np.random.default_rng(5).standard_normal((1, 4, 8, 8), dtype=np.float32)
+    pipe = _load(sdxl_openvino)
+    pipe.scheduler_config = dataclasses.replace(pipe.scheduler_config, timestep_spacing="trailing")
+    ours = pipe("a red circle", steps=steps, guidance=0.0, seed=9, scheduler="euler-a", latents=latents).array
+    reference = _diffusers(tiny_sdxl, scheduler="euler-a", timestep_spacing="trailing")
+    _noise_from(monkeypatch, 9)
+    call = dict(num_inference_steps=steps, guidance_scale=0.0, latents=torch.from_numpy(latents), output_type="np")
+    theirs = reference("a red circle", height=64, width=64, **call).images
+    assert _max_diff(ours, theirs) <= PIXEL_TOLERANCE
+
+
+def _image(seed: int = 5):
+    from PIL import Image
+
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("steps, guidance", [(2, 5.0), (20, 5.0), (20, 1.0)])
+def test_img2img_matches_diffusers(steps, guidance, backend, tiny_sdxl, sdxl_openvino, sdxl_onnx, monkeypatch):
+    """Strength 0.5: 1 denoising step of 2, and 10 of 20."""
+    import diffusers.models.autoencoders.vae as vae_module
+    import diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_img2img as img2img_module
+
+    noise = np.random.default_rng(9).standard_normal((1, 4, 8, 8), dtype=np.float32)
+    pipe = _load(_folder(backend, sdxl_openvino, sdxl_onnx), backend)
+    ours = pipe("a blue square", steps=steps, guidance=guidance, seed=4, init_image=_image(), strength=0.5, latents=noise)
+    # diffusers draws (1) the VAE posterior sample, (2) the noise added at the start: feed it ours.
+    draws = iter([np.random.default_rng(4).standard_normal((1, 4, 8, 8), dtype=np.float32), noise])
+    queued = lambda *args, **kwargs: torch.from_numpy(next(draws))  # noqa: E731
+    monkeypatch.setattr(vae_module, "randn_tensor", queued)
+    monkeypatch.setattr(img2img_module, "randn_tensor", queued)
+    reference = _diffusers(tiny_sdxl, "StableDiffusionXLImg2ImgPipeline")
+    call = dict(image=_image(), strength=0.5, num_inference_steps=steps, guidance_scale=guidance, output_type="np")
+    theirs = reference("a blue square", **call).images
+    assert _max_diff(ours.array, theirs) <= PIXEL_TOLERANCE
+
+
+def _mask():
+    from PIL import Image, ImageDraw
+
+    mask = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(mask).rectangle((8, 8, 40, 48), fill=255)
+    return mask
+
+
+AS_DIFFUSERS = MaskSettings(blur=0, keep_unmasked=False)  # diffusers neither blurs nor pastes back
+
+
+@pytest.fixture(scope="module")
+def sdxl_inpainting(tiny_sdxl_inpainting, tmp_path_factory):
+    folders = {}
+    for fmt in ("openvino", "onnx"):
+        folders[fmt] = tmp_path_factory.mktemp("converted") / f"sdxl-inpainting-{fmt}"
+        convert(str(tiny_sdxl_inpainting), folders[fmt], fmt, progress=lambda _: None)
+    return folders
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("steps, guidance", [(1, 5.0), (20, 5.0), (20, 1.0)])
+def test_the_9_channel_inpainting_model_matches_diffusers(
+    steps, guidance, backend, tiny_sdxl_inpainting, sdxl_inpainting, monkeypatch
+):
+    folder = sdxl_inpainting["openvino" if backend == "openvino" else "onnx"]
+    assert Manifest.load(folder).task == "inpainting"
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionXLInpaintPipeline"
+    noise = np.random.default_rng(9).standard_normal((1, 4, 8, 8), dtype=np.float32)
+    pipe = _load(folder, backend)
+    ours = pipe.inpaint(
+        "a blue square", _image(), _mask(), steps=steps, guidance=guidance, seed=4, latents=noise, mask_settings=AS_DIFFUSERS
+    ).array
+    call = dict(num_inference_steps=steps, guidance_scale=guidance, latents=torch.from_numpy(noise), strength=1.0)
+    theirs = tiny.diffusers_inpaint(
+        tiny_sdxl_inpainting, monkeypatch, 4, 0, "euler", "StableDiffusionXLInpaintPipeline", image=_image(), mask_image=_mask(), **call
+    )
+    assert _max_diff(ours, theirs) <= PIXEL_TOLERANCE
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_latent_blending_matches_diffusers(backend, tiny_sdxl, sdxl_openvino, sdxl_onnx, monkeypatch):
+    """SDXL base inpaints by latent blending, as diffusers' SDXL inpainting pipeline does for it."""
+    noise = np.random.default_rng(9).standard_normal((1, 4, 8, 8), dtype=np.float32)
+    pipe = _load(_folder(backend, sdxl_openvino, sdxl_onnx), backend)
+    ours = pipe.inpaint(
+        "a blue square", _image(), _mask(), steps=8, seed=4, strength=1.0, latents=noise, mask_settings=AS_DIFFUSERS
+    ).array
+    call = dict(num_inference_steps=8, latents=torch.from_numpy(noise), strength=1.0)
+    theirs = tiny.diffusers_inpaint(
+        tiny_sdxl, monkeypatch, 4, 1, "euler", "StableDiffusionXLInpaintPipeline", image=_image(), mask_image=_mask(), **call
+    )
+    assert _max_diff(ours, theirs) <= PIXEL_TOLERANCE
+
+
+def _from_folder(folder):
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    return (
+        CLIPTextModel.from_pretrained(folder / "text_encoder"),
+        CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2"),
+        UNet2DConditionModel.from_pretrained(folder / "unet"),
+        AutoencoderKL.from_pretrained(folder / "vae"),
+    )
+
+
+def test_a_single_file_converts_to_the_same_networks_as_the_folder(tiny_sdxl, sdxl_onnx, tmp_path, monkeypatch):
+    """A1111's SDXL layout, read with the folder's configs (as --config gives the real ones), offline."""
+    import ldm_checkpoint
+    from safetensors.torch import save_file
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    save_file(ldm_checkpoint.sdxl_checkpoint(*_from_folder(tiny_sdxl)), str(tmp_path / "xl.safetensors"))
+    out = tmp_path / "single"
+    convert(str(tmp_path / "xl.safetensors"), out, "onnx", config_dir=tiny_sdxl, tokenizer_dir=tiny_sdxl / "tokenizer", progress=lambda _: None)
+    manifest = Manifest.load(out)
+    assert manifest.family == "sdxl" and "preset sdxl" in manifest.source
+    assert json.loads((out / "tokenizer_2" / "tokenizer_config.json").read_text())["pad_token"] == "!"
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, tiny.TEXT["vocab_size"], size=(2, 77), dtype=np.int64)
+    inputs = {
+        "text_encoder": {"input_ids": ids},
+        "text_encoder_2": {"input_ids": ids},
+        "unet": {
+            "sample": rng.standard_normal((2, 4, 8, 8), dtype=np.float32),
+            "timestep": np.array([500.0, 500.0], dtype=np.float32),
+            "encoder_hidden_states": rng.standard_normal((2, 77, 64), dtype=np.float32),
+            "text_embeds": rng.standard_normal((2, 32), dtype=np.float32),
+            "time_ids": np.array([[64, 64, 0, 0, 64, 64]] * 2, dtype=np.float32),
+        },
+        "vae_decoder": {"latent_sample": rng.standard_normal((1, 4, 8, 8), dtype=np.float32)},
+    }
+    for component, feed in inputs.items():
+        for single, folder in zip(_runtime(out, component).outputs(**feed), _runtime(sdxl_onnx, component).outputs(**feed), strict=True):
+            assert _max_diff(single, folder) <= COMPONENT_TOLERANCE, component
