@@ -6,69 +6,17 @@ The inverse of diffusers' single-file conversion, after diffusers' script
 
 from __future__ import annotations
 
-RESNET = [
-    ("in_layers.0", "norm1"),
-    ("in_layers.2", "conv1"),
-    ("out_layers.0", "norm2"),
-    ("out_layers.3", "conv2"),
-    ("emb_layers.1", "time_emb_proj"),
-    ("skip_connection", "conv_shortcut"),
-]
-UNET_FIXED = [
-    ("time_embed.0.", "time_embedding.linear_1."),
-    ("time_embed.2.", "time_embedding.linear_2."),
-    ("input_blocks.0.0.", "conv_in."),
-    ("out.0.", "conv_norm_out."),
-    ("out.2.", "conv_out."),
-]
+from sdcpu.export.ldm_names import unet_original_names
+
 VAE_ATTN = [("norm.", "group_norm."), ("q.", "to_q."), ("k.", "to_k."), ("v.", "to_v."), ("proj_out.", "to_out.0.")]
-
-
-# SDXL's embedding of the pooled text and the time ids
-ADDED_EMBEDDING = [("label_emb.0.0.", "add_embedding.linear_1."), ("label_emb.0.2.", "add_embedding.linear_2.")]
 # transformers' CLIP layer names -> open_clip's (SD 2's and SDXL's OpenCLIP encoders)
 OPEN_CLIP_LAYER = [("self_attn.out_proj.", "attn.out_proj."), ("layer_norm1.", "ln_1."), ("layer_norm2.", "ln_2.")]
 OPEN_CLIP_LAYER += [("mlp.fc1.", "mlp.c_fc."), ("mlp.fc2.", "mlp.c_proj.")]
 
 
-def _unet_prefixes(config) -> list[tuple[str, str]]:
-    layers, levels = config["layers_per_block"], len(config["block_out_channels"])
-    pairs = list(UNET_FIXED) + (ADDED_EMBEDDING if config.get("addition_embed_type") == "text_time" else [])
-    for i, kind in enumerate(config["down_block_types"]):
-        for j in range(layers):
-            pairs.append((f"input_blocks.{i * (layers + 1) + j + 1}.0.", f"down_blocks.{i}.resnets.{j}."))
-            if kind.startswith("CrossAttn"):
-                pairs.append((f"input_blocks.{i * (layers + 1) + j + 1}.1.", f"down_blocks.{i}.attentions.{j}."))
-        if i < levels - 1:
-            pairs.append((f"input_blocks.{(i + 1) * (layers + 1)}.0.op.", f"down_blocks.{i}.downsamplers.0.conv."))
-    for i, kind in enumerate(config["up_block_types"]):
-        has_attention = kind.startswith("CrossAttn")
-        for j in range(layers + 1):
-            pairs.append((f"output_blocks.{i * (layers + 1) + j}.0.", f"up_blocks.{i}.resnets.{j}."))
-            if has_attention:
-                pairs.append((f"output_blocks.{i * (layers + 1) + j}.1.", f"up_blocks.{i}.attentions.{j}."))
-        if i < levels - 1:
-            slot = 2 if has_attention else 1
-            pairs.append((f"output_blocks.{i * (layers + 1) + layers}.{slot}.", f"up_blocks.{i}.upsamplers.0."))
-    pairs += [
-        ("middle_block.1.", "mid_block.attentions.0."),
-        ("middle_block.0.", "mid_block.resnets.0."),
-        ("middle_block.2.", "mid_block.resnets.1."),
-    ]
-    return pairs
-
-
 def unet_to_ldm(state, config) -> dict:
-    out = {}
-    prefixes = sorted(_unet_prefixes(config), key=lambda p: -len(p[1]))
-    for key, value in state.items():
-        sd_prefix, hf_prefix = next(p for p in prefixes if key.startswith(p[1]))
-        rest = key[len(hf_prefix) :]
-        if "resnets" in hf_prefix:
-            for sd_name, hf_name in RESNET:
-                rest = rest.replace(hf_name, sd_name)
-        out["model.diffusion_model." + sd_prefix + rest] = value
-    return out
+    names = unet_original_names(list(state), config)
+    return {"model.diffusion_model." + names[key]: value for key, value in state.items()}
 
 
 def vae_to_ldm(state, config) -> dict:

@@ -152,7 +152,11 @@ def test_lora_layers_that_are_not_found_are_named(tiny_sd1, unet_lora, tmp_path)
             {"unet.nowhere.lora_A.weight": (4, 8), "unet.nowhere.lora_B.weight": (8, 4)},
             "adapts no layer of this model's unet",
         ),
-        ({"lora_te2_text_model_x.lora_down.weight": (4, 8)}, "keys sdcpu does not read: lora_te2_"),
+        ({"lora_te2_text_model_x.lora_down.weight": (4, 8)}, "keys sdcpu does not read: lora_te2_text_model_x"),
+        (
+            {"lora_te2_text_model_x.lora_down.weight": (4, 8), "lora_te2_text_model_x.lora_up.weight": (8, 4)},
+            "is a LoRA for Stable Diffusion XL \\(it adapts text_encoder_2\\); this model is Stable Diffusion",
+        ),
         ({"lora_unet_x.hada_w1_a": (4, 8)}, "keys sdcpu does not read"),
     ],
 )
@@ -160,4 +164,101 @@ def test_a_lora_for_something_else_is_refused(tiny_sd1, tmp_path, keys, message)
     save_file({k: torch.zeros(shape) for k, shape in keys.items()}, tmp_path / "other.safetensors")
     with pytest.raises(SdcpuError, match=message):
         convert(str(tiny_sd1), tmp_path / "out", loras=[Lora(tmp_path / "other.safetensors")], progress=lambda _: None)
+    assert not (tmp_path / "out").exists()
+
+
+# SDXL: LoRAs for its UNet and both text encoders, in diffusers' layout and in kohya's (whose SDXL files
+# name the UNet's layers as the original SGM code does: lora_unet_input_blocks_4_1_...).
+
+
+@pytest.fixture(scope="module")
+def sdxl_unet_lora(tiny_sdxl, tmp_path_factory):
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(6)
+    unet = UNet2DConditionModel.from_pretrained(tiny_sdxl / "unet")
+    weights = _random_lora(unet, "unet", UNET_TARGETS)
+    return _save(weights, tmp_path_factory.mktemp("lora") / "sdxl-unet.safetensors", ("unet",))
+
+
+def _sgm(diffusers_file, config, target):
+    """The same UNet LoRA as kohya's SDXL files name it (original layer names, underscored)."""
+    from sdcpu.export.ldm_names import unet_original_names
+
+    weights = load_file(diffusers_file)
+    modules = sorted({key.split(".", 1)[1].rsplit(".lora_", 1)[0] for key in weights})
+    original = unet_original_names(modules, config)
+    renamed = {}
+    for module in modules:
+        stem = "lora_unet_" + original[module].replace(".", "_")
+        renamed[f"{stem}.lora_down.weight"] = weights[f"unet.{module}.lora_A.weight"]
+        renamed[f"{stem}.lora_up.weight"] = weights[f"unet.{module}.lora_B.weight"]
+        renamed[f"{stem}.alpha"] = torch.tensor(8.0)
+    save_file(renamed, target)
+    return target
+
+
+def _sdxl_images(folder_or_pipe, latents, lora=None):
+    import diffusers
+
+    pipe = folder_or_pipe
+    if not isinstance(pipe, diffusers.StableDiffusionXLPipeline):
+        pipe = diffusers.StableDiffusionXLPipeline.from_pretrained(folder_or_pipe)
+        pipe.scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    if lora is not None:
+        pipe.load_lora_weights(lora)
+        pipe.fuse_lora(lora_scale=SCALE)
+    call = dict(num_inference_steps=6, latents=torch.from_numpy(latents), output_type="np", height=64, width=64)
+    return pipe(PROMPT, **call).images
+
+
+def _ours(folder, latents):
+    pipe = Pipeline.load(folder, LoadOptions(compute_precision="f32", cache=False))
+    return pipe(PROMPT, steps=6, seed=1, scheduler="ddim", latents=latents).array
+
+
+@pytest.mark.parametrize("layout", ["diffusers", "kohya-sgm"])
+def test_a_fused_sdxl_lora_matches_diffusers_fuse_lora(layout, tiny_sdxl, sdxl_unet_lora, tmp_path):
+    """diffusers reads both files itself (its own SGM renaming for kohya's): our fusion against its."""
+    import diffusers
+
+    config = diffusers.UNet2DConditionModel.load_config(tiny_sdxl / "unet")
+    lora = sdxl_unet_lora if layout == "diffusers" else _sgm(sdxl_unet_lora, config, tmp_path / "sgm.safetensors")
+    convert(str(tiny_sdxl), tmp_path / "out", "onnx", loras=[Lora(lora, SCALE)], progress=lambda _: None)
+    latents = np.random.default_rng(4).standard_normal((1, 4, 8, 8), dtype=np.float32)
+    theirs = _sdxl_images(tiny_sdxl, latents, lora)
+    assert float(np.abs(_ours(tmp_path / "out", latents) - theirs).max()) <= 2 / 255
+    assert float(np.abs(theirs - _sdxl_images(tiny_sdxl, latents)).max()) > 0.05  # the LoRA changes the image
+
+
+def test_kohya_lora_for_both_sdxl_text_encoders_fuses_as_its_sum(tiny_sdxl, tmp_path):
+    import diffusers
+
+    torch.manual_seed(7)
+    reference = diffusers.StableDiffusionXLPipeline.from_pretrained(tiny_sdxl)
+    reference.scheduler = diffusers.DDIMScheduler.from_config(reference.scheduler.config)
+    kohya = {}
+    with torch.no_grad():  # W + scale * alpha / rank * B A, by hand, and the same in kohya's layout
+        for network, prefix in (("text_encoder", "lora_te1_"), ("text_encoder_2", "lora_te2_")):
+            weights = _random_lora(getattr(reference, network), network, TEXT_TARGETS)
+            for name, module in getattr(reference, network).named_modules():
+                if f"{network}.{name}.lora_A.weight" in weights:
+                    down, up = weights[f"{network}.{name}.lora_A.weight"], weights[f"{network}.{name}.lora_B.weight"]
+                    module.weight += SCALE * 8 / 4 * up @ down
+                    stem = prefix + name.replace(".", "_")
+                    kohya |= {f"{stem}.lora_down.weight": down, f"{stem}.lora_up.weight": up}
+                    kohya[f"{stem}.alpha"] = torch.tensor(8.0)
+    save_file(kohya, tmp_path / "te.safetensors")
+    lines: list[str] = []
+    convert(str(tiny_sdxl), tmp_path / "out", "onnx", loras=[Lora(tmp_path / "te.safetensors", SCALE)], progress=lines.append)
+    assert any(line.startswith("text_encoder_2: ") and "layers adapted" in line for line in lines)
+    latents = np.random.default_rng(4).standard_normal((1, 4, 8, 8), dtype=np.float32)
+    assert float(np.abs(_ours(tmp_path / "out", latents) - _sdxl_images(reference, latents)).max()) <= 2 / 255
+
+
+def test_an_sd1_lora_is_refused_by_an_sdxl_model(tiny_sdxl, unet_lora, tmp_path):
+    """Layers of the same name and another width (SD 1's cross-attention reads other text): named."""
+    with pytest.raises(SdcpuError, match="does not fit this model's unet: its layer .* is .* in the LoRA and .* here"):
+        convert(str(tiny_sdxl), tmp_path / "out", "onnx", loras=[Lora(unet_lora)], progress=lambda _: None)
     assert not (tmp_path / "out").exists()

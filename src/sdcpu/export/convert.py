@@ -21,11 +21,12 @@ from sdcpu.errors import SdcpuError
 from sdcpu.export.calibration import CalibrationSettings, collect_unet_inputs
 from sdcpu.export.families import OPTIONAL_KINDS, export_family
 from sdcpu.export.lora import PREFIXES as LORA_NETWORKS
-from sdcpu.export.lora import Lora, check_loras, fuse_loras
+from sdcpu.export.lora import Lora, check_lora_networks, check_loras, fuse_loras
 from sdcpu.export.quantize import FEW_STEP_RECIPE, NNCF_RECIPE, PRECISIONS, component_precision
 from sdcpu.export.sources import Source, open_source, open_tiny_vae
 from sdcpu.export.tokenizer_ir import write_tokenizer_irs
 from sdcpu.export.writers import WRITERS, Calibrate
+from sdcpu.format.families import NAMES
 from sdcpu.format.graph_signature import read_inputs
 from sdcpu.format.manifest import GRAPH_FILE, MANIFEST_NAME, Manifest, describe_files, task_of
 from sdcpu.format.tokenizer_files import TOKENIZER_FILES
@@ -88,6 +89,7 @@ def convert(
             "work_dir": work,
         }
         src = open_source(source, **options)
+        check_lora_networks(list(loras), set(export_family(src.family).loaders), NAMES.get(src.family, src.family))
         if tiny_vae is not None:
             latent_channels = int(src.vae_config.get("latent_channels", 4))
             src = replace(src, optional=src.optional | {"tiny_vae": open_tiny_vae(Path(tiny_vae), latent_channels)})

@@ -4,27 +4,37 @@ the base model's cost, in any tool that reads them, and the manifest records eac
 
 Two layouts are read, from safetensors files only:
 - diffusers and PEFT: `unet.<module>.lora_A.weight` (down) and `.lora_B.weight` (up); `text_encoder.`
-  for the text encoder; alpha is the rank (PEFT's scale 1) unless the file's metadata says otherwise;
+  and SDXL's `text_encoder_2.` for the text encoders; alpha is the rank (PEFT's scale 1) unless the
+  file's metadata says otherwise;
 - kohya (A1111, ComfyUI): `lora_unet_<module, dots as underscores>.lora_down.weight`, `.lora_up.weight`
-  and `.alpha`; `lora_te_` for the text encoder. This is the layout LCM-LoRA files use for SD 1.5 too.
+  and `.alpha`; `lora_te_` for SD 1.x/2.x's text encoder, `lora_te1_` and `lora_te2_` for SDXL's two.
+  This is the layout LCM-LoRA files use too.
+A LoRA for another family is refused by name: one that adapts a network the model lacks (an SDXL LoRA's
+second text encoder, for SD 1.x), or a layer of another shape (an SD 1.x LoRA's cross-attention, 768
+wide, for SDXL's 2048).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sdcpu.errors import SdcpuError
+from sdcpu.export.ldm_names import unet_original_names
 from sdcpu.export.safetensors_check import check_safetensors
 from sdcpu.format.manifest import sha256_file
 
-# (prefix of the network in the file's keys, the network) for each layout
-PREFIXES = {"unet": ("unet.", "lora_unet_"), "text_encoder": ("text_encoder.", "lora_te_")}
-KNOWN_PREFIXES = tuple(prefix for pair in PREFIXES.values() for prefix in pair)
+# network -> its prefixes in the file's keys: diffusers' first, then kohya's
+PREFIXES = {
+    "unet": ("unet.", "lora_unet_"),
+    "text_encoder": ("text_encoder.", "lora_te_", "lora_te1_"),
+    "text_encoder_2": ("text_encoder_2.", "lora_te2_"),
+}
+KNOWN_PREFIXES = tuple(prefix for prefixes in PREFIXES.values() for prefix in prefixes)
 PARTS = {"lora_A": "down", "lora_down": "down", "lora_B": "up", "lora_up": "up"}
 KEY = re.compile(r"^(?P<module>.+?)\.(?P<part>lora_A|lora_B|lora_down|lora_up)\.weight$|^(?P<alpha_of>.+)\.alpha$")
 
@@ -41,7 +51,7 @@ class Lora:
 
 def check_loras(loras: list[Lora]) -> None:
     """Refuse, before any work, missing or unsafe files, keys of another kind (LoCon, LoHa, DoRA), and
-    files that adapt neither the UNet nor the text encoder (a LoRA for SDXL's second text encoder)."""
+    files that adapt no network of a Stable Diffusion family."""
     for lora in loras:
         if not lora.path.is_file():
             raise SdcpuError(f"--lora {lora.path} does not exist or is not a file")
@@ -55,6 +65,20 @@ def check_loras(loras: list[Lora]) -> None:
             raise SdcpuError(f"--lora {lora.path.name} holds keys sdcpu does not read: {', '.join(unknown[:3])}")
         if not any(groups for groups, _ in found):
             raise SdcpuError(f"--lora {lora.path.name} adapts neither a UNet nor a text encoder of this layout")
+
+
+def check_lora_networks(loras: list[Lora], networks: set[str], family: str) -> None:
+    """Refuse a LoRA that adapts a network the model has not (an SDXL LoRA's second text encoder, given
+    to an SD 1.x model), naming the family it is for."""
+    for lora in loras:
+        keys = _keys(lora)
+        adapted = {network for network in PREFIXES if _groups(keys, network)[0]}
+        if adapted - networks:
+            made_for = "Stable Diffusion XL" if "text_encoder_2" in adapted else "another family"
+            raise SdcpuError(
+                f"--lora {lora.path.name} is a LoRA for {made_for} (it adapts {', '.join(sorted(adapted - networks))}); "
+                f"this model is {family}: use a LoRA made for it"
+            )
 
 
 def fuse_loras(model: Any, network: str, loras: list[Lora], warn: Callable[[str], None]) -> int:
@@ -77,12 +101,27 @@ def fuse_loras(model: Any, network: str, loras: list[Lora], warn: Callable[[str]
                 f"--lora {lora.path.name}: {len(missing)} {network} layers not found, left as they are: "
                 f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
             )
+        for name, (down, up, _) in pairs.items():
+            if name in modules:
+                _check_shape(lora, network, name, modules[name], down, up)
         with torch.no_grad():
             for name, (down, up, alpha) in pairs.items():
                 if name in modules:
                     _fuse(modules[name], down, up, lora.scale * alpha / down.shape[0])
                     changed += 1
     return changed
+
+
+def _check_shape(lora: Lora, network: str, name: str, module: Any, down: Any, up: Any) -> None:
+    # up @ down must have the layer's shape: (out, rank) @ (rank, in * kh * kw).
+    weight = module.weight
+    if up.shape[0] != weight.shape[0] or down[0].numel() != weight[0].numel() or up.shape[1] != down.shape[0]:
+        layer = name.removeprefix("kohya:")
+        raise SdcpuError(
+            f"--lora {lora.path.name} does not fit this model's {network}: its layer {layer} is "
+            f"{up.shape[0]}x{down[0].numel()} in the LoRA and {weight.shape[0]}x{weight[0].numel()} here; "
+            "is it for another family (SD 1.x, SD 2.x or SDXL)?"
+        )
 
 
 def _fuse(module: Any, down: Any, up: Any, scale: float) -> None:
@@ -101,7 +140,6 @@ def _keys(lora: Lora) -> list[str]:
 def _groups(keys: list[str], network: str) -> tuple[dict[str, dict[str, str]], list[str]]:
     # {layer as the file names it: {"down" | "up" | "alpha": key}} of one network, and the keys not understood
     # (of either network: another kind of adapter, another network, a down without its up).
-    diffusers_prefix, kohya_prefix = PREFIXES[network]
     groups: dict[str, dict[str, str]] = {}
     unknown: list[str] = []
     for key in keys:
@@ -109,7 +147,7 @@ def _groups(keys: list[str], network: str) -> tuple[dict[str, dict[str, str]], l
         name = (match["module"] or match["alpha_of"]) if match is not None else ""
         if match is None or not name.startswith(KNOWN_PREFIXES):
             unknown.append(key)
-        elif name.startswith((diffusers_prefix, kohya_prefix)):  # else the other network's
+        elif name.startswith(PREFIXES[network]):  # else another network's
             groups.setdefault(name, {})[PARTS.get(match["part"], "alpha")] = key
     unknown += [name for name, parts in groups.items() if not {"down", "up"} <= set(parts)]
     return {name: parts for name, parts in groups.items() if {"down", "up"} <= set(parts)}, unknown
@@ -119,14 +157,13 @@ def _pairs(lora: Lora, network: str) -> dict[str, tuple[Any, Any, float]]:
     # {module name, in the model's dotted form: (down, up, alpha)} of one network.
     from safetensors import safe_open
 
-    diffusers_prefix, kohya_prefix = PREFIXES[network]
     pairs = {}
     with safe_open(str(lora.path), framework="pt") as f:
         network_alpha = _metadata_alpha(f.metadata() or {}, network)
         for name, parts in _groups(list(f.keys()), network)[0].items():
             down, up = f.get_tensor(parts["down"]), f.get_tensor(parts["up"])
             alpha = float(f.get_tensor(parts["alpha"])) if "alpha" in parts else network_alpha or float(down.shape[0])
-            pairs[_module_name(name, diffusers_prefix, kohya_prefix)] = (down, up, alpha)
+            pairs[_module_name(name, PREFIXES[network])] = (down, up, alpha)
     return pairs
 
 
@@ -145,19 +182,26 @@ def _metadata_alpha(metadata: dict[str, str], network: str) -> float | None:
     return float(alpha) if isinstance(alpha, (int, float)) else None
 
 
-def _module_name(name: str, diffusers_prefix: str, kohya_prefix: str) -> str:
+def _module_name(name: str, prefixes: tuple[str, ...]) -> str:
+    diffusers_prefix, *kohya_prefixes = prefixes
     if name.startswith(diffusers_prefix):
         return name[len(diffusers_prefix) :]
-    return "kohya:" + name[len(kohya_prefix) :]  # resolved against the model's names, underscored
+    kohya = next(prefix for prefix in kohya_prefixes if name.startswith(prefix))
+    return "kohya:" + name[len(kohya) :]  # resolved against the model's names, underscored
 
 
 def _modules(model: Any) -> dict[str, Any]:
-    # Every Linear or Conv2d, by its dotted name and by kohya's underscored one.
+    # Every Linear or Conv2d, by its dotted name and by kohya's underscored one; a UNet's also by the
+    # original (SGM) name, underscored, which kohya's SDXL LoRAs use (lora_unet_input_blocks_4_1_...).
     import torch
 
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
+    config = getattr(model, "config", None)
+    original = unet_original_names(list(layers), config) if isinstance(config, Mapping) and "down_block_types" in config else {}
     found = {}
-    for name, module in model.named_modules():
-        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
-            found[name] = module
-            found["kohya:" + name.replace(".", "_")] = module
+    for name, module in layers.items():
+        found[name] = module
+        found["kohya:" + name.replace(".", "_")] = module
+        if name in original:
+            found["kohya:" + original[name].replace(".", "_")] = module
     return found

@@ -38,7 +38,13 @@ from sdcpu.runtime.options import DECODERS, LoadOptions
 from sdcpu.runtime.pipelines.task_methods import TaskMethods
 from sdcpu.runtime.result import Callback, PipelineResult
 from sdcpu.runtime.run_info import runtime_info
-from sdcpu.runtime.schedulers import SchedulerConfig, default_scheduler_name, make_scheduler, sampling_defaults
+from sdcpu.runtime.schedulers import (
+    SamplingDefaults,
+    SchedulerConfig,
+    default_scheduler_name,
+    make_scheduler,
+    sampling_defaults,
+)
 from sdcpu.runtime.settings import GenerationSettings
 from sdcpu.runtime.tasks import TASKS, StartInputs, Task, TextToImage, check_task
 
@@ -61,6 +67,7 @@ class Pipeline(TaskMethods):
     A family subclasses it, naming the manifest families it runs: `class X(Pipeline, families=("sd1",))`."""
 
     families: ClassVar[dict[str, type[Pipeline]]] = {}  # manifest family -> its pipeline class
+    sampling: ClassVar[SamplingDefaults] = SamplingDefaults()  # the family's steps and guidance, unless few-step
 
     def __init_subclass__(cls, families: tuple[str, ...] = (), **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -82,7 +89,7 @@ class Pipeline(TaskMethods):
         self._optional: dict[str, Model] = {}  # networks a task asks for, read on first use
         try:
             self.scheduler_config = SchedulerConfig.load(folder / "scheduler" / "scheduler_config.json")
-            self.defaults = sampling_defaults(self.scheduler_config)
+            self.defaults = sampling_defaults(self.scheduler_config, self.sampling)
             self.read_tokenizers()
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:  # JSON errors are ValueErrors
             raise SdcpuError(f"cannot read the tokenizer or scheduler of {folder} ({err}); convert it again") from None

@@ -22,10 +22,12 @@ from sdcpu.runtime.components.tokenizer import ClipTokenizer
 from sdcpu.runtime.components.unet import GuidedInput
 from sdcpu.runtime.engines import Model
 from sdcpu.runtime.pipelines.base import Pipeline
+from sdcpu.runtime.schedulers import SamplingDefaults
 from sdcpu.runtime.settings import GenerationSettings
 
 
 class StableDiffusionXLPipeline(Pipeline, families=("sdxl",)):
+    sampling = SamplingDefaults(steps=20, guidance=5.0)  # diffusers' SDXL guidance (its steps: 50)
     _prompts: tuple[list[str], tuple[np.ndarray, np.ndarray]] | None = None  # the last prompts, and their encoding
 
     def read_tokenizers(self) -> None:

@@ -51,15 +51,16 @@ class SamplingDefaults:
     guidance: float = 7.5
 
 
-def sampling_defaults(config: SchedulerConfig) -> SamplingDefaults:
+def sampling_defaults(config: SchedulerConfig, family: SamplingDefaults = SamplingDefaults()) -> SamplingDefaults:
     """What the model's scheduler implies: few-step models say so by theirs. An LCM scheduler (latent
     consistency models, LCM-LoRA fused, the demo's few-step model): 4 steps, guidance off (it is baked in);
-    Euler a over "trailing" timesteps (SD-Turbo, SDXL-Turbo): 1 step, guidance off."""
+    Euler a over "trailing" timesteps (SD-Turbo, SDXL-Turbo): 1 step, guidance off. Otherwise the
+    family's own (`family`: SDXL's guidance is 5, as diffusers has it)."""
     if config.class_name == "LCMScheduler":
         return SamplingDefaults(4, 1.0)
     if config.class_name == "EulerAncestralDiscreteScheduler" and config.timestep_spacing == "trailing":
         return SamplingDefaults(1, 0.0)
-    return SamplingDefaults()
+    return family
 
 
 def make_scheduler(name: str, config: SchedulerConfig) -> Scheduler:
