@@ -58,7 +58,10 @@ def test_families_pick_their_pipeline():
     # The refiner: an aesthetic score in model_index.json, or OpenCLIP ViT-bigG's text alone.
     refiner_unet = {"cross_attention_dim": 1280, "addition_embed_type": "text_time"}
     assert family_of(refiner_unet) == "sdxl-refiner"
-    assert family_of({"cross_attention_dim": 64, "addition_embed_type": "text_time"}, {"requires_aesthetics_score": True}) == "sdxl-refiner"
+    assert (
+        family_of({"cross_attention_dim": 64, "addition_embed_type": "text_time"}, {"requires_aesthetics_score": True})
+        == "sdxl-refiner"
+    )
 
 
 def test_the_reference_sdxl_config_is_sdxl():

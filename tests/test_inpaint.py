@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tiny
 from PIL import Image, ImageDraw
 
-import tiny
 from sdcpu import Pipeline
 from sdcpu.demo import world as world
 from sdcpu.errors import SdcpuError
@@ -51,7 +51,9 @@ def test_inpainting_model_matches_diffusers(
     ).array
     # At full strength with given latents, diffusers draws the masked image's latent sample, then step noise.
     steps = dict(num_inference_steps=8, latents=torch_tensor(noise))
-    theirs = tiny.diffusers_inpaint(tiny_inpainting, monkeypatch, 4, 0, scheduler, image=_image(), mask_image=_mask(), **steps)
+    theirs = tiny.diffusers_inpaint(
+        tiny_inpainting, monkeypatch, 4, 0, scheduler, image=_image(), mask_image=_mask(), **steps
+    )
     diff = float(np.abs(ours - theirs).max())
     assert diff <= PIXEL_TOLERANCE, f"max abs pixel diff {diff:.4f}"
 

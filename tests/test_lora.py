@@ -251,7 +251,13 @@ def test_kohya_lora_for_both_sdxl_text_encoders_fuses_as_its_sum(tiny_sdxl, tmp_
                     kohya[f"{stem}.alpha"] = torch.tensor(8.0)
     save_file(kohya, tmp_path / "te.safetensors")
     lines: list[str] = []
-    convert(str(tiny_sdxl), tmp_path / "out", "onnx", loras=[Lora(tmp_path / "te.safetensors", SCALE)], progress=lines.append)
+    convert(
+        str(tiny_sdxl),
+        tmp_path / "out",
+        "onnx",
+        loras=[Lora(tmp_path / "te.safetensors", SCALE)],
+        progress=lines.append,
+    )
     assert any(line.startswith("text_encoder_2: ") and "layers adapted" in line for line in lines)
     latents = np.random.default_rng(4).standard_normal((1, 4, 8, 8), dtype=np.float32)
     assert float(np.abs(_ours(tmp_path / "out", latents) - _sdxl_images(reference, latents)).max()) <= 2 / 255

@@ -180,7 +180,9 @@ def test_img2img_matches_diffusers(steps, guidance, backend, tiny_sdxl, sdxl_ope
 
     noise = np.random.default_rng(9).standard_normal((1, 4, 8, 8), dtype=np.float32)
     pipe = _load(_folder(backend, sdxl_openvino, sdxl_onnx), backend)
-    ours = pipe("a blue square", steps=steps, guidance=guidance, seed=4, init_image=_image(), strength=0.5, latents=noise)
+    ours = pipe(
+        "a blue square", steps=steps, guidance=guidance, seed=4, init_image=_image(), strength=0.5, latents=noise
+    )
     # diffusers draws (1) the VAE posterior sample, (2) the noise added at the start: feed it ours.
     draws = iter([np.random.default_rng(4).standard_normal((1, 4, 8, 8), dtype=np.float32), noise])
     queued = lambda *args, **kwargs: torch.from_numpy(next(draws))  # noqa: E731
@@ -224,11 +226,26 @@ def test_the_9_channel_inpainting_model_matches_diffusers(
     noise = np.random.default_rng(9).standard_normal((1, 4, 8, 8), dtype=np.float32)
     pipe = _load(folder, backend)
     ours = pipe.inpaint(
-        "a blue square", _image(), _mask(), steps=steps, guidance=guidance, seed=4, latents=noise, mask_settings=AS_DIFFUSERS
+        "a blue square",
+        _image(),
+        _mask(),
+        steps=steps,
+        guidance=guidance,
+        seed=4,
+        latents=noise,
+        mask_settings=AS_DIFFUSERS,
     ).array
     call = dict(num_inference_steps=steps, guidance_scale=guidance, latents=torch.from_numpy(noise), strength=1.0)
     theirs = tiny.diffusers_inpaint(
-        tiny_sdxl_inpainting, monkeypatch, 4, 0, "euler", "StableDiffusionXLInpaintPipeline", image=_image(), mask_image=_mask(), **call
+        tiny_sdxl_inpainting,
+        monkeypatch,
+        4,
+        0,
+        "euler",
+        "StableDiffusionXLInpaintPipeline",
+        image=_image(),
+        mask_image=_mask(),
+        **call,
     )
     assert _max_diff(ours, theirs) <= PIXEL_TOLERANCE
 
@@ -243,7 +260,15 @@ def test_latent_blending_matches_diffusers(backend, tiny_sdxl, sdxl_openvino, sd
     ).array
     call = dict(num_inference_steps=8, latents=torch.from_numpy(noise), strength=1.0)
     theirs = tiny.diffusers_inpaint(
-        tiny_sdxl, monkeypatch, 4, 1, "euler", "StableDiffusionXLInpaintPipeline", image=_image(), mask_image=_mask(), **call
+        tiny_sdxl,
+        monkeypatch,
+        4,
+        1,
+        "euler",
+        "StableDiffusionXLInpaintPipeline",
+        image=_image(),
+        mask_image=_mask(),
+        **call,
     )
     assert _max_diff(ours, theirs) <= PIXEL_TOLERANCE
 
@@ -268,7 +293,14 @@ def test_a_single_file_converts_to_the_same_networks_as_the_folder(tiny_sdxl, sd
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     save_file(ldm_checkpoint.sdxl_checkpoint(*_from_folder(tiny_sdxl)), str(tmp_path / "xl.safetensors"))
     out = tmp_path / "single"
-    convert(str(tmp_path / "xl.safetensors"), out, "onnx", config_dir=tiny_sdxl, tokenizer_dir=tiny_sdxl / "tokenizer", progress=lambda _: None)
+    convert(
+        str(tmp_path / "xl.safetensors"),
+        out,
+        "onnx",
+        config_dir=tiny_sdxl,
+        tokenizer_dir=tiny_sdxl / "tokenizer",
+        progress=lambda _: None,
+    )
     manifest = Manifest.load(out)
     assert manifest.family == "sdxl" and "preset sdxl" in manifest.source
     assert json.loads((out / "tokenizer_2" / "tokenizer_config.json").read_text())["pad_token"] == "!"
@@ -287,5 +319,40 @@ def test_a_single_file_converts_to_the_same_networks_as_the_folder(tiny_sdxl, sd
         "vae_decoder": {"latent_sample": rng.standard_normal((1, 4, 8, 8), dtype=np.float32)},
     }
     for component, feed in inputs.items():
-        for single, folder in zip(_runtime(out, component).outputs(**feed), _runtime(sdxl_onnx, component).outputs(**feed), strict=True):
+        for single, folder in zip(
+            _runtime(out, component).outputs(**feed), _runtime(sdxl_onnx, component).outputs(**feed), strict=True
+        ):
             assert _max_diff(single, folder) <= COMPONENT_TOLERANCE, component
+
+
+@pytest.fixture(scope="module")
+def sdxl_quantized(tiny_sdxl, tmp_path_factory):
+    from sdcpu.export.calibration import CalibrationSettings
+
+    folders = {}
+    for precision in ("int8-hybrid", "int4"):
+        folders[precision] = tmp_path_factory.mktemp("quantized") / f"sdxl-{precision}"
+        settings = CalibrationSettings(size=4)
+        convert(
+            str(tiny_sdxl), folders[precision], "openvino", precision, calibration=settings, progress=lambda _: None
+        )
+    return folders
+
+
+@pytest.mark.parametrize("precision", ["int8-hybrid", "int4"])
+def test_quantized_sdxl_is_structured_as_asked_and_near_fp32(precision, sdxl_quantized, sdxl_openvino):
+    """int8-hybrid calibrates on SDXL's own inputs (pooled text and time ids); int4 reaches both text encoders."""
+    from test_quantize import openvino_weight_types
+
+    folder = sdxl_quantized[precision]
+    unet = openvino_weight_types(folder / "unet" / "openvino_model.xml")
+    second = openvino_weight_types(folder / "text_encoder_2" / "openvino_model.xml")
+    if precision == "int8-hybrid":
+        assert unet["fake_quantize"] >= 10 and second["fake_quantize"] == 0 and second["u8"] >= 4, (unet, second)
+    else:
+        assert second["i4"] >= 4 and unet["i4"] >= 4, (unet, second)
+    latents = np.random.default_rng(2).standard_normal((1, 4, 8, 8), dtype=np.float32)
+    ours = _load(folder)("a dog", steps=4, latents=latents, seed=1).array
+    reference = _load(sdxl_openvino)("a dog", steps=4, latents=latents, seed=1).array
+    # Loose: random tiny weights are a worst case for quantization; a demo model measures quality.
+    assert 0 < float(np.abs(ours - reference).mean()) < (0.1 if precision == "int8-hybrid" else 0.02)

@@ -350,7 +350,9 @@ def write_sdxl_folder(folder: Path, seed: int = 0, task: str = "text-to-image", 
     return folder
 
 
-def diffusers_inpaint(folder, monkeypatch, seed, unused_draws, scheduler, pipeline="StableDiffusionInpaintPipeline", **call):
+def diffusers_inpaint(
+    folder, monkeypatch, seed, unused_draws, scheduler, pipeline="StableDiffusionInpaintPipeline", **call
+):
     """diffusers' pipeline drawing what ours draws from numpy: the first VAE sample from our generator,
     then `unused_draws` VAE samples that ours skips, then the scheduler's noise from our generator."""
     import diffusers

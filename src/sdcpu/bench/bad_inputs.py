@@ -208,7 +208,11 @@ def _model_folders() -> list[Case]:
         ("a weight file with a byte flipped", damaged_model(_flip_byte), "does not match its sha256"),
         ("byte flipped, stat kept, hash record warm, --verify full", _warm_then_flip("--verify", "full"), "sha256"),
         ("a weight file linked outside the folder", damaged_model(_link_outside), "points outside the folder"),
-        ("a model of a family not run yet (SDXL refiner)", damaged_model(set_("family", "sdxl-refiner")), "are not supported yet"),
+        (
+            "a model of a family not run yet (SDXL refiner)",
+            damaged_model(set_("family", "sdxl-refiner")),
+            "are not supported yet",
+        ),
     ]
     return [Case(name, "model folders", setup, message) for name, setup, message in cases]
 
@@ -251,7 +255,11 @@ def _converts() -> list[Case]:
         ("convert a missing source", lambda s: ["convert", "./nope", "out"], "does not exist"),
         ("convert a .txt file", convert("model.txt", b"hello"), "not a checkpoint"),
         ("convert a converted folder", lambda s: ["convert", str(CONVERTED), "out"], "is already converted"),
-        ("convert an SDXL refiner single file", convert("refiner.safetensors", REFINER_FILE), "Stable Diffusion XL refiner models are not"),
+        (
+            "convert an SDXL refiner single file",
+            convert("refiner.safetensors", REFINER_FILE),
+            "Stable Diffusion XL refiner models are not",
+        ),
         ("convert a damaged .ckpt", convert("model.ckpt", b"PK\x03\x04garbage"), "is not a PyTorch checkpoint"),
         (
             "convert --lora missing",

@@ -8,6 +8,7 @@ as the UNet sees them at generation time.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,10 +46,14 @@ class CalibrationSettings:
         return cls(prompts=prompts or DEFAULT_PROMPTS, size=size)
 
 
+# A prompt -> the UNet's text inputs (prompt embeddings, and SDXL's pooled text and time ids) for the
+# batch [unconditional, prompt]. Each export family makes one from its exported text encoders.
+TextInputs = Callable[[str], dict[str, np.ndarray]]
+
+
 def collect_unet_inputs(
     unet: Any,
-    text_encoder_path: Path,
-    tokenizer_dir: Path,
+    text_inputs: TextInputs,
     scheduler_config: dict[str, Any],
     latent_shape: tuple[int, int, int],
     settings: CalibrationSettings,
@@ -56,16 +61,13 @@ def collect_unet_inputs(
     """Run the float `unet` (an openvino.Model) on the prompts; return `settings.size` input dicts."""
     import openvino as ov
 
-    core = ov.Core()
-    text_encoder = core.compile_model(str(text_encoder_path), "CPU")
-    compiled = core.compile_model(unet, "CPU")
-    tokenizer = ClipTokenizer(tokenizer_dir)
+    compiled = ov.Core().compile_model(unet, "CPU")
     rng = np.random.default_rng(settings.seed)
     steps = max(1, math.ceil(settings.size / len(settings.prompts)))
     config = SchedulerConfig.from_dict(scheduler_config)
     samples: list[dict[str, np.ndarray]] = []
     for prompt in settings.prompts:
-        embeddings = text_encoder(tokenizer(["", prompt]))[0]
+        text = text_inputs(prompt)
         scheduler = make_scheduler("ddim", config)
         scheduler.set_timesteps(steps)
         x = rng.standard_normal((1, *latent_shape), dtype=np.float32) * np.float32(scheduler.init_noise_sigma)
@@ -73,7 +75,7 @@ def collect_unet_inputs(
             inputs = {
                 "sample": scheduler.scale_model_input(np.concatenate([x, x]), t),
                 "timestep": np.full(2, t, dtype=np.float32),
-                "encoder_hidden_states": embeddings,
+                **text,
             }
             samples.append(inputs)
             eps_uncond, eps_text = np.split(compiled(inputs)[0], 2)
@@ -81,3 +83,17 @@ def collect_unet_inputs(
             if len(samples) == settings.size:
                 return samples
     return samples
+
+
+def compiled_text_encoder(folder: Path) -> Callable[[np.ndarray], list[np.ndarray]]:
+    """The text encoder exported into `folder` (OpenVINO IR), as input ids -> all its outputs."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(folder / "openvino_model.xml"), "CPU")
+    return lambda ids: [np.asarray(value) for value in compiled(ids).values()]
+
+
+def clip_text_inputs(staged: Path, tokenizers: dict[str, Path], sample_size: int) -> TextInputs:
+    """SD 1.x/2.x: the text encoder's last hidden state, for "" and the prompt."""
+    encode, tokenizer = compiled_text_encoder(staged / "text_encoder"), ClipTokenizer(tokenizers["tokenizer"])
+    return lambda prompt: {"encoder_hidden_states": encode(tokenizer(["", prompt]))[0]}

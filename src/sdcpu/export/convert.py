@@ -210,8 +210,9 @@ def _calibrator(src: Source, staged: Path, settings: CalibrationSettings, progre
 
     def calibrate(unet: Any) -> list[dict[str, Any]]:
         progress(f"unet: recording {settings.size} calibration inputs from {len(settings.prompts)} prompts")
-        text_encoder = staged / "text_encoder" / "openvino_model.xml"
-        return collect_unet_inputs(unet, text_encoder, src.tokenizer_dir, src.scheduler_config, shape, settings)
+        vae_factor = 2 ** (len(src.vae_config["block_out_channels"]) - 1)
+        text = export_family(src.family).calibration_text(staged, src.tokenizers(), size * vae_factor)
+        return collect_unet_inputs(unet, text, src.scheduler_config, shape, settings)
 
     return calibrate
 

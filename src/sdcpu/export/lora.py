@@ -75,8 +75,9 @@ def check_lora_networks(loras: list[Lora], networks: set[str], family: str) -> N
         adapted = {network for network in PREFIXES if _groups(keys, network)[0]}
         if adapted - networks:
             made_for = "Stable Diffusion XL" if "text_encoder_2" in adapted else "another family"
+            lacking = ", ".join(sorted(adapted - networks))
             raise SdcpuError(
-                f"--lora {lora.path.name} is a LoRA for {made_for} (it adapts {', '.join(sorted(adapted - networks))}); "
+                f"--lora {lora.path.name} is a LoRA for {made_for} (it adapts {lacking}); "
                 f"this model is {family}: use a LoRA made for it"
             )
 
@@ -197,7 +198,11 @@ def _modules(model: Any) -> dict[str, Any]:
 
     layers = {n: m for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
     config = getattr(model, "config", None)
-    original = unet_original_names(list(layers), config) if isinstance(config, Mapping) and "down_block_types" in config else {}
+    original = (
+        unet_original_names(list(layers), config)
+        if isinstance(config, Mapping) and "down_block_types" in config
+        else {}
+    )
     found = {}
     for name, module in layers.items():
         found[name] = module

@@ -55,7 +55,7 @@ def component_precision(precision: str, component: str) -> str:
     if precision == "int8-hybrid":
         return "int8-hybrid" if component == "unet" else "int8"
     if precision == "int4":
-        return "int4" if component in ("unet", "unet_shallow", "text_encoder") else "int8"
+        return "int4" if component in ("unet", "unet_shallow", "text_encoder", "text_encoder_2") else "int8"
     return precision
 
 

@@ -26,8 +26,10 @@ Config = dict[str, Any]
 # crop as `added_cond_kwargs` (`addition_embed_type` "text_time"), whatever its text width (SSD-1B, Vega).
 # The refiner also takes an aesthetic score, and OpenCLIP ViT-bigG's 1280-wide text alone.
 FAMILY_RULES: dict[str, Callable[[Config, Config], bool]] = {
-    "sdxl-refiner": lambda unet, index: unet.get("addition_embed_type") == "text_time"
-    and (bool(index.get("requires_aesthetics_score")) or unet.get("cross_attention_dim") == 1280),
+    "sdxl-refiner": lambda unet, index: (
+        unet.get("addition_embed_type") == "text_time"
+        and (bool(index.get("requires_aesthetics_score")) or unet.get("cross_attention_dim") == 1280)
+    ),
     "sdxl": lambda unet, index: unet.get("addition_embed_type") == "text_time",
     "sd1": lambda unet, index: unet.get("cross_attention_dim") == 768,
     "sd2": lambda unet, index: unet.get("cross_attention_dim") == 1024,

@@ -20,7 +20,9 @@ def convert(
         str, typer.Option(help="fp32, fp16, int8; OpenVINO also int8-hybrid (int8 UNet activations) and int4")
     ] = "fp32",
     force: Annotated[bool, typer.Option(help="replace OUT if it exists")] = False,
-    preset: Annotated[str | None, typer.Option(help="single files: sd1, sd2-base, sd2-v or sdxl (default: detected)")] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="single files: sd1, sd2-base, sd2-v or sdxl (default: detected)")
+    ] = None,
     config: Annotated[Path | None, typer.Option(help="single files: a diffusers folder whose configs to use")] = None,
     tokenizer: Annotated[Path | None, typer.Option(help="single files: a CLIP tokenizer folder")] = None,
     calibration_prompts: Annotated[

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from sdcpu.export.calibration import TextInputs, clip_text_inputs
+
 
 @dataclass(frozen=True)
 class ExportSpec:
@@ -50,6 +52,8 @@ class ExportFamily:
     tokenizers: tuple[str, ...] = ("tokenizer",)  # their folders, copied as they are (CLIP's files)
     pipeline_classes: Mapping[str, str] = field(default_factory=dict)  # task -> diffusers' pipeline class
     safety_checker: bool = True  # whether the pipeline class takes one (SD 1.x/2.x: named as absent)
+    # int8-hybrid's calibration: (staged folder, tokenizer folders, image size) -> the UNet's text inputs
+    calibration_text: Callable[[Path, dict[str, Path], int], TextInputs] = clip_text_inputs
 
     def model_index(self, task: str, scheduler_class: str) -> dict[str, Any]:
         """diffusers' model_index.json for this family's pipeline of `task`, without safety checker."""

@@ -13,8 +13,12 @@ concatenated along the width.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import torch
 
+from sdcpu.export.calibration import TextInputs, compiled_text_encoder
 from sdcpu.export.families.base import ExportFamily, ExportSpec, TorchClass
 from sdcpu.export.families.sd import (
     _UNet,
@@ -25,8 +29,30 @@ from sdcpu.export.families.sd import (
     vae_decoder_spec,
     vae_encoder_spec,
 )
+from sdcpu.runtime.components.tokenizer import ClipTokenizer
+from sdcpu.runtime.pipelines.sdxl import ENCODERS, penultimate_outputs, text_conditioning
 
 TIME_IDS = 6  # original size (h, w), crop top-left (y, x), target size (h, w)
+
+
+def calibration_text(staged: Path, tokenizers: dict[str, Path], image_size: int) -> TextInputs:
+    """int8-hybrid's calibration inputs as the runtime makes them for a prompt and no negative prompt:
+    zeros as the unconditional half (force_zeros_for_empty_prompt), the square size made, uncropped."""
+    first, second = (compiled_text_encoder(staged / name) for name in ENCODERS)
+    tokenizer, tokenizer_2 = ClipTokenizer(tokenizers["tokenizer"]), ClipTokenizer(tokenizers["tokenizer_2"])
+    penultimate = penultimate_outputs(staged)
+    time_ids = np.array([[image_size, image_size, 0, 0, image_size, image_size]] * 2, dtype=np.float32)
+
+    def text(prompt: str) -> dict[str, np.ndarray]:
+        hidden, pooled = text_conditioning(first(tokenizer([prompt])), second(tokenizer_2([prompt])), penultimate)
+        unconditional = lambda x: np.concatenate([np.zeros_like(x), x])  # noqa: E731
+        return {
+            "encoder_hidden_states": unconditional(hidden),
+            "text_embeds": unconditional(pooled),
+            "time_ids": time_ids,
+        }
+
+    return text
 
 
 class _TextEncoderWithHiddenStates(torch.nn.Module):
@@ -38,7 +64,9 @@ class _TextEncoderWithHiddenStates(torch.nn.Module):
 
     def forward(self, input_ids):
         out = self.model(input_ids=input_ids, output_hidden_states=True, return_dict=True)
-        first, second = (out.text_embeds, out.last_hidden_state) if self.projected else (out.last_hidden_state, out.pooler_output)
+        first, second = (
+            (out.text_embeds, out.last_hidden_state) if self.projected else (out.last_hidden_state, out.pooler_output)
+        )
         return (first, second, *out.hidden_states)
 
 
@@ -112,6 +140,7 @@ STABLE_DIFFUSION_XL = ExportFamily(
     },
     tokenizers=("tokenizer", "tokenizer_2"),
     safety_checker=False,
+    calibration_text=calibration_text,
     pipeline_classes={
         "text-to-image": "StableDiffusionXLPipeline",
         "inpainting": "StableDiffusionXLInpaintPipeline",

@@ -15,6 +15,7 @@ With guidance and no negative prompt, a model whose model_index.json says `force
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -24,6 +25,25 @@ from sdcpu.runtime.engines import Model
 from sdcpu.runtime.pipelines.base import Pipeline
 from sdcpu.runtime.schedulers import SamplingDefaults
 from sdcpu.runtime.settings import GenerationSettings
+
+ENCODERS = ("text_encoder", "text_encoder_2")
+
+
+def text_conditioning(
+    first: list[np.ndarray], second: list[np.ndarray], penultimate: list[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The encoders' outputs -> (`encoder_hidden_states`, `text_embeds`): the penultimate hidden states
+    (at `penultimate`, per encoder) concatenated along the width, and the second encoder's pooled text."""
+    return np.concatenate([first[penultimate[0]], second[penultimate[1]]], axis=-1), second[0]
+
+
+def penultimate_outputs(folder: Path) -> list[int]:
+    """Where each text encoder's penultimate hidden state is among its outputs: L + 1 (module notes)."""
+    layers = [
+        json.loads((folder / name / "config.json").read_text(encoding="utf-8"))["num_hidden_layers"]
+        for name in ENCODERS
+    ]
+    return [int(count) + 1 for count in layers]
 
 
 class StableDiffusionXLPipeline(Pipeline, families=("sdxl",)):
@@ -35,12 +55,7 @@ class StableDiffusionXLPipeline(Pipeline, families=("sdxl",)):
         self.tokenizer_2 = ClipTokenizer(self.folder / "tokenizer_2")
         index = json.loads((self.folder / "model_index.json").read_text(encoding="utf-8"))
         self.force_zeros = bool(index.get("force_zeros_for_empty_prompt", True))
-        # Where each encoder's penultimate hidden state is among its outputs (see the module notes).
-        self.penultimate = [self._layers(name) + 1 for name in ("text_encoder", "text_encoder_2")]
-
-    def _layers(self, component: str) -> int:
-        config = json.loads((self.folder / component / "config.json").read_text(encoding="utf-8"))
-        return int(config["num_hidden_layers"])
+        self.penultimate = penultimate_outputs(self.folder)
 
     def load_text_encoders(self) -> None:
         self.text_encoder = self._load("text_encoder")
@@ -57,8 +72,13 @@ class StableDiffusionXLPipeline(Pipeline, families=("sdxl",)):
         hidden, pooled = (np.repeat(rows[:, None], n, axis=1).astype(np.float32) for rows in self._prompts[1])
         # hidden: (prompts, n, tokens, width); pooled: (prompts, n, width); the last row is the prompt's.
         if not guided:
-            return {"encoder_hidden_states": GuidedInput(None, hidden[-1]), "text_embeds": GuidedInput(None, pooled[-1])}
-        negative_hidden, negative_pooled = (np.zeros_like(hidden[-1]), np.zeros_like(pooled[-1])) if zeros else (hidden[0], pooled[0])
+            return {
+                "encoder_hidden_states": GuidedInput(None, hidden[-1]),
+                "text_embeds": GuidedInput(None, pooled[-1]),
+            }
+        negative_hidden, negative_pooled = (
+            (np.zeros_like(hidden[-1]), np.zeros_like(pooled[-1])) if zeros else (hidden[0], pooled[0])
+        )
         return {
             "encoder_hidden_states": GuidedInput(negative_hidden, hidden[-1]),
             "text_embeds": GuidedInput(negative_pooled, pooled[-1]),
@@ -70,8 +90,7 @@ class StableDiffusionXLPipeline(Pipeline, families=("sdxl",)):
         self.free(self.text_encoder)
         second = self.text_encoder_2.outputs(input_ids=self.tokenizer_2(prompts))
         self.free(self.text_encoder_2)
-        hidden = np.concatenate([first[self.penultimate[0]], second[self.penultimate[1]]], axis=-1)
-        return hidden, second[0]
+        return text_conditioning(first, second, self.penultimate)
 
     def micro_conditioning(self, s: GenerationSettings) -> dict[str, GuidedInput]:
         # (original size, crop top-left, target size): the size made, uncropped, in both halves.
