@@ -39,8 +39,9 @@ def test_manifest_describes_and_hashes_the_folder(sd1_onnx, tiny_sd1):
     assert manifest.sample_size == 64 and manifest.vae_scale_factor == 8
     assert manifest.source == str(tiny_sd1.resolve())
     assert {"torch", "diffusers", "onnx"} <= set(manifest.versions)
-    # the fixture is converted with --tiny-vae; a depth estimator only comes with depth2img models
-    assert set(manifest.components) == set(COMPONENTS) - {"depth_estimator"}
+    # the fixture is converted with --tiny-vae; a depth estimator only comes with depth2img models, a second
+    # text encoder with SDXL
+    assert set(manifest.components) == set(COMPONENTS) - {"depth_estimator", "text_encoder_2"}
     assert "unet/model.onnx_data" in manifest.files  # weights in external data
     for rel, info in manifest.files.items():
         assert sha256_file(sd1_onnx / rel) == info["sha256"]

@@ -256,9 +256,17 @@ def test_latent_blending_matches_diffusers(backend, tiny_sdxl, sdxl_openvino, sd
     noise = np.random.default_rng(9).standard_normal((1, 4, 8, 8), dtype=np.float32)
     pipe = _load(_folder(backend, sdxl_openvino, sdxl_onnx), backend)
     ours = pipe.inpaint(
-        "a blue square", _image(), _mask(), steps=8, seed=4, strength=1.0, latents=noise, mask_settings=AS_DIFFUSERS
+        "a blue square",
+        _image(),
+        _mask(),
+        steps=8,
+        guidance=5.0,
+        seed=4,
+        strength=1.0,
+        latents=noise,
+        mask_settings=AS_DIFFUSERS,
     ).array
-    call = dict(num_inference_steps=8, latents=torch.from_numpy(noise), strength=1.0)
+    call = dict(num_inference_steps=8, guidance_scale=5.0, latents=torch.from_numpy(noise), strength=1.0)
     theirs = tiny.diffusers_inpaint(
         tiny_sdxl,
         monkeypatch,
@@ -356,3 +364,16 @@ def test_quantized_sdxl_is_structured_as_asked_and_near_fp32(precision, sdxl_qua
     reference = _load(sdxl_openvino)("a dog", steps=4, latents=latents, seed=1).array
     # Loose: random tiny weights are a worst case for quantization; a demo model measures quality.
     assert 0 < float(np.abs(ours - reference).mean()) < (0.1 if precision == "int8-hybrid" else 0.02)
+
+
+def test_a_size_that_does_not_fit_is_refused_naming_one_that_does(sdxl_openvino, monkeypatch):
+    import sdcpu.runtime.memory_check as check
+    from sdcpu.errors import SdcpuError
+
+    pipe = _load(sdxl_openvino)
+    weights = sum(info["bytes"] for info in pipe.manifest.files.values())
+    fits = check.memory_need(pipe.settings("x", width=1024, height=1024), pipe.memory, weights, 8)
+    monkeypatch.setattr(check, "machine_bytes", lambda: fits + 1)
+    pipe.settings("x", width=1024, height=1024)
+    with pytest.raises(SdcpuError, match=r"1 image\(s\) of 2048x2048 need about .* \(about 1024x1024 fits\)"):
+        pipe.settings("x", width=2048, height=2048)

@@ -85,7 +85,8 @@ def build_manifest(folder: Path, record: Path | None = None) -> Manifest:
     task = task_of(unet, latent_channels)
     components = {c: _component(folder, c, fmt) for c in _graphs(folder, fmt)}
     support = [rel for rel in SUPPORT_FILES if (folder / rel).is_file()]
-    support += [f"tokenizer/{name}" for name in TOKENIZER_FILES if (folder / "tokenizer" / name).is_file()]
+    for tokenizer in ("tokenizer", "tokenizer_2"):  # SDXL has two
+        support += [f"{tokenizer}/{name}" for name in TOKENIZER_FILES if (folder / tokenizer / name).is_file()]
     files = [f for info in components.values() for f in info["files"]] + support
     made_by = _made_by(folder)
     return Manifest(

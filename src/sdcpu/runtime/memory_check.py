@@ -33,7 +33,11 @@ def check_memory(s: GenerationSettings, policy: MemoryPolicy, weights: int, f: i
     if have is None or need <= have:
         return
     hint = "" if low_memory else ", or use --low-memory"
-    if s.upscale is not None:
+    if s.upscale is None:  # the largest square, in steps of 64 pixels, that fits as asked
+        sides = range(min(s.width, s.height) // 64 * 64, 63, -64)
+        side = next((n for n in sides if memory_need(s, policy, weights, f, n) <= have), 0)
+        hint = f" (about {side}x{side} fits){hint}" if side else f" (no size fits){hint}"
+    else:
         fitting = (n for n in range(s.width // SCALE, 7, -8) if memory_need(s, policy, weights, f, n * SCALE) <= have)
         side = next(fitting, 0)
         hint = f"; {f'inputs up to about {side}x{side} fit' if side else 'no input fits'}, or lower --tile"
