@@ -4,7 +4,11 @@ Each tool runs in its own virtual environment, as their pins clash with sdcpu's 
 (tools/make_interop_fixtures.py shows how to make them):
 
     python bench/interop.py --optimum-intel /tmp/ov/bin/python --genai /tmp/genai/bin/python \\
-        --optimum-onnx /tmp/ort/bin/python
+        --optimum-onnx /tmp/ort/bin/python [--sdxl-source DIR]
+
+`--sdxl-source`: a diffusers SDXL folder (demo-xl's training output, tools/train_demo_xl.py) for the SDXL
+rows: sdcpu's conversion of it in optimum-intel (OVStableDiffusionXLPipeline) and openvino.genai, and
+sdcpu on optimum-intel's export of it.
 
 Every run computes in f32, from the same prompt, scheduler (the demo's DDIM), steps, guidance and
 initial latents. Each image is compared with sdcpu's on its own OpenVINO folder, in 8-bit levels, and
@@ -27,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "interop.md"
 START, END = "<!-- interop -->", "<!-- /interop -->"
 SETTINGS = {"prompt": "a red circle on the left", "negative": "", "steps": 20, "guidance": 7.5, "size": 64}
+SETTINGS_XL = SETTINGS | {"guidance": 5.0}  # SDXL's default guidance; no negative prompt: zeros as its half
 VERSIONS = """
 import json, sys
 from importlib import metadata
@@ -45,6 +50,14 @@ RUNNERS = {
 import torch
 from optimum.intel import OVStableDiffusionPipeline
 pipe = OVStableDiffusionPipeline.from_pretrained(sys.argv[1], ov_config={"INFERENCE_PRECISION_HINT": "f32"})
+image = pipe(s["prompt"], negative_prompt=s["negative"] or None, num_inference_steps=s["steps"],
+             guidance_scale=s["guidance"], latents=torch.from_numpy(latents), height=s["size"],
+             width=s["size"], output_type="np").images[0]
+""",
+    "optimum-intel (SDXL)": """
+import torch
+from optimum.intel import OVStableDiffusionXLPipeline
+pipe = OVStableDiffusionXLPipeline.from_pretrained(sys.argv[1], ov_config={"INFERENCE_PRECISION_HINT": "f32"})
 image = pipe(s["prompt"], negative_prompt=s["negative"] or None, num_inference_steps=s["steps"],
              guidance_scale=s["guidance"], latents=torch.from_numpy(latents), height=s["size"],
              width=s["size"], output_type="np").images[0]
@@ -94,23 +107,22 @@ def run_tool(python: str, runner: str, folder: Path, work: Path, out: Path) -> d
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def export(python: str, tool: str, work: Path) -> Path:
-    # The tool's own export of the demo source, made by tools/make_interop_fixtures.py's code.
+def export(python: str, tool: str, work: Path, source: Path | None = None) -> Path:
+    # The tool's own export of the demo source (or `source`), made by tools/make_interop_fixtures.py's code.
     out = work / tool
     code = (
         "import sys; sys.path.insert(0, sys.argv[3]); from make_interop_fixtures import export; "
         "from pathlib import Path; export(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[4]))"
     )
-    source = ROOT / "src" / "sdcpu" / "models" / "demo" / "source"
+    source = source or ROOT / "src" / "sdcpu" / "models" / "demo" / "source"
     subprocess.run([python, "-c", code, tool, str(source), str(ROOT / "tools"), str(out)], check=True)
     return out
 
 
-def sdcpu_image(folder: Path, latents: np.ndarray) -> np.ndarray:
+def sdcpu_image(folder: Path, latents: np.ndarray, s: dict = SETTINGS) -> np.ndarray:
     from sdcpu import Pipeline
     from sdcpu.runtime.options import LoadOptions
 
-    s = SETTINGS
     pipe = Pipeline.load(folder, LoadOptions(compute_precision="f32", cache=False))
     result = pipe(s["prompt"], s["negative"], s["steps"], s["guidance"], seed=0, latents=latents)
     return np.asarray(result.images[0])
@@ -121,6 +133,7 @@ def main() -> None:
     parser.add_argument("--optimum-intel", required=True, help="python of a venv with optimum-intel[openvino]")
     parser.add_argument("--genai", required=True, help="python of a venv with openvino-genai")
     parser.add_argument("--optimum-onnx", required=True, help="python of a venv with optimum-onnx[onnxruntime]")
+    parser.add_argument("--sdxl-source", type=Path, help="a diffusers SDXL folder for the SDXL rows")
     args = parser.parse_args()
     from sdcpu.export.convert import convert
     from sdcpu.models import CONVERTED, SOURCE
@@ -148,7 +161,37 @@ def main() -> None:
             rows.append(
                 ("sdcpu", f"{tool}'s export of the demo source", _levels(sdcpu_image(folder, latents), reference))
             )
+        if args.sdxl_source is not None:
+            rows += sdxl_rows(args.sdxl_source, args.optimum_intel, args.genai, work, versions)
     _write(rows, versions, system_report())
+
+
+def sdxl_rows(source: Path, optimum_intel: str, genai: str, work: Path, versions: dict) -> list[tuple[str, str, int]]:
+    """sdcpu's SDXL folder in optimum-intel and openvino.genai; sdcpu on optimum-intel's SDXL export."""
+    from sdcpu.export.convert import convert
+
+    xl = work / "xl"
+    xl.mkdir()
+    latents = np.load(work / "latents.npy")
+    np.save(xl / "latents.npy", latents)
+    (xl / "settings.json").write_text(json.dumps(SETTINGS_XL))
+    convert(str(source), xl / "sdcpu-openvino", progress=lambda _: None)
+    reference = sdcpu_image(xl / "sdcpu-openvino", latents, SETTINGS_XL)
+    rows = []
+    for runner, python in (("optimum-intel (SDXL)", optimum_intel), ("openvino.genai", genai)):
+        versions[runner] = run_tool(python, runner, xl / "sdcpu-openvino", xl, xl / "image.npy")
+        rows.append(
+            (runner, f"sdcpu's OpenVINO folder of {source.name} (SDXL)", _levels(np.load(xl / "image.npy"), reference))
+        )
+    theirs = export(optimum_intel, "optimum-intel-sdxl", xl, source)
+    rows.append(
+        (
+            "sdcpu",
+            f"optimum-intel's export of {source.name} (SDXL)",
+            _levels(sdcpu_image(theirs, latents, SETTINGS_XL), reference),
+        )
+    )
+    return rows
 
 
 def _levels(image: np.ndarray, reference: np.ndarray) -> int:

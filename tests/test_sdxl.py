@@ -377,3 +377,45 @@ def test_a_size_that_does_not_fit_is_refused_naming_one_that_does(sdxl_openvino,
     pipe.settings("x", width=1024, height=1024)
     with pytest.raises(SdcpuError, match=r"1 image\(s\) of 2048x2048 need about .* \(about 1024x1024 fits\)"):
         pipe.settings("x", width=2048, height=2048)
+
+
+def test_the_a1111_api_serves_an_sdxl_model_at_its_native_size(sdxl_openvino):
+    """No width or height: the model's own (SDXL's 1024; the tiny one's 64), as `sd-models` lists it."""
+    import base64
+    import io
+
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from sdcpu.serve.app import create_app
+
+    pipe = _load(sdxl_openvino)
+    with TestClient(create_app(pipe), base_url="http://127.0.0.1:7860") as client:
+        answer = client.post("/sdapi/v1/txt2img", json={"prompt": "a red circle", "steps": 2})
+        assert answer.status_code == 200, answer.text
+        image = Image.open(io.BytesIO(base64.b64decode(answer.json()["images"][0])))
+        assert image.size == (pipe.manifest.sample_size,) * 2 == (64, 64)
+        assert "Size: 64x64" in image.info["parameters"]
+        models = client.get("/sdapi/v1/sd-models").json()
+        assert models[0]["hash"] == pipe.model_hash and client.get("/api/model").json()["size"] == 64
+        client.app.state.server.queue.close()
+
+
+def test_an_sdxl_folder_of_another_tool_is_read_from_its_files(sdxl_openvino, tmp_path):
+    """Without sdcpu.json (optimum-intel's layout: two tokenizers and text encoders): the same image."""
+    import shutil
+
+    from sdcpu.errors import SdcpuNotice
+
+    foreign = shutil.copytree(sdxl_openvino, tmp_path / "foreign")
+    (foreign / "sdcpu.json").unlink()
+    latents = np.random.default_rng(2).standard_normal((1, 4, 8, 8), dtype=np.float32)
+    with pytest.warns(SdcpuNotice, match="no sdcpu.json"):
+        theirs = _load(foreign)
+    manifest = theirs.manifest
+    assert manifest.family == "sdxl" and {"text_encoder_2", "unet"} <= set(manifest.components)
+    assert any(rel.startswith("tokenizer_2/") for rel in manifest.files)
+    ours = _load(sdxl_openvino)("a red circle", steps=3, seed=1, latents=latents).array
+    np.testing.assert_array_equal(theirs("a red circle", steps=3, seed=1, latents=latents).array, ours)

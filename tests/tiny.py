@@ -320,6 +320,15 @@ SDXL_UNET = dict(
 )
 
 
+def canonical_clip_keys(path: Path) -> None:
+    """Rewrite a CLIPTextModel's safetensors under the `text_model.` keys every transformers version reads
+    (5.2x saves them without it, and 5.5, which the peers' environments pin, then loads random weights)."""
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(path))
+    save_file({k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in weights.items()}, str(path))
+
+
 def write_sdxl_folder(folder: Path, seed: int = 0, task: str = "text-to-image", scheduler: dict | None = None) -> Path:
     """A tiny random pipeline of SDXL's architecture, as diffusers saves one: two tokenizers (the second
     pads with "!", as SDXL's does) and text encoders (the second with a projection), a UNet that takes the
@@ -337,11 +346,14 @@ def write_sdxl_folder(folder: Path, seed: int = 0, task: str = "text-to-image", 
     unet.save_pretrained(folder / "unet")
     AutoencoderKL(**VAE).save_pretrained(folder / "vae")
     CLIPTextModel(CLIPTextConfig(**TEXT)).save_pretrained(folder / "text_encoder")
+    canonical_clip_keys(folder / "text_encoder" / "model.safetensors")
     CLIPTextModelWithProjection(CLIPTextConfig(**TEXT)).save_pretrained(folder / "text_encoder_2")
     write_tokenizer(folder / "tokenizer")
     write_tokenizer(folder / "tokenizer_2")
-    config = json.loads((folder / "tokenizer_2" / "tokenizer_config.json").read_text())
-    (folder / "tokenizer_2" / "tokenizer_config.json").write_text(json.dumps(config | {"pad_token": "!"}))
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        if (folder / "tokenizer_2" / name).is_file():
+            config = json.loads((folder / "tokenizer_2" / name).read_text())
+            (folder / "tokenizer_2" / name).write_text(json.dumps(config | {"pad_token": "!"}))
     (folder / "scheduler").mkdir()
     scheduler = scheduler or SDXL_SCHEDULER
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler))

@@ -42,6 +42,10 @@ def export(tool: str, source: Path, out: Path) -> None:
         from optimum.intel import OVStableDiffusionPipeline
 
         OVStableDiffusionPipeline.from_pretrained(source, export=True, compile=False).save_pretrained(out)
+    elif tool == "optimum-intel-sdxl":
+        from optimum.intel import OVStableDiffusionXLPipeline
+
+        OVStableDiffusionXLPipeline.from_pretrained(source, export=True, compile=False).save_pretrained(out)
     else:
         from optimum.exporters.onnx import main_export
 

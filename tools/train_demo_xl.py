@@ -38,6 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
+from safetensors.torch import load_file, save_file
 from train_demo import SCHEDULER, UNET, render_batch
 from train_fewstep_demo import Teacher, train
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
@@ -200,6 +201,10 @@ class StudentXL:
         out.mkdir(parents=True, exist_ok=True)
         self.unet.save_pretrained(out / "unet")
         self.text.save_pretrained(out / "text_encoder")
+        # under the `text_model.` keys every transformers version reads (5.2x saves them without)
+        weights = load_file(str(out / "text_encoder" / "model.safetensors"))
+        canonical = {k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in weights.items()}
+        save_file(canonical, str(out / "text_encoder" / "model.safetensors"))
         self.text_2.save_pretrained(out / "text_encoder_2")
         shutil.copytree(source / "vae", out / "vae", dirs_exist_ok=True)
         for name in ("tokenizer", "tokenizer_2"):
