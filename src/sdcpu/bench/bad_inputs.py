@@ -17,6 +17,7 @@ from sdcpu.bench.battery import (
     EXPORT,
     F32,
     REFINER_FILE,
+    SDXL_LORA_FILE,
     Case,
     Setup,
     convert,
@@ -265,6 +266,11 @@ def _converts() -> list[Case]:
             "convert --lora missing",
             lambda s: ["convert", source, "out", "--lora", "nope.safetensors"],
             "does not exist",
+        ),
+        (
+            "convert an SD 1.x-architecture model with an SDXL LoRA",
+            with_file("xl-lora.safetensors", SDXL_LORA_FILE, "convert", source, "out", "--lora", "FILE"),
+            "is a LoRA for Stable Diffusion XL",
         ),
         (
             "convert two scales for one --lora",

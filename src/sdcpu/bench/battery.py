@@ -101,3 +101,8 @@ REFINER_KEYS = ("model.diffusion_model.input_blocks.0.0.weight", "conditioner.em
 REFINER_FILE = safetensors(
     {key: {**F32, "data_offsets": [8 * i, 8 * i + 8]} for i, key in enumerate(REFINER_KEYS)}, b"\0" * 16
 )
+# An SDXL LoRA in kohya's layout (its second text encoder's keys), of two tiny tensors.
+SDXL_LORA_KEYS = tuple(f"lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_{part}.weight" for part in ("down", "up"))
+SDXL_LORA_FILE = safetensors(
+    {key: {**F32, "data_offsets": [8 * i, 8 * i + 8]} for i, key in enumerate(SDXL_LORA_KEYS)}, b"\0" * 16
+)
