@@ -419,3 +419,18 @@ def test_an_sdxl_folder_of_another_tool_is_read_from_its_files(sdxl_openvino, tm
     assert any(rel.startswith("tokenizer_2/") for rel in manifest.files)
     ours = _load(sdxl_openvino)("a red circle", steps=3, seed=1, latents=latents).array
     np.testing.assert_array_equal(theirs("a red circle", steps=3, seed=1, latents=latents).array, ours)
+
+
+def test_the_tiny_decoder_matches_diffusers_with_autoencoder_tiny(tiny_sdxl, tiny_vae, sdxl_openvino):
+    """TAESDXL's place (`convert --tiny-vae`): the UNet's latents decoded as they are."""
+    from diffusers import AutoencoderTiny
+
+    latents = np.random.default_rng(7).standard_normal((1, 4, 8, 8), dtype=np.float32)
+    options = LoadOptions(compute_precision="f32", decoder="tiny", cache=False)
+    ours = Pipeline.load(sdxl_openvino, options)("a red circle", steps=4, seed=2, latents=latents).array
+    pipe = _diffusers(tiny_sdxl)
+    pipe.vae = AutoencoderTiny.from_pretrained(tiny_vae).eval()
+    call = dict(num_inference_steps=4, guidance_scale=5.0, latents=torch.from_numpy(latents), output_type="np")
+    theirs = pipe("a red circle", height=64, width=64, **call).images
+    assert _max_diff(ours, theirs) <= PIXEL_TOLERANCE
+    assert _max_diff(ours, _load(sdxl_openvino)("a red circle", steps=4, seed=2, latents=latents).array) > 0.1
