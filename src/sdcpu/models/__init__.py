@@ -3,8 +3,8 @@ their model card).
 
 `openvino/` is the converted fp32 model, shipped inside the package so that `sdcpu generate` works
 offline with the base (torch-free) install; `source/` holds its diffusers weights, from which the
-tests convert it again and compare. `lcm/` is the few-step model distilled from it (fp16, converted
-only). numpy-free, torch-free: paths, and the bundled model a name stands for.
+tests convert it again and compare. `lcm/` is the few-step model distilled from it, `xl/` demo-xl, the
+same world through SDXL's architecture, distilled from it too (both fp16, converted only). numpy-free, torch-free: paths, and the bundled model a name stands for.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ DEMO_ROOT = Path(__file__).parent / "demo"
 CONVERTED = DEMO_ROOT / "openvino"
 SOURCE = DEMO_ROOT / "source"
 FEWSTEP = DEMO_ROOT / "lcm"
+XL = DEMO_ROOT / "xl"
 # `--model NAME` for the bundled models, where no folder of that name exists
-BUNDLED = {"demo": CONVERTED, "demo-lcm": FEWSTEP}
+BUNDLED = {"demo": CONVERTED, "demo-lcm": FEWSTEP, "demo-xl": XL}
 
 
 def model_folder(model_dir: str | Path | None) -> Path:
