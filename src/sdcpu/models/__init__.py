@@ -4,7 +4,8 @@ their model card).
 `openvino/` is the converted fp32 model, shipped inside the package so that `sdcpu generate` works
 offline with the base (torch-free) install; `source/` holds its diffusers weights, from which the
 tests convert it again and compare. `lcm/` is the few-step model distilled from it, `xl/` demo-xl, the
-same world through SDXL's architecture, distilled from it too (both fp16, converted only). numpy-free, torch-free: paths, and the bundled model a name stands for.
+same world through SDXL's architecture, distilled from it too (both fp16, converted only).
+numpy-free, torch-free: paths, and the bundled model a name stands for.
 """
 
 from __future__ import annotations
