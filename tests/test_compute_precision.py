@@ -68,6 +68,22 @@ def test_int8_activations_default_to_int8_hybrid_folders_on_cpus_with_int8_dot_p
         precision.resolve_int8_activations(True, "onnxruntime", "int8", vnni)
 
 
+def test_networks_bf16_computes_wrongly_run_at_f32():
+    """precision.network_precision's two exceptions to bf16, and nothing else changed."""
+    amx = precision.CpuInfo("Xeon", 2, ("AVX2", "FMA", "AVX-512", "AVX512_BF16", "AMX-BF16"))
+    zen5 = precision.CpuInfo("Zen 5", 2, ("AVX2", "FMA", "AVX-512", "AVX512_BF16", "AVX512_VNNI"))
+    for cpu in (amx, zen5):
+        for stored in ("int8", "int8-hybrid", "int4"):  # compressed lookup tables, on every CPU
+            assert precision.network_precision("text_encoder_2", stored, "bf16", cpu) == "f32"
+        assert precision.network_precision("text_encoder", "fp16", "bf16", cpu) == "bf16"
+        assert precision.network_precision("unet", "int8", "bf16", cpu) == "bf16"
+        assert precision.network_precision("vae_decoder", "int8-hybrid", "bf16", cpu) == "bf16"
+        assert precision.network_precision("unet", "int8-hybrid", "f32", cpu) == "f32"
+    assert precision.network_precision("unet", "int8-hybrid", "bf16", amx) == "f32"
+    assert precision.network_precision("unet_shallow", "int8-hybrid", "bf16", amx) == "f32"
+    assert precision.network_precision("unet", "int8-hybrid", "bf16", zen5) == "bf16"
+
+
 def test_cpu_info_reads_model_family_and_isa(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(

@@ -434,3 +434,32 @@ def test_the_tiny_decoder_matches_diffusers_with_autoencoder_tiny(tiny_sdxl, tin
     theirs = pipe("a red circle", height=64, width=64, **call).images
     assert _max_diff(ours, theirs) <= PIXEL_TOLERANCE
     assert _max_diff(ours, _load(sdxl_openvino)("a red circle", steps=4, seed=2, latents=latents).array) > 0.1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_shallow_pass_with_fresh_features_is_the_whole_unet(backend, sdxl_openvino, sdxl_onnx):
+    """DeepCache's shallow pass adds SDXL's added embedding (pooled text, time ids) as the UNet does."""
+    pipe = _load(_folder(backend, sdxl_openvino, sdxl_onnx), backend)
+    rng = np.random.default_rng(0)
+    inputs = {
+        "sample": rng.standard_normal((2, 4, 8, 8), dtype=np.float32),
+        "timestep": np.array([500.0, 500.0], np.float32),
+        "encoder_hidden_states": rng.standard_normal((2, 77, 64), dtype=np.float32),
+        "text_embeds": rng.standard_normal((2, 32), dtype=np.float32),
+        "time_ids": np.array([[64, 64, 0, 0, 64, 64], [32, 48, 8, 0, 64, 64]], dtype=np.float32),
+    }
+    eps, deep = pipe.unet.outputs(**inputs)
+    assert pipe.unet_shallow is not None
+    np.testing.assert_allclose(pipe.unet_shallow(**inputs, deep_features=deep), eps, rtol=1e-4, atol=1e-4)
+
+
+def test_deep_cache_low_memory_previews_and_watermark_run_on_sdxl(sdxl_openvino):
+    pipe = _load(sdxl_openvino)
+    exact = pipe("a cat", steps=6, seed=3).array
+    seen = []
+    cached = pipe("a cat", steps=6, seed=3, deep_cache=3, callback=lambda i, n, x: seen.append(pipe.preview(x).size))
+    assert 0 < float(np.abs(cached.array - exact).mean()) < 0.1 and seen == [(64, 64)] * 6
+    low = Pipeline.load(sdxl_openvino, LoadOptions(low_memory=True, compute_precision="f32", cache=False))
+    np.testing.assert_allclose(low("a cat", steps=6, seed=3, deep_cache=3).array, cached.array, atol=2e-3)
+    marked = pipe("a cat", steps=2, seed=3, watermark=True)
+    assert "sdcpu" in marked.settings.png_metadata(0) and marked.settings.watermark

@@ -25,21 +25,30 @@ def random_pipeline(reference: Path, folder: Path) -> None:
     its UNet, VAE, text encoder and depth estimator where it has one, and its tokenizer and schedulers."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, DPTConfig, DPTForDepthEstimation
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+        DPTConfig,
+        DPTForDepthEstimation,
+    )
 
     torch.manual_seed(0)
     makers = {
         "unet": lambda: UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(reference / "unet")),
         "vae": lambda: AutoencoderKL.from_config(AutoencoderKL.load_config(reference / "vae")),
         "text_encoder": lambda: CLIPTextModel(CLIPTextConfig.from_pretrained(reference / "text_encoder")),
+        "text_encoder_2": lambda: CLIPTextModelWithProjection(
+            CLIPTextConfig.from_pretrained(reference / "text_encoder_2")
+        ),
         "depth_estimator": lambda: DPTForDepthEstimation(DPTConfig.from_pretrained(reference / "depth_estimator")),
     }
-    for component, make in makers.items():
-        if (reference / component).exists():
+    for component, make in makers.items():  # one at a time: SDXL's UNet alone is 10 GB at fp32
+        if (reference / component).exists() and not (folder / component).exists():
             make().save_pretrained(folder / component)
-    for sub in ("tokenizer", "scheduler", "low_res_scheduler", "feature_extractor"):
+    for sub in ("tokenizer", "tokenizer_2", "scheduler", "low_res_scheduler", "feature_extractor"):
         if (reference / sub).exists():
-            shutil.copytree(reference / sub, folder / sub)
+            shutil.copytree(reference / sub, folder / sub, dirs_exist_ok=True)
     index = json.loads((reference / "model_index.json").read_text())
     # No safety checker weights are written: say so, as diffusers does, so that every loader accepts the folder.
     if "safety_checker" in index:

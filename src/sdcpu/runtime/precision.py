@@ -123,6 +123,31 @@ def resolve(requested: str, backend: str, device: str, capabilities: tuple[str, 
     return requested
 
 
+# Stored precisions whose weights OpenVINO decompresses inside the graph (u8 or u4 with scales).
+COMPRESSED = ("int8", "int8-hybrid", "int4")
+
+
+def network_precision(component: str, stored: str, compute: str, cpu: CpuInfo | None = None) -> str:
+    """The compute precision one network runs at, given the pipeline's: bf16 gives way to f32 where
+    OpenVINO 2026.4's CPU plugin computes it wrongly (measured on an Intel Xeon with AMX, family 6,
+    model 167; the AMD Zen 4 and Zen 5 measured in docs/quality.md were right):
+    - a text encoder with compressed weights: the last row of its compressed embedding table is misread
+      at bf16 (CLIP's last token, <|endoftext|>, which every prompt holds, came out wrong in 7 of 10
+      compiles; on every CPU, since the misreading is a read past the table's end). A text encoder runs
+      once per prompt: f32 costs little;
+    - an int8-hybrid UNet on a CPU with AMX: 3.1% relative error per call against f32 (0.35% for the same
+      UNet with float weights), which the demo's 20 steps compound to 8% of held-out captions right
+      instead of 85%. Its quantized convolutions stay int8 at f32."""
+    cpu = cpu or cpu_info()
+    if compute != "bf16":
+        return compute
+    if component.startswith("text_encoder") and stored in COMPRESSED:
+        return "f32"
+    if component.startswith("unet") and stored == "int8-hybrid" and "AMX-BF16" in cpu.isa:
+        return "f32"
+    return compute
+
+
 def int8_dot_products(cpu: CpuInfo) -> bool:
     """Whether the CPU multiplies int8 vectors natively (VNNI or AMX), where int8 activations pay."""
     return any(name in cpu.isa for name in ("AVX512_VNNI", "AVX-VNNI", "AMX-INT8"))

@@ -35,6 +35,7 @@ from sdcpu.runtime.io.watermark import embed as embed_watermark
 from sdcpu.runtime.memory import memory_policy
 from sdcpu.runtime.memory_check import check_memory
 from sdcpu.runtime.options import DECODERS, LoadOptions
+from sdcpu.runtime.precision import network_precision
 from sdcpu.runtime.pipelines.task_methods import TaskMethods
 from sdcpu.runtime.result import Callback, PipelineResult
 from sdcpu.runtime.run_info import runtime_info
@@ -156,8 +157,10 @@ class Pipeline(TaskMethods):
         self.applied[component] = [p.key for p in passes]
         path = self.manifest.graph_path(self.folder, component)
         interface = self.interfaces.get(component)
-        model = load_model(path, self.options, passes, lazy=lazy or self.memory.lazy, interface=interface)
-        if self.options.compute_precision != "bf16":
+        compute = network_precision(component, precision, self.options.compute_precision)
+        options = replace(self.options, compute_precision=compute)
+        model = load_model(path, options, passes, lazy=lazy or self.memory.lazy, interface=interface)
+        if compute != "bf16":
             return model
         f32 = replace(self.options, compute_precision="f32")
         fresh = lambda: load_model(path, f32, passes, lazy=True, interface=interface)  # noqa: E731
