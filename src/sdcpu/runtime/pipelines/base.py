@@ -35,8 +35,8 @@ from sdcpu.runtime.io.watermark import embed as embed_watermark
 from sdcpu.runtime.memory import memory_policy
 from sdcpu.runtime.memory_check import check_memory
 from sdcpu.runtime.options import DECODERS, LoadOptions
-from sdcpu.runtime.precision import network_precision
 from sdcpu.runtime.pipelines.task_methods import TaskMethods
+from sdcpu.runtime.precision import network_precision
 from sdcpu.runtime.result import Callback, PipelineResult
 from sdcpu.runtime.run_info import runtime_info
 from sdcpu.runtime.schedulers import (
