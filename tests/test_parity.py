@@ -65,24 +65,10 @@ def test_components_match_pytorch(converted, tiny_sd1):
         assert diff <= COMPONENT_TOLERANCE, f"{name}: max abs diff {diff:.2e}"
 
 
-def _patch_noise(monkeypatch, seed: int):
-    """diffusers draws scheduler noise from torch; make it draw what our pipeline draws from numpy."""
-    import diffusers.schedulers.scheduling_euler_ancestral_discrete as euler_a
-    import diffusers.schedulers.scheduling_lcm as lcm
-
-    rng = np.random.default_rng(seed)
-
-    def numpy_noise(shape, generator=None, device=None, dtype=None, layout=None):
-        return torch.from_numpy(rng.standard_normal(tuple(shape), dtype=np.float32))
-
-    for module in (euler_a, lcm):
-        monkeypatch.setattr(module, "randn_tensor", numpy_noise)
-
-
 def _reference(folder, scheduler, latents, steps, guidance, monkeypatch, seed):
     class_name, overrides = SCHEDULER_CLASSES[scheduler]
     pipe = tiny.diffusers_pipeline(folder, class_name, **overrides)
-    _patch_noise(monkeypatch, seed)
+    tiny.numpy_scheduler_noise(monkeypatch, seed)
     out = pipe(
         "a red circle on the left",
         negative_prompt="blurry",
@@ -204,7 +190,7 @@ def test_turbo_schedule_matches_diffusers(steps, tiny_sd1, sd1_openvino, monkeyp
     pipe.scheduler_config = dataclasses.replace(pipe.scheduler_config, timestep_spacing="trailing")
     ours = pipe("a red circle", steps=steps, guidance=0.0, seed=9, scheduler="euler-a", latents=latents).array
     pipe_ref = tiny.diffusers_pipeline(tiny_sd1, "EulerAncestralDiscreteScheduler", timestep_spacing="trailing")
-    _patch_noise(monkeypatch, 9)
+    tiny.numpy_scheduler_noise(monkeypatch, 9)
     theirs = pipe_ref(
         "a red circle",
         num_inference_steps=steps,

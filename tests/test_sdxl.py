@@ -54,20 +54,6 @@ def _diffusers(folder, kind: str = "StableDiffusionXLPipeline", scheduler: str =
     return pipe
 
 
-def _noise_from(monkeypatch, seed: int) -> None:
-    """diffusers' schedulers draw their noise from torch: make them draw what ours draws from numpy."""
-    import diffusers.schedulers.scheduling_euler_ancestral_discrete as euler_a
-    import diffusers.schedulers.scheduling_lcm as lcm
-
-    rng = np.random.default_rng(seed)
-
-    def numpy_noise(shape, generator=None, device=None, dtype=None, layout=None):
-        return torch.from_numpy(rng.standard_normal(tuple(shape), dtype=np.float32))
-
-    for module in (euler_a, lcm):
-        monkeypatch.setattr(module, "randn_tensor", numpy_noise)
-
-
 def _max_diff(ours: np.ndarray, theirs: np.ndarray) -> float:
     assert ours.shape == theirs.shape
     return float(np.abs(ours - theirs).max())
@@ -143,7 +129,7 @@ def test_every_scheduler_matches_diffusers(scheduler, tiny_sdxl, sdxl_openvino, 
     latents = np.random.default_rng(3).standard_normal((1, 4, 8, 8), dtype=np.float32)
     ours = _load(sdxl_openvino)("a red circle", steps=6, guidance=5.0, seed=2, scheduler=scheduler, latents=latents)
     pipe = _diffusers(tiny_sdxl, scheduler=scheduler)
-    _noise_from(monkeypatch, 2)
+    tiny.numpy_scheduler_noise(monkeypatch, 2)
     call = dict(num_inference_steps=6, guidance_scale=5.0, latents=torch.from_numpy(latents), output_type="np")
     theirs = pipe("a red circle", height=64, width=64, **call).images
     assert _max_diff(ours.array, theirs) <= PIXEL_TOLERANCE
@@ -159,7 +145,7 @@ def test_the_turbo_schedule_matches_diffusers(steps, tiny_sdxl, sdxl_openvino, m
     pipe.scheduler_config = dataclasses.replace(pipe.scheduler_config, timestep_spacing="trailing")
     ours = pipe("a red circle", steps=steps, guidance=0.0, seed=9, scheduler="euler-a", latents=latents).array
     reference = _diffusers(tiny_sdxl, scheduler="euler-a", timestep_spacing="trailing")
-    _noise_from(monkeypatch, 9)
+    tiny.numpy_scheduler_noise(monkeypatch, 9)
     call = dict(num_inference_steps=steps, guidance_scale=0.0, latents=torch.from_numpy(latents), output_type="np")
     theirs = reference("a red circle", height=64, width=64, **call).images
     assert _max_diff(ours, theirs) <= PIXEL_TOLERANCE

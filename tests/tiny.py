@@ -392,3 +392,18 @@ def diffusers_inpaint(
     pipe.scheduler = getattr(diffusers, class_name).from_config(pipe.scheduler.config, **overrides)
     pipe.set_progress_bar_config(disable=True)
     return pipe("a blue square", output_type="np", height=64, width=64, **call).images
+
+
+def numpy_scheduler_noise(monkeypatch, seed: int) -> None:
+    """diffusers' schedulers draw their noise from torch: make them draw what sdcpu draws from numpy."""
+    import diffusers.schedulers.scheduling_euler_ancestral_discrete as euler_a
+    import diffusers.schedulers.scheduling_lcm as lcm
+    import torch
+
+    rng = np.random.default_rng(seed)
+
+    def numpy_noise(shape, generator=None, device=None, dtype=None, layout=None):
+        return torch.from_numpy(rng.standard_normal(tuple(shape), dtype=np.float32))
+
+    for module in (euler_a, lcm):
+        monkeypatch.setattr(module, "randn_tensor", numpy_noise)

@@ -20,19 +20,12 @@ import torch
 
 from sdcpu.export.calibration import TextInputs, compiled_text_encoder
 from sdcpu.export.families.base import ExportFamily, ExportSpec, TorchClass
-from sdcpu.export.families.sd import (
-    _UNet,
-    _unet_inputs,
-    _UNetShallow,
-    tiny_vae_decoder_spec,
-    tiny_vae_encoder_spec,
-    vae_decoder_spec,
-    vae_encoder_spec,
-)
+from sdcpu.export.families.sd import STABLE_DIFFUSION, _UNet, _unet_inputs, _UNetShallow
 from sdcpu.runtime.components.tokenizer import ClipTokenizer
 from sdcpu.runtime.pipelines.sdxl import ENCODERS, penultimate_outputs, text_conditioning
 
 TIME_IDS = 6  # original size (h, w), crop top-left (y, x), target size (h, w)
+VAE_COMPONENTS = ("vae_decoder", "vae_encoder", "tiny_vae_decoder", "tiny_vae_encoder")
 
 
 def calibration_text(staged: Path, tokenizers: dict[str, Path], image_size: int) -> TextInputs:
@@ -133,10 +126,8 @@ STABLE_DIFFUSION_XL = ExportFamily(
         "text_encoder_2": ("text_encoder_2", text_encoder_2_spec),
         "unet": ("unet", unet_spec),
         "unet_shallow": ("unet", unet_shallow_spec),
-        "vae_decoder": ("vae", vae_decoder_spec),
-        "vae_encoder": ("vae", vae_encoder_spec),
-        "tiny_vae_decoder": ("tiny_vae", tiny_vae_decoder_spec),
-        "tiny_vae_encoder": ("tiny_vae", tiny_vae_encoder_spec),
+        # the VAE's and the tiny VAE's, as SD's
+        **{name: STABLE_DIFFUSION.components[name] for name in VAE_COMPONENTS},
     },
     tokenizers=("tokenizer", "tokenizer_2"),
     safety_checker=False,
