@@ -190,15 +190,16 @@ CONVERTING_FIXTURES |= {"tiny_sdxl", "sdxl_openvino", "sdxl_onnx", "tiny_sdxl_in
 # in collection order, and the run ends sooner when no long module is left for the end.
 LONGEST_FIRST = (
     "test_quantize.py",
+    "test_sdxl_features.py",
     "test_convert.py",
     "test_bad_inputs.py",
     "test_inpaint.py",
     "test_goldens.py",
     "test_depth.py",
     "test_lora.py",
+    "test_sdxl.py",
     "test_demo_model.py",
     "test_parity.py",
-    "test_sdxl.py",
     "test_upscale.py",
 )
 
