@@ -218,7 +218,7 @@ def _ours(folder, latents):
     return pipe(PROMPT, steps=6, seed=1, scheduler="ddim", latents=latents).array
 
 
-@pytest.mark.parametrize("layout", ["diffusers", "kohya-sgm"])
+@pytest.mark.parametrize("layout", ["kohya-sgm"])  # diffusers' layout: the SD 1.x tests above
 def test_a_fused_sdxl_lora_matches_diffusers_fuse_lora(layout, tiny_sdxl, sdxl_unet_lora, tmp_path):
     """diffusers reads both files itself (its own SGM renaming for kohya's): our fusion against its."""
     import diffusers
