@@ -132,3 +132,18 @@ def test_img2img_matches_diffusers(steps, guidance, backend, tiny_sdxl, sdxl_ope
     call = dict(image=xl.image(), strength=0.5, num_inference_steps=steps, guidance_scale=guidance, output_type="np")
     theirs = reference("a blue square", **call).images
     assert xl.max_diff(ours.array, theirs) <= xl.PIXEL_TOLERANCE
+
+
+def test_text_encoders_are_exported_in_float32_whatever_their_config_says(tiny_sdxl, tmp_path):
+    """SDXL's published text encoder configs say float16, and transformers 5 loads in a config's dtype:
+    the second encoder would be traced as a float16 graph."""
+    import json
+    import shutil
+
+    from sdcpu.export.families.sdxl import STABLE_DIFFUSION_XL
+
+    shutil.copytree(tiny_sdxl / "text_encoder_2", tmp_path / "text_encoder_2")
+    config = tmp_path / "text_encoder_2" / "config.json"
+    config.write_text(json.dumps(json.loads(config.read_text()) | {"dtype": "float16", "torch_dtype": "float16"}))
+    model = STABLE_DIFFUSION_XL.loaders["text_encoder_2"].from_pretrained(tmp_path, "text_encoder_2")
+    assert {str(p.dtype) for p in model.parameters()} == {"torch.float32"}

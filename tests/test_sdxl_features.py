@@ -171,7 +171,7 @@ def sdxl_quantized(tiny_sdxl, tmp_path_factory):
     folders = {}
     for precision in ("int8-hybrid",):  # int4's text encoders: test_int4_reaches_both_text_encoders
         folders[precision] = tmp_path_factory.mktemp("quantized") / f"sdxl-{precision}"
-        settings = CalibrationSettings(size=2)
+        settings = CalibrationSettings(size=2, resolution=32)  # half the tiny model's native size
         convert(
             str(tiny_sdxl), folders[precision], "openvino", precision, calibration=settings, progress=lambda _: None
         )
@@ -198,6 +198,7 @@ def test_quantized_sdxl_is_structured_as_asked_and_near_fp32(precision, sdxl_qua
     unet = openvino_weight_types(folder / "unet" / "openvino_model.xml")
     second = openvino_weight_types(folder / "text_encoder_2" / "openvino_model.xml")
     if precision == "int8-hybrid":
+        assert Manifest.load(folder).extra["calibration"]["resolution"] == 32
         assert unet["fake_quantize"] >= 10 and second["fake_quantize"] == 0 and second["u8"] >= 4, (unet, second)
     else:
         assert second["i4"] >= 4 and unet["i4"] >= 4, (unet, second)

@@ -278,6 +278,16 @@ def _converts() -> list[Case]:
             "2 --lora-scale values for 1 --lora files",
         ),
         (
+            "convert --calibration-resolution 30",
+            lambda s: ["convert", source, "out", "--precision", "int8-hybrid", "--calibration-resolution", "30"],
+            "must be between 64 and 2048 pixels",
+        ),
+        (
+            "convert --calibration-resolution 101 (not a multiple of the VAE's factor)",
+            lambda s: ["convert", source, "out", "--precision", "int8-hybrid", "--calibration-resolution", "101"],
+            "the calibration resolution must be a multiple of",
+        ),
+        (
             "convert --tiny-vae of a file",
             lambda s: ["convert", source, "out", "--tiny-vae", source + "/model_index.json"],
             "is not a diffusers AutoencoderTiny folder",

@@ -36,14 +36,19 @@ class CalibrationSettings:
     size: int = 32  # UNet calls recorded (each a guided batch of 2)
     guidance: float = 7.5
     seed: int = 0
+    # The square image size, in pixels, the inputs are recorded at; None: the model's native size. Each
+    # UNet call costs about the square of it, and SDXL's 1024 makes calibration the longest part of a
+    # convert; the ranges being measured hardly depend on the size (docs/precisions.md).
+    resolution: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"prompts": list(self.prompts), "size": self.size, "guidance": self.guidance, "seed": self.seed}
+        settings = {"prompts": list(self.prompts), "size": self.size, "guidance": self.guidance, "seed": self.seed}
+        return settings | ({"resolution": self.resolution} if self.resolution is not None else {})
 
     @classmethod
-    def from_file(cls, path: Path, size: int) -> CalibrationSettings:
+    def from_file(cls, path: Path, size: int, resolution: int | None = None) -> CalibrationSettings:
         prompts = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
-        return cls(prompts=prompts or DEFAULT_PROMPTS, size=size)
+        return cls(prompts=prompts or DEFAULT_PROMPTS, size=size, resolution=resolution)
 
 
 # A prompt -> the UNet's text inputs (prompt embeddings, and SDXL's pooled text and time ids) for the

@@ -20,6 +20,7 @@ from typing import Any
 from sdcpu.errors import SdcpuError
 from sdcpu.export.calibration import CalibrationSettings, collect_unet_inputs
 from sdcpu.export.families import OPTIONAL_KINDS, export_family
+from sdcpu.export.half_weights import hold_weights_in_fp16, holds_half_weights
 from sdcpu.export.lora import PREFIXES as LORA_NETWORKS
 from sdcpu.export.lora import Lora, check_lora_networks, check_loras, fuse_loras
 from sdcpu.export.quantize import FEW_STEP_RECIPE, NNCF_RECIPE, PRECISIONS, component_precision
@@ -173,9 +174,14 @@ def _export_components(
         if kind in OPTIONAL_KINDS and kind not in src.optional:
             continue
         if kind not in loaded:
-            loaded.clear()  # one torch model in memory at a time (the VAE serves two components)
+            # One torch model in memory at a time (the VAE serves two components): the last one is let go
+            # before the next loads, also by the names that still hold it.
+            spec = model = None
+            loaded.clear()
             model = src.optional[kind]() if kind in src.optional else src.load(kind)
             loaded[kind] = _check_finite_weights(prepare(model, kind), kind)
+            if holds_half_weights(fmt, precision):
+                hold_weights_in_fp16(loaded[kind])
         spec = make_spec(loaded[kind])
         if spec is None:
             continue
@@ -205,13 +211,20 @@ def _check_finite_weights(model: Any, kind: str) -> Any:
 
 
 def _calibrator(src: Source, staged: Path, settings: CalibrationSettings, progress: Callable[[str], None]) -> Calibrate:
+    vae_factor = 2 ** (len(src.vae_config["block_out_channels"]) - 1)
     size = int(src.unet_config.get("sample_size", 64))
+    if settings.resolution is not None:
+        if settings.resolution % vae_factor:
+            resolution = settings.resolution
+            raise SdcpuError(f"the calibration resolution must be a multiple of {vae_factor}; got {resolution}")
+        size = settings.resolution // vae_factor
     shape = (int(src.unet_config.get("in_channels", 4)), size, size)
 
     def calibrate(unet: Any) -> list[dict[str, Any]]:
-        progress(f"unet: recording {settings.size} calibration inputs from {len(settings.prompts)} prompts")
-        vae_factor = 2 ** (len(src.vae_config["block_out_channels"]) - 1)
-        text = export_family(src.family).calibration_text(staged, src.tokenizers(), size * vae_factor)
+        pixels = size * vae_factor
+        where = f"at {pixels}x{pixels} from {len(settings.prompts)} prompts"
+        progress(f"unet: recording {settings.size} calibration inputs {where}")
+        text = export_family(src.family).calibration_text(staged, src.tokenizers(), pixels)
         return collect_unet_inputs(unet, text, src.scheduler_config, shape, settings)
 
     return calibrate

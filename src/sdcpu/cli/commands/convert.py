@@ -29,6 +29,9 @@ def convert(
         Path | None, typer.Option(help="int8-hybrid: a text file of prompts, one per line (default: 8 built in)")
     ] = None,
     calibration_size: Annotated[int, typer.Option(help="int8-hybrid: UNet inputs to calibrate on")] = 32,
+    calibration_resolution: Annotated[
+        int | None, typer.Option(help="int8-hybrid: the square size in pixels to calibrate at (default: native)")
+    ] = None,
     tiny_vae: Annotated[
         Path | None, typer.Option(help="a diffusers AutoencoderTiny folder (TAESD) to export too, for --decoder tiny")
     ] = None,
@@ -46,7 +49,7 @@ def convert(
         missing = SdcpuError(f"convert needs the export extra ({err.name} is missing): pip install 'sdcpu[export]'")
         raise fail(missing) from None
     try:
-        calibration = _calibration(calibration_prompts, calibration_size)
+        calibration = _calibration(calibration_prompts, calibration_size, calibration_resolution)
         loras = _loras(lora or [], lora_scale or [])
         run_convert(
             source,
@@ -74,13 +77,15 @@ def _loras(files: list[Path], scales: list[float]):
     return [Lora(path, scales[i] if i < len(scales) else 1.0) for i, path in enumerate(files)]
 
 
-def _calibration(prompts: Path | None, size: int):
+def _calibration(prompts: Path | None, size: int, resolution: int | None):
     from sdcpu.export.calibration import CalibrationSettings
 
     if size < 1:
         raise SdcpuError(f"--calibration-size must be at least 1; got {size}")
+    if resolution is not None and not 64 <= resolution <= 2048:
+        raise SdcpuError(f"--calibration-resolution must be between 64 and 2048 pixels; got {resolution}")
     if prompts is None:
-        return CalibrationSettings(size=size)
+        return CalibrationSettings(size=size, resolution=resolution)
     if not prompts.is_file():
         raise SdcpuError(f"--calibration-prompts {prompts} is not a file; give a text file with one prompt per line")
-    return CalibrationSettings.from_file(prompts, size)
+    return CalibrationSettings.from_file(prompts, size, resolution)

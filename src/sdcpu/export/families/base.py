@@ -32,8 +32,14 @@ class TorchClass:
     name: str
 
     def from_pretrained(self, folder: Path, subfolder: str) -> Any:
+        import torch
+
         cls = getattr(importlib.import_module(self.module), self.name)
-        return cls.from_pretrained(folder, subfolder=subfolder).eval()
+        # float32 whatever the config says: transformers 5 loads in the config's dtype, and SDXL's text
+        # encoders say float16, which would trace a float16 graph. diffusers loads float32 by default
+        # (asking it explicitly costs a second copy of the weights while loading).
+        dtype = {} if self.module == "diffusers" else {"dtype": torch.float32}
+        return cls.from_pretrained(folder, subfolder=subfolder, **dtype).eval()
 
 
 # Optional kinds are exported only when the source has them (a depth2img folder's depth_estimator) or the

@@ -25,6 +25,8 @@ import torch
 
 from sdcpu.export.families.base import ExportFamily, ExportSpec, TorchClass
 
+TRACE_LATENTS = 32  # the largest example size traced, in latents (256 pixels)
+
 
 class _TextEncoder(torch.nn.Module):
     def __init__(self, model):
@@ -125,8 +127,9 @@ def text_encoder_spec(model) -> ExportSpec:
 def _unet_inputs(model) -> tuple[dict[str, torch.Tensor], dict[str, dict[int, str]]]:
     # An odd example size makes diffusers take its general upsampling path (interpolate to the skip
     # connection's size) while tracing, so the graph serves every size that is a multiple of 8 pixels,
-    # not only multiples of 8 latents.
-    size, channels = model.config.sample_size + 1, model.config.in_channels
+    # not only multiples of 8 latents. The graph's sizes are dynamic, so the example is kept small: at
+    # SDXL's native 128 latents, tracing alone held gigabytes of activations.
+    size, channels = min(model.config.sample_size, TRACE_LATENTS) + 1, model.config.in_channels
     inputs = {
         "sample": torch.randn(2, channels, size, size),
         "timestep": torch.tensor([999.0, 999.0]),
@@ -167,14 +170,15 @@ def unet_shallow_spec(model) -> ExportSpec | None:
 
 
 def vae_decoder_spec(vae) -> ExportSpec:
-    size = vae.config.sample_size // 2 ** (len(vae.config.block_out_channels) - 1)
+    size = min(vae.config.sample_size // 2 ** (len(vae.config.block_out_channels) - 1), TRACE_LATENTS)
     latent = torch.randn(1, vae.config.latent_channels, size, size)
     axes = {"latent_sample": {0: "batch", 2: "height", 3: "width"}}
     return ExportSpec(_VaeDecoder(vae), {"latent_sample": latent}, ("sample",), axes)
 
 
 def vae_encoder_spec(vae) -> ExportSpec:
-    image = torch.randn(1, vae.config.in_channels, vae.config.sample_size, vae.config.sample_size)
+    size = min(vae.config.sample_size, TRACE_LATENTS * 2 ** (len(vae.config.block_out_channels) - 1))
+    image = torch.randn(1, vae.config.in_channels, size, size)
     axes = {"sample": {0: "batch", 2: "height", 3: "width"}}
     return ExportSpec(_VaeEncoder(vae), {"sample": image}, ("latent_parameters",), axes)
 

@@ -68,9 +68,11 @@ def _depth_estimator(folder: Path) -> dict[str, Callable[[], Any]]:
         return {}
 
     def load() -> Any:
+        import torch
         from transformers import DPTForDepthEstimation
 
-        return DPTForDepthEstimation.from_pretrained(folder / "depth_estimator").eval()
+        # float32 whatever the config says (transformers 5 loads in the config's dtype)
+        return DPTForDepthEstimation.from_pretrained(folder / "depth_estimator", dtype=torch.float32).eval()
 
     return {"depth_estimator": load}
 
