@@ -7,7 +7,7 @@
   with `--low-memory`, for its peak RSS.
 
     python bench/sdxl_speed.py turbo --work /tmp/sdxl --runs 3 [--optimum-intel /tmp/ov/bin/python]
-    python bench/sdxl_speed.py base --work /tmp/sdxl --runs 1 --rounds 1 [--steps 20]
+    python bench/sdxl_speed.py base --work /tmp/sdxl --runs 1 --rounds 1 [--steps 20] [--precision int8]
 
 The random pipeline is built from ../shared's SDXL base configs; each case writes its scheduler into the
 source before sdcpu converts it, whose time and peak RSS are recorded. Each runner is its own process: it
@@ -75,20 +75,24 @@ print("RESULT " + json.dumps({"seconds": times, "compute": "OpenVINO default", "
 """
 
 
+def folder(work: Path, name: str, case: Case) -> Path:
+    return work / f"sdxl-{name}-{case.convert[1]}"  # the case and its precision
+
+
 def prepare(name: str, case: Case, work: Path) -> dict:
     """The random pipeline with the case's scheduler, a random TAESDXL, sdcpu's conversion (timed, its
     peak RSS measured), and, for `turbo`, optimum-intel's view of the same graphs (the tiny decoder as its
     vae_decoder)."""
     from diffusers import AutoencoderTiny
 
-    source, taesd, out = work / "sdxl-diffusers", work / "taesdxl", work / f"sdxl-{name}"
+    source, taesd, out = work / "sdxl-diffusers", work / "taesdxl", folder(work, name, case)
     if not (source / "model_index.json").exists():
         random_pipeline(SDXL, source)
     scheduler = json.loads((SDXL / "scheduler" / "scheduler_config.json").read_text()) | case.scheduler
     (source / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2))
     if case.tiny_decoder and not (taesd / "config.json").exists():
         AutoencoderTiny().save_pretrained(taesd)  # diffusers' defaults are TAESD's (and TAESDXL's) architecture
-    record = work / f"convert-{name}.json"
+    record = work / f"convert-{out.name}.json"
     if not (out / "sdcpu.json").exists():
         start = time.perf_counter()
         command = [str(Path(sys.executable).parent / "sdcpu"), "convert", str(source), str(out), *case.convert]
@@ -118,7 +122,7 @@ def run_sdcpu(name: str, case: Case, work: Path, runs: int, low_memory: bool = F
     from sdcpu.runtime.pipelines.base import Pipeline
 
     options = LoadOptions(decoder="tiny" if case.tiny_decoder else "full", low_memory=low_memory)
-    pipe = Pipeline.load(work / f"sdxl-{name}", options)
+    pipe = Pipeline.load(folder(work, name, case), options)
     size = {"width": case.size, "height": case.size}
     compute = []
 
@@ -163,6 +167,7 @@ def spawn(runner: str, args: argparse.Namespace) -> dict:
     else:
         command = [sys.executable, __file__, args.case, "--work", str(args.work), "--runs", str(args.runs)]
         command += ["--steps", str(args.steps)] if args.steps else []
+        command += ["--precision", args.precision] if args.precision else []
         command += ["--worker", runner]
     out = subprocess.run(command, capture_output=True, text=True, check=False)
     line = next((row for row in out.stdout.splitlines() if row.startswith("RESULT ")), None)
@@ -184,12 +189,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--steps", type=int, help="override the case's step count (recorded)")
+    parser.add_argument("--precision", help="override the case's precision (recorded; its own folder)")
     parser.add_argument("--optimum-intel", help="turbo: python of a venv with optimum-intel[openvino]")
     parser.add_argument("--worker", choices=("sdcpu", "sdcpu --low-memory", "diffusers"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     case = CASES[args.case]
-    if args.steps:
-        case = Case(case.size, args.steps, case.guidance, case.convert, case.scheduler, case.tiny_decoder)
+    if args.steps or args.precision:
+        convert = ("--precision", args.precision) if args.precision else case.convert
+        case = Case(case.size, args.steps or case.steps, case.guidance, convert, case.scheduler, case.tiny_decoder)
     if args.worker:
         print("RESULT " + json.dumps(worker(args.worker, args.case, case, args.work, args.runs)), flush=True)
         return

@@ -20,7 +20,6 @@ from typing import Any
 from sdcpu.errors import SdcpuError
 from sdcpu.export.calibration import CalibrationSettings, collect_unet_inputs
 from sdcpu.export.families import OPTIONAL_KINDS, export_family
-from sdcpu.export.half_weights import hold_weights_in_fp16, holds_half_weights
 from sdcpu.export.lora import PREFIXES as LORA_NETWORKS
 from sdcpu.export.lora import Lora, check_lora_networks, check_loras, fuse_loras
 from sdcpu.export.quantize import FEW_STEP_RECIPE, NNCF_RECIPE, PRECISIONS, component_precision
@@ -180,8 +179,6 @@ def _export_components(
             loaded.clear()
             model = src.optional[kind]() if kind in src.optional else src.load(kind)
             loaded[kind] = _check_finite_weights(prepare(model, kind), kind)
-            if holds_half_weights(fmt, precision):
-                hold_weights_in_fp16(loaded[kind])
         spec = make_spec(loaded[kind])
         if spec is None:
             continue

@@ -95,7 +95,6 @@ def _hybrid(model: Any, calibration: Sequence[dict[str, np.ndarray]], recipe: Hy
     # Read before weight compression, which puts a decompression between each MatMul and its weight.
     kept_float = _matmuls_with_constant_weights(model)
     kept_float += _boundary_convolutions(model) if recipe.float_boundaries else []
-    _float32_convolution_weights(model)
     # Weight-only int8 for everything but convolutions; those get int8 weights *and* activations (but the
     # first and last of a few-step recipe: float, weights too; in SD 1.5's UNet, 23k of 860M weights).
     compressed = nncf.compress_weights(
@@ -112,22 +111,6 @@ def _hybrid(model: Any, calibration: Sequence[dict[str, np.ndarray]], recipe: Hy
         ignored_scope=nncf.IgnoredScope(names=kept_float, types=float_types, validate=False),
         advanced_parameters=nncf.AdvancedQuantizationParameters(smooth_quant_alpha=-1),
     )
-
-
-def _float32_convolution_weights(model: Any) -> None:
-    """Convolution weights held in float16 (export/half_weights.py) back to float32 Constants: NNCF stores
-    a quantized convolution's weights as int8 only from a float32 Constant; from float16 + Convert it
-    leaves them float16, twice the size. The MatMuls' weights stay float16 until they are compressed."""
-    import openvino as ov
-
-    for op in model.get_ops():
-        if op.get_type_name() != "Convolution":
-            continue
-        convert = op.input_value(1).get_node()
-        if convert.get_type_name() != "Convert" or convert.input_value(0).get_node().get_type_name() != "Constant":
-            continue
-        weight = convert.input_value(0).get_node().get_data().astype(np.float32)
-        op.input(1).replace_source_output(ov.op.Constant(weight).output(0))
 
 
 def _matmuls_with_constant_weights(model: Any) -> list[str]:
