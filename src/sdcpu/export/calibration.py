@@ -38,7 +38,7 @@ class CalibrationSettings:
     seed: int = 0
     # The square image size, in pixels, the inputs are recorded at; None: the model's native size. Each
     # UNet call costs about the square of it, and SDXL's 1024 makes calibration the longest part of a
-    # convert; the ranges being measured hardly depend on the size (docs/precisions.md).
+    # convert. What a smaller size costs in quality has not been measured.
     resolution: int | None = None
 
     def to_dict(self) -> dict[str, Any]:

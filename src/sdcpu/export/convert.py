@@ -210,11 +210,11 @@ def _check_finite_weights(model: Any, kind: str) -> Any:
 def _calibrator(src: Source, staged: Path, settings: CalibrationSettings, progress: Callable[[str], None]) -> Calibrate:
     vae_factor = 2 ** (len(src.vae_config["block_out_channels"]) - 1)
     size = int(src.unet_config.get("sample_size", 64))
-    if settings.resolution is not None:
-        if settings.resolution % vae_factor:
-            resolution = settings.resolution
-            raise SdcpuError(f"the calibration resolution must be a multiple of {vae_factor}; got {resolution}")
-        size = settings.resolution // vae_factor
+    resolution = settings.resolution
+    if resolution is not None and resolution % vae_factor:
+        raise SdcpuError(f"the calibration resolution must be a multiple of {vae_factor}; got {resolution}")
+    if resolution is not None:
+        size = resolution // vae_factor
     shape = (int(src.unet_config.get("in_channels", 4)), size, size)
 
     def calibrate(unet: Any) -> list[dict[str, Any]]:
