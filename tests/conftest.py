@@ -9,8 +9,11 @@ test tiers (markers registered in pyproject.toml):
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -31,6 +34,30 @@ def compile_cache(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("compile-cache")
     os.environ["SDCPU_CACHE_DIR"] = str(folder)
     return folder
+
+
+def shared_folder(tmp_path_factory, name: str, build: Callable[[Path], object]) -> Path:
+    """The folder `name`, built by `build(folder)` once per test run and shared by the pytest-xdist workers:
+    the first worker to ask builds it, under a lock; the others wait for it, then reuse it. What is built
+    is deterministic (seeded tiny pipelines and their conversions), so which worker builds it does not
+    matter; tests read these folders and never change them."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder, which holds each worker's
+    folder, done = root / "shared" / name, root / "shared" / f"{name}.done"
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(root / "shared" / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a build that failed part way
+            build(folder)
+            done.touch()
+    return folder
+
+
+def _tiny(tmp_path_factory, name: str, write: Callable[..., Path], **options: object) -> Path:
+    # A tiny random pipeline, written once per run by tests/tiny.py.
+    return shared_folder(tmp_path_factory, name, lambda out: write(out, **options))
 
 
 @pytest.fixture(scope="session")
@@ -64,27 +91,28 @@ def live_server():
 @pytest.fixture(scope="session")
 def tiny_sd1(tmp_path_factory) -> Path:
     pytest.importorskip("diffusers")
-    return tiny.write_diffusers_folder(tmp_path_factory.mktemp("tiny") / "sd1")
+    return _tiny(tmp_path_factory, "sd1", tiny.write_diffusers_folder)
 
 
 @pytest.fixture(scope="session")
 def tiny_sd2v(tmp_path_factory) -> Path:
     pytest.importorskip("diffusers")
-    return tiny.write_diffusers_folder(tmp_path_factory.mktemp("tiny") / "sd2v", seed=1, v_prediction=True)
+    return _tiny(tmp_path_factory, "sd2v", tiny.write_diffusers_folder, seed=1, v_prediction=True)
 
 
 def _converted(source: Path, fmt: str, tmp_path_factory, tiny_vae: Path | None = None) -> Path:
     from sdcpu.export.convert import convert
 
-    out = tmp_path_factory.mktemp("converted") / f"{source.name}-{fmt}"
-    convert(str(source), out, fmt, "fp32", tiny_vae=tiny_vae, progress=lambda _: None)
-    return out
+    def build(out: Path) -> None:
+        convert(str(source), out, fmt, "fp32", tiny_vae=tiny_vae, progress=lambda _: None)
+
+    return shared_folder(tmp_path_factory, f"{source.name}-{fmt}", build)
 
 
 @pytest.fixture(scope="session")
 def tiny_vae(tmp_path_factory) -> Path:
     pytest.importorskip("diffusers")
-    return tiny.write_tiny_vae(tmp_path_factory.mktemp("tiny") / "taesd")
+    return _tiny(tmp_path_factory, "taesd", tiny.write_tiny_vae)
 
 
 @pytest.fixture(scope="session")
@@ -105,7 +133,7 @@ def sd2v_openvino(tiny_sd2v, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_inpainting(tmp_path_factory) -> Path:
     pytest.importorskip("diffusers")
-    return tiny.write_diffusers_folder(tmp_path_factory.mktemp("tiny") / "inpainting", seed=2, task="inpainting")
+    return _tiny(tmp_path_factory, "inpainting", tiny.write_diffusers_folder, seed=2, task="inpainting")
 
 
 @pytest.fixture(scope="session")
@@ -121,7 +149,7 @@ def inpainting_onnx(tiny_inpainting, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_upscaler(tmp_path_factory) -> Path:
     pytest.importorskip("diffusers")
-    return tiny.write_diffusers_folder(tmp_path_factory.mktemp("tiny") / "upscaler", seed=3, task="upscaling")
+    return _tiny(tmp_path_factory, "upscaler", tiny.write_diffusers_folder, seed=3, task="upscaling")
 
 
 @pytest.fixture(scope="session")
@@ -137,7 +165,7 @@ def upscaler_onnx(tiny_upscaler, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_depth(tmp_path_factory) -> Path:
     pytest.importorskip("diffusers")
-    return tiny.write_diffusers_folder(tmp_path_factory.mktemp("tiny") / "depth", seed=4, task="depth-to-image")
+    return _tiny(tmp_path_factory, "depth", tiny.write_diffusers_folder, seed=4, task="depth-to-image")
 
 
 @pytest.fixture(scope="session")
@@ -153,7 +181,7 @@ def depth_onnx(tiny_depth, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_sdxl(tmp_path_factory) -> Path:
     pytest.importorskip("diffusers")
-    return tiny.write_sdxl_folder(tmp_path_factory.mktemp("tiny") / "sdxl")
+    return _tiny(tmp_path_factory, "sdxl", tiny.write_sdxl_folder)
 
 
 @pytest.fixture(scope="session")
@@ -169,7 +197,7 @@ def sdxl_onnx(tiny_sdxl, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_sdxl_inpainting(tmp_path_factory) -> Path:
     pytest.importorskip("diffusers")
-    return tiny.write_sdxl_folder(tmp_path_factory.mktemp("tiny") / "sdxl-inpainting", seed=3, task="inpainting")
+    return _tiny(tmp_path_factory, "sdxl-inpainting", tiny.write_sdxl_folder, seed=3, task="inpainting")
 
 
 @pytest.fixture(scope="session")
