@@ -6,7 +6,7 @@ The inverse of diffusers' single-file conversion, after diffusers' script
 
 from __future__ import annotations
 
-from sdcpu.export.ldm_names import unet_original_names
+from sdcpu.format.ldm_names import unet_original_names
 
 VAE_ATTN = [("norm.", "group_norm."), ("q.", "to_q."), ("k.", "to_k."), ("v.", "to_v."), ("proj_out.", "to_out.0.")]
 # transformers' CLIP layer names -> open_clip's (SD 2's and SDXL's OpenCLIP encoders)

@@ -183,7 +183,7 @@ def sdxl_unet_lora(tiny_sdxl, tmp_path_factory):
 
 def _sgm(diffusers_file, config, target):
     """The same UNet LoRA as kohya's SDXL files name it (original layer names, underscored)."""
-    from sdcpu.export.ldm_names import unet_original_names
+    from sdcpu.format.ldm_names import unet_original_names
 
     weights = load_file(diffusers_file)
     modules = sorted({key.split(".", 1)[1].rsplit(".lora_", 1)[0] for key in weights})

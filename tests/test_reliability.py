@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sdcpu.errors import SdcpuError
-from sdcpu.export.safetensors_check import HeaderError, check_header, check_safetensors
 from sdcpu.format.manifest import MANIFEST_VERSION, Manifest
+from sdcpu.format.safetensors import HeaderError, check_header, check_safetensors
 from sdcpu.runtime.engines.fallback import RetryAtF32
 from sdcpu.runtime.io.outputs import umask
 from sdcpu.runtime.options import LoadOptions

@@ -30,6 +30,9 @@ class Timed:
     def compute_precision(self) -> str | None:  # what an sdcpu model computed in
         return getattr(self.model, "compute_precision", None)
 
+    def adapt(self, branches: Any, tensors: Any) -> None:  # an sdcpu model's LoRA branches
+        self.model.adapt(branches, tensors)
+
     def release_memory(self) -> None:  # an sdcpu model's buffers, freed between phases
         self.model.release_memory()
 

@@ -84,6 +84,15 @@ TokenDownsampling = Annotated[int, typer.Option(help=TOKEN_DOWNSAMPLING_HELP)]
 Precision = Annotated[ComputePrecision, typer.Option(help=PRECISION_HELP)]
 Int8Activations = Annotated[bool | None, typer.Option(INT8_FLAG, help=INT8_ACTIVATIONS_HELP)]
 Verify = Annotated[VerifyMode, typer.Option(help=VERIFY_HELP)]
+LoraDir = Annotated[
+    Path | None, typer.Option(help="folder of LoRA .safetensors files that prompts name as <lora:NAME:WEIGHT>")
+]
+LoraRank = Annotated[
+    int,
+    typer.Option(
+        help="compile the attention layers ready for LoRAs up to this total rank, so the first compiles nothing"
+    ),
+]
 DecoderFlag = Annotated[
     Decoder, typer.Option("--decoder", help="full: the model's VAE decoder; tiny: the tiny decoder (--tiny-vae)")
 ]
@@ -100,6 +109,8 @@ def load_options(
     token_downsampling: int = 1,
     verify: VerifyMode = VerifyMode.fast,
     decoder: Decoder = Decoder.full,
+    lora_dir: Path | None = None,
+    lora_rank: int = 0,
 ) -> LoadOptions:
     """The LoadOptions for these flags (validated when the model is loaded)."""
     return LoadOptions(
@@ -113,6 +124,8 @@ def load_options(
         token_downsampling=token_downsampling,
         verify=verify.value,
         decoder=decoder.value,
+        lora_dir=lora_dir,
+        lora_rank=lora_rank,
     )
 
 
@@ -128,6 +141,8 @@ FLAG_TYPES = {
     "token_downsampling": TokenDownsampling,
     "verify": Verify,
     "decoder": DecoderFlag,
+    "lora_dir": LoraDir,
+    "lora_rank": LoraRank,
 }
 LOAD_FLAGS = [
     parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=FLAG_TYPES[name])
@@ -166,6 +181,20 @@ Height = Annotated[int | None, typer.Option(help="image height, a multiple of 8 
 NumImages = Annotated[int | None, typer.Option(help="how many images [default: 1]")]
 Scheduler = Annotated[str | None, typer.Option(help=SCHEDULER_HELP)]
 Watermark = Annotated[bool, typer.Option(help=WATERMARK_HELP)]
+LORA_HELP = "a LoRA .safetensors applied without reconverting, FILE or FILE:SCALE (scale 1 if not given); repeatable"
+Loras = Annotated[list[str] | None, typer.Option("--lora", help=LORA_HELP)]
+
+
+def parse_loras(given: list[str] | None) -> list[tuple[Path, float]]:
+    """--lora values -> (file, scale): FILE:SCALE where the text after the last colon is a number."""
+    parsed = []
+    for text in given or []:
+        path, _, scale = text.rpartition(":")
+        try:
+            parsed.append((Path(path), float(scale)) if path else (Path(text), 1.0))
+        except ValueError:
+            parsed.append((Path(text), 1.0))  # a colon in the file's name, no scale
+    return parsed
 
 
 def sampling(**flags: Any) -> dict[str, Any]:

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from sdcpu.errors import SdcpuError
-from sdcpu.export.ldm_names import unet_original_names
-from sdcpu.export.safetensors_check import check_safetensors
+from sdcpu.format.ldm_names import unet_original_names
 from sdcpu.format.manifest import sha256_file
+from sdcpu.format.safetensors import check_safetensors
 
 # network -> its prefixes in the file's keys: diffusers' first, then kohya's
 PREFIXES = {

@@ -18,6 +18,7 @@ from sdcpu.runtime import precision as compute
 BACKENDS = ("openvino", "onnxruntime")
 NATIVE_BACKEND = {"openvino": "openvino", "onnx": "onnxruntime"}
 VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO", "BATCH")  # OpenVINO devices made of others
+MAX_LORA_RANK = 1024  # far above any LoRA's (4 to 128); each rank costs compute on every adapted layer
 DECODERS = {"full": "vae_decoder", "tiny": "tiny_vae_decoder"}  # --decoder -> the component that decodes
 
 
@@ -37,7 +38,11 @@ class LoadOptions:
     files against the manifest before loading: "fast" hashes those changed since they were last hashed
     (by size, mtime and inode, recorded in the cache folder), "full" hashes every file, "sizes" checks
     presence and sizes only. `decoder`: "full", the model's VAE decoder, or "tiny", the tiny decoder
-    (TAESD) converted with `--tiny-vae`: about 1/18 of the decoder's work, approximate."""
+    (TAESD) converted with `--tiny-vae`: about 1/18 of the decoder's work, approximate. `lora_dir`: the
+    folder where the LoRAs a prompt names (`<lora:NAME:WEIGHT>`, A1111's tags) are looked up. `lora_rank`:
+    N > 0 compiles the UNet's and text encoders' attention and feed-forward layers with LoRA branches of
+    rank N at load (OpenVINO), so that the first LoRA compiles nothing; 0: a LoRA's first use compiles
+    the layers it adapts (runtime/lora/)."""
 
     backend: str | None = None
     device: str = "CPU"
@@ -50,6 +55,8 @@ class LoadOptions:
     token_downsampling: int = 1
     verify: str = "fast"
     decoder: str = "full"
+    lora_dir: Path | None = None
+    lora_rank: int = 0
 
     def cache_folder(self) -> Path | None:
         """Where compiled models and verified hashes are kept; None without a cache."""
@@ -81,6 +88,12 @@ class LoadOptions:
                 "this folder has no tiny decoder; convert the checkpoint with --tiny-vae DIR (a diffusers "
                 "AutoencoderTiny folder, such as TAESD) to get one, or use --decoder full"
             )
+        if self.lora_dir is not None and not Path(self.lora_dir).is_dir():
+            raise SdcpuError(f"the LoRA folder {self.lora_dir} does not exist or is not a folder")
+        if not 0 <= self.lora_rank <= MAX_LORA_RANK:
+            raise SdcpuError(f"lora_rank must be from 0 (off) to {MAX_LORA_RANK}; got {self.lora_rank}")
+        if self.lora_rank and backend != "openvino":
+            raise SdcpuError("LoRAs at run time (lora_rank) need the OpenVINO backend: use --backend openvino")
         if self.token_downsampling < 1:
             raise SdcpuError(f"token_downsampling must be at least 1 (1 turns it off); got {self.token_downsampling}")
         # It rewrites OpenVINO's attention op; a graph read from ONNX has attention as separate MatMuls.
@@ -111,5 +124,6 @@ class LoadOptions:
         return replace(self, backend=backend, compute_precision=precision, int8_activations=int8, winograd=winograd)
 
     def record(self) -> dict[str, str]:
-        """Each option as text, for the PNG metadata and bench reports."""
-        return {key: str(value) for key, value in asdict(self).items()}
+        """Each option as text, for the PNG metadata and bench reports (the LoRA folder, a path of this
+        machine, is left out: the image records its LoRAs by name and hash)."""
+        return {key: str(value) for key, value in asdict(self).items() if key != "lora_dir"}

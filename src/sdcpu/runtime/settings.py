@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from sdcpu.errors import SdcpuError
 from sdcpu.runtime.io.infotext import format_parameters
 from sdcpu.runtime.io.watermark import MIN_PIXELS
+from sdcpu.runtime.lora.setting import LoraSetting
 from sdcpu.runtime.schedulers import SCHEDULERS
 
 MAX_GUIDANCE = 100.0  # far above any useful scale (7.5 is usual); beyond it images are saturated noise
@@ -66,6 +67,7 @@ class GenerationSettings:
     mask: MaskSettings | None = None  # inpainting's mask handling (None: not inpainting)
     upscale: UpscaleSettings | None = None  # the x4 upscaler's noise level and tiles (None: not upscaling)
     depth: str | None = None  # depth2img's depth map: "estimated" (by the DPT) or "given" (None: not depth2img)
+    loras: tuple[LoraSetting, ...] = ()  # run-time LoRAs and their scales (runtime/lora/)
 
     def validate(self, multiple: int, max_steps: int = 1000) -> GenerationSettings:
         """Raise SdcpuError (with what to do) on any setting the pipeline cannot run; `max_steps`: the
@@ -105,11 +107,13 @@ class GenerationSettings:
         from sdcpu.version import __version__
 
         runtime = runtime or {}
-        data = {k: json.dumps(v) if isinstance(v, dict) else str(v) for k, v in asdict(self).items() if v is not None}
+        given = asdict(self) | {"loras": [lora.record() for lora in self.loras]}  # no paths of this machine
+        given = {k: v for k, v in given.items() if not (k == "loras" and not v)}
+        data = {k: json.dumps(v) if isinstance(v, (dict, list)) else str(v) for k, v in given.items() if v is not None}
         data |= runtime
         data["image_index"] = str(index)
-        data["sdcpu"] = json.dumps({**asdict(self), "image_index": index, "runtime": runtime})
-        given = {**asdict(self), "image_index": index}
+        data["sdcpu"] = json.dumps({**given, "image_index": index, "runtime": runtime})
+        given = {**given, "image_index": index}
         model_hash = runtime.get("model_hash", "")
         data["parameters"] = format_parameters(given, self.model, model_hash, f"sdcpu {__version__}")
         return data

@@ -268,6 +268,21 @@ def scripts() -> dict[str, list[str]]:
     return {"txt2img": [], "img2img": []}
 
 
+@router.get("/loras")
+def loras(http: Request) -> list[dict[str, Any]]:
+    """The LoRAs in the server's --lora-dir, which prompts name as `<lora:NAME:WEIGHT>` (A1111's shape;
+    the path is the file's name, not where this machine keeps it)."""
+    folder = http.app.state.server.pipeline.options.lora_dir
+    files = sorted(folder.glob("*.safetensors")) if folder is not None else []
+    return [{"name": f.stem, "alias": f.stem, "path": f.name, "metadata": {}} for f in files if f.is_file()]
+
+
+@router.post("/refresh-loras")
+def refresh_loras() -> dict[str, Any]:
+    """The folder is read at every request and every prompt: nothing to refresh."""
+    return {}
+
+
 @router.get("/schedulers")
 def schedulers() -> list[dict[str, Any]]:
     return [{"name": label.lower(), "label": label, "aliases": None} for label in SCHEDULE_TYPES]

@@ -74,7 +74,8 @@ class Job:
             "total": self.total,
             "error": self.error,
             "created": self.created,
-            "settings": {k: v for k, v in self.settings.__dict__.items() if v is not None},
+            "settings": {k: v for k, v in self.settings.__dict__.items() if v is not None}
+            | {"loras": [lora.record() for lora in self.settings.loras]},  # by name and hash, not path
             "images": [f"/api/jobs/{self.id}/images/{i}.png" for i in range(len(self.images))],
             "infotexts": self.infotexts,
             "preview": f"/api/jobs/{self.id}/preview.png?v={self.version}" if self.preview else None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -14,6 +14,7 @@ from sdcpu.cli.options import (
     FROM_PNG_HELP,
     Guidance,
     Height,
+    Loras,
     Model,
     NegativePrompt,
     NumImages,
@@ -24,6 +25,7 @@ from sdcpu.cli.options import (
     Steps,
     Watermark,
     Width,
+    parse_loras,
     with_load_options,
 )
 from sdcpu.errors import SdcpuError
@@ -49,6 +51,7 @@ def generate(
     strength: Annotated[float, typer.Option(help="img2img: how much to change the init image, (0, 1]")] = 0.8,
     deep_cache: Annotated[int | None, typer.Option(help=DEEP_CACHE_HELP)] = None,
     watermark: Watermark = False,
+    lora: Loras = None,
     preview_every: Annotated[int, typer.Option(help="write a preview every N steps to --preview-out")] = 0,
     preview_out: Annotated[Path | None, typer.Option(help="PNG the preview is written to (replaced each time)")] = None,
     *,
@@ -58,9 +61,11 @@ def generate(
     from sdcpu.runtime.io.infotext import generation_request
     from sdcpu.runtime.io.preview import preview_writer
 
-    given = dict(negative_prompt=negative_prompt, steps=steps, guidance=guidance, seed=seed, width=width)
+    given: dict[str, Any] = dict(negative_prompt=negative_prompt, steps=steps, guidance=guidance, seed=seed)
+    given["width"] = width
     given |= dict(height=height, num_images=num_images, scheduler=scheduler, deep_cache=deep_cache)
     given["watermark"] = watermark or None  # None: not asked for here, so a PNG's setting stands
+    given["loras"] = parse_loras(lora) or None
     try:
         with warnings.catch_warnings(record=True) as noted:
             warnings.simplefilter("always")

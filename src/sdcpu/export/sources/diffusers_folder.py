@@ -9,9 +9,9 @@ from typing import Any
 
 from sdcpu.errors import SdcpuError
 from sdcpu.export.families import export_family
-from sdcpu.export.safetensors_check import check_safetensors
 from sdcpu.export.sources.base import Source, read_config
 from sdcpu.format.families import family_of
+from sdcpu.format.safetensors import check_safetensors
 from sdcpu.format.tokenizer_files import has_vocabulary
 
 CONVERTED_GRAPHS = ("openvino_model.xml", "model.onnx")

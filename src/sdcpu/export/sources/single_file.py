@@ -22,10 +22,10 @@ from typing import Any
 
 from sdcpu.errors import SdcpuError
 from sdcpu.export.families import export_family
-from sdcpu.export.safetensors_check import check_safetensors
 from sdcpu.export.sources.base import Source, read_config
 from sdcpu.export.sources.presets import PRESETS, Preset
 from sdcpu.format.families import family_of
+from sdcpu.format.safetensors import check_safetensors
 from sdcpu.format.tokenizer_files import TOKENIZER_FILES, has_vocabulary
 
 OPEN_CLIP_KEY = "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight"

@@ -5,7 +5,7 @@ for all of them), what the pipeline asks of a graph beyond its file (`GraphInter
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -43,6 +43,9 @@ def conform(inputs: dict[str, np.ndarray], declared: dict[str, np.dtype]) -> dic
 
 
 class Model(Protocol):
+    """`adapt(branches, tensors)`: compile with a graph pass that adds inputs, fed `tensors` at every call
+    (runtime/lora/branches.py); an engine that cannot rewrite its graph raises SdcpuError."""
+
     @property
     def compute_precision(
         self,
@@ -51,6 +54,8 @@ class Model(Protocol):
     def __call__(self, **inputs: np.ndarray) -> np.ndarray: ...
 
     def outputs(self, **inputs: np.ndarray) -> list[np.ndarray]: ...
+
+    def adapt(self, branches: Any, tensors: dict[str, np.ndarray]) -> None: ...
 
     def release_memory(self) -> None: ...
 

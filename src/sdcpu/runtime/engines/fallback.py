@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -22,6 +23,7 @@ class RetryAtF32:
     def __init__(self, model: Model, f32: Callable[[], Model], name: str, fell_back: Callable[[str], None]):
         self.model, self._f32, self.name, self._told = model, f32, name, fell_back
         self.fell_back = False
+        self._adapted: tuple[Any, dict[str, np.ndarray]] | None = None  # given to the f32 network too
 
     @property
     def compute_precision(self) -> str | None:
@@ -45,7 +47,13 @@ class RetryAtF32:
         warnings.warn(f"the {self.name} gave NaN or Inf at bf16; it runs at f32 from now on", stacklevel=3)
         self.model.release()
         self.model, self.fell_back = self._f32(), True
+        if self._adapted is not None:
+            self.model.adapt(*self._adapted)
         self._told(self.name)
+
+    def adapt(self, branches: Any, tensors: dict[str, np.ndarray]) -> None:
+        self._adapted = (branches, tensors)
+        self.model.adapt(branches, tensors)
 
     def release_memory(self) -> None:
         self.model.release_memory()

@@ -1,6 +1,7 @@
 """OpenVINO backend. The graph is kept with dynamic shapes on disk and compiled for the static
 shapes of the first call (OpenVINO's CPU plugin runs static shapes faster), after the graph passes it
-was given; a call with other shapes compiles again. With a cache folder, compiled models are kept
+was given; a call with other shapes compiles again. `adapt` adds inputs fed with every call (a LoRA's
+low-rank branches, runtime/lora/). With a cache folder, compiled models are kept
 there (engines/compiled_cache.py) and the graph is read only when there is no blob to import."""
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ class OpenVINOModel:
         self._blob: np.memmap | None = None  # an imported model may use the blob's memory in place
         self._request: ov.InferRequest | None = None
         self._dtypes: dict[str, np.dtype] = {}  # the compiled model's input dtypes
+        self._branches: GraphPass | None = None  # a pass adding inputs, which `_bound` feeds at every call
+        self._bound: dict[str, np.ndarray] = {}
 
     def _read(self) -> ov.Model:
         try:
@@ -81,7 +84,7 @@ class OpenVINOModel:
 
     def _compile(self, shapes: dict[str, tuple[int, ...]]) -> ov.InferRequest:
         cache = self._cache if self._cache is not None and self._cache.can_export(self.device) else None
-        keys = [p.key for p in self.passes] + self.interface.keys
+        keys = [p.key for p in self._passes()] + self.interface.keys
         blob = cache.blob_path(self.path, self.device, self.config, shapes, keys) if cache is not None else None
         imported = cache.load(blob, self.device, self.config) if cache is not None and blob is not None else None
         if imported is not None:
@@ -102,7 +105,7 @@ class OpenVINOModel:
         model = self._model or self._read()
         if not self.interface.dynamic:
             model.reshape({name: ov.PartialShape(list(shape)) for name, shape in shapes.items()})
-        for graph_pass in self.passes:
+        for graph_pass in self._passes():
             graph_pass.apply(model)
         config = dict(self.config)
         if use_cache_dir and self._cache is not None:
@@ -111,6 +114,17 @@ class OpenVINOModel:
             return self._core.compile_model(model, self.device, config)
         except RuntimeError as err:
             raise SdcpuError(f"OpenVINO cannot compile for device {self.device!r}: {err}") from err
+
+    def _passes(self) -> tuple[GraphPass, ...]:
+        return ((self._branches,) if self._branches is not None else ()) + self.passes
+
+    def adapt(self, branches: GraphPass | None, tensors: dict[str, np.ndarray]) -> None:
+        """Compile with the pass `branches`, which adds graph inputs, and feed them `tensors` at every call
+        from now on. Another pass (by its key) compiles again at the next call; other tensors do not."""
+        if (branches.key if branches else None) != (self._branches.key if self._branches else None):
+            self._request = self._compiled = self._blob = None
+            self._shapes, self._branches = None, branches
+        self._bound = tensors
 
     def __call__(self, **inputs: np.ndarray) -> np.ndarray:
         return self._infer(inputs).get_output_tensor(0).data.copy()
@@ -125,7 +139,8 @@ class OpenVINOModel:
         if self._request is None or shapes != self._shapes:
             self._request = self._compiled = self._blob = None  # in this order: each may use the next
             self._request = self._compile(shapes)
-        self._request.infer(conform(inputs, self._dtypes))
+        bound = {name: value for name, value in self._bound.items() if name in self._dtypes}
+        self._request.infer(conform(inputs | bound, self._dtypes))
         return self._request
 
     def release_memory(self) -> None:

@@ -72,12 +72,15 @@ def format_parameters(settings: dict[str, Any], model: str, model_hash: str, ver
         fields["Denoising strength"] = settings["strength"]
     if settings.get("mask") is not None:  # inpainting, as A1111 writes it
         fields |= {"Mask blur": settings["mask"]["blur"], "Mask padding": settings["mask"]["padding"] or None}
+    if settings.get("loras"):  # A1111 reads LoRAs from the prompt's tags; it writes their hashes so
+        fields["Lora hashes"] = ", ".join(f"{lora['name']}: {lora['hash']}" for lora in settings["loras"])
     if settings["num_images"] > 1:  # one seed draws the whole batch: the image is reproduced by its place in it
         fields |= {"Batch size": settings["num_images"], "Batch pos": settings["image_index"]}
     fields["Version"] = version
     line = ", ".join(f"{key}: {quote(value)}" for key, value in fields.items() if value is not None)
     negative = f"\nNegative prompt: {settings['negative_prompt']}" if settings["negative_prompt"] else ""
-    return f"{settings['prompt']}{negative}\n{line}"
+    tags = "".join(f" <lora:{lora['name']}:{lora['scale']:g}>" for lora in settings.get("loras") or [])
+    return f"{settings['prompt']}{tags}{negative}\n{line}"
 
 
 def parse_parameters(text: str) -> dict[str, Any]:
@@ -140,7 +143,10 @@ def read_png_settings(path: Path) -> dict[str, Any]:
         ours = json.loads(text["sdcpu"])
         if ours.get("noise") == "given":
             warnings.warn(f"{path} was generated from given noise: its seed does not reproduce it", stacklevel=2)
-        return {key: ours[key] for key in RERUN_KEYS if key in ours}
+        settings = {key: ours[key] for key in RERUN_KEYS if key in ours}
+        if ours.get("loras") and "prompt" in settings:  # as A1111's tags, found again in --lora-dir
+            settings["prompt"] += "".join(f" <lora:{lora['name']}:{lora['scale']:g}>" for lora in ours["loras"])
+        return settings
     if "parameters" in text:
         return parse_parameters(text["parameters"])
     raise SdcpuError(f"{path} holds no generation settings (no sdcpu or A1111 parameters text chunk)")

@@ -32,6 +32,9 @@ from sdcpu.runtime.engines.passes import graph_passes
 from sdcpu.runtime.io import images as imaging
 from sdcpu.runtime.io.preview import LatentPreview
 from sdcpu.runtime.io.watermark import embed as embed_watermark
+from sdcpu.runtime.lora import LoraSetting
+from sdcpu.runtime.lora.adapters import Adapters
+from sdcpu.runtime.lora.prompt import prompt_loras
 from sdcpu.runtime.memory import memory_policy
 from sdcpu.runtime.memory_check import check_memory
 from sdcpu.runtime.options import DECODERS, LoadOptions
@@ -69,6 +72,7 @@ class Pipeline(TaskMethods):
 
     families: ClassVar[dict[str, type[Pipeline]]] = {}  # manifest family -> its pipeline class
     sampling: ClassVar[SamplingDefaults] = SamplingDefaults()  # the family's steps and guidance, unless few-step
+    _prompts: Any = None  # a family's last prompts and their encoding, kept for the next generation
 
     def __init_subclass__(cls, families: tuple[str, ...] = (), **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -88,6 +92,7 @@ class Pipeline(TaskMethods):
         self.fell_back: list[str] = []  # networks that gave NaN or Inf at bf16 and now run at f32
         self._preview: LatentPreview | None = None
         self._optional: dict[str, Model] = {}  # networks a task asks for, read on first use
+        self.adapters = Adapters(folder, manifest, self.networks)  # run-time LoRAs (runtime/lora/)
         try:
             self.scheduler_config = SchedulerConfig.load(folder / "scheduler" / "scheduler_config.json")
             self.defaults = sampling_defaults(self.scheduler_config, self.sampling)
@@ -103,6 +108,8 @@ class Pipeline(TaskMethods):
         decoder = DECODERS[self.options.decoder]
         self.vae_decoder = self._load(decoder)
         self.decode_scaling = float(manifest.components[decoder].get("scaling_factor", manifest.vae_scaling_factor))
+        if self.options.lora_rank:
+            self.adapters.prepare(self.options.lora_rank)
 
     @classmethod
     def load(cls, model_dir: str | Path | None = None, options: LoadOptions | None = None) -> Pipeline:
@@ -214,13 +221,16 @@ class Pipeline(TaskMethods):
         scheduler: str | None = None,
         deep_cache: int = 1,
         watermark: bool = False,
+        loras: Sequence[LoraSetting | tuple[str | Path, float]] = (),
         given: bool = False,
     ) -> GenerationSettings:
         """The settings `generate` runs for `task` (default: txt2img), with this folder's defaults, checked
         against the folder and this machine's memory before any work (SdcpuError says what to change).
-        `given`: latents are passed."""
+        `loras`: LoRA files and their scales, applied at run time, besides those the prompt names with A1111's
+        tags (`<lora:NAME:WEIGHT>`, looked up in LoadOptions.lora_dir). `given`: latents are passed."""
         task = task or TextToImage()
         check_task(self.manifest.task, task)
+        prompt, tagged = prompt_loras(prompt, self.options.lora_dir) if "<lora:" in prompt.lower() else (prompt, [])
         default_w, default_h = task.default_size(self.manifest)
         fields = {"strength": None} | task.record(self.manifest)
         settings = GenerationSettings(
@@ -237,6 +247,7 @@ class Pipeline(TaskMethods):
             deep_cache=deep_cache,
             watermark=watermark,
             noise="given" if given else "seed",
+            loras=self._loras([*loras, *tagged]),
             **fields,
         ).validate(self.manifest.vae_scale_factor, self.scheduler_config.num_train_timesteps)
         for component in (*(["unet_shallow"] if deep_cache > 1 else []), *task.components()):
@@ -245,6 +256,15 @@ class Pipeline(TaskMethods):
         weights = sum(info["bytes"] for info in self.manifest.files.values())
         check_memory(settings, self.memory, weights, self.manifest.vae_scale_factor, self.options.low_memory)
         return settings
+
+    def _loras(self, loras: Sequence[LoraSetting | tuple[str | Path, float]]) -> tuple[LoraSetting, ...]:
+        checked = tuple(lora if isinstance(lora, LoraSetting) else LoraSetting.of(*lora) for lora in loras)
+        if checked and self.options.backend != "openvino":
+            raise SdcpuError(
+                "LoRAs at run time need the OpenVINO backend (--backend openvino); for ONNX Runtime, fuse the "
+                "LoRA into the model when converting it: sdcpu convert --lora FILE:SCALE"
+            )
+        return checked
 
     # Generation
 
@@ -260,6 +280,10 @@ class Pipeline(TaskMethods):
         replaces the initial noise; `hooks` add UNet inputs at every step (components/unet.py)."""
         task = task or TextToImage()
         rng = np.random.default_rng(s.seed)
+        # 0. LoRAs: each network gets the low-rank branches of this generation's LoRAs (none: zeros, or
+        #    nothing where it never had any); a changed text encoder encodes the prompts again.
+        if self.adapters.apply(s.loras) & {"text_encoder", "text_encoder_2"}:
+            self._prompts = None
         # 1. Text conditioning: the family's UNet inputs, each with a negative and a positive half, batched
         #    [negative x N, prompt x N] when guided, so that one UNet call gives both predictions (the runner
         #    splits the batch under a low-memory policy).

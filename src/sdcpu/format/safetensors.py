@@ -1,4 +1,4 @@
-"""Checks of a .safetensors file's header before any library reads the file.
+"""Safetensors files: their header checked before anything reads the file, and a torch-free reader.
 
 The format (https://github.com/huggingface/safetensors#format): an 8-byte little-endian header length
 N, N bytes of JSON, then the tensors' bytes. The JSON maps each tensor name to its dtype, shape and
@@ -6,20 +6,29 @@ N, N bytes of JSON, then the tensors' bytes. The JSON maps each tensor name to i
 library refuses a malformed file with a terse exception, and a JSON parser keeps the last of two
 entries with the same name; here every defect gets a message that names the file and the problem, and
 a duplicate name is refused (two tensors claiming one name make the checkpoint ambiguous).
+
+`read_safetensors` maps a checked file and returns its tensors as float32 numpy arrays: the runtime
+reads LoRA files so, without torch or the safetensors library.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import mmap
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from sdcpu.errors import SdcpuError
 
 MAX_HEADER_BYTES = 100 * 2**20  # the safetensors library's own limit
 DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "I16": 2, "F16": 2, "BF16": 2}
 DTYPE_BYTES |= {"U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8}
+
+
+FLOATS = {"F16": np.float16, "F32": np.float32, "F64": np.float64}
 
 
 class HeaderError(ValueError):
@@ -45,6 +54,29 @@ def check_safetensors(path: Path) -> list[str]:
     except OSError as err:
         raise SdcpuError(f"cannot read {path}: {err.strerror}") from None
     return [name for name in header if name != "__metadata__"]
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The float tensors of a checked file, as float32 arrays, and its metadata. bf16 is widened by its
+    bits (bf16 is float32's upper half); a tensor of any other dtype is refused by name."""
+    check_safetensors(path)
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        length = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + length])
+        metadata = header.pop("__metadata__", {})
+        tensors = {}
+        for name, entry in header.items():
+            begin, end = (8 + length + offset for offset in entry["data_offsets"])
+            tensors[name] = _float32(path, name, entry["dtype"], data[begin:end]).reshape(entry["shape"])
+    return tensors, metadata
+
+
+def _float32(path: Path, name: str, dtype: str, raw: bytes) -> np.ndarray:
+    if dtype == "BF16":
+        return (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+    if dtype not in FLOATS:
+        raise SdcpuError(f"{path.name}: tensor {name!r} is {dtype}, not a float; is the file a LoRA?")
+    return np.frombuffer(raw, dtype=np.dtype(FLOATS[dtype]).newbyteorder("<")).astype(np.float32)
 
 
 def check_header(raw: bytes, data_bytes: int) -> dict[str, Any]:

@@ -1,0 +1,55 @@
+"""A1111's LoRA tags in a prompt, `<lora:NAME:WEIGHT>`, and the LoRA folder their names are looked up in.
+
+As A1111 (and stable-diffusion.cpp's `--lora-model-dir`) read them: NAME is a file in the folder without
+its `.safetensors`, WEIGHT the scale (default 1); the tags are removed from the prompt before it is
+tokenized. A name is a file name, never a path: `<lora:../../etc/passwd:1>` is refused, as is a link out
+of the folder.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+from sdcpu.errors import SdcpuError
+from sdcpu.runtime.lora.setting import LoraSetting
+
+TAG = re.compile(r"<lora:([^:>]*)(?::([^:>]*))?(?::[^>]*)?>", re.IGNORECASE)  # a third field (te weight) is ignored
+
+
+def split_tags(prompt: str) -> tuple[str, list[tuple[str, float]]]:
+    """The prompt without its LoRA tags, and each tag's (name, weight)."""
+    tags = []
+    for match in TAG.finditer(prompt):
+        name, weight = match[1].strip(), (match[2] or "1").strip()
+        try:
+            scale = float(weight)
+        except ValueError:
+            raise SdcpuError(f"<lora:{name}:{weight}>: the weight is not a number") from None
+        if not math.isfinite(scale):
+            raise SdcpuError(f"<lora:{name}:{weight}>: the weight must be a finite number")
+        tags.append((name, scale))
+    cleaned = re.sub(r"\s{2,}", " ", TAG.sub("", prompt)).strip()
+    return cleaned, tags
+
+
+def find_lora(name: str, folder: Path | None) -> Path:
+    """The file of the LoRA `name` in `folder`; SdcpuError for a name that is a path, one not there, and
+    no folder."""
+    if folder is None:
+        raise SdcpuError(f"<lora:{name}> needs a LoRA folder: give --lora-dir DIR")
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise SdcpuError(f"<lora:{name}>: a LoRA is named by its file name in the LoRA folder, not by a path")
+    root = folder.resolve()
+    path = (root / f"{name}.safetensors").resolve()
+    if path.parent != root or not path.is_file():
+        available = ", ".join(sorted(p.stem for p in root.glob("*.safetensors"))[:10]) or "none"
+        raise SdcpuError(f"no LoRA named {name!r} in {folder} (found: {available})")
+    return path
+
+
+def prompt_loras(prompt: str, folder: Path | None) -> tuple[str, list[LoraSetting]]:
+    """The prompt without its tags, and the LoRAs they name, found in `folder` and checked."""
+    cleaned, tags = split_tags(prompt)
+    return cleaned, [LoraSetting.of(find_lora(name, folder), scale) for name, scale in tags]

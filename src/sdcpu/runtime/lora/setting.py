@@ -1,0 +1,52 @@
+"""A LoRA as one generation asks for it: a file and its scale, recorded in the PNG by name and hash."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sdcpu.errors import SdcpuError
+from sdcpu.format.safetensors import check_safetensors
+
+MAX_SCALE = 100.0  # far beyond any useful strength (LoRAs are made for about 0 to 1.5)
+
+
+@dataclass(frozen=True)
+class LoraSetting:
+    """One LoRA of a generation: its file, its scale, and for the PNG its name (the file's stem) and
+    A1111's short hash (the first 12 hex digits of the sha256 of the file's tensor data, past its header)."""
+
+    path: str
+    scale: float
+    name: str
+    hash: str
+
+    @classmethod
+    def of(cls, path: str | Path, scale: float = 1.0) -> LoraSetting:
+        """Check the file and the scale; SdcpuError says what is wrong."""
+        file = Path(path)
+        if not math.isfinite(scale) or abs(scale) > MAX_SCALE:
+            raise SdcpuError(f"LoRA {file.name}: the scale must be a finite number from -100 to 100; got {scale}")
+        if not file.is_file():
+            raise SdcpuError(f"LoRA {file} does not exist or is not a file")
+        if file.suffix != ".safetensors":
+            raise SdcpuError(f"LoRA {file} is not a .safetensors file (pickled LoRAs are not read)")
+        check_safetensors(file)  # a damaged file is refused here, before any work
+        return cls(str(file), float(scale), file.stem, _short_hash(file))
+
+    def record(self) -> dict[str, Any]:
+        """For the PNG: name, hash and scale (not the path, which is this machine's)."""
+        return {"name": self.name, "hash": self.hash, "scale": self.scale}
+
+
+def _short_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        header = int.from_bytes(f.read(8), "little")
+        f.seek(8 + header)
+        while block := f.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()[:12]
