@@ -99,3 +99,20 @@ def add_deltas(model, deltas: dict[str, torch.Tensor], scale: float) -> None:
     with torch.no_grad():
         for name, delta in deltas.items():
             modules[name].weight += scale * delta
+
+
+def sgm(diffusers_file: Path, config, target: Path) -> Path:
+    """The same UNet LoRA as kohya's SDXL files name it (original SGM layer names, underscored)."""
+    from sdcpu.format.ldm_names import unet_original_names
+
+    weights = load_file(diffusers_file)
+    modules = sorted({key.split(".", 1)[1].rsplit(".lora_", 1)[0] for key in weights})
+    original = unet_original_names(modules, config)
+    renamed = {}
+    for module in modules:
+        stem = "lora_unet_" + original[module].replace(".", "_")
+        renamed[f"{stem}.lora_down.weight"] = weights[f"unet.{module}.lora_A.weight"]
+        renamed[f"{stem}.lora_up.weight"] = weights[f"unet.{module}.lora_B.weight"]
+        renamed[f"{stem}.alpha"] = torch.tensor(ALPHA)
+    save_file(renamed, target)
+    return target

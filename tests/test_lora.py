@@ -8,8 +8,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
@@ -17,6 +15,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 pytest.importorskip("peft")  # diffusers' own LoRA loading, the reference
 
+import loras  # noqa: E402
 import tiny  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
@@ -31,31 +30,7 @@ SCALE = 0.7
 PROMPT = "a red circle on the left"
 
 
-UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "conv1")  # Linear, 1x1 and 3x3 Conv2d
-TEXT_TARGETS = ("q_proj", "v_proj")
-
-
-def _random_lora(model, network: str, targets: tuple[str, ...], rank: int = 4) -> dict:
-    # diffusers' (PEFT's) layout: lora_A is the down projection (a Conv2d with the layer's kernel for
-    # convolutions), lora_B the up projection.
-    weights = {}
-    for name, module in model.named_modules():
-        if not name.endswith(targets) or not isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
-            continue
-        out, inp, *kernel = module.weight.shape
-        weights[f"{network}.{name}.lora_A.weight"] = torch.randn(rank, inp, *kernel) * 0.2
-        weights[f"{network}.{name}.lora_B.weight"] = torch.randn(out, rank, *([1, 1] if kernel else [])) * 0.2
-    return weights
-
-
-def _save(weights: dict, path, networks: tuple[str, ...]):
-    # PEFT's adapter config as diffusers writes it into the file's metadata, flattened with a prefix.
-    config = {}
-    for n in networks:
-        modules = sorted({k.split(".", 1)[1].rsplit(".lora_", 1)[0] for k in weights if k.startswith(n + ".")})
-        config |= {f"{n}.r": 4, f"{n}.lora_alpha": 8, f"{n}.target_modules": modules}
-    save_file(weights, path, metadata={"format": "pt", "lora_adapter_metadata": json.dumps(config)})
-    return path
+UNET_TARGETS, TEXT_TARGETS = loras.UNET_TARGETS, loras.TEXT_TARGETS
 
 
 @pytest.fixture(scope="module")
@@ -63,21 +38,8 @@ def unet_lora(tiny_sd1, tmp_path_factory):
     """A random LoRA (rank 4, alpha 8) on the UNet's attention projections and convolutions."""
     torch.manual_seed(3)
     unet = tiny.diffusers_pipeline(tiny_sd1).unet
-    weights = _random_lora(unet, "unet", UNET_TARGETS)
-    return _save(weights, tmp_path_factory.mktemp("lora") / "unet.safetensors", ("unet",))
-
-
-def _kohya(diffusers_file, target):
-    # The same weights in kohya's layout: underscored module names, lora_down/lora_up, and each alpha.
-    renamed = {}
-    for key, tensor in load_file(diffusers_file).items():
-        network, rest = key.split(".", 1)
-        module, part = rest.rsplit(".lora_", 1)
-        stem = ("lora_unet_" if network == "unet" else "lora_te_") + module.replace(".", "_")
-        renamed[f"{stem}.lora_{'down' if part.startswith('A') else 'up'}.weight"] = tensor
-        renamed[f"{stem}.alpha"] = torch.tensor(8.0)  # the metadata's alpha, per layer as kohya stores it
-    save_file(renamed, target)
-    return target
+    weights = loras.random_lora(unet, "unet", UNET_TARGETS)
+    return loras.save_peft(weights, tmp_path_factory.mktemp("lora") / "unet.safetensors", ("unet",))
 
 
 def _reference(tiny_sd1, lora, latents):
@@ -105,7 +67,7 @@ def test_fused_lora_matches_diffusers(fmt, tiny_sd1, unet_lora, tmp_path):
 # LoRAs are fused in torch, before export: the tests below convert to ONNX, which exports several times
 # faster than OpenVINO IR (both formats are checked above).
 def test_a_kohya_lora_fuses_the_same(tiny_sd1, unet_lora, tmp_path):
-    kohya = _kohya(unet_lora, tmp_path / "kohya.safetensors")
+    kohya = loras.kohya(unet_lora, tmp_path / "kohya.safetensors")
     convert(str(tiny_sd1), tmp_path / "out", "onnx", loras=[Lora(kohya, SCALE)], progress=lambda _: None)
     latents = np.random.default_rng(4).standard_normal((1, 4, 8, 8), dtype=np.float32)
     ours = Pipeline.load(tmp_path / "out", LoadOptions(compute_precision="f32"))
@@ -118,8 +80,8 @@ def test_a_text_encoder_lora_fuses_as_its_sum(tiny_sd1, tmp_path):
 
     torch.manual_seed(5)
     reference = tiny.diffusers_pipeline(tiny_sd1, "DDIMScheduler")
-    weights = _random_lora(reference.text_encoder, "text_encoder", TEXT_TARGETS)
-    lora = _save(weights, tmp_path / "te.safetensors", ("text_encoder",))
+    weights = loras.random_lora(reference.text_encoder, "text_encoder", TEXT_TARGETS)
+    lora = loras.save_peft(weights, tmp_path / "te.safetensors", ("text_encoder",))
     convert(str(tiny_sd1), tmp_path / "out", "onnx", loras=[Lora(lora, SCALE)], progress=lambda _: None)
     with torch.no_grad():  # W + scale * alpha / rank * B A, by hand
         for name, module in reference.text_encoder.named_modules():
@@ -177,25 +139,8 @@ def sdxl_unet_lora(tiny_sdxl, tmp_path_factory):
 
     torch.manual_seed(6)
     unet = UNet2DConditionModel.from_pretrained(tiny_sdxl / "unet")
-    weights = _random_lora(unet, "unet", UNET_TARGETS)
-    return _save(weights, tmp_path_factory.mktemp("lora") / "sdxl-unet.safetensors", ("unet",))
-
-
-def _sgm(diffusers_file, config, target):
-    """The same UNet LoRA as kohya's SDXL files name it (original layer names, underscored)."""
-    from sdcpu.format.ldm_names import unet_original_names
-
-    weights = load_file(diffusers_file)
-    modules = sorted({key.split(".", 1)[1].rsplit(".lora_", 1)[0] for key in weights})
-    original = unet_original_names(modules, config)
-    renamed = {}
-    for module in modules:
-        stem = "lora_unet_" + original[module].replace(".", "_")
-        renamed[f"{stem}.lora_down.weight"] = weights[f"unet.{module}.lora_A.weight"]
-        renamed[f"{stem}.lora_up.weight"] = weights[f"unet.{module}.lora_B.weight"]
-        renamed[f"{stem}.alpha"] = torch.tensor(8.0)
-    save_file(renamed, target)
-    return target
+    weights = loras.random_lora(unet, "unet", UNET_TARGETS)
+    return loras.save_peft(weights, tmp_path_factory.mktemp("lora") / "sdxl-unet.safetensors", ("unet",))
 
 
 def _sdxl_images(folder_or_pipe, latents, lora=None):
@@ -224,7 +169,7 @@ def test_a_fused_sdxl_lora_matches_diffusers_fuse_lora(layout, tiny_sdxl, sdxl_u
     import diffusers
 
     config = diffusers.UNet2DConditionModel.load_config(tiny_sdxl / "unet")
-    lora = sdxl_unet_lora if layout == "diffusers" else _sgm(sdxl_unet_lora, config, tmp_path / "sgm.safetensors")
+    lora = sdxl_unet_lora if layout == "diffusers" else loras.sgm(sdxl_unet_lora, config, tmp_path / "sgm.safetensors")
     convert(str(tiny_sdxl), tmp_path / "out", "onnx", loras=[Lora(lora, SCALE)], progress=lambda _: None)
     latents = np.random.default_rng(4).standard_normal((1, 4, 8, 8), dtype=np.float32)
     theirs = _sdxl_images(tiny_sdxl, latents, lora)
@@ -241,7 +186,7 @@ def test_kohya_lora_for_both_sdxl_text_encoders_fuses_as_its_sum(tiny_sdxl, tmp_
     kohya = {}
     with torch.no_grad():  # W + scale * alpha / rank * B A, by hand, and the same in kohya's layout
         for network, prefix in (("text_encoder", "lora_te1_"), ("text_encoder_2", "lora_te2_")):
-            weights = _random_lora(getattr(reference, network), network, TEXT_TARGETS)
+            weights = loras.random_lora(getattr(reference, network), network, TEXT_TARGETS)
             for name, module in getattr(reference, network).named_modules():
                 if f"{network}.{name}.lora_A.weight" in weights:
                     down, up = weights[f"{network}.{name}.lora_A.weight"], weights[f"{network}.{name}.lora_B.weight"]

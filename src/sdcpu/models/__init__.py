@@ -3,9 +3,9 @@ their model card).
 
 `openvino/` is the converted fp32 model, shipped inside the package so that `sdcpu generate` works
 offline with the base (torch-free) install; `source/` holds its diffusers weights, from which the
-tests convert it again and compare. `lcm/` is the few-step model distilled from it, `xl/` demo-xl, the
-same world through SDXL's architecture, distilled from it too (both fp16, converted only).
-numpy-free, torch-free: paths, and the bundled model a name stands for.
+tests convert it again and compare; `loras/` the LoRAs trained for it. `lcm/` is the few-step model
+distilled from it, `xl/` demo-xl, the same world through SDXL's architecture, distilled from it too
+(both fp16, converted only). numpy-free, torch-free: paths, and the bundled model a name stands for.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ FEWSTEP = DEMO_ROOT / "lcm"
 XL = DEMO_ROOT / "xl"
 # `--model NAME` for the bundled models, where no folder of that name exists
 BUNDLED = {"demo": CONVERTED, "demo-lcm": FEWSTEP, "demo-xl": XL}
+# The LoRAs trained for a bundled model, found by name (`--lora night`, `<lora:night:1>`) without --lora-dir
+BUNDLED_LORAS = {CONVERTED: DEMO_ROOT / "loras"}
 
 
 def model_folder(model_dir: str | Path | None) -> Path:

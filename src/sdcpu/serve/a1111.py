@@ -272,9 +272,10 @@ def scripts() -> dict[str, list[str]]:
 def loras(http: Request) -> list[dict[str, Any]]:
     """The LoRAs in the server's --lora-dir, which prompts name as `<lora:NAME:WEIGHT>` (A1111's shape;
     the path is the file's name, not where this machine keeps it)."""
-    folder = http.app.state.server.pipeline.options.lora_dir
-    files = sorted(folder.glob("*.safetensors")) if folder is not None else []
-    return [{"name": f.stem, "alias": f.stem, "path": f.name, "metadata": {}} for f in files if f.is_file()]
+    from sdcpu.serve.app import lora_names
+
+    names = lora_names(http.app.state.server.pipeline.lora_dir)
+    return [{"name": name, "alias": name, "path": f"{name}.safetensors", "metadata": {}} for name in names]
 
 
 @router.post("/refresh-loras")

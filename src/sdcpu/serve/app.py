@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request
@@ -105,6 +106,11 @@ def create_app(
     return app
 
 
+def lora_names(folder: Path | None) -> list[str]:
+    """The LoRAs in the LoRA folder, by the names prompts give them (read at every call: no refresh)."""
+    return sorted(f.stem for f in folder.glob("*.safetensors") if f.is_file()) if folder is not None else []
+
+
 def _server(http: Request) -> Server:
     return http.app.state.server  # type: ignore[no-any-return]
 
@@ -125,6 +131,7 @@ def model(http: Request) -> dict[str, Any]:
         "schedulers": list(SCHEDULERS),
         "modes": ["txt2img", "img2img"],
         "limits": asdict(server.limits),
+        "loras": lora_names(pipeline.lora_dir),  # what prompts may name as <lora:NAME:WEIGHT>
     }
 
 

@@ -24,7 +24,7 @@ from sdcpu.errors import SdcpuError, SdcpuNotice
 from sdcpu.format.families import unsupported_family
 from sdcpu.format.foreign import foreign_family, foreign_manifest, is_foreign
 from sdcpu.format.manifest import Manifest
-from sdcpu.models import BUNDLED, model_folder
+from sdcpu.models import BUNDLED, BUNDLED_LORAS, model_folder
 from sdcpu.runtime.components.unet import GuidedInput, UNetHook, UNetRunner, unet_interfaces
 from sdcpu.runtime.engines import Model, load_model
 from sdcpu.runtime.engines.fallback import RetryAtF32
@@ -34,7 +34,7 @@ from sdcpu.runtime.io.preview import LatentPreview
 from sdcpu.runtime.io.watermark import embed as embed_watermark
 from sdcpu.runtime.lora import LoraSetting
 from sdcpu.runtime.lora.adapters import Adapters
-from sdcpu.runtime.lora.prompt import prompt_loras
+from sdcpu.runtime.lora.prompt import find_lora, prompt_loras
 from sdcpu.runtime.memory import memory_policy
 from sdcpu.runtime.memory_check import check_memory
 from sdcpu.runtime.options import DECODERS, LoadOptions
@@ -93,6 +93,9 @@ class Pipeline(TaskMethods):
         self._preview: LatentPreview | None = None
         self._optional: dict[str, Model] = {}  # networks a task asks for, read on first use
         self.adapters = Adapters(folder, manifest, self.networks)  # run-time LoRAs (runtime/lora/)
+        # Where LoRAs named in prompts or by name alone are found: --lora-dir, or a bundled model's own.
+        own = (path for model, path in BUNDLED_LORAS.items() if folder.resolve() == model.resolve())
+        self.lora_dir = self.options.lora_dir or next(own, None)
         try:
             self.scheduler_config = SchedulerConfig.load(folder / "scheduler" / "scheduler_config.json")
             self.defaults = sampling_defaults(self.scheduler_config, self.sampling)
@@ -230,7 +233,7 @@ class Pipeline(TaskMethods):
         tags (`<lora:NAME:WEIGHT>`, looked up in LoadOptions.lora_dir). `given`: latents are passed."""
         task = task or TextToImage()
         check_task(self.manifest.task, task)
-        prompt, tagged = prompt_loras(prompt, self.options.lora_dir) if "<lora:" in prompt.lower() else (prompt, [])
+        prompt, tagged = prompt_loras(prompt, self.lora_dir) if "<lora:" in prompt.lower() else (prompt, [])
         default_w, default_h = task.default_size(self.manifest)
         fields = {"strength": None} | task.record(self.manifest)
         settings = GenerationSettings(
@@ -258,13 +261,20 @@ class Pipeline(TaskMethods):
         return settings
 
     def _loras(self, loras: Sequence[LoraSetting | tuple[str | Path, float]]) -> tuple[LoraSetting, ...]:
-        checked = tuple(lora if isinstance(lora, LoraSetting) else LoraSetting.of(*lora) for lora in loras)
+        checked = tuple(lora if isinstance(lora, LoraSetting) else self._lora(*lora) for lora in loras)
         if checked and self.options.backend != "openvino":
             raise SdcpuError(
                 "LoRAs at run time need the OpenVINO backend (--backend openvino); for ONNX Runtime, fuse the "
                 "LoRA into the model when converting it: sdcpu convert --lora FILE:SCALE"
             )
         return checked
+
+    def _lora(self, path: str | Path, scale: float) -> LoraSetting:
+        # A file; or a bare name (no file of that name, no .safetensors) of a LoRA in the LoRA folder.
+        path = Path(path)
+        if not path.exists() and path.suffix != ".safetensors" and self.lora_dir is not None:
+            path = find_lora(str(path), self.lora_dir)
+        return LoraSetting.of(path, scale)
 
     # Generation
 

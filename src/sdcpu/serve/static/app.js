@@ -19,6 +19,12 @@ async function init() {
   $("model").textContent = `${model.name} · ${model.format} ${model.precision} · ${model.size}×${model.size}`;
   for (const name of model.schedulers) $("scheduler").add(new Option(name, name));
   for (const id of ["width", "height"]) Object.assign($(id), { value: model.size, step: model.multiple });
+  // LoRAs are named in the prompt as A1111 does: <lora:NAME:WEIGHT>.
+  for (const name of model.loras) $("lora").add(new Option(name, name));
+  $("loras").hidden = model.loras.length === 0;
+  $("add_lora").addEventListener("click", () => {
+    $("prompt").value = `${$("prompt").value.trim()} <lora:${$("lora").value}:${$("lora_weight").value || 1}>`.trim();
+  });
   $("form").addEventListener("submit", generate);
   $("cancel").addEventListener("click", () => current && fetch(`/api/jobs/${current}/cancel`, { method: "POST" }));
   await gallery();
