@@ -13,6 +13,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from sdcpu.bench import bad_loras
 from sdcpu.bench.battery import (
     EXPORT,
     F32,
@@ -366,4 +367,4 @@ def _given(args: list[str]) -> Setup:
 
 
 CASES = [*_settings(), *_prompts(), *_init_images(), *_outputs(), *_model_folders(), *_safetensors(), *_converts()]
-CASES += [*_previews(), *_masks(), *_serve(), *_faults()]
+CASES += [*_previews(), *_masks(), *_serve(), *_faults(), *bad_loras.cases()]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,6 @@ class Adapters:
         if loras == self.active:
             return set()
         files = [(self._read(lora), lora) for lora in loras]
-        self._check_networks(files)
         fed = {}  # every network's updates, all checked before any network changes
         for network, components in COMPONENTS.items():
             for component in components:
@@ -81,20 +81,19 @@ class Adapters:
         path = Path(lora.path)
         key = (str(path.resolve()), path.stat().st_mtime)
         if key not in self._files:
-            self._files[key] = read_lora(path)
+            self._files[key] = read_lora(path, partial(self._check_networks, lora))
         return self._files[key]
 
-    def _check_networks(self, files: list[tuple[LoraFile, LoraSetting]]) -> None:
+    def _check_networks(self, lora: LoraSetting, networks: set[str]) -> None:
         family = self.manifest.family
         present = {network for network, components in COMPONENTS.items() if components[0] in self.manifest.components}
-        for file, lora in files:
-            lacking = file.networks - present
-            if lacking:
-                made_for = "Stable Diffusion XL" if "text_encoder_2" in lacking else "another family"
-                raise SdcpuError(
-                    f"LoRA {lora.name} is a LoRA for {made_for} (it adapts {', '.join(sorted(lacking))}); this "
-                    f"model is {NAMES.get(family, family)}: use a LoRA made for it"
-                )
+        lacking = networks - present
+        if lacking:
+            made_for = "Stable Diffusion XL" if "text_encoder_2" in lacking else "another family"
+            raise SdcpuError(
+                f"LoRA {lora.name} is a LoRA for {made_for} (it adapts {', '.join(sorted(lacking))}); this "
+                f"model is {NAMES.get(family, family)}: use a LoRA made for it"
+            )
 
     def _updates(
         self, component: str, network: str, files: list[tuple[LoraFile, LoraSetting]]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,9 +78,10 @@ class LoraFile:
         return {network for network, layers in self.updates.items() if layers}
 
 
-def read_lora(path: Path) -> LoraFile:
+def read_lora(path: Path, check_networks: Callable[[set[str]], None] = lambda networks: None) -> LoraFile:
     """Read `path` into updates; SdcpuError naming the file for a pickle, a damaged file, keys of an
-    adapter kind sdcpu does not run, NaN or Inf, and a file that adapts nothing."""
+    adapter kind sdcpu does not run, NaN or Inf, and a file that adapts nothing. `check_networks` is
+    given the networks the file adapts before any update is built (it refuses a LoRA of another family)."""
     if path.suffix != ".safetensors":
         raise SdcpuError(f"LoRA {path} is not a .safetensors file (pickled LoRAs are not read)")
     tensors, metadata = read_safetensors(path)
@@ -95,6 +97,7 @@ def read_lora(path: Path) -> LoraFile:
         kinds = sorted({kind for key in unknown for mark, kind in UNREAD.items() if key.endswith("." + mark)})
         what = f"it is {' and '.join(kinds)}, which sdcpu does not run" if kinds else "keys sdcpu does not read"
         raise SdcpuError(f"LoRA {path.name}: {what}: {', '.join(sorted(unknown)[:3])}")
+    check_networks({network for network, layers in groups.items() if layers})
     updates: dict[str, dict[str, Update]] = {network: {} for network in PREFIXES} | {
         network: {layer: _update(path, network, layer, parts, metadata) for layer, parts in layers.items()}
         for network, layers in groups.items()
