@@ -38,8 +38,11 @@ class Adapters:
     """Run-time LoRAs for the networks of one pipeline: `networks()` gives them by component, `manifest`
     and `folder` their graphs."""
 
-    def __init__(self, folder: Path, manifest: Manifest, networks: Callable[[], dict[str, Model | None]]):
+    def __init__(
+        self, folder: Path, manifest: Manifest, networks: Callable[[], dict[str, Model | None]], bf16: bool = False
+    ):
         self.folder, self.manifest, self.networks = folder, manifest, networks
+        self.bf16 = bf16  # the branches compute in bf16 (the load options' compute precision is bf16)
         self._names: dict[str, tuple[LayerNames, dict[str, Any]]] = {}  # component -> names, {path: Layer}
         self._plans: dict[str, BranchPlan] = {}
         self._files: dict[tuple[str, float], LoraFile] = {}  # by path and modification time
@@ -62,6 +65,8 @@ class Adapters:
                         fed[component] = (model, updates)
         for component, (model, updates) in fed.items():
             self._feed(component, model, updates)
+        active = {self._key(lora) for lora in loras}
+        self._files = {key: file for key, file in self._files.items() if key in active}  # the rest is re-read
         self.active = loras
         return set(fed)
 
@@ -75,13 +80,17 @@ class Adapters:
             _, layers = self._layers(component)
             plan = BranchPlan((), 0).grown({layer for path, layer in layers.items() if marker in path}, rank)
             self._plans[component] = plan
-            model.adapt(plan.graph_pass(component), plan.tensors({}))
+            model.adapt(plan.graph_pass(component, self.bf16), plan.tensors({}))
+
+    @staticmethod
+    def _key(lora: LoraSetting) -> tuple[str, float]:
+        path = Path(lora.path)
+        return str(path.resolve()), path.stat().st_mtime
 
     def _read(self, lora: LoraSetting) -> LoraFile:
-        path = Path(lora.path)
-        key = (str(path.resolve()), path.stat().st_mtime)
+        key = self._key(lora)
         if key not in self._files:
-            self._files[key] = read_lora(path, partial(self._check_networks, lora))
+            self._files[key] = read_lora(Path(lora.path), partial(self._check_networks, lora))
         return self._files[key]
 
     def _check_networks(self, lora: LoraSetting, networks: set[str]) -> None:
@@ -136,4 +145,4 @@ class Adapters:
         rank = max((sum(u.rank for u in found) for found in updates.values()), default=0)
         plan = self._plans.get(component, BranchPlan((), 0)).grown({layers[path] for path in updates}, rank)
         self._plans[component] = plan
-        model.adapt(plan.graph_pass(component), plan.tensors(updates))
+        model.adapt(plan.graph_pass(component, self.bf16), plan.tensors(updates))

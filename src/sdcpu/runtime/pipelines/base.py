@@ -92,7 +92,9 @@ class Pipeline(TaskMethods):
         self.fell_back: list[str] = []  # networks that gave NaN or Inf at bf16 and now run at f32
         self._preview: LatentPreview | None = None
         self._optional: dict[str, Model] = {}  # networks a task asks for, read on first use
-        self.adapters = Adapters(folder, manifest, self.networks)  # run-time LoRAs (runtime/lora/)
+        # Run-time LoRAs (runtime/lora/); their branches compute in bf16 where the options do, even in a
+        # network the precision rule keeps at f32 (int8-hybrid's UNet on AMX): see branches.add_branches.
+        self.adapters = Adapters(folder, manifest, self.networks, self.options.compute_precision == "bf16")
         # Where LoRAs named in prompts or by name alone are found: --lora-dir, or a bundled model's own.
         own = (path for model, path in BUNDLED_LORAS.items() if folder.resolve() == model.resolve())
         self.lora_dir = self.options.lora_dir or next(own, None)
