@@ -225,6 +225,8 @@ LONGEST_FIRST = (
     "test_goldens.py",
     "test_depth.py",
     "test_lora.py",
+    "test_lora_runtime.py",
+    "test_lora_runtime_sdxl.py",
     "test_sdxl.py",
     "test_demo_model.py",
     "test_parity.py",

@@ -27,7 +27,7 @@ from sdcpu.runtime.options import LoadOptions  # noqa: E402
 
 pytestmark = pytest.mark.parity
 PROMPT = "a red circle on the left"
-STEPS = 6
+STEPS = 4
 TOLERANCE = 2 / 255
 
 

@@ -37,10 +37,8 @@ def cases() -> list[Case]:
         ("--lora of another shape", _with_lora(lora_file((4, 48), (64, 4))), "does not fit this model"),
         ("--lora of NaN weights", _with_lora(lora_file((4, 64), (64, 4), np.nan)), "holds NaN or Inf"),
         ("--lora FILE:nan", _with_lora(good, "FILE:nan"), "must be a finite number"),
-        ("--lora FILE:inf", _with_lora(good, "FILE:inf"), "must be a finite number"),
         ("prompt <lora:../../etc/passwd:1>", generate(*tagged, prompt="a <lora:../../etc/passwd:1>"), "not by a path"),
         ("prompt <lora:missing:1>", generate(*tagged, prompt="a <lora:missing:1>"), "no LoRA named 'missing'"),
-        ("prompt <lora:x:strong>", generate(*tagged, prompt="a <lora:x:strong>"), "the weight is not a number"),
         ("--lora-dir a missing folder", generate("--lora-dir", "nope"), "does not exist or is not a folder"),
         ("--lora-rank -1", generate("--lora-rank", "-1"), "lora_rank must be from 0"),
     ]

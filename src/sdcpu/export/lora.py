@@ -16,7 +16,6 @@ wide, for SDXL's 2048).
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from sdcpu.errors import SdcpuError
 from sdcpu.format.ldm_names import unet_original_names
 from sdcpu.format.manifest import sha256_file
 from sdcpu.format.safetensors import check_safetensors
+from sdcpu.runtime.lora.formats import metadata_alpha
 
 # network -> its prefixes in the file's keys: diffusers' first, then kohya's
 PREFIXES = {
@@ -160,27 +160,12 @@ def _pairs(lora: Lora, network: str) -> dict[str, tuple[Any, Any, float]]:
 
     pairs = {}
     with safe_open(str(lora.path), framework="pt") as f:
-        network_alpha = _metadata_alpha(f.metadata() or {}, network)
+        network_alpha = metadata_alpha(f.metadata() or {}, network)
         for name, parts in _groups(list(f.keys()), network)[0].items():
             down, up = f.get_tensor(parts["down"]), f.get_tensor(parts["up"])
             alpha = float(f.get_tensor(parts["alpha"])) if "alpha" in parts else network_alpha or float(down.shape[0])
             pairs[_module_name(name, PREFIXES[network])] = (down, up, alpha)
     return pairs
-
-
-def _metadata_alpha(metadata: dict[str, str], network: str) -> float | None:
-    # diffusers keeps PEFT's adapter config in the file's metadata, flattened: {"unet.lora_alpha": 8, ...}.
-    # One alpha for the network; per-layer patterns are refused rather than half-read.
-    try:
-        config = json.loads(metadata.get("lora_adapter_metadata", "{}"))
-    except ValueError:
-        return None
-    if not isinstance(config, dict):
-        return None
-    if config.get(f"{network}.alpha_pattern") or config.get(f"{network}.rank_pattern"):
-        raise SdcpuError("a LoRA with per-layer ranks or alphas (PEFT's rank_pattern, alpha_pattern) is not read yet")
-    alpha = config.get(f"{network}.lora_alpha")
-    return float(alpha) if isinstance(alpha, (int, float)) else None
 
 
 def _module_name(name: str, prefixes: tuple[str, ...]) -> str:

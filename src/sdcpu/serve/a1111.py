@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from sdcpu.errors import SdcpuError
 from sdcpu.runtime.io.infotext import SAMPLERS, sampler_names, scheduler_for
+from sdcpu.runtime.lora.prompt import lora_names
 from sdcpu.serve.jobs import Job
 from sdcpu.version import __version__
 
@@ -272,8 +273,6 @@ def scripts() -> dict[str, list[str]]:
 def loras(http: Request) -> list[dict[str, Any]]:
     """The LoRAs in the server's --lora-dir, which prompts name as `<lora:NAME:WEIGHT>` (A1111's shape;
     the path is the file's name, not where this machine keeps it)."""
-    from sdcpu.serve.app import lora_names
-
     names = lora_names(http.app.state.server.pipeline.lora_dir)
     return [{"name": name, "alias": name, "path": f"{name}.safetensors", "metadata": {}} for name in names]
 

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request
@@ -18,6 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict
 
 from sdcpu.errors import SdcpuError
+from sdcpu.runtime.lora.prompt import lora_names
 from sdcpu.runtime.schedulers import SCHEDULERS
 from sdcpu.runtime.tasks import ImageToImage, TextToImage
 from sdcpu.serve.jobs import FINISHED, Job, JobQueue, QueueFull
@@ -104,11 +104,6 @@ def create_app(
         return html
 
     return app
-
-
-def lora_names(folder: Path | None) -> list[str]:
-    """The LoRAs in the LoRA folder, by the names prompts give them (read at every call: no refresh)."""
-    return sorted(f.stem for f in folder.glob("*.safetensors") if f.is_file()) if folder is not None else []
 
 
 def _server(http: Request) -> Server:

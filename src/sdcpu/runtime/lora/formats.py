@@ -127,7 +127,7 @@ def _update(path: Path, network: str, layer: str, parts: dict[str, np.ndarray], 
     kinds = {"lora": set(LORA_PARTS) & set(parts), "loha": set(LOHA_PARTS) & set(parts)}
     kinds["lokr"] = set(LOKR_PARTS) & set(parts)
     found = [kind for kind, keys in kinds.items() if keys]
-    alpha = float(parts["alpha"]) if "alpha" in parts else _metadata_alpha(metadata, network)
+    alpha = float(parts["alpha"]) if "alpha" in parts else metadata_alpha(metadata, network)
     try:
         if found == ["lora"] and {"down", "up"} <= {LORA_PARTS[k] for k in kinds["lora"]}:
             return _lora(parts, alpha)
@@ -179,8 +179,9 @@ def _factors(parts: dict[str, np.ndarray], name: str) -> tuple[np.ndarray, np.nd
     return u, v.reshape(v.shape[0], -1), int(v.shape[0])
 
 
-def _metadata_alpha(metadata: dict[str, str], network: str) -> float | None:
-    # diffusers keeps PEFT's adapter config in the file's metadata, flattened: {"unet.lora_alpha": 8, ...}.
+def metadata_alpha(metadata: dict[str, str], network: str) -> float | None:
+    """The alpha of `network` in a diffusers file's metadata, which keeps PEFT's adapter config flattened
+    ({"unet.lora_alpha": 8, ...}); None where it has none. Per-layer patterns are refused, not half-read."""
     try:
         config = json.loads(metadata.get("lora_adapter_metadata", "{}"))
     except ValueError:

@@ -49,6 +49,11 @@ def find_lora(name: str, folder: Path | None) -> Path:
     return path
 
 
+def lora_names(folder: Path | None) -> list[str]:
+    """The LoRAs in `folder`, by the names prompts give them (read at every call: nothing to refresh)."""
+    return sorted(f.stem for f in folder.glob("*.safetensors") if f.is_file()) if folder is not None else []
+
+
 def prompt_loras(prompt: str, folder: Path | None) -> tuple[str, list[LoraSetting]]:
     """The prompt without its tags, and the LoRAs they name, found in `folder` and checked."""
     cleaned, tags = split_tags(prompt)
