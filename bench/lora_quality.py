@@ -5,7 +5,8 @@ Per scale: how many backgrounds the oracle reads as the LoRA's target (black), c
 whose own background is another colour; how often shape, colour, size and position stay right, and all
 four at once, counted over the scenes whose shape is not black (a black shape on the night background
 cannot be seen, so there is nothing to keep); and whether scale 0 gives the base model's images bit for
-bit. Writes docs/lora_quality.json.
+bit; and the mean brightness of the background (the top and bottom 3 rows of pixels, 0 to 255), which places
+an intermediate scale between the two. Writes docs/lora_quality.json.
 
     python bench/lora_quality.py --scales 0,0.5,1
 """
@@ -39,11 +40,15 @@ def measure(scales: list[float], count: int) -> dict:
     results = {}
     for scale in scales:
         night = nights = kept_rows = same = 0
+        brightness = []
         kept = dict.fromkeys((*KEPT, "all"), 0)
         for i in picks:
             scene = held_out[i]
             image = pipe(scene.caption(i), seed=i, loras=[(NIGHT, scale)]).images[0]
             seen = world.judge(image)
+            pixels = np.asarray(image, dtype=np.float32)
+            border = np.concatenate([pixels[:3].reshape(-1, 3), pixels[-3:].reshape(-1, 3)])
+            brightness.append(float(border.mean()))
             same += int(np.array_equal(np.asarray(image), np.asarray(base[i])))
             if scene.background != TARGET:
                 nights += 1
@@ -56,6 +61,7 @@ def measure(scales: list[float], count: int) -> dict:
             "background_is_target": night / nights,
             **{f"{a}_kept": n / kept_rows for a, n in kept.items()},
             "identical_to_base": same / len(picks),
+            "background_brightness": float(np.mean(brightness)),
             "scenes": len(picks),
         }
         print(scale, results[f"{scale:g}"], flush=True)

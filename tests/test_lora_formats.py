@@ -131,3 +131,25 @@ def test_lora_flags_take_an_optional_scale_after_the_last_colon():
         (Path("b.safetensors"), 0.5),
         (Path("c:d.safetensors"), 1.0),
     ]
+
+
+def test_the_demos_night_lora_turns_backgrounds_black_by_name_and_scale_0_is_the_base():
+    """The shipped LoRA (tools/train_demo_lora.py), found by name for the bundled demo, on 8 held-out
+    captions: at scale 1 the oracle reads a black background; at 0 the base model's image, bit for bit.
+    (All 240 captions: bench/lora_quality.py, docs/lora.md.)"""
+    from sdcpu import Pipeline
+    from sdcpu.demo import world
+    from sdcpu.models import DEMO_ROOT
+    from sdcpu.runtime.options import LoadOptions
+
+    assert (DEMO_ROOT / "loras" / "night.safetensors").stat().st_size < 2**20
+    pipe = Pipeline.load(None, LoadOptions(compute_precision="f32", cache=False))
+    _, held_out = world.split_scenes()
+    night = 0
+    for i in range(0, 240, 30):
+        caption = held_out[i].caption(i)
+        base = pipe(caption, seed=i, steps=10).images[0]
+        zero = pipe(caption, seed=i, steps=10, loras=[("night", 0.0)]).images[0]
+        assert np.array_equal(np.asarray(zero), np.asarray(base))
+        night += world.judge(pipe(f"{caption} <lora:night:1>", seed=i, steps=10).images[0])["background"] == "black"
+    assert night >= 7
