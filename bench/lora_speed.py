@@ -115,7 +115,7 @@ def worker(folder: Path, work: Path, mode: str, steps: int) -> dict[str, Any]:
         timed.seconds.clear()
         result["first_lora_image_s"] = _image(pipe, steps, [(work / "a.safetensors", 1.0)])
         start = time.perf_counter()
-        pipe.adapters.apply(pipe.settings(PROMPT, loras=[(work / "b.safetensors", 1.0)]).loras)
+        pipe.adapters.apply(pipe.settings(PROMPT, loras=[(work / "b.safetensors", 1.0)]).loras, pipe.networks())
         result["switch_s"] = time.perf_counter() - start
         timed.seconds.clear()
         result["switched_image_s"] = _image(pipe, steps, [(work / "b.safetensors", 1.0)])

@@ -153,3 +153,23 @@ def test_the_demos_night_lora_turns_backgrounds_black_by_name_and_scale_0_is_the
         assert np.array_equal(np.asarray(zero), np.asarray(base))
         night += world.judge(pipe(f"{caption} <lora:night:1>", seed=i, steps=10).images[0])["background"] == "black"
     assert night >= 7
+
+
+def test_a_pipeline_is_freed_when_dropped_with_or_without_loras():
+    """No reference cycle keeps a pipeline (and its compiled models) alive for the garbage collector,
+    which could free them at any moment, from any thread."""
+    import gc
+    import weakref
+
+    from sdcpu import Pipeline
+    from sdcpu.runtime.options import LoadOptions
+
+    gc.disable()
+    try:
+        pipe = Pipeline.load(None, LoadOptions(compute_precision="f32", cache=False))
+        pipe("a red circle", steps=2, seed=0, loras=[("night", 1.0)])
+        dropped = weakref.ref(pipe)
+        del pipe
+        assert dropped() is None
+    finally:
+        gc.enable()

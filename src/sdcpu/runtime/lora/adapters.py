@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -35,20 +35,19 @@ COMMON["text_encoder_2"] = ".layers."
 
 
 class Adapters:
-    """Run-time LoRAs for the networks of one pipeline: `networks()` gives them by component, `manifest`
+    """Run-time LoRAs for the networks of one pipeline, given by component at each call (no reference to
+    the pipeline is kept: a cycle would leave its compiled models to the garbage collector), `manifest`
     and `folder` their graphs."""
 
-    def __init__(
-        self, folder: Path, manifest: Manifest, networks: Callable[[], dict[str, Model | None]], bf16: bool = False
-    ):
-        self.folder, self.manifest, self.networks = folder, manifest, networks
+    def __init__(self, folder: Path, manifest: Manifest, bf16: bool = False):
+        self.folder, self.manifest = folder, manifest
         self.bf16 = bf16  # the branches compute in bf16 (the load options' compute precision is bf16)
         self._names: dict[str, tuple[LayerNames, dict[str, Any]]] = {}  # component -> names, {path: Layer}
         self._plans: dict[str, BranchPlan] = {}
         self._files: dict[tuple[str, float], LoraFile] = {}  # by path and modification time
         self.active: tuple[LoraSetting, ...] = ()
 
-    def apply(self, loras: Sequence[LoraSetting]) -> set[str]:
+    def apply(self, loras: Sequence[LoraSetting], networks: Mapping[str, Model | None]) -> set[str]:
         """Give every network the branches of `loras` (none: zeros where a network has branches);
         returns the components whose LoRAs changed (a text encoder's: its prompts encode differently)."""
         loras = tuple(lora for lora in loras if lora.scale != 0.0)
@@ -58,7 +57,7 @@ class Adapters:
         fed = {}  # every network's updates, all checked before any network changes
         for network, components in COMPONENTS.items():
             for component in components:
-                model = self.networks().get(component)
+                model = networks.get(component)
                 if model is not None and component in self.manifest.components:
                     updates = self._updates(component, network, files)
                     if updates or component in self._plans:
@@ -70,11 +69,11 @@ class Adapters:
         self.active = loras
         return set(fed)
 
-    def prepare(self, rank: int) -> None:
+    def prepare(self, rank: int, networks: Mapping[str, Model | None]) -> None:
         """Compile every network ready for LoRAs up to `rank` on its COMMON layers, fed zeros until a LoRA
         is given: the first LoRA on those layers then compiles nothing."""
         for component, marker in COMMON.items():
-            model = self.networks().get(component)
+            model = networks.get(component)
             if model is None or component not in self.manifest.components:
                 continue
             _, layers = self._layers(component)

@@ -94,7 +94,7 @@ class Pipeline(TaskMethods):
         self._optional: dict[str, Model] = {}  # networks a task asks for, read on first use
         # Run-time LoRAs (runtime/lora/); their branches compute in bf16 where the options do, even in a
         # network the precision rule keeps at f32 (int8-hybrid's UNet on AMX): see branches.add_branches.
-        self.adapters = Adapters(folder, manifest, self.networks, self.options.compute_precision == "bf16")
+        self.adapters = Adapters(folder, manifest, self.options.compute_precision == "bf16")
         # Where LoRAs named in prompts or by name alone are found: --lora-dir, or a bundled model's own.
         own = (path for model, path in BUNDLED_LORAS.items() if folder.resolve() == model.resolve())
         self.lora_dir = self.options.lora_dir or next(own, None)
@@ -114,7 +114,7 @@ class Pipeline(TaskMethods):
         self.vae_decoder = self._load(decoder)
         self.decode_scaling = float(manifest.components[decoder].get("scaling_factor", manifest.vae_scaling_factor))
         if self.options.lora_rank:
-            self.adapters.prepare(self.options.lora_rank)
+            self.adapters.prepare(self.options.lora_rank, self.networks())
 
     @classmethod
     def load(cls, model_dir: str | Path | None = None, options: LoadOptions | None = None) -> Pipeline:
@@ -294,7 +294,7 @@ class Pipeline(TaskMethods):
         rng = np.random.default_rng(s.seed)
         # 0. LoRAs: each network gets the low-rank branches of this generation's LoRAs (none: zeros, or
         #    nothing where it never had any); a changed text encoder encodes the prompts again.
-        if self.adapters.apply(s.loras) & {"text_encoder", "text_encoder_2"}:
+        if self.adapters.apply(s.loras, self.networks()) & {"text_encoder", "text_encoder_2"}:
             self._prompts = None
         # 1. Text conditioning: the family's UNet inputs, each with a negative and a positive half, batched
         #    [negative x N, prompt x N] when guided, so that one UNet call gives both predictions (the runner
