@@ -26,14 +26,8 @@ from sdcpu.errors import SdcpuError
 from sdcpu.format.ldm_names import unet_original_names
 from sdcpu.format.manifest import sha256_file
 from sdcpu.format.safetensors import check_safetensors
-from sdcpu.runtime.lora.formats import metadata_alpha
+from sdcpu.runtime.lora.formats import PREFIXES, metadata_alpha
 
-# network -> its prefixes in the file's keys: diffusers' first, then kohya's
-PREFIXES = {
-    "unet": ("unet.", "lora_unet_"),
-    "text_encoder": ("text_encoder.", "lora_te_", "lora_te1_"),
-    "text_encoder_2": ("text_encoder_2.", "lora_te2_"),
-}
 KNOWN_PREFIXES = tuple(prefix for prefixes in PREFIXES.values() for prefix in prefixes)
 PARTS = {"lora_A": "down", "lora_down": "down", "lora_B": "up", "lora_up": "up"}
 KEY = re.compile(r"^(?P<module>.+?)\.(?P<part>lora_A|lora_B|lora_down|lora_up)\.weight$|^(?P<alpha_of>.+)\.alpha$")

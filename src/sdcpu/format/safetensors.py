@@ -38,6 +38,11 @@ class HeaderError(ValueError):
 def check_safetensors(path: Path) -> list[str]:
     """Raise SdcpuError naming `path` and its defect unless its header is well formed and every tensor's
     bytes lie inside the file, exactly once; returns the tensors' names."""
+    return list(_checked_header(path)[0])
+
+
+def _checked_header(path: Path) -> tuple[dict[str, Any], dict[str, str], int]:
+    # The checked tensor entries, the metadata, and where the tensors' data starts.
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -48,25 +53,22 @@ def check_safetensors(path: Path) -> list[str]:
                 raise HeaderError(f"it declares a {length:,}-byte header, over the {MAX_HEADER_BYTES:,}-byte limit")
             if 8 + length > size:
                 raise HeaderError(f"its {length:,}-byte header runs past the end of the {size:,}-byte file")
-            header = check_header(f.read(length), size - 8 - length)
+            header, metadata = _parse_header(f.read(length), size - 8 - length)
     except HeaderError as err:
         raise SdcpuError(f"{path} is not a valid safetensors file: {err}; get the file again") from None
     except OSError as err:
         raise SdcpuError(f"cannot read {path}: {err.strerror}") from None
-    return [name for name in header if name != "__metadata__"]
+    return header, metadata, 8 + length
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """The float tensors of a checked file, as float32 arrays, and its metadata. bf16 is widened by its
     bits (bf16 is float32's upper half); a tensor of any other dtype is refused by name."""
-    check_safetensors(path)
+    header, metadata, start = _checked_header(path)
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        length = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8 : 8 + length])
-        metadata = header.pop("__metadata__", {})
         tensors = {}
         for name, entry in header.items():
-            begin, end = (8 + length + offset for offset in entry["data_offsets"])
+            begin, end = (start + offset for offset in entry["data_offsets"])
             tensors[name] = _float32(path, name, entry["dtype"], data[begin:end]).reshape(entry["shape"])
     return tensors, metadata
 
@@ -80,7 +82,12 @@ def _float32(path: Path, name: str, dtype: str, raw: bytes) -> np.ndarray:
 
 
 def check_header(raw: bytes, data_bytes: int) -> dict[str, Any]:
-    """The parsed header of a file whose tensor data is `data_bytes` long; raises HeaderError."""
+    """The parsed header of a file whose tensor data is `data_bytes` long, without its metadata; raises
+    HeaderError."""
+    return _parse_header(raw, data_bytes)[0]
+
+
+def _parse_header(raw: bytes, data_bytes: int) -> tuple[dict[str, Any], dict[str, str]]:
     try:
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=_refuse_duplicates)
     except (UnicodeDecodeError, RecursionError, json.JSONDecodeError) as err:
@@ -99,7 +106,7 @@ def check_header(raw: bytes, data_bytes: int) -> dict[str, Any]:
         end = stop
     if end != data_bytes:
         raise HeaderError(f"its tensors cover {end:,} of the {data_bytes:,} data bytes")
-    return header
+    return header, metadata
 
 
 def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -82,12 +82,9 @@ class OnnxRuntimeModel:
         return list(self._session.run(None, conform(inputs, self._dtypes), self._run_options))
 
     def adapt(self, branches: Any, tensors: dict[str, np.ndarray]) -> None:
-        # An ONNX Runtime session cannot be given new inputs: the graph would be edited with the onnx
-        # package (not a runtime dependency) and the whole session built again for each set of layers.
-        raise SdcpuError(
-            "LoRAs at run time need the OpenVINO backend (--backend openvino); for ONNX Runtime, fuse the LoRA "
-            "into the model when converting it: sdcpu convert --lora FILE:SCALE"
-        )
+        from sdcpu.runtime.lora.setting import NEEDS_OPENVINO
+
+        raise SdcpuError(NEEDS_OPENVINO)
 
     def release_memory(self) -> None:
         """Nothing to do: every run returns its intermediate buffers to the system as it ends."""

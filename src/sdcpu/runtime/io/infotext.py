@@ -79,8 +79,13 @@ def format_parameters(settings: dict[str, Any], model: str, model_hash: str, ver
     fields["Version"] = version
     line = ", ".join(f"{key}: {quote(value)}" for key, value in fields.items() if value is not None)
     negative = f"\nNegative prompt: {settings['negative_prompt']}" if settings["negative_prompt"] else ""
-    tags = "".join(f" <lora:{lora['name']}:{lora['scale']:g}>" for lora in settings.get("loras") or [])
-    return f"{settings['prompt']}{tags}{negative}\n{line}"
+    return f"{settings['prompt']}{lora_tags(settings.get('loras') or [])}{negative}\n{line}"
+
+
+def lora_tags(loras: list[dict[str, Any]]) -> str:
+    """A1111's `<lora:NAME:WEIGHT>` tags for recorded LoRAs, each after a space, as A1111 writes them
+    into the prompt of its `parameters` (and as --from-png finds them again)."""
+    return "".join(f" <lora:{lora['name']}:{lora['scale']:g}>" for lora in loras)
 
 
 def parse_parameters(text: str) -> dict[str, Any]:
@@ -145,7 +150,7 @@ def read_png_settings(path: Path) -> dict[str, Any]:
             warnings.warn(f"{path} was generated from given noise: its seed does not reproduce it", stacklevel=2)
         settings = {key: ours[key] for key in RERUN_KEYS if key in ours}
         if ours.get("loras") and "prompt" in settings:  # as A1111's tags, found again in --lora-dir
-            settings["prompt"] += "".join(f" <lora:{lora['name']}:{lora['scale']:g}>" for lora in ours["loras"])
+            settings["prompt"] += lora_tags(ours["loras"])
         return settings
     if "parameters" in text:
         return parse_parameters(text["parameters"])

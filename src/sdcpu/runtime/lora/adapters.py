@@ -13,7 +13,6 @@ import warnings
 from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 from sdcpu.errors import SdcpuError
 from sdcpu.format.families import NAMES
@@ -21,7 +20,7 @@ from sdcpu.format.manifest import Manifest
 from sdcpu.runtime.engines import Model
 from sdcpu.runtime.lora.branches import BranchPlan, fit
 from sdcpu.runtime.lora.formats import LoraFile, Update, read_lora
-from sdcpu.runtime.lora.layers import LayerNames, describe, graph_layers
+from sdcpu.runtime.lora.layers import Layer, LayerNames, describe, graph_layers
 from sdcpu.runtime.lora.setting import LoraSetting
 
 # The networks a LoRA adapts -> the pipeline components that run each (DeepCache's shallow pass is the
@@ -42,7 +41,7 @@ class Adapters:
     def __init__(self, folder: Path, manifest: Manifest, bf16: bool = False):
         self.folder, self.manifest = folder, manifest
         self.bf16 = bf16  # the branches compute in bf16 (the load options' compute precision is bf16)
-        self._names: dict[str, tuple[LayerNames, dict[str, Any]]] = {}  # component -> names, {path: Layer}
+        self._names: dict[str, tuple[LayerNames, dict[str, Layer]]] = {}  # component -> names, {path: Layer}
         self._plans: dict[str, BranchPlan] = {}
         self._files: dict[tuple[str, float], LoraFile] = {}  # by path and modification time
         self.active: tuple[LoraSetting, ...] = ()
@@ -77,9 +76,8 @@ class Adapters:
             if model is None or component not in self.manifest.components:
                 continue
             _, layers = self._layers(component)
-            plan = BranchPlan((), 0).grown({layer for path, layer in layers.items() if marker in path}, rank)
-            self._plans[component] = plan
-            model.adapt(plan.graph_pass(component, self.bf16), plan.tensors({}))
+            common = frozenset(layer for path, layer in layers.items() if marker in path)
+            self._feed(component, model, {}, common, rank)
 
     @staticmethod
     def _key(lora: LoraSetting) -> tuple[str, float]:
@@ -116,8 +114,7 @@ class Adapters:
                 if path is None:
                     missing.append(name)
                     continue
-                fitted = fit(update, layers[path], f"LoRA {lora.name}")
-                found.setdefault(path, []).append(Update(fitted.down, fitted.up, fitted.scale * lora.scale))
+                found.setdefault(path, []).append(fit(update, layers[path], f"LoRA {lora.name}", lora.scale))
             if missing and component == COMPONENTS[network][0]:  # the shallow pass lacks most layers: no warning
                 if len(missing) == len(file.updates[network]):
                     raise SdcpuError(
@@ -128,7 +125,7 @@ class Adapters:
                 warnings.warn(note, stacklevel=4)
         return found
 
-    def _layers(self, component: str) -> tuple[LayerNames, dict[str, Any]]:
+    def _layers(self, component: str) -> tuple[LayerNames, dict[str, Layer]]:
         if component not in self._names:
             import openvino as ov
 
@@ -139,9 +136,18 @@ class Adapters:
             self._names[component] = (LayerNames(list(layers), config), layers)
         return self._names[component]
 
-    def _feed(self, component: str, model: Model, updates: dict[str, list[Update]]) -> None:
+    def _feed(
+        self,
+        component: str,
+        model: Model,
+        updates: dict[str, list[Update]],
+        more: frozenset[Layer] = frozenset(),
+        rank: int = 0,
+    ) -> None:
+        # The network's plan grown to the updates' layers and ranks (and `more` layers, up to `rank`), and
+        # the updates fed to it: zeros on the plan's other layers.
         _, layers = self._layers(component)
-        rank = max((sum(u.rank for u in found) for found in updates.values()), default=0)
-        plan = self._plans.get(component, BranchPlan((), 0)).grown({layers[path] for path in updates}, rank)
+        rank = max([rank, *(sum(u.rank for u in found) for found in updates.values())])
+        plan = self._plans.get(component, BranchPlan((), 0)).grown(more | {layers[path] for path in updates}, rank)
         self._plans[component] = plan
         model.adapt(plan.graph_pass(component, self.bf16), plan.tensors(updates))

@@ -17,6 +17,7 @@ float, as the LoRA was trained.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Set
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -39,7 +40,7 @@ class BranchPlan:
     layers: tuple[Layer, ...]
     rank: int
 
-    def grown(self, layers: set[Layer], rank: int) -> BranchPlan:
+    def grown(self, layers: Set[Layer], rank: int) -> BranchPlan:
         """This plan with more layers or a higher rank: a graph's plan only grows, so that switching
         among LoRAs already seen never compiles again."""
         rank = max(self.rank, MIN_RANK, 1 << max(rank - 1, 0).bit_length())
@@ -83,8 +84,9 @@ def up_name(path: str) -> str:
     return f"lora_up.{path}"
 
 
-def fit(update: Update, layer: Layer, where: str) -> Update:
-    """`update` shaped for `layer` (a convolution's down as a kernel); SdcpuError where it does not fit."""
+def fit(update: Update, layer: Layer, where: str, scale: float = 1.0) -> Update:
+    """`update` shaped for `layer` (a convolution's down as a kernel), its scale times `scale` (the
+    LoRA's); SdcpuError where it does not fit."""
     out, *inner = layer.shape
     size = int(np.prod(inner))
     if update.up.shape[0] != out or update.down[0].size != size:
@@ -93,7 +95,7 @@ def fit(update: Update, layer: Layer, where: str) -> Update:
             f"{where} does not fit this model: its layer {layer.path} is {given} in the LoRA and {out}x{size} "
             "here; is it for another family (SD 1.x, SD 2.x or SDXL)?"
         )
-    return Update(update.down.reshape(update.rank, *inner).astype(np.float32), update.up, update.scale)
+    return Update(update.down.reshape(update.rank, *inner).astype(np.float32), update.up, update.scale * scale)
 
 
 def add_branches(model: Any, plan: BranchPlan, bf16: bool = False) -> int:
@@ -111,10 +113,10 @@ def add_branches(model: Any, plan: BranchPlan, bf16: bool = False) -> int:
     for layer in plan.layers:
         out, *inner = layer.shape
         down = ops.parameter([plan.rank, *inner], ov.Type.f32, name=down_name(layer.path))
-        up = ops.parameter([out, plan.rank] + ([1, 1] if layer.kind == "conv" else []), ov.Type.f32)
-        up.set_friendly_name(up_name(layer.path))
-        for param, name in ((down, down_name(layer.path)), (up, up_name(layer.path))):
-            param.output(0).get_tensor().set_names({name})
+        kernel = [1, 1] if layer.kind == "conv" else []  # up is a 1x1 convolution beside a convolution
+        up = ops.parameter([out, plan.rank, *kernel], ov.Type.f32, name=up_name(layer.path))
+        for param in (down, up):
+            param.output(0).get_tensor().set_names({param.get_friendly_name()})
         parameters += [down, up]
         for node in nodes.get(layer.path, []):
             if describe(layer.path, node) != layer:

@@ -12,6 +12,12 @@ from sdcpu.errors import SdcpuError
 from sdcpu.format.safetensors import check_safetensors
 
 MAX_SCALE = 100.0  # far beyond any useful strength (LoRAs are made for about 0 to 1.5)
+# ONNX Runtime cannot take them: a session cannot be given new inputs without editing the graph with the
+# onnx package (not a runtime dependency) and building the whole session again for each set of layers.
+NEEDS_OPENVINO = (
+    "LoRAs at run time need the OpenVINO backend (--backend openvino); for ONNX Runtime, fuse the LoRA into "
+    "the model when converting it: sdcpu convert --lora FILE --lora-scale S"
+)
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from sdcpu.runtime.io.watermark import embed as embed_watermark
 from sdcpu.runtime.lora import LoraSetting
 from sdcpu.runtime.lora.adapters import Adapters
 from sdcpu.runtime.lora.prompt import find_lora, prompt_loras
+from sdcpu.runtime.lora.setting import NEEDS_OPENVINO
 from sdcpu.runtime.memory import memory_policy
 from sdcpu.runtime.memory_check import check_memory
 from sdcpu.runtime.options import DECODERS, LoadOptions
@@ -265,10 +266,7 @@ class Pipeline(TaskMethods):
     def _loras(self, loras: Sequence[LoraSetting | tuple[str | Path, float]]) -> tuple[LoraSetting, ...]:
         checked = tuple(lora if isinstance(lora, LoraSetting) else self._lora(*lora) for lora in loras)
         if checked and self.options.backend != "openvino":
-            raise SdcpuError(
-                "LoRAs at run time need the OpenVINO backend (--backend openvino); for ONNX Runtime, fuse the "
-                "LoRA into the model when converting it: sdcpu convert --lora FILE:SCALE"
-            )
+            raise SdcpuError(NEEDS_OPENVINO)
         return checked
 
     def _lora(self, path: str | Path, scale: float) -> LoraSetting:
