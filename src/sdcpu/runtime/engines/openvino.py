@@ -67,7 +67,9 @@ class OpenVINOModel:
         self._dtypes: dict[str, np.dtype] = {}  # the compiled model's input dtypes
         self._branches: GraphPass | None = None  # a pass adding inputs, which `_bound` feeds at every call
         self._bound: dict[str, np.ndarray] = {}
-        self._bound_request: ov.InferRequest | None = None  # the request `_bound` is set on
+        # Whether `_bound` is set on the current request. A flag, not the request: a reference to it would keep
+        # a released compiled model alive over the blob memory it uses in place, after the blob is unmapped.
+        self._bound_set = False
 
     def _read(self) -> ov.Model:
         try:
@@ -100,6 +102,7 @@ class OpenVINOModel:
         self.compute_precision = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
         drop_mapped_pages(self.path.parent, *([self._cache.folder] if self._cache is not None else []))
         self._dtypes = {port.get_any_name(): port.get_element_type().to_dtype() for port in compiled.inputs}
+        self._bound_set = False  # a new request: the bound inputs are set on it at its first call
         return compiled.create_infer_request()
 
     def _compile_graph(self, shapes: dict[str, tuple[int, ...]], use_cache_dir: bool) -> ov.CompiledModel:
@@ -125,7 +128,7 @@ class OpenVINOModel:
         if (branches.key if branches else None) != (self._branches.key if self._branches else None):
             self._request = self._compiled = self._blob = None
             self._shapes, self._branches = None, branches
-        self._bound, self._bound_request = tensors, None
+        self._bound, self._bound_set = tensors, False
 
     def __call__(self, **inputs: np.ndarray) -> np.ndarray:
         return self._infer(inputs).get_output_tensor(0).data.copy()
@@ -141,12 +144,12 @@ class OpenVINOModel:
             self._request = self._compiled = self._blob = None  # in this order: each may use the next
             self._request = self._compile(shapes)
         request = self._request
-        if self._bound_request is not request:
+        if not self._bound_set:
             # Set once per request, sharing the arrays' memory: not copied at every call, nor held twice.
             bound = {name: value for name, value in self._bound.items() if name in self._dtypes}
             for name, value in conform(bound, self._dtypes).items():
                 request.set_tensor(name, ov.Tensor(np.ascontiguousarray(value), shared_memory=True))
-            self._bound_request = request
+            self._bound_set = True
         request.infer(conform(inputs, self._dtypes))
         return request
 
