@@ -102,12 +102,17 @@ def test_the_runner_joins_each_inputs_halves_and_adds_the_hooks_inputs(low_memor
     labels = GuidedInput.same(np.full(n, 7, np.int64))
     seen = []
 
-    def hook(sample, t, inputs):
+    def hook(sample, t, inputs, call):
         seen.append((len(sample), t, inputs["encoder_hidden_states"][:, 0, 0].tolist()))
+        # the rows of the unconditional half are told apart, whole batch or row by row
+        assert call.negative.tolist() == (inputs["encoder_hidden_states"][:, 0, 0] == 0).tolist()
+        assert (call.step, call.steps) == (0, 9)
         return {"extra": np.full(len(sample), t, np.float32)}
 
     memory = memory_policy(low_memory)
-    runner = UNetRunner(unet, None, memory, {"encoder_hidden_states": text, "class_labels": labels}, 3.0, hooks=[hook])
+    runner = UNetRunner(
+        unet, None, memory, {"encoder_hidden_states": text, "class_labels": labels}, 3.0, hooks=[hook], steps=9
+    )
     eps = runner(np.zeros((n, 4, 2, 2), np.float32), t=5.0, step=0)
     np.testing.assert_array_equal(eps, np.full((n, 4, 2, 2), 3.0, np.float32))  # 0 + 3 (1 - 0)
     rows = [row for call in unet.calls for row in call["encoder_hidden_states"][:, 0, 0]]

@@ -407,3 +407,39 @@ def numpy_scheduler_noise(monkeypatch, seed: int) -> None:
 
     for module in (euler_a, lcm):
         monkeypatch.setattr(module, "randn_tensor", numpy_noise)
+
+
+def write_controlnet(folder: Path, seed: int = 0, source_seed: int = 0) -> Path:
+    """A tiny random ControlNet for the tiny SD 1.x UNet (diffusers' `ControlNetModel.from_unet`), with its
+    zero-initialised output convolutions made random, so that its residuals change the image."""
+    import torch
+    from diffusers import ControlNetModel
+
+    _, unet, _ = build_components(source_seed)
+    torch.manual_seed(seed)
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 16, 16))
+    zero_convolutions = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]
+    with torch.no_grad():
+        for conv in [*zero_convolutions, controlnet.controlnet_cond_embedding.conv_out]:
+            conv.weight.normal_(0, 0.1)
+            conv.bias.normal_(0, 0.02)
+    controlnet.eval().save_pretrained(folder)
+    return folder
+
+
+def diffusers_controlnet_pipeline(folder: Path, controlnets: list[Path], scheduler_class: str | None = None):
+    """diffusers' StableDiffusionControlNetPipeline of the tiny pipeline in `folder`, with these ControlNets."""
+    import diffusers
+
+    nets = [diffusers.ControlNetModel.from_pretrained(path) for path in controlnets]
+    pipe = diffusers.StableDiffusionControlNetPipeline.from_pretrained(
+        folder,
+        controlnet=nets[0] if len(nets) == 1 else nets,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    if scheduler_class is not None:
+        pipe.scheduler = getattr(diffusers, scheduler_class).from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

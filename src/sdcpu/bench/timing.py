@@ -33,6 +33,9 @@ class Timed:
     def adapt(self, branches: Any, tensors: Any) -> None:  # an sdcpu model's LoRA branches
         self.model.adapt(branches, tensors)
 
+    def extend(self, graph_pass: Any) -> None:  # an sdcpu model's ControlNet inputs
+        self.model.extend(graph_pass)
+
     def release_memory(self) -> None:  # an sdcpu model's buffers, freed between phases
         self.model.release_memory()
 

@@ -13,19 +13,21 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from sdcpu.errors import SdcpuError
 from sdcpu.export.calibration import CalibrationSettings, collect_unet_inputs
+from sdcpu.export.controlnet import convert_controlnet, is_controlnet_folder
 from sdcpu.export.families import OPTIONAL_KINDS, export_family
+from sdcpu.export.folders import move_into_place, versions
 from sdcpu.export.lora import PREFIXES as LORA_NETWORKS
 from sdcpu.export.lora import Lora, check_lora_networks, check_loras, fuse_loras
 from sdcpu.export.quantize import FEW_STEP_RECIPE, NNCF_RECIPE, PRECISIONS, component_precision
 from sdcpu.export.sources import Source, open_source, open_tiny_vae
 from sdcpu.export.tokenizer_ir import write_tokenizer_irs
 from sdcpu.export.writers import WRITERS, Calibrate
+from sdcpu.format.controlnet import ControlNetManifest
 from sdcpu.format.families import NAMES
 from sdcpu.format.graph_signature import read_inputs
 from sdcpu.format.manifest import GRAPH_FILE, MANIFEST_NAME, Manifest, describe_files, task_of
@@ -66,8 +68,9 @@ def convert(
     tiny_vae: str | Path | None = None,
     loras: Sequence[Lora] = (),
     progress: Callable[[str], None] = print,
-) -> Manifest:
+) -> Manifest | ControlNetManifest:
     """Convert SOURCE (diffusers folder, hub id, or .safetensors/.ckpt file) into OUT; returns its manifest.
+    A diffusers ControlNetModel folder becomes a ControlNet folder (export/controlnet.py).
     `calibration` sets the prompts and sample count of `int8-hybrid` (default: CalibrationSettings()).
     `tiny_vae`: a diffusers AutoencoderTiny folder (TAESD), exported as tiny_vae_decoder and _encoder.
     `loras`: LoRA files fused into the UNet and text encoder before export (export/lora.py)."""
@@ -76,12 +79,20 @@ def convert(
     check_loras(list(loras))
     for stale in remove_stale_work(out):
         progress(f"removed {stale.name}, left by a convert that was killed")
+    controlnet = is_controlnet_folder(Path(source).expanduser())
+    if controlnet:
+        _refuse_for_controlnet(preset=preset, config=config_dir, tokenizer=tokenizer_dir, tiny_vae=tiny_vae, lora=loras)
     try:
         work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
         (work / OWNER).write_text(str(os.getpid()))
     except OSError as err:
         raise SdcpuError(f"cannot write in {out.parent}: {err.strerror}; choose another OUT") from err
     try:
+        if controlnet:
+            made = convert_controlnet(Path(source).expanduser(), work / "controlnet", format, precision, progress)
+            move_into_place(work / "controlnet", out)
+            progress(f"done: {out}")
+            return made
         options = {
             "preset": preset,
             "config_dir": _opt_path(config_dir),
@@ -106,11 +117,17 @@ def convert(
         (staged / MANIFEST_NAME).write_text(manifest.to_json())
         for path in [staged, *staged.rglob("*")]:  # some writers make files 0600, as tempfile does
             follow_umask(path)
-        _move_into_place(staged, out)
+        move_into_place(staged, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     progress(f"done: {out}")
     return manifest
+
+
+def _refuse_for_controlnet(**options: object) -> None:
+    given = [f"--{name.replace('_', '-')}" for name, value in options.items() if value]
+    if given:
+        raise SdcpuError(f"{', '.join(given)}: not for a ControlNet, which is converted on its own; leave it out")
 
 
 def remove_stale_work(out: Path) -> list[Path]:
@@ -301,29 +318,7 @@ def _manifest(
         latent_channels=int(src.vae_config.get("latent_channels", 4)),
         components=components,
         files=describe_files(staged, files),
-        versions=_versions(fmt),
+        versions=versions(fmt),
         extra=extra,
         task=_task(src),
     )
-
-
-def _versions(fmt: str) -> dict[str, str]:
-    names = ["sdcpu", "torch", "diffusers", "transformers", "nncf", "openvino" if fmt == "openvino" else "onnx"]
-    found = {}
-    for name in names:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return found
-
-
-def _move_into_place(staged: Path, out: Path) -> None:
-    # Rename is atomic within one filesystem; an existing OUT (with --force) is swapped out first.
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{time.time_ns()}"
-        out.rename(old)
-    staged.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

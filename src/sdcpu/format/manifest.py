@@ -139,29 +139,36 @@ class Manifest:
         checked. In "fast" mode a file whose size, mtime and inode are unchanged since is not read
         again (as `git status` does), so a warm start skips hashing gigabytes; it trusts that nothing
         rewrote the file and restored all three. "full" hashes every file again."""
-        if mode not in VERIFY_MODES:
-            raise SdcpuError(f"unknown verify mode {mode!r}; choose one of: {', '.join(VERIFY_MODES)}")
-        stored = _read_record(record) if mode != "sizes" else {}
-        known = dict(stored) if mode == "fast" else {}  # "full" hashes again whatever the record says
-        root = Path(folder).resolve()
-        for rel, info in sorted(self.files.items()):
-            path = Path(folder) / rel
-            if not path.resolve().is_relative_to(root):  # a link out of the folder
-                raise SdcpuError(f"{rel} in {folder} points outside the folder; convert the model again")
-            if not path.is_file():
-                raise SdcpuError(f"model folder {folder} is incomplete: {rel} is missing; convert the model again")
-            if path.stat().st_size != info["bytes"]:
-                raise SdcpuError(f"{rel} in {folder} has the wrong size; the folder is damaged, convert it again")
-            if mode != "sizes" and _known_sha256(path, known) != info["sha256"]:
-                raise SdcpuError(
-                    f"{rel} in {folder} does not match its sha256 in {MANIFEST_NAME}; "
-                    "the file was changed or damaged, convert the model again"
-                )
+        verify_files(folder, self.files, mode, record, MANIFEST_NAME)
         missing = [c for c in REQUIRED if c not in self.components]
         if missing:
             raise SdcpuError(f"model folder {folder} lacks {', '.join(missing)}; convert the model again")
-        if record is not None and stored | known != stored:  # written only when a file was hashed anew
-            _write_record(record, stored | known)
+
+
+def verify_files(
+    folder: Path, files: dict[str, dict[str, Any]], mode: str, record: Path | None, manifest_name: str
+) -> None:
+    """Manifest.verify's check of the listed `files` (path -> sha256 and bytes) of `folder`."""
+    if mode not in VERIFY_MODES:
+        raise SdcpuError(f"unknown verify mode {mode!r}; choose one of: {', '.join(VERIFY_MODES)}")
+    stored = _read_record(record) if mode != "sizes" else {}
+    known = dict(stored) if mode == "fast" else {}  # "full" hashes again whatever the record says
+    root = Path(folder).resolve()
+    for rel, info in sorted(files.items()):
+        path = Path(folder) / rel
+        if not path.resolve().is_relative_to(root):  # a link out of the folder
+            raise SdcpuError(f"{rel} in {folder} points outside the folder; convert the model again")
+        if not path.is_file():
+            raise SdcpuError(f"model folder {folder} is incomplete: {rel} is missing; convert the model again")
+        if path.stat().st_size != info["bytes"]:
+            raise SdcpuError(f"{rel} in {folder} has the wrong size; the folder is damaged, convert it again")
+        if mode != "sizes" and _known_sha256(path, known) != info["sha256"]:
+            raise SdcpuError(
+                f"{rel} in {folder} does not match its sha256 in {manifest_name}; "
+                "the file was changed or damaged, convert the model again"
+            )
+    if record is not None and stored | known != stored:  # written only when a file was hashed anew
+        _write_record(record, stored | known)
 
 
 def _known_sha256(path: Path, known: dict[str, Any]) -> str:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from sdcpu.errors import SdcpuError
+from sdcpu.runtime.controlnet.setting import ControlSetting
 from sdcpu.runtime.io.infotext import format_parameters
 from sdcpu.runtime.io.watermark import MIN_PIXELS
 from sdcpu.runtime.lora.setting import LoraSetting
@@ -68,6 +69,9 @@ class GenerationSettings:
     upscale: UpscaleSettings | None = None  # the x4 upscaler's noise level and tiles (None: not upscaling)
     depth: str | None = None  # depth2img's depth map: "estimated" (by the DPT) or "given" (None: not depth2img)
     loras: tuple[LoraSetting, ...] = ()  # run-time LoRAs and their scales (runtime/lora/)
+    controls: tuple[
+        ControlSetting, ...
+    ] = ()  # ControlNets, their images, weights and step ranges (runtime/controlnet/)
 
     def validate(self, multiple: int, max_steps: int = 1000) -> GenerationSettings:
         """Raise SdcpuError (with what to do) on any setting the pipeline cannot run; `max_steps`: the
@@ -107,8 +111,9 @@ class GenerationSettings:
         from sdcpu.version import __version__
 
         runtime = runtime or {}
-        given = asdict(self) | {"loras": [lora.record() for lora in self.loras]}  # no paths of this machine
-        given = {k: v for k, v in given.items() if not (k == "loras" and not v)}
+        given = asdict(replace(self, controls=())) | {"loras": [lora.record() for lora in self.loras]}
+        given |= {"controls": [control.record() for control in self.controls]}  # no paths of this machine, no image
+        given = {k: v for k, v in given.items() if not (k in ("loras", "controls") and not v)}
         data = {k: json.dumps(v) if isinstance(v, (dict, list)) else str(v) for k, v in given.items() if v is not None}
         data |= runtime
         data["image_index"] = str(index)

@@ -59,11 +59,24 @@ class GuidedInput:
         return np.concatenate([self.negative, self.positive])
 
 
-class UNetHook(Protocol):
-    """Extra UNet inputs for one call, from its `sample` rows, timestep `t` and the other `inputs` of those
-    rows (joined halves: negative rows first when guided). ControlNet's residuals are one."""
+@dataclass(frozen=True)
+class HookCall:
+    """Where a UNet call stands: the loop's `step` (from 0) of `steps`, and which of its rows belong to the
+    unconditional half of a guided batch (`negative`, one bool per row)."""
 
-    def __call__(self, sample: np.ndarray, t: float, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+    step: int
+    steps: int
+    negative: np.ndarray
+
+
+class UNetHook(Protocol):
+    """Extra UNet inputs for one call, from its `sample` rows, timestep `t`, the other `inputs` of those
+    rows (joined halves: negative rows first when guided) and where the call stands. ControlNet's
+    residuals are one (runtime/controlnet/)."""
+
+    def __call__(
+        self, sample: np.ndarray, t: float, inputs: Mapping[str, np.ndarray], call: HookCall
+    ) -> dict[str, np.ndarray]: ...
 
 
 class UNetRunner:
@@ -81,10 +94,12 @@ class UNetRunner:
         deep_cache: int = 1,
         timestep_shape: tuple[int, ...] = (-1,),
         hooks: Sequence[UNetHook] = (),
+        steps: int = 0,
     ):
         self.unet, self.unet_shallow, self.memory = unet, unet_shallow, memory
         self.timestep_shape = timestep_shape  # as the graph declares it; -1: one per batch item
         self.guidance, self.deep_cache, self.hooks = guidance, deep_cache, tuple(hooks)
+        self.steps = steps  # the loop's number of steps, which hooks are told
         self.guided = guidance > 1.0  # classifier-free guidance, as diffusers: off for guidance <= 1
         self.inputs = {name: value.join(self.guided) for name, value in inputs.items()}
         self._deep: np.ndarray | None = None
@@ -96,23 +111,27 @@ class UNetRunner:
         # DeepCache (Ma et al., https://arxiv.org/abs/2312.00858, uniform 1:N): only every N-th step runs
         # the whole UNet; the steps between reuse its deep features and run the outermost level alone.
         reuse = self._deep if step % self.deep_cache else None
-        eps, self._deep = self._predict(batch, t, reuse)
+        eps, self._deep = self._predict(batch, t, step, reuse)
         if not self.guided:
             return eps
         eps_uncond, eps_text = np.split(eps, 2)
         return eps_uncond + np.float32(self.guidance) * (eps_text - eps_uncond)
 
-    def _predict(self, sample: np.ndarray, t: float, deep: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    def _predict(
+        self, sample: np.ndarray, t: float, step: int, deep: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         # Given deep features: the shallow pass around them. Otherwise the whole UNet, which also returns
         # fresh ones when DeepCache is on (only then are they fetched). The memory policy may split the
         # batch: the same arithmetic with fewer activations alive at once.
         keep = self.deep_cache > 1
         parts = []
+        negative = np.arange(len(sample)) < (len(sample) // 2 if self.guided else 0)
         for rows in self.memory.batches(len(sample)):
             inputs = {"sample": sample[rows]} | {name: value[rows] for name, value in self.inputs.items()}
             inputs["timestep"] = self._timestep(t, len(inputs["sample"]))
+            call = HookCall(step, self.steps, negative[rows])
             for hook in self.hooks:
-                inputs |= hook(inputs["sample"], t, inputs)
+                inputs |= hook(inputs["sample"], t, inputs, call)
             if deep is not None and self.unet_shallow is not None:
                 parts.append([self.unet_shallow(**inputs, deep_features=deep[rows])])
             else:

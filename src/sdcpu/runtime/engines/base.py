@@ -44,7 +44,8 @@ def conform(inputs: dict[str, np.ndarray], declared: dict[str, np.dtype]) -> dic
 
 class Model(Protocol):
     """`adapt(branches, tensors)`: compile with a graph pass that adds inputs, fed `tensors` at every call
-    (runtime/lora/branches.py); an engine that cannot rewrite its graph raises SdcpuError."""
+    (runtime/lora/branches.py); `extend(pass)`: compile with a graph pass that adds inputs given at every call
+    (runtime/controlnet/residuals.py). An engine that cannot rewrite its graph raises SdcpuError."""
 
     @property
     def compute_precision(
@@ -56,6 +57,8 @@ class Model(Protocol):
     def outputs(self, **inputs: np.ndarray) -> list[np.ndarray]: ...
 
     def adapt(self, branches: Any, tensors: dict[str, np.ndarray]) -> None: ...
+
+    def extend(self, graph_pass: Any) -> None: ...
 
     def release_memory(self) -> None: ...
 

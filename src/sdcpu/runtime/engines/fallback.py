@@ -24,6 +24,7 @@ class RetryAtF32:
         self.model, self._f32, self.name, self._told = model, f32, name, fell_back
         self.fell_back = False
         self._adapted: tuple[Any, dict[str, np.ndarray]] | None = None  # given to the f32 network too
+        self._extended: list[Any] = []  # so are these
 
     @property
     def compute_precision(self) -> str | None:
@@ -49,11 +50,17 @@ class RetryAtF32:
         self.model, self.fell_back = self._f32(), True
         if self._adapted is not None:
             self.model.adapt(*self._adapted)
+        for graph_pass in self._extended:
+            self.model.extend(graph_pass)
         self._told(self.name)
 
     def adapt(self, branches: Any, tensors: dict[str, np.ndarray]) -> None:
         self._adapted = (branches, tensors)
         self.model.adapt(branches, tensors)
+
+    def extend(self, graph_pass: Any) -> None:
+        self._extended.append(graph_pass)
+        self.model.extend(graph_pass)
 
     def release_memory(self) -> None:
         self.model.release_memory()

@@ -86,6 +86,11 @@ class OnnxRuntimeModel:
 
         raise SdcpuError(NEEDS_OPENVINO)
 
+    def extend(self, graph_pass: Any) -> None:
+        from sdcpu.runtime.controlnet import NEEDS_OPENVINO
+
+        raise SdcpuError(NEEDS_OPENVINO)
+
     def release_memory(self) -> None:
         """Nothing to do: every run returns its intermediate buffers to the system as it ends."""
 

@@ -1,8 +1,9 @@
 """OpenVINO backend. The graph is kept with dynamic shapes on disk and compiled for the static
 shapes of the first call (OpenVINO's CPU plugin runs static shapes faster), after the graph passes it
 was given; a call with other shapes compiles again. `adapt` adds inputs fed with every call (a LoRA's
-low-rank branches, runtime/lora/). With a cache folder, compiled models are kept
-there (engines/compiled_cache.py) and the graph is read only when there is no blob to import."""
+low-rank branches, runtime/lora/), `extend` inputs given with every call (ControlNet's residuals). With a
+cache folder, compiled models are kept there (engines/compiled_cache.py) and the graph is read only when
+there is no blob to import."""
 
 from __future__ import annotations
 
@@ -65,6 +66,7 @@ class OpenVINOModel:
         self._blob: np.memmap | None = None  # an imported model may use the blob's memory in place
         self._request: ov.InferRequest | None = None
         self._dtypes: dict[str, np.dtype] = {}  # the compiled model's input dtypes
+        self._extended: tuple[GraphPass, ...] = ()  # passes adding inputs fed at every call (ControlNet's)
         self._branches: GraphPass | None = None  # a pass adding inputs, which `_bound` feeds at every call
         self._bound: dict[str, np.ndarray] = {}
         # Whether `_bound` is set on the current request. A flag, not the request: a reference to it would keep
@@ -107,8 +109,9 @@ class OpenVINOModel:
 
     def _compile_graph(self, shapes: dict[str, tuple[int, ...]], use_cache_dir: bool) -> ov.CompiledModel:
         model = self._model or self._read()
-        if not self.interface.dynamic:
-            model.reshape({name: ov.PartialShape(list(shape)) for name, shape in shapes.items()})
+        if not self.interface.dynamic:  # the graph's own inputs; those a pass adds take their shapes from them
+            names = {name for port in model.inputs for name in port.get_names()}
+            model.reshape({name: ov.PartialShape(list(shape)) for name, shape in shapes.items() if name in names})
         for graph_pass in self._passes():
             graph_pass.apply(model)
         config = dict(self.config)
@@ -120,7 +123,16 @@ class OpenVINOModel:
             raise SdcpuError(f"OpenVINO cannot compile for device {self.device!r}: {err}") from err
 
     def _passes(self) -> tuple[GraphPass, ...]:
-        return ((self._branches,) if self._branches is not None else ()) + self.passes
+        return self._extended + ((self._branches,) if self._branches is not None else ()) + self.passes
+
+    def extend(self, graph_pass: GraphPass) -> None:
+        """Compile with `graph_pass`, which adds inputs given at every call, from the next call on (ControlNet's
+        residuals); a pass of the same name is replaced."""
+        if graph_pass in self._extended:
+            return
+        self._extended = (*[p for p in self._extended if p.name != graph_pass.name], graph_pass)
+        self._request = self._compiled = self._blob = None
+        self._shapes = None
 
     def adapt(self, branches: GraphPass | None, tensors: dict[str, np.ndarray]) -> None:
         """Compile with the pass `branches`, which adds graph inputs, and feed them `tensors` at every call

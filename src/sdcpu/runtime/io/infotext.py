@@ -57,6 +57,14 @@ FIELDS: tuple[tuple[str, str, type], ...] = (
 )
 
 
+# sdcpu's control modes, as A1111's ControlNet extension names them
+CONTROL_MODES = {
+    "balanced": "Balanced",
+    "prompt": "My prompt is more important",
+    "control": "ControlNet is more important",
+}
+
+
 def quote(value: Any) -> str:
     text = str(value)
     return json.dumps(text, ensure_ascii=False) if any(c in text for c in ",:\n") else text
@@ -74,12 +82,27 @@ def format_parameters(settings: dict[str, Any], model: str, model_hash: str, ver
         fields |= {"Mask blur": settings["mask"]["blur"], "Mask padding": settings["mask"]["padding"] or None}
     if settings.get("loras"):  # A1111 reads LoRAs from the prompt's tags; it writes their hashes so
         fields["Lora hashes"] = ", ".join(f"{lora['name']}: {lora['hash']}" for lora in settings["loras"])
+    for i, control in enumerate(settings.get("controls") or []):  # as A1111's ControlNet extension writes its units
+        fields[f"ControlNet {i}"] = a1111_unit(control)
     if settings["num_images"] > 1:  # one seed draws the whole batch: the image is reproduced by its place in it
         fields |= {"Batch size": settings["num_images"], "Batch pos": settings["image_index"]}
     fields["Version"] = version
     line = ", ".join(f"{key}: {quote(value)}" for key, value in fields.items() if value is not None)
     negative = f"\nNegative prompt: {settings['negative_prompt']}" if settings["negative_prompt"] else ""
     return f"{settings['prompt']}{lora_tags(settings.get('loras') or [])}{negative}\n{line}"
+
+
+def a1111_unit(record: dict[str, Any]) -> str:
+    """A1111's `ControlNet N` value for a recorded ControlNet (ControlSetting.record)."""
+    parts = {
+        "Module": record["module"],
+        "Model": f"{record['name']} [{record['hash']}]",
+        "Weight": f"{record['weight']:g}",
+        "Guidance Start": f"{record['start']:g}",
+        "Guidance End": f"{record['end']:g}",
+        "Control Mode": CONTROL_MODES[record["mode"]],
+    }
+    return ", ".join(f"{key}: {value}" for key, value in parts.items())
 
 
 def lora_tags(loras: list[dict[str, Any]]) -> str:

@@ -26,6 +26,8 @@ from sdcpu.format.foreign import foreign_family, foreign_manifest, is_foreign
 from sdcpu.format.manifest import Manifest
 from sdcpu.models import BUNDLED, BUNDLED_LORAS, model_folder
 from sdcpu.runtime.components.unet import GuidedInput, UNetHook, UNetRunner, unet_interfaces
+from sdcpu.runtime.controlnet.networks import ControlNets
+from sdcpu.runtime.controlnet.setting import ControlSetting
 from sdcpu.runtime.engines import Model, load_model
 from sdcpu.runtime.engines.fallback import RetryAtF32
 from sdcpu.runtime.engines.passes import graph_passes
@@ -99,6 +101,7 @@ class Pipeline(TaskMethods):
         # Where LoRAs named in prompts or by name alone are found: --lora-dir, or a bundled model's own.
         own = (path for model, path in BUNDLED_LORAS.items() if folder.resolve() == model.resolve())
         self.lora_dir = self.options.lora_dir or next(own, None)
+        self.controlnets = ControlNets(self.options, manifest, self.free)  # opened when a generation names them
         try:
             self.scheduler_config = SchedulerConfig.load(folder / "scheduler" / "scheduler_config.json")
             self.defaults = sampling_defaults(self.scheduler_config, self.sampling)
@@ -228,12 +231,14 @@ class Pipeline(TaskMethods):
         deep_cache: int = 1,
         watermark: bool = False,
         loras: Sequence[LoraSetting | tuple[str | Path, float]] = (),
+        controls: Sequence[ControlSetting] = (),
         given: bool = False,
     ) -> GenerationSettings:
         """The settings `generate` runs for `task` (default: txt2img), with this folder's defaults, checked
         against the folder and this machine's memory before any work (SdcpuError says what to change).
         `loras`: LoRA files and their scales, applied at run time, besides those the prompt names with A1111's
-        tags (`<lora:NAME:WEIGHT>`, looked up in LoadOptions.lora_dir). `given`: latents are passed."""
+        tags (`<lora:NAME:WEIGHT>`, looked up in LoadOptions.lora_dir). `controls`: ControlNets (ControlSetting.of).
+        `given`: latents are passed."""
         task = task or TextToImage()
         check_task(self.manifest.task, task)
         prompt, tagged = prompt_loras(prompt, self.lora_dir) if "<lora:" in prompt.lower() else (prompt, [])
@@ -254,8 +259,15 @@ class Pipeline(TaskMethods):
             watermark=watermark,
             noise="given" if given else "seed",
             loras=self._loras([*loras, *tagged]),
+            controls=tuple(controls),
             **fields,
         ).validate(self.manifest.vae_scale_factor, self.scheduler_config.num_train_timesteps)
+        for control in controls:
+            self.controlnets.check(control.folder)
+        if controls and deep_cache > 1:
+            raise SdcpuError(
+                "ControlNet and DeepCache (--deep-cache) do not combine: the shallow pass has no residuals"
+            )
         for component in (*(["unet_shallow"] if deep_cache > 1 else []), *task.components()):
             self.manifest.require(component)
         # Before any work: a size that cannot fit would otherwise fail deep in an engine, or swap for hours.
@@ -310,9 +322,13 @@ class Pipeline(TaskMethods):
         x, cond = start.latents, start.conditioning
         inputs = embeddings | cond.unet_inputs()
         timestep = self.manifest.input_shape("unet", "timestep")
-        unet = UNetRunner(self.unet, self.unet_shallow, self.memory, inputs, s.guidance, s.deep_cache, timestep, hooks)
-        # 4. Denoise: the runner's guided noise prediction, then one scheduler step.
         timesteps = scheduler.timesteps[start.first :]
+        control = self.controlnets.hook(s, self.unet)  # ControlNets' residuals, added to the UNet's skips
+        hooks = (*hooks, control) if control is not None else tuple(hooks)
+        unet = UNetRunner(
+            self.unet, self.unet_shallow, self.memory, inputs, s.guidance, s.deep_cache, timestep, hooks, len(timesteps)
+        )
+        # 4. Denoise: the runner's guided noise prediction, then one scheduler step.
         done = 0
         for i, t in enumerate(timesteps):
             sample = cond.unet_input(scheduler.scale_model_input(x, t))
@@ -324,6 +340,7 @@ class Pipeline(TaskMethods):
         # 5. Decode: z / scaling_factor through the VAE decoder, to [0, 1] pixels, with the UNet's buffers
         #    freed first (or the whole UNet, and then tile by tile, under a low-memory policy).
         unet.release()
+        self.controlnets.release()
         decoded = self._decode((x / np.float32(self.decode_scaling)).astype(np.float32))
         array = cond.finish(imaging.decoded_to_float(_check_finite(decoded, "the decoded image")))
         images = imaging.float_to_pil(array)

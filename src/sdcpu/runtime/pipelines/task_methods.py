@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from sdcpu.runtime.components.unet import UNetHook
+from sdcpu.runtime.controlnet.setting import ControlSetting
 from sdcpu.runtime.io import images as imaging
 from sdcpu.runtime.lora import LoraSetting
 from sdcpu.runtime.result import Callback, PipelineResult
@@ -51,16 +52,19 @@ class TaskMethods:
         deep_cache: int = 1,
         watermark: bool = False,
         loras: Sequence[LoraSetting | tuple[str | Path, float]] = (),
+        controls: Sequence[ControlSetting] = (),
     ) -> PipelineResult:
         """Generate images (txt2img, or img2img with `init_image`); see the README for each option. `steps`
         and `guidance` default to the model's (20 and 7.5; few-step models' schedulers imply fewer, unguided).
-        `loras`: (file, scale) pairs, applied without reconverting (docs/lora.md)."""
+        `loras`: (file, scale) pairs, applied without reconverting (docs/lora.md). `controls`: ControlNets
+        (`ControlSetting.of(folder, image, weight, start, end, mode, module)`, docs/controlnet.md)."""
         image = imaging.open_init_image(init_image) if init_image is not None else None
         task = ImageToImage(image, strength) if image is not None else TextToImage()
         options: dict[str, Any] = dict(
             negative_prompt=negative_prompt, steps=steps, guidance=guidance, seed=seed, width=width
         )
         options |= dict(height=height, num_images=num_images, scheduler=scheduler, deep_cache=deep_cache, loras=loras)
+        options["controls"] = controls
         return self.run(task, prompt, latents=latents, callback=callback, watermark=watermark, **options)
 
     def inpaint(

@@ -1,0 +1,150 @@
+"""Convert a ControlNet (a diffusers `ControlNetModel` folder) into its own folder: `controlnet/` as
+OpenVINO IR or ONNX, its config, and the manifest `sdcpu-controlnet.json` (format/controlnet.py).
+
+Tensor names: `sample, timestep, encoder_hidden_states, controlnet_cond` (SDXL's add `text_embeds` and
+`time_ids`) -> `down_block_res_sample_0` ... `_N-1`, `mid_block_res_sample`, as diffusers' ControlNetModel
+returns them, at conditioning scale 1: the runtime scales them (weight, guess mode) as diffusers does
+inside the model, so one graph serves every weight. The control image is `controlnet_cond`, RGB in
+[0, 1] at the output size; a BGR-trained ControlNet flips it inside the graph, as diffusers does.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sdcpu.errors import SdcpuError
+from sdcpu.export.families.base import ExportSpec
+from sdcpu.export.folders import versions
+from sdcpu.export.quantize import component_precision
+from sdcpu.export.writers import WRITERS
+from sdcpu.format.controlnet import COMPONENT, CONTROLNET_MANIFEST, ControlNetManifest
+from sdcpu.format.graph_signature import read_inputs
+from sdcpu.format.manifest import GRAPH_FILE, describe_files
+from sdcpu.runtime.io.outputs import follow_umask
+
+TRACE_LATENTS = 9  # an odd size traces the general path, as the UNet's (export/families/sd.py)
+
+
+def is_controlnet_folder(path: Path) -> bool:
+    """Whether `path` is a diffusers ControlNetModel folder (its config.json names the class)."""
+    config = path / "config.json"
+    if not path.is_dir() or not config.is_file():
+        return False
+    try:
+        return json.loads(config.read_text()).get("_class_name") == "ControlNetModel"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+class _ControlNet(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, sample, timestep, encoder_hidden_states, controlnet_cond):
+        down, mid = self.model(sample, timestep, encoder_hidden_states, controlnet_cond, return_dict=False)
+        return (*down, mid)
+
+
+class _ControlNetXL(_ControlNet):
+    """SDXL's: the pooled text and the size and crop ids, as its UNet takes them."""
+
+    def forward(self, sample, timestep, encoder_hidden_states, controlnet_cond, text_embeds, time_ids):
+        added = {"text_embeds": text_embeds, "time_ids": time_ids}
+        down, mid = self.model(
+            sample, timestep, encoder_hidden_states, controlnet_cond, added_cond_kwargs=added, return_dict=False
+        )
+        return (*down, mid)
+
+
+def controlnet_spec(model) -> ExportSpec:
+    config = model.config
+    size = TRACE_LATENTS
+    factor = 2 ** (len(config.conditioning_embedding_out_channels) - 1)  # its stride-2 image embedding
+    inputs = {
+        "sample": torch.randn(2, config.in_channels, size, size),
+        "timestep": torch.tensor([999.0, 999.0]),
+        "encoder_hidden_states": torch.randn(2, 77, config.cross_attention_dim),
+        "controlnet_cond": torch.rand(2, config.conditioning_channels, size * factor, size * factor),
+    }
+    axes = {
+        "sample": {0: "batch", 2: "height", 3: "width"},
+        "timestep": {0: "batch"},
+        "encoder_hidden_states": {0: "batch", 1: "sequence"},
+        "controlnet_cond": {0: "batch", 2: "image_height", 3: "image_width"},
+    }
+    module: torch.nn.Module = _ControlNet(model)
+    if config.addition_embed_type == "text_time":
+        pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+        inputs |= {"text_embeds": torch.randn(2, pooled), "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]] * 2)}
+        axes |= {"text_embeds": {0: "batch"}, "time_ids": {0: "batch"}}
+        module = _ControlNetXL(model)
+    with torch.no_grad():
+        outputs = module(*inputs.values())
+    names = tuple(f"down_block_res_sample_{i}" for i in range(len(outputs) - 1)) + ("mid_block_res_sample",)
+    axes |= {name: {0: "batch", 2: f"{name}_height", 3: f"{name}_width"} for name in names}
+    return ExportSpec(module, inputs, names, axes)
+
+
+def _residual_shapes(spec: ExportSpec, model: Any) -> tuple[list[int], list[int]]:
+    # Each residual's width, and how many times it is halved: read at a size that halves evenly.
+    size = 2 ** len(model.config.block_out_channels)
+    factor = spec.inputs["controlnet_cond"].shape[-1] // spec.inputs["sample"].shape[-1]
+    inputs = dict(spec.inputs)
+    inputs["sample"] = torch.randn(*inputs["sample"].shape[:2], size, size)
+    inputs["controlnet_cond"] = torch.rand(*inputs["controlnet_cond"].shape[:2], size * factor, size * factor)
+    with torch.no_grad():
+        outputs = spec.module(*inputs.values())
+    return [int(t.shape[1]) for t in outputs], [int(size // t.shape[-1]).bit_length() - 1 for t in outputs]
+
+
+def _family(config: dict[str, Any]) -> str:
+    if config.get("addition_embed_type") == "text_time":
+        return "sdxl"
+    return "sd2" if int(config.get("cross_attention_dim", 768)) == 1024 else "sd1"
+
+
+def convert_controlnet(
+    source: Path, staged: Path, fmt: str, precision: str, progress: Callable[[str], None]
+) -> ControlNetManifest:
+    """Export the ControlNetModel folder `source` into the new folder `staged`, manifest last."""
+    from diffusers import ControlNetModel
+
+    start = time.perf_counter()
+    try:
+        model = ControlNetModel.from_pretrained(source).eval()
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        raise SdcpuError(f"cannot read the ControlNet in {source} ({err}); is it a complete diffusers folder?") from err
+    spec = controlnet_spec(model)
+    (staged / COMPONENT).mkdir(parents=True)
+    exact = component_precision(precision, COMPONENT)
+    names = WRITERS[fmt](spec, staged / COMPONENT, exact)
+    config = {k: v for k, v in dict(model.config).items() if k != "_name_or_path"}
+    (staged / COMPONENT / "config.json").write_text(json.dumps(config, indent=2, default=str))
+    files = [f"{COMPONENT}/{name}" for name in [*names, "config.json"]]
+    channels, levels = _residual_shapes(spec, model)
+    manifest = ControlNetManifest(
+        source=str(source.resolve()),
+        family=_family(config),
+        format=fmt,
+        precision=exact,
+        cross_attention_dim=int(model.config.cross_attention_dim),
+        residual_channels=channels,
+        residual_levels=levels,
+        files=describe_files(staged, files),
+        global_pool_conditions=bool(model.config.global_pool_conditions),
+        inputs=read_inputs(staged / COMPONENT / GRAPH_FILE[fmt]),
+        versions=versions(fmt),
+        extra={"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+    )
+    (staged / CONTROLNET_MANIFEST).write_text(manifest.to_json())
+    for path in [staged, *staged.rglob("*")]:
+        follow_umask(path)
+    progress(f"controlnet: exported to {fmt} {exact} in {time.perf_counter() - start:.1f} s")
+    return manifest

@@ -1,0 +1,110 @@
+"""ControlNet's residuals for every UNet call (a UNetHook, components/unet.py), as diffusers'
+StableDiffusionControlNetPipeline computes them, for one or several ControlNets:
+
+- At loop step i of n, a ControlNet acts when start <= i / n and (i + 1) / n <= end; otherwise its
+  residuals are zero (diffusers' `controlnet_keep`), and it is not run at all.
+- It reads the scaled latents (the UNet's first channels: an inpainting UNet's extra ones are not its),
+  the timestep, the text embeddings (and SDXL's pooled text and ids) and the control image, in [0, 1].
+- Its residuals are multiplied by its weight, and in the "prompt" and "control" modes also by
+  logspace(-1, 0, N + 1): 0.1 for the outermost skip up to 1 for the middle block (diffusers' guess mode;
+  A1111's 0.825 ** (12 - i) differs by under 1%). In "control" mode, and for a ControlNet whose
+  residuals are pooled over the image, they go to the conditional half of a guided batch only.
+- Several ControlNets' residuals are summed (diffusers' MultiControlNetModel).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from sdcpu.format.controlnet import ControlNetManifest
+from sdcpu.runtime.components.unet import HookCall
+from sdcpu.runtime.controlnet.residuals import MID_NAME, down_name
+from sdcpu.runtime.controlnet.setting import ControlSetting
+from sdcpu.runtime.engines import Model
+
+TEXT_INPUTS = ("encoder_hidden_states", "text_embeds", "time_ids")
+
+
+@dataclass(frozen=True)
+class ControlUnit:
+    """One ControlNet as it runs: its network, manifest, setting, and its control image at the output size."""
+
+    model: Model
+    manifest: ControlNetManifest
+    setting: ControlSetting
+    image: np.ndarray  # (1, 3, H, W) float32 in [0, 1]
+
+    def acts_at(self, step: int, steps: int) -> bool:
+        return not (step / steps < self.setting.start or (step + 1) / steps > self.setting.end)
+
+    def scales(self) -> np.ndarray:
+        """The factor of each residual (the middle block's last)."""
+        n = len(self.manifest.residual_channels)
+        soft = self.setting.mode != "balanced" and not self.manifest.global_pool_conditions
+        levels = np.logspace(-1, 0, n) if soft else np.ones(n)
+        return (levels * self.setting.weight).astype(np.float32)
+
+    def conditional_only(self) -> bool:
+        return self.setting.mode == "control" or self.manifest.global_pool_conditions
+
+
+def control_image(image: Image.Image, width: int, height: int) -> np.ndarray:
+    """diffusers' control image: RGB resized to the output size (Lanczos), in [0, 1], (1, 3, H, W)."""
+    resized = image.convert("RGB").resize((width, height), resample=Image.Resampling.LANCZOS)
+    return (np.asarray(resized, dtype=np.float32) / np.float32(255)).transpose(2, 0, 1)[None].copy()
+
+
+class ControlNetHook:
+    """The summed residuals of `units` for each UNet call."""
+
+    def __init__(self, units: Sequence[ControlUnit]):
+        self.units = tuple(units)
+
+    def __call__(
+        self, sample: np.ndarray, t: float, inputs: Mapping[str, np.ndarray], call: HookCall
+    ) -> dict[str, np.ndarray]:
+        total: list[np.ndarray] | None = None
+        for unit in self.units:
+            if not unit.acts_at(call.step, call.steps):
+                continue
+            residuals = self._residuals(unit, sample, t, inputs, call)
+            total = residuals if total is None else [a + b for a, b in zip(total, residuals, strict=True)]
+        if total is None:
+            total = self._zeros(sample)
+        names = [down_name(i) for i in range(len(total) - 1)] + [MID_NAME]
+        return dict(zip(names, total, strict=True))
+
+    def _residuals(
+        self, unit: ControlUnit, sample: np.ndarray, t: float, inputs: Mapping[str, np.ndarray], call: HookCall
+    ) -> list[np.ndarray]:
+        rows = ~call.negative if unit.conditional_only() else np.ones(len(sample), dtype=bool)
+        if not rows.any():
+            return self._zeros(sample)
+        channels = int(unit.manifest.inputs["sample"]["shape"][1])
+        feed = {
+            "sample": np.ascontiguousarray(sample[rows, :channels]),
+            "timestep": np.full(int(rows.sum()), t, np.float32),
+        }
+        feed |= {name: inputs[name][rows] for name in TEXT_INPUTS if name in unit.manifest.inputs}
+        feed["controlnet_cond"] = np.repeat(unit.image, int(rows.sum()), axis=0)
+        outputs = unit.model.outputs(**feed)
+        out = []
+        for residual, scale in zip(outputs, unit.scales(), strict=True):
+            full = np.zeros((len(sample), *residual.shape[1:]), np.float32)
+            full[rows] = residual * scale
+            out.append(full)
+        return out
+
+    def _zeros(self, sample: np.ndarray) -> list[np.ndarray]:
+        # The residuals' shapes: each level halves the latents' size (rounding up, as the stride-2 convolutions do).
+        manifest = self.units[0].manifest
+        h, w = sample.shape[-2:]
+        shapes = []
+        for channels, level in zip(manifest.residual_channels, manifest.residual_levels, strict=True):
+            size = 2**level
+            shapes.append((len(sample), channels, -(-h // size), -(-w // size)))
+        return [np.zeros(shape, np.float32) for shape in shapes]

@@ -1,0 +1,78 @@
+"""The ControlNets a pipeline has opened, and what a generation's ControlNets add to its loop: the UNet's
+residual inputs (residuals.py) and the hook that computes them at every call (hook.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from sdcpu.cache import VERIFIED_FILES
+from sdcpu.errors import SdcpuError
+from sdcpu.format.controlnet import ControlNetManifest
+from sdcpu.format.manifest import Manifest
+from sdcpu.runtime.controlnet import NEEDS_OPENVINO, residuals
+from sdcpu.runtime.controlnet.hook import ControlNetHook, ControlUnit, control_image
+from sdcpu.runtime.engines import Model, load_model
+from sdcpu.runtime.engines.passes import GraphPass
+from sdcpu.runtime.options import LoadOptions
+from sdcpu.runtime.settings import GenerationSettings
+
+
+def residual_inputs(channels: list[int]) -> GraphPass:
+    """The graph pass adding residual inputs of these widths (the middle block's last) to the UNet."""
+
+    def apply(model: object) -> int:
+        return residuals.add_residual_inputs(model, channels)
+
+    name = "controlnet-residuals-" + "-".join(str(c) for c in channels)
+    return GraphPass(name, residuals.REVISION, apply, frozenset({"unet"}), devices=None)
+
+
+class ControlNets:
+    """`load(path)`: a ControlNet folder's network, opened once; `hook(settings, unet)` for a generation."""
+
+    def __init__(self, options: LoadOptions, model: Manifest, free: Callable[[Model], None]):
+        self.options, self.model, self.free = options, model, free
+        self._opened: dict[str, tuple[ControlNetManifest, Model]] = {}
+
+    def check(self, folder: str) -> ControlNetManifest:
+        """The manifest of a ControlNet this model can take, its files verified; SdcpuError otherwise."""
+        if self.options.backend != "openvino":
+            raise SdcpuError(NEEDS_OPENVINO)
+        manifest = ControlNetManifest.load(Path(folder))
+        text = self.model.input_shape("unet", "encoder_hidden_states")[-1]
+        if text not in (-1, manifest.cross_attention_dim):
+            raise SdcpuError(
+                f"ControlNet {Path(folder).name} is for {manifest.family} models ({manifest.cross_attention_dim}-wide "
+                f"text); this model's UNet reads {text}-wide text: choose a ControlNet of its family"
+            )
+        cache = self.options.cache_folder()
+        manifest.verify(Path(folder), self.options.verify, cache / VERIFIED_FILES if cache is not None else None)
+        return manifest
+
+    def _open(self, folder: str) -> tuple[ControlNetManifest, Model]:
+        if folder not in self._opened:
+            manifest = self.check(folder)
+            options = replace(self.options, compute_precision=self.options.compute_precision)
+            self._opened[folder] = manifest, load_model(manifest.graph_path(Path(folder)), options, lazy=True)
+        return self._opened[folder]
+
+    def hook(self, s: GenerationSettings, unet: Model) -> ControlNetHook | None:
+        """The hook computing `s`'s ControlNets' residuals, with `unet` given their inputs; None for none."""
+        if not s.controls:
+            return None
+        units = []
+        for setting in s.controls:
+            manifest, model = self._open(setting.folder)
+            units.append(ControlUnit(model, manifest, setting, control_image(setting.image, s.width, s.height)))
+        channels = {tuple(unit.manifest.residual_channels) for unit in units}
+        if len(channels) > 1:
+            raise SdcpuError("these ControlNets give residuals of different widths: they are for different families")
+        unet.extend(residual_inputs(units[0].manifest.residual_channels))
+        return ControlNetHook(units)
+
+    def release(self) -> None:
+        """After the loop: free the ControlNets as the memory policy says."""
+        for _, model in self._opened.values():
+            self.free(model)
