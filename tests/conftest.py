@@ -126,6 +126,18 @@ def sd1_onnx(tiny_sd1, tiny_vae, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_controlnets(tmp_path_factory) -> list[Path]:
+    """Two tiny random ControlNets for the tiny SD 1.x pipeline (diffusers folders)."""
+    pytest.importorskip("diffusers")
+    return [_tiny(tmp_path_factory, f"controlnet-{seed}", tiny.write_controlnet, seed=seed) for seed in (0, 1)]
+
+
+@pytest.fixture(scope="session")
+def controlnets_openvino(tiny_controlnets, tmp_path_factory) -> list[Path]:
+    return [_converted(folder, "openvino", tmp_path_factory) for folder in tiny_controlnets]
+
+
+@pytest.fixture(scope="session")
 def sd2v_openvino(tiny_sd2v, tmp_path_factory) -> Path:
     return _converted(tiny_sd2v, "openvino", tmp_path_factory)
 
@@ -212,6 +224,7 @@ CONVERTING_FIXTURES |= {"tiny_inpainting", "inpainting_openvino", "inpainting_on
 CONVERTING_FIXTURES |= {"tiny_upscaler", "upscaler_openvino", "upscaler_onnx"}
 CONVERTING_FIXTURES |= {"tiny_depth", "depth_openvino", "depth_onnx"}
 CONVERTING_FIXTURES |= {"tiny_sdxl", "sdxl_openvino", "sdxl_onnx", "tiny_sdxl_inpainting"}
+CONVERTING_FIXTURES |= {"tiny_controlnets", "controlnets_openvino"}
 
 
 # The modules that take longest (mostly converting), first: the workers take whole modules (--dist loadfile)

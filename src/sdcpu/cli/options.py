@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
+from sdcpu.errors import SdcpuError
 from sdcpu.runtime.options import LoadOptions
 
 WATERMARK_HELP = (
@@ -183,6 +184,41 @@ Scheduler = Annotated[str | None, typer.Option(help=SCHEDULER_HELP)]
 Watermark = Annotated[bool, typer.Option(help=WATERMARK_HELP)]
 LORA_HELP = "a LoRA .safetensors applied without reconverting, FILE or FILE:SCALE (scale 1 if not given); repeatable"
 Loras = Annotated[list[str] | None, typer.Option("--lora", help=LORA_HELP)]
+
+
+CONTROL_HELP = (
+    "a ControlNet folder (converted by sdcpu convert) and its control image, FOLDER:IMAGE[:WEIGHT[:START:END]] "
+    "(weight 1 and all the steps if not given; START and END are fractions of the steps); repeatable"
+)
+Controls = Annotated[list[str] | None, typer.Option("--control", help=CONTROL_HELP)]
+ControlMode = Annotated[
+    str,
+    typer.Option(help="balanced, prompt (the prompt matters more) or control (the ControlNet does), as A1111's"),
+]
+ControlModule = Annotated[
+    str, typer.Option(help="the annotator that makes the control images of the given ones: none or canny")
+]
+
+
+def parse_controls(given: list[str] | None) -> list[tuple[Path, Path, float, float, float]]:
+    """--control values -> (folder, image, weight, start, end)."""
+    parsed = []
+    for text in given or []:
+        parts = text.split(":")
+        numbers: list[float] = []
+        while len(parts) > 2 and len(numbers) < 3:
+            try:
+                numbers.insert(0, float(parts[-1]))
+            except ValueError:
+                break
+            parts.pop()
+        if len(parts) != 2 or len(numbers) == 2:
+            raise SdcpuError(
+                f"--control {text!r}: give FOLDER:IMAGE, FOLDER:IMAGE:WEIGHT or FOLDER:IMAGE:WEIGHT:START:END"
+            )
+        weight, start, end = numbers if len(numbers) == 3 else (*(numbers or [1.0]), 0.0, 1.0)
+        parsed.append((Path(parts[0]), Path(parts[1]), weight, start, end))
+    return parsed
 
 
 def parse_loras(given: list[str] | None) -> list[tuple[Path, float]]:

@@ -87,6 +87,8 @@ class Manifest:
         path = Path(folder) / MANIFEST_NAME
         if not Path(folder).is_dir():
             raise SdcpuError(f"model folder {folder} does not exist; convert a checkpoint with `sdcpu convert`")
+        if (Path(folder) / "sdcpu-controlnet.json").exists():
+            raise SdcpuError(f"{folder} is a ControlNet, not a model; give it with --control FOLDER:IMAGE")
         if not path.exists():
             raise SdcpuError(
                 f"{folder} is not an sdcpu model folder (no {MANIFEST_NAME}); "

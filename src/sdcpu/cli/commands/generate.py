@@ -12,6 +12,9 @@ from sdcpu.cli.app import fail, run_and_save
 from sdcpu.cli.options import (
     DEEP_CACHE_HELP,
     FROM_PNG_HELP,
+    ControlMode,
+    ControlModule,
+    Controls,
     Guidance,
     Height,
     Loras,
@@ -25,6 +28,7 @@ from sdcpu.cli.options import (
     Steps,
     Watermark,
     Width,
+    parse_controls,
     parse_loras,
     with_load_options,
 )
@@ -52,6 +56,9 @@ def generate(
     deep_cache: Annotated[int | None, typer.Option(help=DEEP_CACHE_HELP)] = None,
     watermark: Watermark = False,
     lora: Loras = None,
+    control: Controls = None,
+    control_mode: ControlMode = "balanced",
+    control_module: ControlModule = "none",
     preview_every: Annotated[int, typer.Option(help="write a preview every N steps to --preview-out")] = 0,
     preview_out: Annotated[Path | None, typer.Option(help="PNG the preview is written to (replaced each time)")] = None,
     *,
@@ -70,14 +77,27 @@ def generate(
         with warnings.catch_warnings(record=True) as noted:
             warnings.simplefilter("always")
             request = generation_request(prompt, given, from_png)
+            units = parse_controls(control)
     except SdcpuError as err:
         raise fail(err) from None
 
     def run(pipe, callback):
-        return pipe(callback=callback, init_image=init_image, strength=strength, **request)
+        controls = _controls(units, control_mode, control_module)
+        return pipe(callback=callback, init_image=init_image, strength=strength, controls=controls, **request)
 
     def preview(pipe):
         return preview_writer(pipe.preview, preview_every, preview_out) if preview_every or preview_out else None
 
     count = request.get("num_images", 1)
     run_and_save(model, options, out, overwrite, run, count, preview, noted)
+
+
+def _controls(units: list[tuple[Path, Path, float, float, float]], mode: str, module: str) -> list[Any]:
+    from sdcpu.runtime.controlnet.setting import ControlSetting
+    from sdcpu.runtime.io.images import open_init_image
+
+    controls = []
+    for folder, image, weight, start, end in units:
+        picture = open_init_image(image, "control image")
+        controls.append(ControlSetting.of(folder, picture, weight, start, end, mode, module))
+    return controls

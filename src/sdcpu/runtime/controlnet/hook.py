@@ -59,10 +59,12 @@ def control_image(image: Image.Image, width: int, height: int) -> np.ndarray:
 
 
 class ControlNetHook:
-    """The summed residuals of `units` for each UNet call."""
+    """The summed residuals of `units` for each UNet call; zeros where none acts (or there is none: a UNet
+    given residual inputs for an earlier generation must still be fed them). `levels`: each residual's
+    (width, times halved), from the ControlNet manifests."""
 
-    def __init__(self, units: Sequence[ControlUnit]):
-        self.units = tuple(units)
+    def __init__(self, units: Sequence[ControlUnit], levels: Sequence[tuple[int, int]]):
+        self.units, self.levels = tuple(units), tuple(levels)
 
     def __call__(
         self, sample: np.ndarray, t: float, inputs: Mapping[str, np.ndarray], call: HookCall
@@ -101,10 +103,6 @@ class ControlNetHook:
 
     def _zeros(self, sample: np.ndarray) -> list[np.ndarray]:
         # The residuals' shapes: each level halves the latents' size (rounding up, as the stride-2 convolutions do).
-        manifest = self.units[0].manifest
         h, w = sample.shape[-2:]
-        shapes = []
-        for channels, level in zip(manifest.residual_channels, manifest.residual_levels, strict=True):
-            size = 2**level
-            shapes.append((len(sample), channels, -(-h // size), -(-w // size)))
+        shapes = [(len(sample), channels, -(-h // 2**level), -(-w // 2**level)) for channels, level in self.levels]
         return [np.zeros(shape, np.float32) for shape in shapes]

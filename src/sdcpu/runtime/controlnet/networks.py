@@ -3,6 +3,7 @@ residual inputs (residuals.py) and the hook that computes them at every call (ho
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -29,19 +30,29 @@ def residual_inputs(channels: list[int]) -> GraphPass:
     return GraphPass(name, residuals.REVISION, apply, frozenset({"unet"}), devices=None)
 
 
+def _text_width(folder: Path, model: Manifest) -> int:
+    # The width of the text the UNet reads: its config's (graphs often leave it dynamic), else its graph's.
+    try:
+        return int(json.loads((folder / "unet" / "config.json").read_text())["cross_attention_dim"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return model.input_shape("unet", "encoder_hidden_states")[-1]
+
+
 class ControlNets:
     """`load(path)`: a ControlNet folder's network, opened once; `hook(settings, unet)` for a generation."""
 
-    def __init__(self, options: LoadOptions, model: Manifest, free: Callable[[Model], None]):
+    def __init__(self, options: LoadOptions, folder: Path, model: Manifest, free: Callable[[Model], None]):
         self.options, self.model, self.free = options, model, free
         self._opened: dict[str, tuple[ControlNetManifest, Model]] = {}
+        self._levels: list[tuple[int, int]] | None = None  # the residual inputs the UNet was given, once given
+        self.text_width = _text_width(folder, model)
 
     def check(self, folder: str) -> ControlNetManifest:
         """The manifest of a ControlNet this model can take, its files verified; SdcpuError otherwise."""
         if self.options.backend != "openvino":
             raise SdcpuError(NEEDS_OPENVINO)
         manifest = ControlNetManifest.load(Path(folder))
-        text = self.model.input_shape("unet", "encoder_hidden_states")[-1]
+        text = self.text_width
         if text not in (-1, manifest.cross_attention_dim):
             raise SdcpuError(
                 f"ControlNet {Path(folder).name} is for {manifest.family} models ({manifest.cross_attention_dim}-wide "
@@ -59,9 +70,10 @@ class ControlNets:
         return self._opened[folder]
 
     def hook(self, s: GenerationSettings, unet: Model) -> ControlNetHook | None:
-        """The hook computing `s`'s ControlNets' residuals, with `unet` given their inputs; None for none."""
+        """The hook computing `s`'s ControlNets' residuals, with `unet` given their inputs. None for none, unless
+        the UNet has those inputs already: it is then fed zeros (exact: x + 0 is x), not compiled again."""
         if not s.controls:
-            return None
+            return ControlNetHook([], self._levels) if self._levels is not None else None
         units = []
         for setting in s.controls:
             manifest, model = self._open(setting.folder)
@@ -69,8 +81,10 @@ class ControlNets:
         channels = {tuple(unit.manifest.residual_channels) for unit in units}
         if len(channels) > 1:
             raise SdcpuError("these ControlNets give residuals of different widths: they are for different families")
-        unet.extend(residual_inputs(units[0].manifest.residual_channels))
-        return ControlNetHook(units)
+        manifest = units[0].manifest
+        unet.extend(residual_inputs(manifest.residual_channels))
+        self._levels = list(zip(manifest.residual_channels, manifest.residual_levels, strict=True))
+        return ControlNetHook(units, self._levels)
 
     def release(self) -> None:
         """After the loop: free the ControlNets as the memory policy says."""

@@ -101,7 +101,7 @@ class Pipeline(TaskMethods):
         # Where LoRAs named in prompts or by name alone are found: --lora-dir, or a bundled model's own.
         own = (path for model, path in BUNDLED_LORAS.items() if folder.resolve() == model.resolve())
         self.lora_dir = self.options.lora_dir or next(own, None)
-        self.controlnets = ControlNets(self.options, manifest, self.free)  # opened when a generation names them
+        self.controlnets = ControlNets(self.options, folder, manifest, self.free)  # opened when a generation names them
         try:
             self.scheduler_config = SchedulerConfig.load(folder / "scheduler" / "scheduler_config.json")
             self.defaults = sampling_defaults(self.scheduler_config, self.sampling)
