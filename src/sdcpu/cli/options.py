@@ -88,6 +88,9 @@ Verify = Annotated[VerifyMode, typer.Option(help=VERIFY_HELP)]
 LoraDir = Annotated[
     Path | None, typer.Option(help="folder of LoRA .safetensors files that prompts name as <lora:NAME:WEIGHT>")
 ]
+ControlNetDir = Annotated[
+    Path | None, typer.Option(help="folder of converted ControlNets (one folder each), named by --control NAME:IMAGE")
+]
 LoraRank = Annotated[
     int,
     typer.Option(
@@ -112,6 +115,7 @@ def load_options(
     decoder: Decoder = Decoder.full,
     lora_dir: Path | None = None,
     lora_rank: int = 0,
+    controlnet_dir: Path | None = None,
 ) -> LoadOptions:
     """The LoadOptions for these flags (validated when the model is loaded)."""
     return LoadOptions(
@@ -127,6 +131,7 @@ def load_options(
         decoder=decoder.value,
         lora_dir=lora_dir,
         lora_rank=lora_rank,
+        controlnet_dir=controlnet_dir,
     )
 
 
@@ -144,6 +149,7 @@ FLAG_TYPES = {
     "decoder": DecoderFlag,
     "lora_dir": LoraDir,
     "lora_rank": LoraRank,
+    "controlnet_dir": ControlNetDir,
 }
 LOAD_FLAGS = [
     parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=FLAG_TYPES[name])
@@ -187,7 +193,8 @@ Loras = Annotated[list[str] | None, typer.Option("--lora", help=LORA_HELP)]
 
 
 CONTROL_HELP = (
-    "a ControlNet folder (converted by sdcpu convert) and its control image, FOLDER:IMAGE[:WEIGHT[:START:END]] "
+    "a ControlNet folder (converted by sdcpu convert, or its name in --controlnet-dir) and its control image, "
+    "FOLDER:IMAGE[:WEIGHT[:START:END]] "
     "(weight 1 and all the steps if not given; START and END are fractions of the steps); repeatable"
 )
 Controls = Annotated[list[str] | None, typer.Option("--control", help=CONTROL_HELP)]

@@ -9,6 +9,7 @@ of every file, checked as a model folder's are.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,11 @@ class ControlNetManifest:
         except (OSError, ValueError, TypeError, RecursionError) as err:
             raise SdcpuError(f"{path} is damaged ({err}); convert the ControlNet again") from None
         raise SdcpuError(f"{path} is damaged or from another sdcpu version; convert the ControlNet again")
+
+    def short_hash(self) -> str:
+        """The first 8 hex digits of the sha256 of its files' hashes: what names these weights."""
+        listing = "\n".join(f"{rel} {info['sha256']}" for rel, info in sorted(self.files.items()))
+        return hashlib.sha256(listing.encode()).hexdigest()[:8]
 
     @property
     def down_residuals(self) -> int:

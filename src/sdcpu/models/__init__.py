@@ -23,6 +23,8 @@ XL = DEMO_ROOT / "xl"
 BUNDLED = {"demo": CONVERTED, "demo-lcm": FEWSTEP, "demo-xl": XL}
 # The LoRAs trained for a bundled model, found by name (`--lora night`, `<lora:night:1>`) without --lora-dir
 BUNDLED_LORAS = {CONVERTED: DEMO_ROOT / "loras"}
+# The ControlNets trained for a bundled model, found by name (`--control edges:IMAGE`) without --controlnet-dir
+BUNDLED_CONTROLNETS = {CONVERTED: DEMO_ROOT / "controlnets"}
 
 
 def model_folder(model_dir: str | Path | None) -> Path:

@@ -42,7 +42,8 @@ class LoadOptions:
     folder where the LoRAs a prompt names (`<lora:NAME:WEIGHT>`, A1111's tags) are looked up. `lora_rank`:
     N > 0 compiles the UNet's and text encoders' attention and feed-forward layers with LoRA branches of
     rank N at load (OpenVINO), so that the first LoRA compiles nothing; 0: a LoRA's first use compiles
-    the layers it adapts (runtime/lora/)."""
+    the layers it adapts (runtime/lora/). `controlnet_dir`: the folder of converted ControlNets (one
+    folder each) that are named rather than given by path (A1111's `models/ControlNet`)."""
 
     backend: str | None = None
     device: str = "CPU"
@@ -57,6 +58,7 @@ class LoadOptions:
     decoder: str = "full"
     lora_dir: Path | None = None
     lora_rank: int = 0
+    controlnet_dir: Path | None = None
 
     def cache_folder(self) -> Path | None:
         """Where compiled models and verified hashes are kept; None without a cache."""
@@ -90,6 +92,8 @@ class LoadOptions:
             )
         if self.lora_dir is not None and not Path(self.lora_dir).is_dir():
             raise SdcpuError(f"the LoRA folder {self.lora_dir} does not exist or is not a folder")
+        if self.controlnet_dir is not None and not Path(self.controlnet_dir).is_dir():
+            raise SdcpuError(f"the ControlNet folder {self.controlnet_dir} does not exist or is not a folder")
         if not 0 <= self.lora_rank <= MAX_LORA_RANK:
             raise SdcpuError(f"lora_rank must be from 0 (off) to {MAX_LORA_RANK}; got {self.lora_rank}")
         if self.lora_rank and backend != "openvino":
@@ -124,6 +128,6 @@ class LoadOptions:
         return replace(self, backend=backend, compute_precision=precision, int8_activations=int8, winograd=winograd)
 
     def record(self) -> dict[str, str]:
-        """Each option as text, for the PNG metadata and bench reports (the LoRA folder, a path of this
-        machine, is left out: the image records its LoRAs by name and hash)."""
-        return {key: str(value) for key, value in asdict(self).items() if key != "lora_dir"}
+        """Each option as text, for the PNG metadata and bench reports (the LoRA and ControlNet folders,
+        paths of this machine, are left out: the image records its LoRAs and ControlNets by name and hash)."""
+        return {key: str(value) for key, value in asdict(self).items() if key not in ("lora_dir", "controlnet_dir")}

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict
 from sdcpu.errors import SdcpuError
 from sdcpu.runtime.io.infotext import SAMPLERS, sampler_names, scheduler_for
 from sdcpu.runtime.lora.prompt import lora_names
+from sdcpu.serve.a1111_controlnet import controlnet_units
 from sdcpu.serve.jobs import Job
 from sdcpu.version import __version__
 
@@ -34,7 +35,6 @@ UNSUPPORTED = {
     "restore_faces": (None, False),
     "tiling": (None, False),
     "script_name": (None, ""),
-    "alwayson_scripts": (None, {}),
     "subseed_strength": (None, 0, 0.0),
     "mask": None,
     "refiner_checkpoint": (None, ""),
@@ -69,6 +69,7 @@ class Txt2ImgRequest(BaseModel):
     height: int | None = None
     override_settings: dict[str, Any] | None = None
     send_images: bool = True
+    alwayson_scripts: dict[str, Any] | None = None  # ControlNet's units (a1111_controlnet.py)
 
 
 class Img2ImgRequest(Txt2ImgRequest):
@@ -118,6 +119,7 @@ def _submit(http: Request, request: Txt2ImgRequest, init_image: str | None = Non
         "num_images": request.batch_size * request.n_iter,
         "scheduler": _scheduler(request),
         "strength": strength,
+        "controls": controlnet_units(request.alwayson_scripts, server.pipeline, server.limits),
     }
     return server.submit(request.prompt, init_image, **settings)
 
@@ -130,6 +132,10 @@ async def _answer(http: Request, request: Txt2ImgRequest, job: Job) -> dict[str,
     images = [base64.b64encode(png).decode() for png in job.images] if request.send_images else []
     # As A1111: the request, without its images unless asked (include_init_images).
     parameters = request.model_dump()
+    for unit in ((parameters.get("alwayson_scripts") or {}).get("controlnet") or {}).get("args") or []:
+        if isinstance(unit, dict):  # as A1111: the request without its images
+            unit.pop("image", None)
+            unit.pop("input_image", None)
     if not parameters.get("include_init_images"):
         parameters = {k: v for k, v in parameters.items() if k not in ("init_images", "mask")}
     return {"images": images, "parameters": parameters, "info": json.dumps(_info(http, job))}

@@ -17,6 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict
 
 from sdcpu.errors import SdcpuError
+from sdcpu.runtime.controlnet.folders import controlnet_names
 from sdcpu.runtime.lora.prompt import lora_names
 from sdcpu.runtime.schedulers import SCHEDULERS
 from sdcpu.runtime.tasks import ImageToImage, TextToImage
@@ -79,7 +80,7 @@ def create_app(
 ) -> FastAPI:
     """The app for a loaded Pipeline. OpenAPI's schema is at /openapi.json; its browsable pages are off,
     as they load scripts from a CDN and the server works offline."""
-    from sdcpu.serve import a1111
+    from sdcpu.serve import a1111, a1111_controlnet
 
     limits = limits or ServeLimits()
     server = Server(pipeline, limits, preview_every)
@@ -96,6 +97,7 @@ def create_app(
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     app.include_router(router)
     app.include_router(a1111.router)
+    app.include_router(a1111_controlnet.router)
 
     html = (STATIC / "index.html").read_text(encoding="utf-8")
 
@@ -127,6 +129,7 @@ def model(http: Request) -> dict[str, Any]:
         "modes": ["txt2img", "img2img"],
         "limits": asdict(server.limits),
         "loras": lora_names(pipeline.lora_dir),  # what prompts may name as <lora:NAME:WEIGHT>
+        "controlnets": controlnet_names(pipeline.controlnet_dir),
     }
 
 

@@ -75,7 +75,8 @@ class Job:
             "error": self.error,
             "created": self.created,
             "settings": {k: v for k, v in self.settings.__dict__.items() if v is not None}
-            | {"loras": [lora.record() for lora in self.settings.loras]},  # by name and hash, not path
+            | {"loras": [lora.record() for lora in self.settings.loras]}  # by name and hash, not path
+            | {"controls": [control.record() for control in self.settings.controls]},  # and without images
             "images": [f"/api/jobs/{self.id}/images/{i}.png" for i in range(len(self.images))],
             "infotexts": self.infotexts,
             "preview": f"/api/jobs/{self.id}/preview.png?v={self.version}" if self.preview else None,

@@ -82,7 +82,7 @@ def generate(
         raise fail(err) from None
 
     def run(pipe, callback):
-        controls = _controls(units, control_mode, control_module)
+        controls = _controls(pipe, units, control_mode, control_module)
         return pipe(callback=callback, init_image=init_image, strength=strength, controls=controls, **request)
 
     def preview(pipe):
@@ -92,12 +92,15 @@ def generate(
     run_and_save(model, options, out, overwrite, run, count, preview, noted)
 
 
-def _controls(units: list[tuple[Path, Path, float, float, float]], mode: str, module: str) -> list[Any]:
+def _controls(pipe: Any, units: list[tuple[Path, Path, float, float, float]], mode: str, module: str) -> list[Any]:
+    # A ControlNet is a folder, or a name in --controlnet-dir (the bundled demo's own: `edges`).
+    from sdcpu.runtime.controlnet.folders import find_controlnet
     from sdcpu.runtime.controlnet.setting import ControlSetting
     from sdcpu.runtime.io.images import open_init_image
 
     controls = []
     for folder, image, weight, start, end in units:
         picture = open_init_image(image, "control image")
-        controls.append(ControlSetting.of(folder, picture, weight, start, end, mode, module))
+        found = find_controlnet(folder, pipe.controlnet_dir)
+        controls.append(ControlSetting.of(found, picture, weight, start, end, mode, module))
     return controls

@@ -72,7 +72,7 @@ def _hysteresis(strong: np.ndarray, weak: np.ndarray) -> np.ndarray:
         edges = grown | edges
 
 
-def canny(image: Image.Image, low: int = CANNY_LOW, high: int = CANNY_HIGH) -> Image.Image:
+def canny(image: Image.Image, low: float = CANNY_LOW, high: float = CANNY_HIGH) -> Image.Image:
     """White edges on black, RGB, the image's size."""
     pixels = np.asarray(image.convert("RGB"))
     gx, gy, magnitude = _gradients(pixels)
@@ -81,14 +81,15 @@ def canny(image: Image.Image, low: int = CANNY_LOW, high: int = CANNY_HIGH) -> I
     return Image.fromarray(np.repeat((edges * 255).astype(np.uint8)[..., None], 3, axis=-1))
 
 
-ANNOTATORS: dict[str, Callable[[Image.Image], Image.Image]] = {
-    "none": lambda image: image,
-    "canny": canny,
+# module -> the annotator, given an image and the module's two thresholds (A1111's threshold_a and _b), if any
+ANNOTATORS: dict[str, Callable[[Image.Image, tuple[float, float] | None], Image.Image]] = {
+    "none": lambda image, thresholds: image,
+    "canny": lambda image, thresholds: canny(image, *(thresholds or (CANNY_LOW, CANNY_HIGH))),
 }
 
 
-def annotate(module: str, image: Image.Image) -> Image.Image:
+def annotate(module: str, image: Image.Image, thresholds: tuple[float, float] | None = None) -> Image.Image:
     """The control image `module` makes of `image`; SdcpuError naming the modules for an unknown one."""
     if module not in ANNOTATORS:
         raise SdcpuError(f"unknown ControlNet module {module!r}; choose one of: {', '.join(ANNOTATORS)}")
-    return ANNOTATORS[module](image)
+    return ANNOTATORS[module](image, thresholds)

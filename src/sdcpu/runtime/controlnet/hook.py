@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from sdcpu.errors import SdcpuError
 from sdcpu.format.controlnet import ControlNetManifest
 from sdcpu.runtime.components.unet import HookCall
 from sdcpu.runtime.controlnet.residuals import MID_NAME, down_name
@@ -50,6 +51,20 @@ class ControlUnit:
 
     def conditional_only(self) -> bool:
         return self.setting.mode == "control" or self.manifest.global_pool_conditions
+
+
+ASPECT_TOLERANCE = 0.02  # rounding to the VAE's multiple: a 1000x750 image for a 1000x752 output is the same aspect
+
+
+def check_aspect(setting: ControlSetting, width: int, height: int) -> None:
+    """SdcpuError for a control image of another aspect than the output: stretched, its edges would steer
+    the image to the wrong places (crop it to the output's aspect first)."""
+    w, h = setting.image.size
+    if abs(w * height - h * width) > ASPECT_TOLERANCE * h * width:
+        raise SdcpuError(
+            f"the control image of ControlNet {setting.name} is {w}x{h}, another aspect than the {width}x{height} "
+            "image asked for; crop it to that aspect, or ask for a size of its aspect"
+        )
 
 
 def control_image(image: Image.Image, width: int, height: int) -> np.ndarray:

@@ -21,13 +21,6 @@ MAX_WEIGHT = 2.0  # A1111's slider's end: beyond it the control burns the image
 CONTROL_MODES = ("balanced", "prompt", "control")
 
 
-def _manifest_hash(manifest: ControlNetManifest) -> str:
-    import hashlib
-
-    listing = "\n".join(f"{rel} {info['sha256']}" for rel, info in sorted(manifest.files.items()))
-    return hashlib.sha256(listing.encode()).hexdigest()[:8]
-
-
 @dataclass(frozen=True)
 class ControlSetting:
     folder: str
@@ -50,9 +43,11 @@ class ControlSetting:
         end: float = 1.0,
         mode: str = "balanced",
         module: str = "none",
+        thresholds: tuple[float, float] | None = None,
     ) -> ControlSetting:
         """Check everything but the match with the model (Pipeline.settings does that); SdcpuError says
-        what is wrong. The annotator `module` (runtime/controlnet/annotators.py) runs here, once."""
+        what is wrong. The annotator `module` (runtime/controlnet/annotators.py) runs here, once, with its
+        `thresholds` where it has them (canny's low and high; default 100 and 200)."""
         from sdcpu.runtime.controlnet.annotators import annotate
 
         path = Path(folder)
@@ -65,7 +60,7 @@ class ControlSetting:
             )
         if mode not in CONTROL_MODES:
             raise SdcpuError(f"unknown control mode {mode!r}; choose one of: {', '.join(CONTROL_MODES)}")
-        control = annotate(module, image.convert("RGB"))
+        control = annotate(module, image.convert("RGB"), thresholds)
         return cls(
             str(path),
             float(weight),
@@ -74,7 +69,7 @@ class ControlSetting:
             mode,
             module,
             path.name,
-            _manifest_hash(manifest),
+            manifest.short_hash(),
             control,
         )
 

@@ -24,8 +24,9 @@ from sdcpu.errors import SdcpuError, SdcpuNotice
 from sdcpu.format.families import unsupported_family
 from sdcpu.format.foreign import foreign_family, foreign_manifest, is_foreign
 from sdcpu.format.manifest import Manifest
-from sdcpu.models import BUNDLED, BUNDLED_LORAS, model_folder
+from sdcpu.models import BUNDLED, BUNDLED_CONTROLNETS, BUNDLED_LORAS, model_folder
 from sdcpu.runtime.components.unet import GuidedInput, UNetHook, UNetRunner, unet_interfaces
+from sdcpu.runtime.controlnet.hook import check_aspect
 from sdcpu.runtime.controlnet.networks import ControlNets
 from sdcpu.runtime.controlnet.setting import ControlSetting
 from sdcpu.runtime.engines import Model, load_model
@@ -101,6 +102,9 @@ class Pipeline(TaskMethods):
         # Where LoRAs named in prompts or by name alone are found: --lora-dir, or a bundled model's own.
         own = (path for model, path in BUNDLED_LORAS.items() if folder.resolve() == model.resolve())
         self.lora_dir = self.options.lora_dir or next(own, None)
+        # Where ControlNets named rather than given by path are found: --controlnet-dir, or a bundled model's own.
+        nets = (path for model, path in BUNDLED_CONTROLNETS.items() if folder.resolve() == model.resolve())
+        self.controlnet_dir = self.options.controlnet_dir or next(nets, None)
         self.controlnets = ControlNets(self.options, folder, manifest, self.free)  # opened when a generation names them
         try:
             self.scheduler_config = SchedulerConfig.load(folder / "scheduler" / "scheduler_config.json")
@@ -264,6 +268,7 @@ class Pipeline(TaskMethods):
         ).validate(self.manifest.vae_scale_factor, self.scheduler_config.num_train_timesteps)
         for control in controls:
             self.controlnets.check(control.folder)
+            check_aspect(control, settings.width, settings.height)
         if controls and deep_cache > 1:
             raise SdcpuError(
                 "ControlNet and DeepCache (--deep-cache) do not combine: the shallow pass has no residuals"

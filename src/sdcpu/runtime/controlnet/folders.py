@@ -1,0 +1,47 @@
+"""The ControlNet folder (A1111's `models/ControlNet`, `--controlnet-dir`): converted ControlNets, one
+folder each, named by their folder's name, or by A1111's title "NAME [HASH]". A name is never a path:
+`../x` is refused, as is a link out of the folder."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from sdcpu.errors import SdcpuError
+from sdcpu.format.controlnet import CONTROLNET_MANIFEST, ControlNetManifest
+
+TITLE = re.compile(r"^(?P<name>.*?)\s*\[(?P<hash>[0-9a-fA-F]+)\]$")
+
+
+def controlnet_names(folder: Path | None) -> list[str]:
+    """The ControlNets in `folder` by name (read at every call: nothing to refresh)."""
+    if folder is None or not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if (p / CONTROLNET_MANIFEST).is_file())
+
+
+def controlnet_title(folder: Path) -> str:
+    """A1111's title of a ControlNet: "NAME [HASH]", the hash the PNG records."""
+    return f"{folder.name} [{ControlNetManifest.load(folder).short_hash()}]"
+
+
+def find_controlnet(given: str | Path, folder: Path | None) -> Path:
+    """A ControlNet folder from a path, or from a name or title in the ControlNet folder `folder`."""
+    path = Path(given).expanduser()
+    if (path / CONTROLNET_MANIFEST).is_file():
+        return path
+    text = str(given).strip()
+    match = TITLE.match(text)
+    name = match["name"] if match else text
+    if folder is None:
+        raise SdcpuError(f"no ControlNet folder {given}; give a converted ControlNet's folder, or --controlnet-dir DIR")
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise SdcpuError(f"ControlNet {text!r}: named by its folder's name in the ControlNet folder, not by a path")
+    root = folder.resolve()
+    found = (root / name).resolve()
+    if found.parent != root or not (found / CONTROLNET_MANIFEST).is_file():
+        available = ", ".join(controlnet_names(folder)[:10]) or "none"
+        raise SdcpuError(f"no ControlNet named {name!r} in {folder} (found: {available})")
+    if match and ControlNetManifest.load(found).short_hash() != match["hash"].lower():
+        raise SdcpuError(f"ControlNet {name!r} in {folder} is not {text!r}: its hash differs")
+    return found
