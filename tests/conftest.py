@@ -138,6 +138,11 @@ def controlnets_openvino(tiny_controlnets, tmp_path_factory) -> list[Path]:
 
 
 @pytest.fixture(scope="session")
+def controlnets_onnx(tiny_controlnets, tmp_path_factory) -> list[Path]:
+    return [_converted(folder, "onnx", tmp_path_factory) for folder in tiny_controlnets]
+
+
+@pytest.fixture(scope="session")
 def sd2v_openvino(tiny_sd2v, tmp_path_factory) -> Path:
     return _converted(tiny_sd2v, "openvino", tmp_path_factory)
 
@@ -224,7 +229,7 @@ CONVERTING_FIXTURES |= {"tiny_inpainting", "inpainting_openvino", "inpainting_on
 CONVERTING_FIXTURES |= {"tiny_upscaler", "upscaler_openvino", "upscaler_onnx"}
 CONVERTING_FIXTURES |= {"tiny_depth", "depth_openvino", "depth_onnx"}
 CONVERTING_FIXTURES |= {"tiny_sdxl", "sdxl_openvino", "sdxl_onnx", "tiny_sdxl_inpainting"}
-CONVERTING_FIXTURES |= {"tiny_controlnets", "controlnets_openvino"}
+CONVERTING_FIXTURES |= {"tiny_controlnets", "controlnets_openvino", "controlnets_onnx"}
 
 
 # The modules that take longest (mostly converting), first: the workers take whole modules (--dist loadfile)

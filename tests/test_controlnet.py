@@ -34,11 +34,11 @@ def _disc(size: int = 64) -> Image.Image:
     return image
 
 
-def _ours(folder, controls, latents, scheduler="ddim", **extra):
+def _ours(folder, controls, latents, scheduler="ddim", backend=None, **extra):
     from sdcpu import Pipeline
     from sdcpu.runtime.options import LoadOptions
 
-    pipe = Pipeline.load(folder, LoadOptions(compute_precision="f32"))
+    pipe = Pipeline.load(folder, LoadOptions(backend=backend, compute_precision="f32"))
     settings = dict(negative_prompt=NEGATIVE, steps=6, guidance=7.5, seed=3, scheduler=scheduler, latents=latents)
     return pipe(PROMPT, controls=controls, **settings | extra)
 
@@ -53,11 +53,15 @@ CASES = {
 
 
 @pytest.mark.parity
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_controlnets_match_diffusers(case, tiny_sd1, sd1_openvino, tiny_controlnets, controlnets_openvino):
+def test_controlnets_match_diffusers(case, backend, tiny_sd1, tiny_controlnets, request):
     torch = pytest.importorskip("torch")
     import tiny
 
+    onnx = backend == "onnxruntime"
+    folder = request.getfixturevalue("sd1_onnx" if onnx else "sd1_openvino")
+    controlnets_openvino = request.getfixturevalue("controlnets_onnx" if onnx else "controlnets_openvino")
     weights, start, end, mode = CASES[case]
     images = [_control_image(i) for i in range(len(weights))]
     controls = [
@@ -65,7 +69,7 @@ def test_controlnets_match_diffusers(case, tiny_sd1, sd1_openvino, tiny_controln
         for folder, image, weight in zip(controlnets_openvino, images, weights, strict=False)
     ]
     latents = np.random.default_rng(7).standard_normal((1, 4, 8, 8), dtype=np.float32)
-    ours = _ours(sd1_openvino, controls, latents).array
+    ours = _ours(folder, controls, latents, backend=backend).array
     pipe = tiny.diffusers_controlnet_pipeline(tiny_sd1, tiny_controlnets[: len(weights)], "DDIMScheduler")
     many = len(weights) > 1
     theirs = pipe(
@@ -85,7 +89,7 @@ def test_controlnets_match_diffusers(case, tiny_sd1, sd1_openvino, tiny_controln
     ).images
     diff = float(np.abs(ours - theirs).max())
     assert diff <= PIXEL_TOLERANCE, f"max abs pixel diff {diff:.4f}"
-    plain = _ours(sd1_openvino, [], latents).array
+    plain = _ours(folder, [], latents, backend=backend).array
     assert float(np.abs(ours - plain).max()) > 0.05  # the ControlNet did change the image
 
 
@@ -178,8 +182,30 @@ def test_bad_controlnet_settings_are_refused(sd1_openvino, controlnets_openvino,
         pipe("x", steps=2, controls=[ControlSetting.of(other, _disc())])
     with pytest.raises(SdcpuError, match="DeepCache"):
         pipe("x", steps=2, deep_cache=2, controls=[ControlSetting.of(folder, _disc())])
-    onnx = Pipeline.load(sd1_openvino, LoadOptions(backend="openvino", compute_precision="f32"))
-    assert onnx is not None
+
+
+@pytest.mark.parity
+def test_onnx_runtime_needs_onnx_controlnets_and_the_unet_graph_with_their_inputs(
+    sd1_onnx, controlnets_openvino, controlnets_onnx, tmp_path
+):
+    from sdcpu import Pipeline
+    from sdcpu.runtime.options import LoadOptions
+
+    pipe = Pipeline.load(sd1_onnx, LoadOptions(backend="onnxruntime"))
+    with pytest.raises(SdcpuError, match="convert it with --format onnx"):
+        pipe("x", steps=2, controls=[ControlSetting.of(controlnets_openvino[0], _disc())])
+    # An ONNX folder converted before the UNet graph with ControlNet's inputs existed
+    older = tmp_path / "older"
+    shutil.copytree(sd1_onnx, older)
+    (older / "unet" / "model_controlnet.onnx").unlink()
+    manifest = json.loads((older / "sdcpu.json").read_text())
+    del manifest["files"]["unet/model_controlnet.onnx"]
+    manifest["components"]["unet"]["files"].remove("unet/model_controlnet.onnx")
+    (older / "sdcpu.json").write_text(json.dumps(manifest))
+    with pytest.raises(SdcpuError, match="convert it again with this sdcpu, or run it with --backend openvino"):
+        Pipeline.load(older, LoadOptions(backend="onnxruntime"))(
+            "x", steps=2, controls=[ControlSetting.of(controlnets_onnx[0], _disc())]
+        )
 
 
 @pytest.mark.unit

@@ -129,3 +129,37 @@ def test_bad_units_are_refused_with_what_to_do(sd1_openvino, controlnet_dir, cha
         other = client.post("/sdapi/v1/txt2img", json=body | {"alwayson_scripts": {"adetailer": {"args": []}}})
     assert answer.status_code in (400, 413, 422) and words in answer.json()["detail"], answer.text
     assert other.status_code == 422 and "adetailer" in other.json()["detail"]
+
+
+def test_the_native_api_and_the_page_take_a_control_image(sd1_openvino, controlnet_dir):
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from sdcpu import Pipeline
+    from sdcpu.runtime.options import LoadOptions
+    from sdcpu.serve.app import create_app
+
+    pipe = Pipeline.load(sd1_openvino, LoadOptions(compute_precision="f32", cache=False, controlnet_dir=controlnet_dir))
+    control = {"model": "edges-b", "image": _b64(_disc()), "module": "canny", "weight": 0.7, "mode": "prompt"}
+    with TestClient(create_app(pipe), base_url="http://127.0.0.1") as client:
+        assert client.get("/api/model").json()["controlnets"] == ["edges-a", "edges-b"]
+        page = client.get("/").text
+        assert 'id="control_image"' in page and 'id="control_model"' in page
+        job = client.post("/api/jobs", json={"prompt": PROMPT, "steps": 3, "controls": [control]}).json()
+        for _ in range(600):
+            job = client.get(f"/api/jobs/{job['id']}").json()
+            if job["status"] not in ("queued", "running"):
+                break
+            time.sleep(0.1)
+        missing = client.post("/api/jobs", json={"prompt": PROMPT, "controls": [control | {"model": "nowhere"}]})
+    assert job["status"] == "done", job
+    recorded = job["settings"]["controls"][0]
+    assert (recorded["name"], recorded["weight"], recorded["mode"], recorded["module"]) == (
+        "edges-b",
+        0.7,
+        "prompt",
+        "canny",
+    )
+    assert 'ControlNet 0: "Module: canny, Model: edges-b [' in job["infotexts"][0]
+    assert missing.status_code == 422 and "no ControlNet named 'nowhere'" in missing.json()["detail"]

@@ -26,6 +26,7 @@ from sdcpu.export.writers import WRITERS
 from sdcpu.format.controlnet import COMPONENT, CONTROLNET_MANIFEST, ControlNetManifest
 from sdcpu.format.graph_signature import read_inputs
 from sdcpu.format.manifest import GRAPH_FILE, describe_files
+from sdcpu.runtime.controlnet import RESIDUAL_GRAPH
 from sdcpu.runtime.io.outputs import follow_umask
 
 TRACE_LATENTS = 9  # an odd size traces the general path, as the UNet's (export/families/sd.py)
@@ -148,3 +149,51 @@ def convert_controlnet(
         follow_umask(path)
     progress(f"controlnet: exported to {fmt} {exact} in {time.perf_counter() - start:.1f} s")
     return manifest
+
+
+def residual_widths(unet_config: dict[str, Any]) -> list[int]:
+    """The width of each skip connection a UNet hands from its down blocks to its up blocks (conv_in's, then
+    each layer's and each downsampler's), then its middle block's: what a ControlNet's residuals match."""
+    widths = list(unet_config["block_out_channels"])
+    layers = unet_config.get("layers_per_block", 2)
+    count = len(unet_config["down_block_types"])
+    skips = [widths[0]]
+    for i in range(count):
+        skips += [widths[i]] * (layers[i] if isinstance(layers, (list, tuple)) else layers)
+        skips += [widths[i]] if i < count - 1 else []
+    return [*skips, widths[-1]]
+
+
+def write_residual_graph(folder: Path, unet_config: dict[str, Any]) -> list[str]:
+    """ONNX only: beside `unet/model.onnx`, `model_controlnet.onnx`, the same graph with ControlNet's residual
+    inputs added as runtime/controlnet/residuals.py adds them to an OpenVINO graph. ONNX Runtime cannot be
+    given new inputs at run time, and the runtime does without the onnx package; this graph reads the same
+    weights file, so it costs a few hundred kB, not a second copy of the weights."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from sdcpu.runtime.controlnet.residuals import MID_NAME, UP_BLOCK, down_name
+
+    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    nodes = list(model.graph.node)
+    concats = [n for n in nodes if n.op_type == "Concat" and len(n.input) == 2 and UP_BLOCK.search(n.name)]
+    concats = [n for n in concats if next((a.i for a in n.attribute if a.name == "axis"), None) in (1, -3)]
+    widths = residual_widths(unet_config)
+    if len(concats) != len(widths) - 1:
+        raise SdcpuError(f"the UNet's graph has {len(concats)} skip concatenations, its config {len(widths) - 1}")
+    added: dict[str, Any] = {}  # the concatenation's name -> the Add nodes feeding it
+    for k, concat in enumerate(concats):
+        i = len(concats) - 1 - k
+        slots = [(1, down_name(i), widths[i])] + ([(0, MID_NAME, widths[-1])] if k == 0 else [])
+        for slot, name, width in slots:
+            shape: list[str | int | None] = ["batch", width, f"{name}_height", f"{name}_width"]
+            model.graph.input.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, shape))
+            add = helper.make_node("Add", [concat.input[slot], name], [f"{name}_added"], name=f"/controlnet/{name}")
+            concat.input[slot] = f"{name}_added"
+            added.setdefault(concat.name, []).append(add)
+    ordered = [node for n in nodes for node in [*added.get(n.name, []), n]]
+    del model.graph.node[:]
+    model.graph.node.extend(ordered)
+    onnx.save_model(model, str(folder / RESIDUAL_GRAPH))  # its weights stay in model.onnx_data
+    onnx.checker.check_model(str(folder / RESIDUAL_GRAPH))
+    return [RESIDUAL_GRAPH]

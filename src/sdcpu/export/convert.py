@@ -18,7 +18,7 @@ from typing import Any
 
 from sdcpu.errors import SdcpuError
 from sdcpu.export.calibration import CalibrationSettings, collect_unet_inputs
-from sdcpu.export.controlnet import convert_controlnet, is_controlnet_folder
+from sdcpu.export.controlnet import convert_controlnet, is_controlnet_folder, write_residual_graph
 from sdcpu.export.families import OPTIONAL_KINDS, export_family
 from sdcpu.export.folders import move_into_place, versions
 from sdcpu.export.lora import PREFIXES as LORA_NETWORKS
@@ -203,6 +203,8 @@ def _export_components(
         folder.mkdir()
         exact = component_precision(precision, component)
         names = WRITERS[fmt](spec, folder, exact, calibrate if exact == "int8-hybrid" else None, recipe)
+        if fmt == "onnx" and component == "unet":  # ControlNet's inputs for ONNX Runtime (export/controlnet.py)
+            names += write_residual_graph(folder, _config_dict(loaded[kind]))
         (folder / "config.json").write_text(json.dumps(_config_dict(loaded[kind]), indent=2, default=str))
         components[component] = {"precision": exact, "files": [f"{component}/{name}" for name in names]}
         components[component]["inputs"] = read_inputs(folder / GRAPH_FILE[fmt])

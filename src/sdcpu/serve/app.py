@@ -17,7 +17,8 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict
 
 from sdcpu.errors import SdcpuError
-from sdcpu.runtime.controlnet.folders import controlnet_names
+from sdcpu.runtime.controlnet.folders import controlnet_names, find_controlnet
+from sdcpu.runtime.controlnet.setting import ControlSetting
 from sdcpu.runtime.lora.prompt import lora_names
 from sdcpu.runtime.schedulers import SCHEDULERS
 from sdcpu.runtime.tasks import ImageToImage, TextToImage
@@ -28,6 +29,19 @@ from sdcpu.serve.security import guard
 STATIC = resources.files("sdcpu.serve") / "static"
 EVENT_POLL_S = 0.1
 router = APIRouter(prefix="/api", tags=["sdcpu"])  # the native API; the A1111 subset is in a1111.py
+
+
+class ControlRequest(BaseModel):
+    """A ControlNet for a job: its name in the server's ControlNet folder and its control image (base64)."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    image: str
+    module: str = "none"
+    weight: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+    mode: str = "balanced"
 
 
 class JobRequest(BaseModel):
@@ -46,6 +60,7 @@ class JobRequest(BaseModel):
     init_image: str | None = None
     strength: float = 0.8
     deep_cache: int = 1
+    controls: list[ControlRequest] = []
 
 
 class Server:
@@ -67,6 +82,12 @@ class Server:
         checked = self.pipeline.settings(prompt, task, **settings)
         self.limits.check(checked.width, checked.height, checked.steps, checked.num_images)
         return self.queue.submit("img2img" if image is not None else "txt2img", checked, task)
+
+    def control(self, unit: ControlRequest) -> ControlSetting:
+        """A ControlNet of a request, found by name in the ControlNet folder, its image decoded and checked."""
+        folder = find_controlnet(unit.model, self.pipeline.controlnet_dir)
+        image = self.limits.decode_image(unit.image, "control image")
+        return ControlSetting.of(folder, image, unit.weight, unit.start, unit.end, unit.mode, unit.module)
 
     def job(self, job_id: str) -> Job:
         job = self.queue.get(job_id)
@@ -137,7 +158,8 @@ def model(http: Request) -> dict[str, Any]:
 def create_job(http: Request, request: JobRequest) -> dict[str, Any]:
     """Queue a generation; 429 when the queue is full. Follow it at /api/jobs/{id}/events."""
     server = _server(http)
-    fields = request.model_dump(exclude={"prompt", "init_image"})
+    fields = request.model_dump(exclude={"prompt", "init_image", "controls"})
+    fields["controls"] = [server.control(unit) for unit in request.controls]
     job = server.submit(request.prompt, request.init_image, **fields)
     return job.public() | {"position": server.queue.position(job)}
 

@@ -3,6 +3,10 @@
 computed at every UNet call by a hook (hook.py), from control images an annotator may make
 (annotators.py)."""
 
-# ONNX Runtime cannot take them: new UNet inputs need the graph edited with the onnx package (not a runtime
-# dependency) and a new session.
-NEEDS_OPENVINO = "ControlNet needs the OpenVINO backend (--backend openvino), which adds its inputs to any UNet"
+# ONNX Runtime cannot be given new inputs at run time (the runtime does without the onnx package): an ONNX
+# folder's UNet has a second graph with them, written at convert (export/controlnet.py).
+RESIDUAL_GRAPH = "model_controlnet.onnx"
+NEEDS_CONVERT = (
+    "this ONNX folder was converted without the UNet graph that takes ControlNet's inputs (unet/"
+    f"{RESIDUAL_GRAPH}): convert it again with this sdcpu, or run it with --backend openvino"
+)

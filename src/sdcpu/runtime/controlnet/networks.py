@@ -12,7 +12,7 @@ from sdcpu.cache import VERIFIED_FILES
 from sdcpu.errors import SdcpuError
 from sdcpu.format.controlnet import ControlNetManifest
 from sdcpu.format.manifest import Manifest
-from sdcpu.runtime.controlnet import NEEDS_OPENVINO, residuals
+from sdcpu.runtime.controlnet import NEEDS_CONVERT, RESIDUAL_GRAPH, residuals
 from sdcpu.runtime.controlnet.hook import ControlNetHook, ControlUnit, control_image
 from sdcpu.runtime.engines import Model, load_model
 from sdcpu.runtime.engines.passes import GraphPass
@@ -27,7 +27,7 @@ def residual_inputs(channels: list[int]) -> GraphPass:
         return residuals.add_residual_inputs(model, channels)
 
     name = "controlnet-residuals-" + "-".join(str(c) for c in channels)
-    return GraphPass(name, residuals.REVISION, apply, frozenset({"unet"}), devices=None)
+    return GraphPass(name, residuals.REVISION, apply, frozenset({"unet"}), devices=None, onnx_graph=RESIDUAL_GRAPH)
 
 
 def _text_width(folder: Path, model: Manifest) -> int:
@@ -36,6 +36,17 @@ def _text_width(folder: Path, model: Manifest) -> int:
         return int(json.loads((folder / "unet" / "config.json").read_text())["cross_attention_dim"])
     except (OSError, ValueError, KeyError, TypeError):
         return model.input_shape("unet", "encoder_hidden_states")[-1]
+
+
+def _check_onnx(folder: Path, manifest: ControlNetManifest, model: Manifest) -> None:
+    # ONNX Runtime runs ONNX ControlNets, with a UNet graph that has their inputs (written at convert).
+    if manifest.format != "onnx":
+        raise SdcpuError(
+            f"ControlNet {folder.name} is an {manifest.format} folder; ONNX Runtime runs ONNX ones: convert it "
+            "with --format onnx, or run with --backend openvino"
+        )
+    if f"unet/{RESIDUAL_GRAPH}" not in model.files:
+        raise SdcpuError(NEEDS_CONVERT)
 
 
 class ControlNets:
@@ -49,9 +60,9 @@ class ControlNets:
 
     def check(self, folder: str) -> ControlNetManifest:
         """The manifest of a ControlNet this model can take, its files verified; SdcpuError otherwise."""
-        if self.options.backend != "openvino":
-            raise SdcpuError(NEEDS_OPENVINO)
         manifest = ControlNetManifest.load(Path(folder))
+        if self.options.backend == "onnxruntime":
+            _check_onnx(Path(folder), manifest, self.model)
         text = self.text_width
         if text not in (-1, manifest.cross_attention_dim):
             raise SdcpuError(

@@ -87,9 +87,17 @@ class OnnxRuntimeModel:
         raise SdcpuError(NEEDS_OPENVINO)
 
     def extend(self, graph_pass: Any) -> None:
-        from sdcpu.runtime.controlnet import NEEDS_OPENVINO
-
-        raise SdcpuError(NEEDS_OPENVINO)
+        """Run the graph written at convert with `graph_pass`'s rewrite made (GraphPass.onnx_graph) from now on."""
+        if graph_pass.onnx_graph is None:
+            raise SdcpuError(f"the graph pass {graph_pass.name} needs the OpenVINO backend: --backend openvino")
+        graph = self.path.with_name(graph_pass.onnx_graph)
+        if not graph.is_file():
+            raise SdcpuError(
+                f"{self.path.parent} has no {graph.name} ({graph_pass.name}): convert the model again with this "
+                "sdcpu, or run it with --backend openvino"
+            )
+        if graph != self.path:
+            self.path, self._session = graph, None
 
     def release_memory(self) -> None:
         """Nothing to do: every run returns its intermediate buffers to the system as it ends."""

@@ -25,6 +25,9 @@ async function init() {
   $("add_lora").addEventListener("click", () => {
     $("prompt").value = `${$("prompt").value.trim()} <lora:${$("lora").value}:${$("lora_weight").value || 1}>`.trim();
   });
+  // ControlNets are picked from the server's folder (--controlnet-dir, or the demo's own).
+  for (const name of model.controlnets) $("control_model").add(new Option(name, name));
+  $("controlnet").hidden = model.controlnets.length === 0;
   $("form").addEventListener("submit", generate);
   $("cancel").addEventListener("click", () => current && fetch(`/api/jobs/${current}/cancel`, { method: "POST" }));
   await gallery();
@@ -48,6 +51,14 @@ async function request() {
   };
   const file = $("init_image").files[0];
   if (file) Object.assign(body, { init_image: await readFile(file), strength: number("strength") });
+  const control = $("control_image").files[0];
+  if (control) {
+    body.controls = [{
+      model: $("control_model").value, image: await readFile(control), module: $("control_module").value,
+      weight: number("control_weight"), start: number("control_start"), end: number("control_end"),
+      mode: $("control_mode").value,
+    }];
+  }
   return body;
 }
 

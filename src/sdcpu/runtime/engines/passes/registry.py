@@ -26,7 +26,8 @@ class GraphPass:
     nodes it changed. `components`: the networks it applies to; `precisions`: the storage precisions
     (per component, from the manifest) it applies to, None for all; `devices`: the OpenVINO devices
     whose kernels it answers to, None for all. `exact`: the output equals the unrewritten graph's within
-    float rounding."""
+    float rounding. `onnx_graph`: for ONNX Runtime, which cannot rewrite a graph, the file beside the
+    network's own graph that has this rewrite made at convert (ControlNet's residual inputs)."""
 
     name: str
     revision: int
@@ -35,6 +36,7 @@ class GraphPass:
     precisions: frozenset[str] | None = None
     devices: frozenset[str] | None = frozenset({"CPU"})
     exact: bool = True
+    onnx_graph: str | None = None
 
     def applies_to(self, component: str, precision: str, device: str) -> bool:
         """Whether this pass rewrites `component`, stored at `precision`, compiled for `device`."""
