@@ -105,7 +105,9 @@ class Pipeline(TaskMethods):
         # Where ControlNets named rather than given by path are found: --controlnet-dir, or a bundled model's own.
         nets = (path for model, path in BUNDLED_CONTROLNETS.items() if folder.resolve() == model.resolve())
         self.controlnet_dir = self.options.controlnet_dir or next(nets, None)
-        self.controlnets = ControlNets(self.options, folder, manifest, self.free)  # opened when a generation names them
+        self.controlnets = ControlNets(
+            self.options, folder, manifest, self.memory.free
+        )  # opened when a generation names them
         try:
             self.scheduler_config = SchedulerConfig.load(folder / "scheduler" / "scheduler_config.json")
             self.defaults = sampling_defaults(self.scheduler_config, self.sampling)
