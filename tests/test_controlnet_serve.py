@@ -97,22 +97,21 @@ def test_module_list_and_detect_run_the_annotators(sd1_openvino, controlnet_dir)
     assert unknown.status_code == 422 and "none, canny" in unknown.json()["detail"]
 
 
-@pytest.mark.parametrize(
-    ("change", "words"),
-    [
-        ({"model": "nowhere"}, "no ControlNet named 'nowhere'"),
-        ({"model": "../../etc"}, "not by a path"),
-        ({"model": "edges-a [00000000]"}, "its hash differs"),
-        ({"module": "openpose"}, "unknown ControlNet module"),
-        ({"weight": 5}, "weight must be from 0 to 2"),
-        ({"guidance_start": 0.9, "guidance_end": 0.1}, "start < end"),
-        ({"control_mode": 7}, "unknown control_mode"),
-        ({"image": "bm90IGFuIGltYWdl"}, "not a base64 PNG"),
-        ({"image": None}, "needs `image`"),
-        ({"image": "wide"}, "another aspect"),
-    ],
-)
-def test_bad_units_are_refused_with_what_to_do(sd1_openvino, controlnet_dir, change, words):
+BAD_UNITS = [
+    ({"model": "nowhere"}, "no ControlNet named 'nowhere'"),
+    ({"model": "../../etc"}, "not by a path"),
+    ({"model": "edges-a [00000000]"}, "its hash differs"),
+    ({"module": "openpose"}, "unknown ControlNet module"),
+    ({"weight": 5}, "weight must be from 0 to 2"),
+    ({"guidance_start": 0.9, "guidance_end": 0.1}, "start < end"),
+    ({"control_mode": 7}, "unknown control_mode"),
+    ({"image": "bm90IGFuIGltYWdl"}, "not a base64 PNG"),
+    ({"image": None}, "needs `image`"),
+    ({"image": "wide"}, "another aspect"),
+]
+
+
+def test_bad_units_are_refused_with_what_to_do(sd1_openvino, controlnet_dir):
     from fastapi.testclient import TestClient
 
     from sdcpu import Pipeline
@@ -120,14 +119,15 @@ def test_bad_units_are_refused_with_what_to_do(sd1_openvino, controlnet_dir, cha
     from sdcpu.serve.app import create_app
 
     pipe = Pipeline.load(sd1_openvino, LoadOptions(compute_precision="f32", cache=False, controlnet_dir=controlnet_dir))
-    unit = {"model": "edges-a", "image": _b64(_disc())} | change
-    if unit["image"] == "wide":
-        unit["image"] = _b64(_disc((128, 64)))
-    body = {"prompt": PROMPT, "steps": 2, "alwayson_scripts": {"controlnet": {"args": [unit]}}}
     with TestClient(create_app(pipe), base_url="http://127.0.0.1") as client:
-        answer = client.post("/sdapi/v1/txt2img", json=body)
+        for change, words in BAD_UNITS:
+            unit = {"model": "edges-a", "image": _b64(_disc())} | change
+            if unit["image"] == "wide":
+                unit["image"] = _b64(_disc((128, 64)))
+            body = {"prompt": PROMPT, "steps": 2, "alwayson_scripts": {"controlnet": {"args": [unit]}}}
+            answer = client.post("/sdapi/v1/txt2img", json=body)
+            assert answer.status_code in (400, 413, 422) and words in answer.json()["detail"], (change, answer.text)
         other = client.post("/sdapi/v1/txt2img", json=body | {"alwayson_scripts": {"adetailer": {"args": []}}})
-    assert answer.status_code in (400, 413, 422) and words in answer.json()["detail"], answer.text
     assert other.status_code == 422 and "adetailer" in other.json()["detail"]
 
 

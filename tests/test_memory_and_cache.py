@@ -258,3 +258,26 @@ def test_each_network_frees_its_memory_when_its_phase_ends(sd1_openvino, low_mem
     # The second image asks for the first's prompts: their encoding is kept, the text encoder not run.
     assert log == encode + denoise + denoise + encode + denoise
     np.testing.assert_array_equal(first, second)
+
+
+@pytest.mark.unit
+def test_the_cache_is_trimmed_to_its_limit_least_recently_used_first(tmp_path, monkeypatch):
+    import os
+
+    from sdcpu.cache import cache_limit, trim_blobs
+
+    blobs = []
+    for i in range(5):  # 1 MB each, used in this order (the last most recently)
+        blob = tmp_path / f"{i}.blob"
+        blob.write_bytes(b"\0" * 2**20)
+        os.utime(blob, ns=(i * 10**9, i * 10**9))
+        blobs.append(blob)
+    (tmp_path / "verified-files.json").write_text("{}")  # not a blob: never trimmed
+    removed = trim_blobs(tmp_path, keep=blobs[0], limit=int(2.5 * 2**20))
+    assert removed == blobs[1:4]  # the oldest but the one just written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0.blob", "4.blob", "verified-files.json"]
+    monkeypatch.setenv("SDCPU_CACHE_MAX_GB", "0.5")
+    assert cache_limit() == 2**29
+    monkeypatch.setenv("SDCPU_CACHE_MAX_GB", "lots")
+    with pytest.raises(SdcpuError, match="SDCPU_CACHE_MAX_GB must be a number"):
+        cache_limit()

@@ -26,6 +26,47 @@ PATTERNS = (
 )
 
 
+# Compiled models kept at most, in bytes, unless $SDCPU_CACHE_MAX_GB says otherwise: about four SDXL UNets or a
+# dozen SD 1.5 ones. A blob's key holds its graph file's path, size, mtime and inode, so every reconverted folder,
+# new size, LoRA rank or ControlNet compiles a new one; without a bound the folder only grows.
+DEFAULT_MAX_GB = 16.0
+
+
+def cache_limit() -> int:
+    """The most bytes of compiled models the cache keeps: $SDCPU_CACHE_MAX_GB, else DEFAULT_MAX_GB."""
+    given = os.environ.get("SDCPU_CACHE_MAX_GB")
+    try:
+        gigabytes = float(given) if given else DEFAULT_MAX_GB
+    except ValueError:
+        raise SdcpuError(f"SDCPU_CACHE_MAX_GB must be a number of gigabytes; got {given!r}") from None
+    if not gigabytes >= 0:
+        raise SdcpuError(f"SDCPU_CACHE_MAX_GB must be 0 or more; got {given!r}")
+    return int(gigabytes * 2**30)
+
+
+def trim_blobs(folder: Path, keep: Path, limit: int) -> list[Path]:
+    """Delete the compiled models used least recently (their mtime, touched when imported) until those in
+    `folder` take at most `limit` bytes, never `keep` (the one just written); returns those deleted. A blob
+    another process has imported stays valid for it: its mapping outlives the file's name."""
+    blobs = []
+    for blob in folder.glob("*.blob"):
+        try:
+            blobs.append((blob.stat().st_mtime_ns, blob.stat().st_size, blob))
+        except FileNotFoundError:  # deleted by another process meanwhile
+            continue
+    total = sum(size for _, size, _ in blobs)
+    removed = []
+    for _, size, blob in sorted(blobs):
+        if total <= limit:
+            break
+        if blob == keep:
+            continue
+        blob.unlink(missing_ok=True)
+        total -= size
+        removed.append(blob)
+    return removed
+
+
 def default_cache_dir() -> Path:
     """Where compiled models are cached unless told otherwise: $SDCPU_CACHE_DIR, else the user cache."""
     if os.environ.get("SDCPU_CACHE_DIR"):

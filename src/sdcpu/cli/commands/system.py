@@ -23,11 +23,15 @@ def cache_command(
 ) -> None:
     """Show where compiled models are cached ($SDCPU_CACHE_DIR or ~/.cache/sdcpu) and their size; --clear
     empties it (the next run compiles again)."""
-    from sdcpu.cache import cache_files, clear_cache, default_cache_dir
+    from sdcpu.cache import cache_files, cache_limit, clear_cache, default_cache_dir
 
     folder = default_cache_dir()
     files = cache_files(folder)
-    typer.echo(f"{folder}: {len(files)} files, {sum(f.stat().st_size for f in files) / 1e6:,.0f} MB")
+    try:
+        limit = f"kept under {cache_limit() / 2**30:g} GB ($SDCPU_CACHE_MAX_GB)"
+    except SdcpuError as err:
+        raise fail(err) from None
+    typer.echo(f"{folder}: {len(files)} files, {sum(f.stat().st_size for f in files) / 1e6:,.0f} MB, {limit}")
     if clear:
         try:
             freed = clear_cache(folder)

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import openvino as ov
 
-from sdcpu.cache import write_cache_file
+from sdcpu.cache import cache_limit, trim_blobs, write_cache_file
 from sdcpu.runtime.engines.pages import dropping_mapped_pages
 from sdcpu.runtime.precision import openvino_capabilities
 
@@ -62,8 +63,14 @@ class CompiledModelCache:
                 compiled = self._core.import_model(ov.Tensor(data, shared_memory=True), device, config)
         except RuntimeError:
             return None
+        try:
+            os.utime(blob)  # used now: the least recently used blobs go first when the cache is trimmed
+        except OSError:  # a read-only cache folder is read as it is; it is never trimmed either
+            pass
         return compiled, data
 
     def store(self, compiled: ov.CompiledModel, blob: Path) -> None:
-        """Export `compiled` to `blob`, whole or not at all, even with two processes writing."""
+        """Export `compiled` to `blob`, whole or not at all, even with two processes writing; then trim the
+        cache to its limit (sdcpu.cache.cache_limit), the blobs used least recently first."""
         write_cache_file(blob, compiled.export_model().getbuffer())
+        trim_blobs(self.folder, blob, cache_limit())
