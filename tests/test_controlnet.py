@@ -276,3 +276,34 @@ def test_cli_parses_control_units():
     for bad in ["cn", "cn:edge.png:1:0.5", "a:b:c"]:
         with pytest.raises(SdcpuError, match="FOLDER:IMAGE"):
             parse_controls([bad])
+
+
+@pytest.mark.unit
+def test_the_demo_finds_its_edges_controlnet_by_name_and_follows_it(tmp_path):
+    """The bundled demo ControlNet on 12 held-out captions, each with the edge map of another shape at another
+    place (bench/controlnet_quality.py measures all 240): the image shows the control's shape and place in
+    the caption's colour. 87.5% of 48 followed at f32 on an Intel Xeon; at least 8 of 12 must here."""
+    import dataclasses
+
+    from sdcpu import Pipeline
+    from sdcpu.demo import world
+    from sdcpu.runtime.controlnet.folders import controlnet_names, find_controlnet
+    from sdcpu.runtime.options import LoadOptions
+
+    pipe = Pipeline.load(None, LoadOptions(compute_precision="f32", cache=False))
+    assert controlnet_names(pipe.controlnet_dir) == ["edges"]
+    folder = find_controlnet("edges", pipe.controlnet_dir)
+    _, held_out = world.split_scenes()
+    shapes, places = list(world.SHAPES), list(world.POSITIONS)
+    followed = 0
+    for i in range(0, 240, 20):
+        scene = held_out[i]
+        steer = dataclasses.replace(
+            scene,
+            shape=shapes[(shapes.index(scene.shape) + 1) % 3],
+            position=places[(places.index(scene.position) + 1) % 5],
+        )
+        control = ControlSetting.of(folder, world.render(steer), 1.0, module="canny")
+        seen = world.judge(pipe(scene.caption(i), seed=i, controls=[control]).images[0])
+        followed += (seen["shape"], seen["position"], seen["colour"]) == (steer.shape, steer.position, scene.colour)
+    assert followed >= 8, f"{followed} of 12 followed the control"
