@@ -11,6 +11,7 @@ copy of the weights (0.9 GB for an int8 SD 1.5 UNet). Devices that cannot export
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -63,10 +64,10 @@ class CompiledModelCache:
                 compiled = self._core.import_model(ov.Tensor(data, shared_memory=True), device, config)
         except RuntimeError:
             return None
-        try:
-            os.utime(blob)  # used now: the least recently used blobs go first when the cache is trimmed
-        except OSError:  # a read-only cache folder is read as it is; it is never trimmed either
-            pass
+        # Used now: the least recently used blobs go first when the cache is trimmed. A read-only cache
+        # folder is read as it is (and never trimmed either).
+        with contextlib.suppress(OSError):
+            os.utime(blob)
         return compiled, data
 
     def store(self, compiled: ov.CompiledModel, blob: Path) -> None:
