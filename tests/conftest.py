@@ -138,6 +138,14 @@ def controlnets_openvino(tiny_controlnets, tmp_path_factory) -> list[Path]:
 
 
 @pytest.fixture(scope="session")
+def sdxl_controlnet_openvino(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny random ControlNet for the tiny SDXL pipeline: its diffusers folder, and converted."""
+    pytest.importorskip("diffusers")
+    source = _tiny(tmp_path_factory, "sdxl-controlnet", tiny.write_controlnet, sdxl=True)
+    return source, _converted(source, "openvino", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
 def controlnets_onnx(tiny_controlnets, tmp_path_factory) -> list[Path]:
     return [_converted(folder, "onnx", tmp_path_factory) for folder in tiny_controlnets]
 
@@ -229,7 +237,7 @@ CONVERTING_FIXTURES |= {"tiny_inpainting", "inpainting_openvino", "inpainting_on
 CONVERTING_FIXTURES |= {"tiny_upscaler", "upscaler_openvino", "upscaler_onnx"}
 CONVERTING_FIXTURES |= {"tiny_depth", "depth_openvino", "depth_onnx"}
 CONVERTING_FIXTURES |= {"tiny_sdxl", "sdxl_openvino", "sdxl_onnx", "tiny_sdxl_inpainting"}
-CONVERTING_FIXTURES |= {"tiny_controlnets", "controlnets_openvino", "controlnets_onnx"}
+CONVERTING_FIXTURES |= {"tiny_controlnets", "controlnets_openvino", "controlnets_onnx", "sdxl_controlnet_openvino"}
 
 
 # The modules that take longest (mostly converting), first: the workers take whole modules (--dist loadfile)

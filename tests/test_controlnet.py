@@ -307,3 +307,56 @@ def test_the_demo_finds_its_edges_controlnet_by_name_and_follows_it(tmp_path):
         seen = world.judge(pipe(scene.caption(i), seed=i, controls=[control]).images[0])
         followed += (seen["shape"], seen["position"], seen["colour"]) == (steer.shape, steer.position, scene.colour)
     assert followed >= 8, f"{followed} of 12 followed the control"
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("mode", ["balanced", "control"])
+def test_low_memory_runs_controlnet_row_by_row_to_the_same_image(sd1_openvino, controlnets_openvino, mode):
+    from sdcpu import Pipeline
+    from sdcpu.runtime.options import LoadOptions
+
+    # Batch-1 guidance: the ControlNet runs on each row apart, and in "control" mode on the conditional ones only.
+    latents = np.random.default_rng(4).standard_normal((2, 4, 8, 8), dtype=np.float32)
+    control = ControlSetting.of(controlnets_openvino[0], _control_image(3), 0.9, 0.0, 0.8, mode)
+    images = []
+    for low_memory in (False, True):
+        pipe = Pipeline.load(sd1_openvino, LoadOptions(compute_precision="f32", low_memory=low_memory))
+        images.append(pipe(PROMPT, steps=4, seed=1, num_images=2, latents=latents, controls=[control]).array)
+    np.testing.assert_allclose(images[1], images[0], atol=1e-5)
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("mode", ["balanced", "control"])
+def test_an_sdxl_controlnet_matches_diffusers(mode, tiny_sdxl, sdxl_openvino, sdxl_controlnet_openvino, monkeypatch):
+    """SDXL's ControlNets read the pooled text and the size and crop ids too; against diffusers'
+    StableDiffusionXLControlNetPipeline, Euler, guidance 5."""
+    torch = pytest.importorskip("torch")
+    import tiny
+
+    from sdcpu import Pipeline
+    from sdcpu.runtime.options import LoadOptions
+
+    source, converted = sdxl_controlnet_openvino
+    latents = np.random.default_rng(2).standard_normal((1, 4, 8, 8), dtype=np.float32)
+    control = ControlSetting.of(converted, _control_image(6), 0.9, 0.0, 0.8, mode)
+    pipe = Pipeline.load(sdxl_openvino, LoadOptions(compute_precision="f32", cache=False))
+    ours = pipe("a red circle", steps=5, guidance=5.0, seed=2, scheduler="euler", latents=latents, controls=[control])
+    plain = pipe("a red circle", steps=5, guidance=5.0, seed=2, scheduler="euler", latents=latents)
+    reference = tiny.diffusers_controlnet_pipeline(tiny_sdxl, [source], "EulerDiscreteScheduler", "StableDiffusionXL")
+    theirs = reference(
+        "a red circle",
+        image=_control_image(6),
+        num_inference_steps=5,
+        guidance_scale=5.0,
+        latents=torch.from_numpy(latents),
+        output_type="np",
+        height=64,
+        width=64,
+        controlnet_conditioning_scale=0.9,
+        control_guidance_start=0.0,
+        control_guidance_end=0.8,
+        guess_mode=mode == "control",
+    ).images
+    diff = float(np.abs(ours.array - theirs).max())
+    assert diff <= PIXEL_TOLERANCE, f"max abs pixel diff {diff:.4f}"
+    assert float(np.abs(ours.array - plain.array).max()) > 0.05

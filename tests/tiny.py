@@ -409,13 +409,17 @@ def numpy_scheduler_noise(monkeypatch, seed: int) -> None:
         monkeypatch.setattr(module, "randn_tensor", numpy_noise)
 
 
-def write_controlnet(folder: Path, seed: int = 0, source_seed: int = 0) -> Path:
-    """A tiny random ControlNet for the tiny SD 1.x UNet (diffusers' `ControlNetModel.from_unet`), with its
-    zero-initialised output convolutions made random, so that its residuals change the image."""
+def write_controlnet(folder: Path, seed: int = 0, source_seed: int = 0, sdxl: bool = False) -> Path:
+    """A tiny random ControlNet for the tiny SD 1.x UNet, or the tiny SDXL one (diffusers'
+    `ControlNetModel.from_unet`), with its zero-initialised output convolutions made random, so that its
+    residuals change the image."""
     import torch
-    from diffusers import ControlNetModel
+    from diffusers import ControlNetModel, UNet2DConditionModel
 
-    _, unet, _ = build_components(source_seed)
+    if sdxl:
+        unet: Any = UNet2DConditionModel(**SDXL_UNET)
+    else:
+        _, unet, _ = build_components(source_seed)
     torch.manual_seed(seed)
     controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 16, 16))
     zero_convolutions = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]
@@ -427,17 +431,17 @@ def write_controlnet(folder: Path, seed: int = 0, source_seed: int = 0) -> Path:
     return folder
 
 
-def diffusers_controlnet_pipeline(folder: Path, controlnets: list[Path], scheduler_class: str | None = None):
-    """diffusers' StableDiffusionControlNetPipeline of the tiny pipeline in `folder`, with these ControlNets."""
+def diffusers_controlnet_pipeline(
+    folder: Path, controlnets: list[Path], scheduler_class: str | None = None, kind: str = "StableDiffusion"
+):
+    """diffusers' StableDiffusionControlNetPipeline (`kind` "StableDiffusionXL": its SDXL one) of the tiny
+    pipeline in `folder`, with these ControlNets."""
     import diffusers
 
     nets = [diffusers.ControlNetModel.from_pretrained(path) for path in controlnets]
-    pipe = diffusers.StableDiffusionControlNetPipeline.from_pretrained(
-        folder,
-        controlnet=nets[0] if len(nets) == 1 else nets,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+    sd = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    pipe = getattr(diffusers, f"{kind}ControlNetPipeline").from_pretrained(
+        folder, controlnet=nets[0] if len(nets) == 1 else nets, **(sd if kind == "StableDiffusion" else {})
     )
     if scheduler_class is not None:
         pipe.scheduler = getattr(diffusers, scheduler_class).from_config(pipe.scheduler.config)
