@@ -111,8 +111,12 @@ class ControlNetHook:
         outputs = unit.model.outputs(**feed)
         out = []
         for residual, scale in zip(outputs, unit.scales(), strict=True):
+            residual *= scale  # in place: the engine's outputs are copies of their own
+            if rows.all():
+                out.append(residual)
+                continue
             full = np.zeros((len(sample), *residual.shape[1:]), np.float32)
-            full[rows] = residual * scale
+            full[rows] = residual
             out.append(full)
         return out
 
