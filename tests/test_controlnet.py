@@ -310,7 +310,7 @@ def test_the_demo_finds_its_edges_controlnet_by_name_and_follows_it(tmp_path):
 
 
 @pytest.mark.parity
-@pytest.mark.parametrize("mode", ["balanced", "control"])
+@pytest.mark.parametrize("mode", ["control"])  # the conditional rows alone: the harder path
 def test_low_memory_runs_controlnet_row_by_row_to_the_same_image(sd1_openvino, controlnets_openvino, mode):
     from sdcpu import Pipeline
     from sdcpu.runtime.options import LoadOptions
@@ -326,7 +326,7 @@ def test_low_memory_runs_controlnet_row_by_row_to_the_same_image(sd1_openvino, c
 
 
 @pytest.mark.parity
-@pytest.mark.parametrize("mode", ["balanced", "control"])
+@pytest.mark.parametrize("mode", ["balanced"])  # guess mode's arithmetic is the family's own: SD 1.x tests it
 def test_an_sdxl_controlnet_matches_diffusers(mode, tiny_sdxl, sdxl_openvino, sdxl_controlnet_openvino, monkeypatch):
     """SDXL's ControlNets read the pooled text and the size and crop ids too; against diffusers'
     StableDiffusionXLControlNetPipeline, Euler, guidance 5."""
