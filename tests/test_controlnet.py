@@ -360,3 +360,52 @@ def test_an_sdxl_controlnet_matches_diffusers(mode, tiny_sdxl, sdxl_openvino, sd
     diff = float(np.abs(ours.array - theirs).max())
     assert diff <= PIXEL_TOLERANCE, f"max abs pixel diff {diff:.4f}"
     assert float(np.abs(ours.array - plain.array).max()) > 0.05
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("tool", ["optimum-intel", "optimum-onnx"])
+def test_other_tools_unets_take_controlnet_as_they_are(tool, tmp_path, monkeypatch):
+    """optimum-intel's and optimum's exports (committed fixtures) with a ControlNet on OpenVINO, against
+    diffusers on the pipeline they were exported from; ONNX Runtime says what optimum's export lacks."""
+    torch = pytest.importorskip("torch")
+    import tiny
+
+    from sdcpu import Pipeline
+    from sdcpu.errors import SdcpuNotice
+    from sdcpu.export.convert import convert
+    from sdcpu.runtime.options import LoadOptions
+
+    source = shutil.copytree(tiny.INTEROP / "source", tmp_path / "source")
+    shutil.copyfile(
+        tiny.INTEROP / tool / "scheduler" / "scheduler_config.json", source / "scheduler" / "scheduler_config.json"
+    )
+    raw = tiny.write_controlnet(tmp_path / "controlnet", seed=3, unet_folder=source / "unet")
+    convert(str(raw), tmp_path / "controlnet-ov", "openvino", "fp32", progress=lambda _: None)
+    control = ControlSetting.of(tmp_path / "controlnet-ov", _control_image(2), 1.0)
+    latents = np.random.default_rng(7).standard_normal((1, 4, 8, 8), dtype=np.float32)
+    with pytest.warns(SdcpuNotice, match="no sdcpu.json"):
+        pipe = Pipeline.load(tiny.INTEROP / tool, LoadOptions(backend="openvino", compute_precision="f32", cache=False))
+    ours = pipe(
+        PROMPT, negative_prompt=NEGATIVE, steps=5, seed=1, scheduler="euler", latents=latents, controls=[control]
+    )
+    reference = tiny.diffusers_controlnet_pipeline(source, [raw], "EulerDiscreteScheduler")
+    theirs = reference(
+        PROMPT,
+        negative_prompt=NEGATIVE,
+        image=_control_image(2),
+        num_inference_steps=5,
+        guidance_scale=7.5,
+        latents=torch.from_numpy(latents),
+        output_type="np",
+        height=64,
+        width=64,
+    ).images
+    diff = float(np.abs(ours.array - theirs).max())
+    assert diff <= PIXEL_TOLERANCE, f"max abs pixel diff {diff:.4f}"
+    if tool == "optimum-onnx":
+        onnx_control = tmp_path / "controlnet-onnx"
+        convert(str(raw), onnx_control, "onnx", "fp32", progress=lambda _: None)
+        with pytest.warns(SdcpuNotice):
+            theirs_on_ort = Pipeline.load(tiny.INTEROP / tool, LoadOptions(backend="onnxruntime", cache=False))
+        with pytest.raises(SdcpuError, match="or run it with --backend openvino"):
+            theirs_on_ort(PROMPT, steps=2, controls=[ControlSetting.of(onnx_control, _control_image(2))])

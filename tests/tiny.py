@@ -409,15 +409,20 @@ def numpy_scheduler_noise(monkeypatch, seed: int) -> None:
         monkeypatch.setattr(module, "randn_tensor", numpy_noise)
 
 
-def write_controlnet(folder: Path, seed: int = 0, source_seed: int = 0, sdxl: bool = False) -> Path:
-    """A tiny random ControlNet for the tiny SD 1.x UNet, or the tiny SDXL one (diffusers'
-    `ControlNetModel.from_unet`), with its zero-initialised output convolutions made random, so that its
-    residuals change the image."""
+def write_controlnet(
+    folder: Path, seed: int = 0, source_seed: int = 0, sdxl: bool = False, unet_folder: Path | None = None
+) -> Path:
+    """A tiny random ControlNet for the tiny SD 1.x UNet, the tiny SDXL one, or the UNet saved in
+    `unet_folder` (diffusers' `ControlNetModel.from_unet`), with its zero-initialised output convolutions made
+    random, so that its residuals change the image."""
     import torch
     from diffusers import ControlNetModel, UNet2DConditionModel
 
-    if sdxl:
-        unet: Any = UNet2DConditionModel(**SDXL_UNET)
+    unet: Any
+    if unet_folder is not None:
+        unet = UNet2DConditionModel.from_pretrained(unet_folder)
+    elif sdxl:
+        unet = UNet2DConditionModel(**SDXL_UNET)
     else:
         _, unet, _ = build_components(source_seed)
     torch.manual_seed(seed)
