@@ -56,6 +56,10 @@ def test_an_a1111_unit_gives_the_image_of_the_control_flag(sd1_openvino, control
     result = CliRunner().invoke(app, ["generate", PROMPT, "--out", str(out), *flags, *control])
     assert result.exit_code == 0, result.output
     assert 'ControlNet 0: "Module: canny, Model: edges-a [' in Image.open(out).text["parameters"]
+    # --from-png: the control image is not in the PNG; without --control again the run says so.
+    again = tmp_path / "again.png"
+    result = CliRunner().invoke(app, ["generate", "--from-png", str(out), "--out", str(again), *flags])
+    assert result.exit_code == 0 and "give --control FOLDER:IMAGE again" in result.output, result.output
 
     pipe = Pipeline.load(sd1_openvino, LoadOptions(compute_precision="f32", cache=False, controlnet_dir=controlnet_dir))
     unit = {"image": _b64(_disc()), "module": "canny", "weight": 0.8, "guidance_start": 0, "guidance_end": 0.75}

@@ -174,6 +174,13 @@ def read_png_settings(path: Path) -> dict[str, Any]:
         settings = {key: ours[key] for key in RERUN_KEYS if key in ours}
         if ours.get("loras") and "prompt" in settings:  # as A1111's tags, found again in --lora-dir
             settings["prompt"] += lora_tags(ours["loras"])
+        if ours.get("controls"):  # their images are not stored: said, so that a different image is no surprise
+            names = ", ".join(str(control.get("name")) for control in ours["controls"])
+            warnings.warn(
+                f"{path} was steered by ControlNet {names}, whose control images a PNG does not hold: "
+                "give --control FOLDER:IMAGE again to steer this run the same way",
+                stacklevel=2,
+            )
         return settings
     if "parameters" in text:
         return parse_parameters(text["parameters"])
