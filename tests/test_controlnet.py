@@ -409,3 +409,26 @@ def test_other_tools_unets_take_controlnet_as_they_are(tool, tmp_path, monkeypat
             theirs_on_ort = Pipeline.load(tiny.INTEROP / tool, LoadOptions(backend="onnxruntime", cache=False))
         with pytest.raises(SdcpuError, match="or run it with --backend openvino"):
             theirs_on_ort(PROMPT, steps=2, controls=[ControlSetting.of(onnx_control, _control_image(2))])
+
+
+@pytest.mark.parity
+def test_a_second_generation_with_a_controlnet_compiles_nothing(sd1_openvino, controlnets_openvino, monkeypatch):
+    from sdcpu import Pipeline
+    from sdcpu.runtime.engines import openvino as engine
+    from sdcpu.runtime.options import LoadOptions
+
+    compiled = []
+    compile_once = engine.OpenVINOModel._compile
+
+    def counted(self, shapes):
+        compiled.append(self.path)
+        return compile_once(self, shapes)
+
+    monkeypatch.setattr(engine.OpenVINOModel, "_compile", counted)
+    pipe = Pipeline.load(sd1_openvino, LoadOptions(compute_precision="f32", cache=False))
+    control = ControlSetting.of(controlnets_openvino[0], _disc(), 0.8)
+    pipe("x", steps=2, seed=1, controls=[control])
+    first = len(compiled)
+    pipe("y", steps=2, seed=2, controls=[control])  # the same residual inputs: the UNet is not compiled again
+    pipe("z", steps=2, seed=3)  # none: fed zeros, not compiled again either
+    assert first > 0 and len(compiled) == first

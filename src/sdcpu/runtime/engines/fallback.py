@@ -59,7 +59,7 @@ class RetryAtF32:
         self.model.adapt(branches, tensors)
 
     def extend(self, graph_pass: Any) -> None:
-        self._extended.append(graph_pass)
+        self._extended = [p for p in self._extended if p.name != graph_pass.name] + [graph_pass]
         self.model.extend(graph_pass)
 
     def release_memory(self) -> None:

@@ -127,8 +127,8 @@ class OpenVINOModel:
 
     def extend(self, graph_pass: GraphPass) -> None:
         """Compile with `graph_pass`, which adds inputs given at every call, from the next call on (ControlNet's
-        residuals); a pass of the same name is replaced."""
-        if graph_pass in self._extended:
+        residuals); a pass of the same name is replaced. The same pass again (by its key) compiles nothing."""
+        if graph_pass.key in [p.key for p in self._extended]:
             return
         self._extended = (*[p for p in self._extended if p.name != graph_pass.name], graph_pass)
         self._request = self._compiled = self._blob = None
