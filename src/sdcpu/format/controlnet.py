@@ -9,14 +9,13 @@ of every file, checked as a model folder's are.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sdcpu.errors import SdcpuError
-from sdcpu.format.manifest import GRAPH_FILE, verify_files
+from sdcpu.format.manifest import GRAPH_FILE, files_digest, verify_files
 from sdcpu.format.schema import FORMATS
 
 CONTROLNET_MANIFEST = "sdcpu-controlnet.json"
@@ -65,8 +64,7 @@ class ControlNetManifest:
 
     def short_hash(self) -> str:
         """The first 8 hex digits of the sha256 of its files' hashes: what names these weights."""
-        listing = "\n".join(f"{rel} {info['sha256']}" for rel, info in sorted(self.files.items()))
-        return hashlib.sha256(listing.encode()).hexdigest()[:8]
+        return files_digest(self.files)[:8]
 
     @property
     def down_residuals(self) -> int:

@@ -114,8 +114,7 @@ class Manifest:
 
     def content_hash(self) -> str:
         """A short hash of every file's sha256, naming these weights (as A1111's 10-digit model hash)."""
-        listing = "\n".join(f"{rel} {info['sha256']}" for rel, info in sorted(self.files.items()))
-        return hashlib.sha256(listing.encode()).hexdigest()[:10]
+        return files_digest(self.files)[:10]
 
     def graph_path(self, folder: Path, component: str) -> Path:
         return Path(folder) / component / GRAPH_FILE[self.format]
@@ -145,6 +144,12 @@ class Manifest:
         missing = [c for c in REQUIRED if c not in self.components]
         if missing:
             raise SdcpuError(f"model folder {folder} lacks {', '.join(missing)}; convert the model again")
+
+
+def files_digest(files: dict[str, dict[str, Any]]) -> str:
+    """The sha256 of the listing of every file's path and sha256: what names a folder's weights."""
+    listing = "\n".join(f"{rel} {info['sha256']}" for rel, info in sorted(files.items()))
+    return hashlib.sha256(listing.encode()).hexdigest()
 
 
 def verify_files(

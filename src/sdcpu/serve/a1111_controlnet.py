@@ -25,12 +25,13 @@ from sdcpu.errors import SdcpuError
 from sdcpu.runtime.controlnet.annotators import ANNOTATORS, annotate
 from sdcpu.runtime.controlnet.folders import controlnet_names, controlnet_title, find_controlnet
 from sdcpu.runtime.controlnet.setting import CONTROL_MODES, ControlSetting
+from sdcpu.runtime.io.infotext import CONTROL_MODES as CONTROL_MODE_LABELS
 
 router = APIRouter(prefix="/controlnet", tags=["A1111 ControlNet"])
 MAX_UNITS = 3  # A1111's default unit count
 # control_mode as A1111's clients send it: an index or a label
-MODES: dict[int | str, str] = {0: "balanced", 1: "prompt", 2: "control", "balanced": "balanced"}
-MODES |= {"my prompt is more important": "prompt", "controlnet is more important": "control"}
+MODES: dict[int | str, str] = {0: "balanced", 1: "prompt", 2: "control"}
+MODES |= {label.lower(): mode for mode, label in CONTROL_MODE_LABELS.items()}
 OFF = (None, "", "None", "none")
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 from sdcpu.cache import VERIFIED_FILES
@@ -55,11 +54,14 @@ class ControlNets:
     def __init__(self, options: LoadOptions, folder: Path, model: Manifest, free: Callable[[Model], None]):
         self.options, self.model, self.free = options, model, free
         self._opened: dict[str, tuple[ControlNetManifest, Model]] = {}
+        self._checked: dict[str, ControlNetManifest] = {}  # verified once per folder, not at every generation
         self._levels: list[tuple[int, int]] | None = None  # the residual inputs the UNet was given, once given
         self.text_width = _text_width(folder, model)
 
     def check(self, folder: str) -> ControlNetManifest:
         """The manifest of a ControlNet this model can take, its files verified; SdcpuError otherwise."""
+        if folder in self._checked:
+            return self._checked[folder]
         manifest = ControlNetManifest.load(Path(folder))
         if self.options.backend == "onnxruntime":
             _check_onnx(Path(folder), manifest, self.model)
@@ -71,13 +73,13 @@ class ControlNets:
             )
         cache = self.options.cache_folder()
         manifest.verify(Path(folder), self.options.verify, cache / VERIFIED_FILES if cache is not None else None)
+        self._checked[folder] = manifest
         return manifest
 
     def _open(self, folder: str) -> tuple[ControlNetManifest, Model]:
         if folder not in self._opened:
             manifest = self.check(folder)
-            options = replace(self.options, compute_precision=self.options.compute_precision)
-            self._opened[folder] = manifest, load_model(manifest.graph_path(Path(folder)), options, lazy=True)
+            self._opened[folder] = manifest, load_model(manifest.graph_path(Path(folder)), self.options, lazy=True)
         return self._opened[folder]
 
     def hook(self, s: GenerationSettings, unet: Model) -> ControlNetHook | None:

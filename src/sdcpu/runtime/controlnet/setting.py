@@ -13,6 +13,7 @@ from PIL import Image
 
 from sdcpu.errors import SdcpuError
 from sdcpu.format.controlnet import ControlNetManifest
+from sdcpu.runtime.controlnet.annotators import annotate
 
 MAX_WEIGHT = 2.0  # A1111's slider's end: beyond it the control burns the image
 # A1111's control modes: "balanced" adds the residuals to both guidance halves; "prompt" ("My prompt is more
@@ -48,8 +49,6 @@ class ControlSetting:
         """Check everything but the match with the model (Pipeline.settings does that); SdcpuError says
         what is wrong. The annotator `module` (runtime/controlnet/annotators.py) runs here, once, with its
         `thresholds` where it has them (canny's low and high; default 100 and 200)."""
-        from sdcpu.runtime.controlnet.annotators import annotate
-
         path = Path(folder)
         manifest = ControlNetManifest.load(path)
         if not (math.isfinite(weight) and 0 <= weight <= MAX_WEIGHT):
