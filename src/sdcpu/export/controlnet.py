@@ -25,6 +25,7 @@ from sdcpu.export.quantize import component_precision
 from sdcpu.export.writers import WRITERS
 from sdcpu.format.controlnet import COMPONENT, CONTROLNET_MANIFEST, ControlNetManifest
 from sdcpu.format.graph_signature import read_inputs
+from sdcpu.format.json_bounds import read_json_object
 from sdcpu.format.manifest import GRAPH_FILE, describe_files
 from sdcpu.runtime.controlnet import RESIDUAL_GRAPH
 from sdcpu.runtime.io.outputs import follow_umask
@@ -38,7 +39,7 @@ def is_controlnet_folder(path: Path) -> bool:
     if not path.is_dir() or not config.is_file():
         return False
     try:
-        return json.loads(config.read_text()).get("_class_name") == "ControlNetModel"
+        return read_json_object(config).get("_class_name") == "ControlNetModel"
     except (OSError, ValueError, AttributeError):
         return False
 

@@ -25,6 +25,7 @@ from sdcpu.cache import FOREIGN_MANIFESTS, VERIFIED_FILES, write_cache_file
 from sdcpu.errors import SdcpuError
 from sdcpu.format.families import family_of
 from sdcpu.format.graph_signature import inputs_of, read_graph
+from sdcpu.format.json_bounds import read_json
 from sdcpu.format.manifest import (
     COMPONENTS,
     GRAPH_FILE,
@@ -135,7 +136,7 @@ def foreign_family(folder: Path) -> str:
 def _config(folder: Path, component: str, name: str = "config.json") -> dict[str, Any]:
     path = folder / component / name
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json(path)
     except (OSError, ValueError) as err:
         raise SdcpuError(f"cannot read {path} ({err}); export the model again") from None
     if not isinstance(data, dict):
@@ -184,7 +185,7 @@ def _read_kept(record: Path, folder: Path) -> Manifest | None:
     # The kept manifest, while this sdcpu built it, no graph came or went, and every file it lists has the
     # size and mtime it had when hashed.
     try:
-        data = json.loads(record.read_text())
+        data = read_json(record)
         stats = data.pop("stats")
         graphs = _graphs(folder, data["format"])
         if data["versions"].get("sdcpu") != metadata.version("sdcpu") or set(graphs) != set(data["components"]):

@@ -15,6 +15,7 @@ from typing import Any
 
 from sdcpu.cache import write_cache_file
 from sdcpu.errors import SdcpuError
+from sdcpu.format.json_bounds import parse_json, read_json
 from sdcpu.format.schema import TASKS, check_fields
 
 MANIFEST_NAME = "sdcpu.json"
@@ -95,7 +96,7 @@ class Manifest:
                 "convert a checkpoint into it with `sdcpu convert SOURCE OUT`"
             )
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = parse_json(path.read_bytes(), str(path))
             version = data.pop("sdcpu_manifest", None) if isinstance(data, dict) else None
             if version in READABLE_VERSIONS:
                 data.setdefault("task", "text-to-image")
@@ -189,7 +190,7 @@ def _known_sha256(path: Path, known: dict[str, Any]) -> str:
 
 def _read_record(record: Path | None) -> dict[str, Any]:
     try:
-        data = json.loads(record.read_text()) if record is not None and record.is_file() else {}
+        data = read_json(record) if record is not None and record.is_file() else {}
     except (OSError, ValueError):  # a damaged record only costs a re-hash
         return {}
     return data if isinstance(data, dict) else {}

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 from dataclasses import dataclass
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from sdcpu.errors import SdcpuError
+from sdcpu.runtime.io.images import ImageTooLarge, read_image
 
 FORMATS = ["PNG", "JPEG", "WEBP"]  # the only decoders an upload reaches (not TIFF, PSD, EPS, ...)
 
@@ -48,20 +48,19 @@ class ServeLimits:
                 raise LimitError(f"a prompt is over this server's limit of {self.max_prompt_bytes:,} bytes")
 
     def decode_image(self, data: str, name: str = "image") -> Image.Image:
-        """A base64 image (optionally a data: URL, as A1111 accepts) as RGB, its size checked from the header
-        before the pixels are decoded."""
+        """A base64 image (optionally a data: URL, as A1111 accepts) as RGB, read by the runtime's one image
+        reader (`read_image`): its size checked from the header before the pixels are decoded (413 over
+        this server's limit), EXIF orientation applied, 16-bit images scaled."""
         payload = data.split(",", 1)[1] if data.startswith("data:") else data
         try:
             raw = base64.b64decode(payload, validate=True)
-            with Image.open(io.BytesIO(raw), formats=FORMATS) as image:
-                if image.width * image.height > self.max_image_pixels:
-                    raise LimitError(
-                        f"the {name} is {image.width}x{image.height}, over this server's "
-                        f"{self.max_image_pixels / 1e6:.0f}-megapixel limit",
-                        status=413,
-                    )
-                return image.convert("RGB")
-        except Image.DecompressionBombError as err:
-            raise LimitError(f"the {name} is too large to decode ({err})", status=413) from None
-        except (binascii.Error, ValueError, OSError, UnidentifiedImageError) as err:
+        except (binascii.Error, ValueError) as err:
+            raise LimitError(f"the {name} is not a base64 PNG, JPEG or WebP image ({err})") from None
+        try:
+            return read_image(raw, name, max_pixels=self.max_image_pixels, formats=FORMATS)
+        except ImageTooLarge as err:
+            size = f"{err.size[0]}x{err.size[1]}" if err.size else "too large to decode"
+            limit = f"{self.max_image_pixels / 1e6:.0f}-megapixel limit"
+            raise LimitError(f"the {name} is {size}, over this server's {limit}", status=413) from None
+        except SdcpuError as err:
             raise LimitError(f"the {name} is not a base64 PNG, JPEG or WebP image ({err})") from None

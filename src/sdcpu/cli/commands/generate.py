@@ -65,8 +65,8 @@ def generate(
     options: LoadOptions,
 ) -> None:
     """Generate images from a prompt (or from an init image and a prompt, or the settings of a PNG)."""
-    from sdcpu.runtime.io.infotext import generation_request
     from sdcpu.runtime.io.preview import preview_writer
+    from sdcpu.runtime.io.stored import generation_request
 
     given: dict[str, Any] = dict(negative_prompt=negative_prompt, steps=steps, guidance=guidance, seed=seed)
     given["width"] = width
@@ -96,11 +96,11 @@ def _controls(pipe: Any, units: list[tuple[Path, Path, float, float, float]], mo
     # A ControlNet is a folder, or a name in --controlnet-dir (the bundled demo's own: `edges`).
     from sdcpu.runtime.controlnet.folders import find_controlnet
     from sdcpu.runtime.controlnet.setting import ControlSetting
-    from sdcpu.runtime.io.images import open_init_image
+    from sdcpu.runtime.io.images import read_image
 
     controls = []
     for folder, image, weight, start, end in units:
-        picture = open_init_image(image, "control image")
+        picture = read_image(image, "control image")
         found = find_controlnet(folder, pipe.controlnet_dir)
         controls.append(ControlSetting.of(found, picture, weight, start, end, mode, module))
     return controls

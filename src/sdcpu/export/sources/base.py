@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from sdcpu.errors import SdcpuError
+from sdcpu.format.json_bounds import read_json
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class Source:
 def read_config(path: Path) -> dict[str, Any]:
     """A JSON config file as a dict; raises SdcpuError naming the file when it is not one."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json(path)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise SdcpuError(f"cannot read {path}: {err}; the folder is damaged") from None
     if not isinstance(data, dict):

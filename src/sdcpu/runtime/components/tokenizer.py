@@ -9,7 +9,6 @@ The length and the vocabulary come from the tokenizer files, never assumed.
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
 from sdcpu.errors import SdcpuError
+from sdcpu.format.json_bounds import read_json_object
 
 # Every file a tokenizer folder may have; a converted folder keeps those its source had.
 CLIP_SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
@@ -37,9 +37,9 @@ class TokenizerConfig:
 
     @classmethod
     def load(cls, folder: Path) -> TokenizerConfig:
-        config = json.loads((folder / "tokenizer_config.json").read_text())
+        config = read_json_object(folder / "tokenizer_config.json")
         special_path = folder / "special_tokens_map.json"
-        special = json.loads(special_path.read_text()) if special_path.exists() else {}
+        special = read_json_object(special_path) if special_path.exists() else {}
         merged = {**config, **special}
 
         def token(name: str, default: str) -> str:
@@ -95,13 +95,13 @@ def read_vocabulary(folder: Path) -> tuple[dict[str, int], list[tuple[str, str]]
     """The BPE vocabulary and merges: from vocab.json + merges.txt where both exist (transformers 4), else
     from tokenizer.json's model (transformers 5 writes only that)."""
     if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
-        vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+        vocab = read_json_object(folder / "vocab.json")
         lines = (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
         pairs = [line.split() for line in lines if line and not line.startswith("#version")]
         return vocab, [(a, b) for a, b in pairs]
     if not (folder / "tokenizer.json").is_file():
         raise SdcpuError(f"{folder} has no tokenizer: it needs vocab.json and merges.txt, or tokenizer.json")
-    model = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))["model"]
+    model = read_json_object(folder / "tokenizer.json").get("model") or {}
     if model.get("type") != "BPE":
         raise SdcpuError(f"{folder / 'tokenizer.json'} is a {model.get('type')} tokenizer; CLIP's is BPE")
     # Merges are ["a", "b"] pairs (tokenizers >= 0.20) or "a b" strings (older files).

@@ -3,13 +3,13 @@ residual inputs (residuals.py) and the hook that computes them at every call (ho
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 from sdcpu.cache import VERIFIED_FILES
 from sdcpu.errors import SdcpuError
 from sdcpu.format.controlnet import ControlNetManifest
+from sdcpu.format.json_bounds import read_json_object
 from sdcpu.format.manifest import Manifest
 from sdcpu.runtime.controlnet import NEEDS_CONVERT, RESIDUAL_GRAPH, residuals
 from sdcpu.runtime.controlnet.hook import ControlNetHook, ControlUnit, control_image
@@ -32,7 +32,7 @@ def residual_inputs(channels: list[int]) -> GraphPass:
 def _text_width(folder: Path, model: Manifest) -> int:
     # The width of the text the UNet reads: its config's (graphs often leave it dynamic), else its graph's.
     try:
-        return int(json.loads((folder / "unet" / "config.json").read_text())["cross_attention_dim"])
+        return int(read_json_object(folder / "unet" / "config.json")["cross_attention_dim"])
     except (OSError, ValueError, KeyError, TypeError):
         return model.input_shape("unet", "encoder_hidden_states")[-1]
 

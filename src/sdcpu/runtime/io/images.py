@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, ImageOps, PngImagePlugin
 
 from sdcpu.errors import SdcpuError
 from sdcpu.runtime.io.outputs import follow_umask
@@ -16,26 +16,85 @@ from sdcpu.runtime.io.outputs import follow_umask
 # 50 megapixels: a large photo (an 8192x6144 one is 50.3), about 150 MB decoded. Checked from the header,
 # before the pixels are decoded: a small PNG can declare 10000x10000 and take gigabytes to decode.
 MAX_INIT_PIXELS = 50_000_000
+# Modes of one channel with more than 8 bits, read as 16-bit (0..65535): PNG's and TIFF's 16-bit greyscale.
+SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
-def open_init_image(source: str | Path | Image.Image, name: str = "init image") -> Image.Image:
-    """An input image (the init image, a mask, ...: `name`) as RGB, its size checked before decoding."""
+class ImageTooLarge(SdcpuError):
+    """An image whose header declares more pixels than the reader's limit (`size`, or None where Pillow's
+    own decompression-bomb check found it)."""
+
+    def __init__(self, message: str, size: tuple[int, int] | None = None):
+        super().__init__(message)
+        self.size = size
+
+
+def read_image(
+    source: str | Path | bytes | Image.Image,
+    name: str = "init image",
+    *,
+    max_pixels: int = MAX_INIT_PIXELS,
+    formats: list[str] | None = None,
+) -> Image.Image:
+    """An input image (an init image, a mask, a control image...: `name`) as 8-bit RGB, from a path, the
+    bytes of a file, or a PIL image. The one reader of images that users and clients send (CLI and server):
+
+    - the size is checked from the header, before the pixels are decoded (ImageTooLarge);
+    - EXIF orientation is applied, as cameras and phones expect (diffusers' `load_image` and A1111 do);
+    - 16-bit and floating-point images are scaled to 8 bits, not clipped (`to_rgb`);
+    - every decoding failure is an SdcpuError naming the image.
+    """
+    return to_rgb(decode_image(source, name, max_pixels=max_pixels, formats=formats))
+
+
+def decode_image(
+    source: str | Path | bytes | Image.Image,
+    name: str,
+    *,
+    max_pixels: int = MAX_INIT_PIXELS,
+    formats: list[str] | None = None,
+) -> Image.Image:
+    """As `read_image`, in the image's own mode (a depth map keeps its 16 bits). `formats` limits the
+    decoders a file can reach (the server's uploads: PNG, JPEG, WebP)."""
+    label = f"the {name} {source}" if isinstance(source, (str, Path)) else f"the {name}"
     if isinstance(source, Image.Image):
-        _check_pixels(source, f"the {name}")
-        return source.convert("RGB")
+        _check_pixels(source, label, max_pixels)
+        return ImageOps.exif_transpose(source)
     try:
-        with Image.open(source) as image:
-            _check_pixels(image, f"the {name} {source}")
-            return image.convert("RGB")
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError) as err:
-        raise SdcpuError(f"cannot read the {name} {source}: {err}") from err
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=formats) as image:
+            _check_pixels(image, label, max_pixels)
+            image.load()
+            return ImageOps.exif_transpose(image)
+    except SdcpuError:
+        raise
+    except Image.DecompressionBombError as err:
+        raise ImageTooLarge(f"{label} is too large to decode ({err})") from None
+    except Exception as err:
+        # Pillow's decoders raise more than OSError for a damaged file: SyntaxError for a broken PNG chunk,
+        # struct.error, EOFError, IndexError and others in its plugins. A file that does not decode is the
+        # user's input, never a traceback.
+        raise SdcpuError(f"cannot read {label}: {err or type(err).__name__}") from None
 
 
-def _check_pixels(image: Image.Image, name: str) -> None:
-    if image.width * image.height > MAX_INIT_PIXELS:
-        raise SdcpuError(
-            f"{name} is {image.width}x{image.height}, over the {MAX_INIT_PIXELS / 1e6:.0f}-megapixel limit; "
-            "scale it down first"
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB. Pillow's own conversion clips 16-bit greyscale to 255 (a white image) and floats
+    likewise; here 16-bit values are scaled (65535 -> 255) and floats read as 0..1 (clipped beyond)."""
+    if image.mode in SIXTEEN_BIT:
+        values = np.asarray(image, dtype=np.float64) / 257.0
+    elif image.mode == "F":
+        values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0) * 255.0
+    else:
+        return image if image.mode == "RGB" else image.convert("RGB")
+    grey = Image.fromarray(np.clip(values.round(), 0, 255).astype(np.uint8))
+    return grey.convert("RGB")
+
+
+def _check_pixels(image: Image.Image, name: str, max_pixels: int) -> None:
+    if image.width * image.height > max_pixels:
+        raise ImageTooLarge(
+            f"{name} is {image.width}x{image.height}, over the {max_pixels / 1e6:.0f}-megapixel limit; "
+            "scale it down first",
+            image.size,
         )
 
 

@@ -10,11 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-import warnings
-from pathlib import Path
 from typing import Any
-
-from PIL import Image, UnidentifiedImageError
 
 from sdcpu.errors import SdcpuError
 
@@ -30,24 +26,11 @@ SAMPLERS = {
 }
 # A1111 >= 1.9: the schedule a sampler takes with scheduler "Automatic" (or none), where it is not uniform.
 AUTOMATIC_SCHEDULE = {"DPM++ 2M": "karras"}
-# A1111's own parser of the last line: a key, then a quoted string or anything up to the next comma.
-PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+# A1111's own parser of the last line: a key, then a quoted string or anything up to the next comma. Unlike
+# A1111's, the space before a key is at most 16 characters and a key at most 64: unbounded, a long line of
+# spaces or of words without a colon costs quadratic time (40 KB took 16 s), and a PNG's text is anyone's.
+PARAM = re.compile(r'\s{0,16}(\w[\w \-/]{0,63}):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 SIZE = re.compile(r"^(\d+)x(\d+)$")
-# The settings of sdcpu's own JSON chunk that --from-png runs again.
-RERUN_KEYS = (
-    "prompt",
-    "negative_prompt",
-    "steps",
-    "guidance",
-    "seed",
-    "width",
-    "height",
-    "scheduler",
-    "num_images",
-    "deep_cache",
-)
-
-
 # A1111 key -> sdcpu keyword, and its type
 FIELDS: tuple[tuple[str, str, type], ...] = (
     ("Steps", "steps", int),
@@ -124,9 +107,9 @@ def parse_parameters(text: str) -> dict[str, Any]:
         if line.startswith("Negative prompt:"):
             in_negative, line = True, line[len("Negative prompt:") :].strip()
         (negative if in_negative else prompt).append(line)
-    values = {key: json.loads(v) if v.startswith('"') and v.endswith('"') else v for key, v in PARAM.findall(last)}
     out: dict[str, Any] = {"prompt": "\n".join(prompt), "negative_prompt": "\n".join(negative)}
     try:
+        values = {key: json.loads(v) if v.startswith('"') and v.endswith('"') else v for key, v in PARAM.findall(last)}
         out |= {name: kind(values[key]) for key, name, kind in FIELDS if key in values}
         if "Size" in values and (size := SIZE.match(values["Size"])):
             out["width"], out["height"] = int(size.group(1)), int(size.group(2))
@@ -157,43 +140,3 @@ def scheduler_for(sampler: str, schedule: str | None, automatic: bool = False) -
 def sampler_names() -> list[str]:
     """A1111's names of sdcpu's schedulers (before 1.9: the Karras schedule in the name)."""
     return [f"{name} Karras" if schedule else name for name, schedule in SAMPLERS.values()]
-
-
-def read_png_settings(path: Path) -> dict[str, Any]:
-    """The generation settings stored in a PNG: sdcpu's own JSON chunk where present, else A1111's
-    `parameters`. Raises SdcpuError when the file holds neither."""
-    try:
-        with Image.open(path) as image:
-            text = dict(getattr(image, "text", {}))
-    except (OSError, UnidentifiedImageError, ValueError) as err:
-        raise SdcpuError(f"cannot read {path}: {err}") from None
-    if "sdcpu" in text:
-        ours = json.loads(text["sdcpu"])
-        if ours.get("noise") == "given":
-            warnings.warn(f"{path} was generated from given noise: its seed does not reproduce it", stacklevel=2)
-        settings = {key: ours[key] for key in RERUN_KEYS if key in ours}
-        if ours.get("loras") and "prompt" in settings:  # as A1111's tags, found again in --lora-dir
-            settings["prompt"] += lora_tags(ours["loras"])
-        if ours.get("controls"):  # their images are not stored: said, so that a different image is no surprise
-            names = ", ".join(str(control.get("name")) for control in ours["controls"])
-            warnings.warn(
-                f"{path} was steered by ControlNet {names}, whose control images a PNG does not hold: "
-                "give --control FOLDER:IMAGE again to steer this run the same way",
-                stacklevel=2,
-            )
-        return settings
-    if "parameters" in text:
-        return parse_parameters(text["parameters"])
-    raise SdcpuError(f"{path} holds no generation settings (no sdcpu or A1111 parameters text chunk)")
-
-
-def generation_request(prompt: str | None, given: dict[str, Any], from_png: Path | None) -> dict[str, Any]:
-    """The keyword arguments of one generation: the settings read from `from_png` (if any), overridden
-    by those given explicitly (`given`, None meaning not given), and `prompt` when there is one."""
-    request = read_png_settings(from_png) if from_png is not None else {}
-    request |= {key: value for key, value in given.items() if value is not None}
-    if prompt is not None:
-        request["prompt"] = prompt
-    if "prompt" not in request:
-        raise SdcpuError("give a PROMPT, or --from-png FILE to run the settings stored in an image again")
-    return request

@@ -8,7 +8,6 @@ tensors. A network's plan only grows (see BranchPlan.grown).
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Mapping, Sequence
 from functools import partial
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from sdcpu.errors import SdcpuError
 from sdcpu.format.families import NAMES
+from sdcpu.format.json_bounds import read_json_object
 from sdcpu.format.manifest import Manifest
 from sdcpu.runtime.engines import Model
 from sdcpu.runtime.lora.branches import BranchPlan, fit
@@ -132,7 +132,7 @@ class Adapters:
             model = ov.Core().read_model(str(self.manifest.graph_path(self.folder, component)))
             layers = {path: describe(path, nodes[0]) for path, nodes in graph_layers(model).items()}
             config_file = self.folder / component / "config.json"
-            config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else None
+            config = read_json_object(config_file) if config_file.is_file() else None
             self._names[component] = (LayerNames(list(layers), config), layers)
         return self._names[component]
 

@@ -21,7 +21,6 @@ layer (branches.py), whatever the layer's weights are stored as.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from sdcpu.errors import SdcpuError
+from sdcpu.format.json_bounds import parse_json
 from sdcpu.format.safetensors import read_safetensors
 
 # network -> the prefixes of its keys: diffusers' first, then kohya's
@@ -183,7 +183,7 @@ def metadata_alpha(metadata: dict[str, str], network: str) -> float | None:
     """The alpha of `network` in a diffusers file's metadata, which keeps PEFT's adapter config flattened
     ({"unet.lora_alpha": 8, ...}); None where it has none. Per-layer patterns are refused, not half-read."""
     try:
-        config = json.loads(metadata.get("lora_adapter_metadata", "{}"))
+        config = parse_json(metadata.get("lora_adapter_metadata", "{}"), "the LoRA's adapter metadata")
     except ValueError:
         return None
     if not isinstance(config, dict):

@@ -23,6 +23,7 @@ from sdcpu.cache import VERIFIED_FILES
 from sdcpu.errors import SdcpuError, SdcpuNotice
 from sdcpu.format.families import unsupported_family
 from sdcpu.format.foreign import foreign_family, foreign_manifest, is_foreign
+from sdcpu.format.json_bounds import read_json_object
 from sdcpu.format.manifest import Manifest
 from sdcpu.models import BUNDLED, BUNDLED_CONTROLNETS, BUNDLED_LORAS, model_folder
 from sdcpu.runtime.components.unet import GuidedInput, UNetHook, UNetRunner, unet_interfaces
@@ -109,7 +110,8 @@ class Pipeline(TaskMethods):
             self.options, folder, manifest, self.memory.free
         )  # opened when a generation names them
         try:
-            self.scheduler_config = SchedulerConfig.load(folder / "scheduler" / "scheduler_config.json")
+            scheduler = read_json_object(folder / "scheduler" / "scheduler_config.json")
+            self.scheduler_config = SchedulerConfig.from_dict(scheduler)
             self.defaults = sampling_defaults(self.scheduler_config, self.sampling)
             self.read_tokenizers()
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:  # JSON errors are ValueErrors

@@ -14,11 +14,11 @@ With guidance and no negative prompt, a model whose model_index.json says `force
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from sdcpu.format.json_bounds import read_json_object
 from sdcpu.runtime.components.tokenizer import ClipTokenizer
 from sdcpu.runtime.components.unet import GuidedInput
 from sdcpu.runtime.engines import Model
@@ -39,10 +39,7 @@ def text_conditioning(
 
 def penultimate_outputs(folder: Path) -> list[int]:
     """Where each text encoder's penultimate hidden state is among its outputs: L + 1 (module notes)."""
-    layers = [
-        json.loads((folder / name / "config.json").read_text(encoding="utf-8"))["num_hidden_layers"]
-        for name in ENCODERS
-    ]
+    layers = [read_json_object(folder / name / "config.json")["num_hidden_layers"] for name in ENCODERS]
     return [int(count) + 1 for count in layers]
 
 
@@ -53,7 +50,7 @@ class StableDiffusionXLPipeline(Pipeline, families=("sdxl",)):
     def read_tokenizers(self) -> None:
         self.tokenizer = ClipTokenizer(self.folder / "tokenizer")
         self.tokenizer_2 = ClipTokenizer(self.folder / "tokenizer_2")
-        index = json.loads((self.folder / "model_index.json").read_text(encoding="utf-8"))
+        index = read_json_object(self.folder / "model_index.json")
         self.force_zeros = bool(index.get("force_zeros_for_empty_prompt", True))
         self.penultimate = penultimate_outputs(self.folder)
 

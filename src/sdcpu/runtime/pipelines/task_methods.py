@@ -58,7 +58,7 @@ class TaskMethods:
         and `guidance` default to the model's (20 and 7.5; few-step models' schedulers imply fewer, unguided).
         `loras`: (file, scale) pairs, applied without reconverting (docs/lora.md). `controls`: ControlNets
         (`ControlSetting.of(folder, image, weight, start, end, mode, module)`, docs/controlnet.md)."""
-        image = imaging.open_init_image(init_image) if init_image is not None else None
+        image = imaging.read_image(init_image) if init_image is not None else None
         task = ImageToImage(image, strength) if image is not None else TextToImage()
         options: dict[str, Any] = dict(
             negative_prompt=negative_prompt, steps=steps, guidance=guidance, seed=seed, width=width
@@ -82,7 +82,7 @@ class TaskMethods:
         """Repaint the white part of `mask` in `image` (paths or images of one size) to match `prompt`;
         `strength` < 1 starts from the image, noised; `options` as for `__call__` (steps, seed, ...).
         9-channel inpainting models and ordinary ones both work (runtime/tasks/inpaint.py)."""
-        init, mask_image = imaging.open_init_image(image), imaging.open_init_image(mask, "mask")
+        init, mask_image = imaging.read_image(image), imaging.read_image(mask, "mask")
         task = Inpaint(init, mask_image, strength, mask_settings or MaskSettings())
         return self.run(task, prompt, latents=latents, callback=callback, **options)
 
@@ -102,7 +102,7 @@ class TaskMethods:
         """Upscale `image` 4x with an x4 upscaler model (runtime/tasks/upscale.py), described by `prompt`;
         `noise_level` lets it invent more detail; `tile`: the largest latent square denoised at once (input
         pixels); `options` as for `__call__` (steps, seed, ...)."""
-        task = Upscale(imaging.open_init_image(image), UpscaleSettings(noise_level, tile, tile_overlap))
+        task = Upscale(imaging.read_image(image), UpscaleSettings(noise_level, tile, tile_overlap))
         return self.run(task, prompt, latents=latents, callback=callback, guidance=guidance, **options)
 
     def depth2img(
@@ -119,6 +119,6 @@ class TaskMethods:
         """Redraw `image` to match `prompt` keeping its depth (runtime/tasks/depth2img.py): estimated by the
         model's DPT, or `depth_map` (a .npy, a 16-bit PNG or an array, larger is nearer); `strength` as
         img2img's; `options` as for `__call__` (steps, seed, ...)."""
-        init = imaging.open_init_image(image)
+        init = imaging.read_image(image)
         given = load_depth_map(depth_map, init) if depth_map is not None else None
         return self.run(DepthToImage(init, strength, given), prompt, latents=latents, callback=callback, **options)

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -42,10 +40,6 @@ class SchedulerConfig:
         if "_class_name" in data:
             values["class_name"] = data["_class_name"]
         return cls(**values)
-
-    @classmethod
-    def load(cls, path: Path) -> SchedulerConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
 
 
 def alphas_cumprod(config: SchedulerConfig) -> np.ndarray:

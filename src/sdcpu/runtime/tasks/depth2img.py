@@ -7,17 +7,19 @@ PNG or an array, larger is nearer, as the DPT predicts.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.lib.format as npy
 from PIL import Image
 
 from sdcpu.errors import SdcpuError
+from sdcpu.format.json_bounds import read_json_object
 from sdcpu.format.manifest import Manifest
 from sdcpu.runtime.components.depth_estimator import DepthPreprocess, normalised_depth
+from sdcpu.runtime.io import images as imaging
 from sdcpu.runtime.tasks.base import Conditioning, Start, StartInputs, Task, TaskContext
 from sdcpu.runtime.tasks.img2img import sdedit_start
 
@@ -30,16 +32,10 @@ def load_depth_map(source: str | Path | np.ndarray, image: Image.Image) -> np.nd
     if isinstance(source, np.ndarray):
         depth = source
     elif Path(source).suffix.lower() == ".npy":
-        try:
-            depth = np.load(source, allow_pickle=False)
-        except (OSError, ValueError) as err:
-            raise SdcpuError(f"cannot read the depth map {source}: {err}") from None
+        depth = _read_npy(Path(source))
     else:
-        try:
-            with Image.open(source) as picture:
-                depth = np.asarray(picture.convert("I") if picture.mode != "F" else picture, dtype=np.float32)
-        except (OSError, ValueError) as err:
-            raise SdcpuError(f"cannot read the depth map {source}: {err}") from None
+        picture = imaging.decode_image(source, "depth map")
+        depth = np.asarray(picture.convert("I") if picture.mode != "F" else picture, dtype=np.float32)
     shape = np.shape(depth)
     depth = np.squeeze(np.asarray(depth, dtype=np.float32))
     if depth.ndim != 2 or min(depth.shape) < 2:
@@ -53,6 +49,28 @@ def load_depth_map(source: str | Path | np.ndarray, image: Image.Image) -> np.nd
             "give a depth map of the image's proportions"
         )
     return depth[None]
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    """A `.npy` depth map, its header's shape checked against the file's size and the pixel limit before
+    anything is allocated (a 128-byte file can declare 10^10 values). Pickled arrays are never loaded."""
+    try:
+        with path.open("rb") as f:
+            version = npy.read_magic(f)
+            header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+            shape, _, dtype = header(f)
+            if dtype.hasobject:
+                raise SdcpuError(f"the depth map {path} holds Python objects (a pickle); give an array of numbers")
+            count = int(np.prod(shape, dtype=np.float64))
+            if count > imaging.MAX_INIT_PIXELS:
+                raise SdcpuError(
+                    f"the depth map {path} declares {count:,} values, over the {imaging.MAX_INIT_PIXELS:,} limit"
+                )
+            if count * dtype.itemsize > path.stat().st_size - f.tell():
+                raise SdcpuError(f"the depth map {path} is damaged: its header declares more data than it holds")
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise SdcpuError(f"cannot read the depth map {path}: {err}") from None
 
 
 class DepthChannel(Conditioning):
@@ -114,6 +132,6 @@ def depth_preprocess(folder: Path) -> DepthPreprocess:
     """The depth estimator's image processor, as its folder's feature_extractor/ configures it."""
     path = folder / "feature_extractor" / "preprocessor_config.json"
     try:
-        return DepthPreprocess.from_config(json.loads(path.read_text()) if path.exists() else {})
+        return DepthPreprocess.from_config(read_json_object(path) if path.exists() else {})
     except (OSError, ValueError, TypeError, AttributeError) as err:
         raise SdcpuError(f"cannot read the depth estimator's {path} ({err}); convert the model again") from None

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from sdcpu.errors import SdcpuError
+from sdcpu.format.json_bounds import read_json_object
 from sdcpu.format.manifest import Manifest
 from sdcpu.runtime.components.tiling import denoise_tiled
 from sdcpu.runtime.components.unet import GuidedInput
@@ -115,6 +116,6 @@ def low_res_scheduler(folder: Path) -> SchedulerConfig:
     """The upscaler's `low_res_scheduler`: the forward process that noises its input."""
     path = folder / "low_res_scheduler" / "scheduler_config.json"
     try:
-        return SchedulerConfig.load(path)
+        return SchedulerConfig.from_dict(read_json_object(path))
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise SdcpuError(f"cannot read the upscaler's {path} ({err}); convert the model again") from None

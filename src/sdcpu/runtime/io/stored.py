@@ -1,0 +1,122 @@
+"""Settings stored in a PNG, read back (`generate --from-png`, the server's `png-info`): the one schema
+check of what a PNG's text chunks may hold.
+
+A PNG is input like any other: its chunks may come from another tool, be edited by hand, or be built to
+break a reader. So sdcpu's JSON chunk is read with the JSON bounds (format/json_bounds.py), must be an
+object, and each setting it gives must have its type before anything uses it; A1111's `parameters` text
+is parsed into the same keys and checked the same way. A value of the wrong type is refused, naming the
+key, rather than turned into something else.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+from sdcpu.errors import SdcpuError
+from sdcpu.format.json_bounds import MAX_CHUNK_BYTES, parse_json
+from sdcpu.runtime.io.images import decode_image
+from sdcpu.runtime.io.infotext import lora_tags, parse_parameters
+
+# The settings a PNG may give, and their JSON types (bool is not an integer here).
+SETTING_TYPES: dict[str, tuple[type, ...]] = {
+    "prompt": (str,),
+    "negative_prompt": (str,),
+    "steps": (int,),
+    "guidance": (int, float),
+    "seed": (int,),
+    "width": (int,),
+    "height": (int,),
+    "scheduler": (str,),
+    "num_images": (int,),
+    "deep_cache": (int,),
+}
+# The records of sdcpu's chunk that --from-png reads beyond the settings, and the fields it reads of each.
+RECORD_TYPES: dict[str, dict[str, tuple[type, ...]]] = {
+    "loras": {"name": (str,), "scale": (int, float)},
+    "controls": {"name": (str,)},
+}
+
+
+def check_settings(values: dict[str, Any], where: str) -> dict[str, Any]:
+    """The settings of `values` that sdcpu reads, each checked against SETTING_TYPES; SdcpuError names the
+    first that is not of its type. Other keys are left out."""
+    for key, value in values.items():
+        kinds = SETTING_TYPES.get(key)
+        if kinds is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
+            raise SdcpuError(f"{where} holds {key} = {_shown(value)}, which is not {_names(kinds)}")
+    return {key: value for key, value in values.items() if key in SETTING_TYPES}
+
+
+def _check_records(data: dict[str, Any], where: str) -> None:
+    for key, fields in RECORD_TYPES.items():
+        records = data.get(key)
+        if records is None:
+            continue
+        if not isinstance(records, list) or not all(isinstance(record, dict) for record in records):
+            raise SdcpuError(f"{where} holds {key} = {_shown(records)}, which is not a list of objects")
+        for record in records:
+            for field, kinds in fields.items():
+                if isinstance(record.get(field), bool) or not isinstance(record.get(field), kinds):
+                    raise SdcpuError(f"{where} holds a {key} record whose {field} is not {_names(kinds)}")
+
+
+def stored_settings(text: dict[str, str], where: str) -> dict[str, Any]:
+    """The generation settings of a PNG's text chunks (`text`): sdcpu's own JSON chunk where present,
+    else A1111's `parameters`. Raises SdcpuError, naming `where`, when they hold neither or are damaged."""
+    if "sdcpu" in text:
+        ours = parse_json(text["sdcpu"], f"the sdcpu chunk of {where}", max_bytes=MAX_CHUNK_BYTES, finite=True)
+        if not isinstance(ours, dict):
+            raise SdcpuError(f"the sdcpu chunk of {where} is damaged: a JSON {type(ours).__name__}, not an object")
+        settings = check_settings(ours, f"the sdcpu chunk of {where}")
+        _check_records(ours, f"the sdcpu chunk of {where}")
+        if ours.get("noise") == "given":
+            warnings.warn(f"{where} was generated from given noise: its seed does not reproduce it", stacklevel=3)
+        if ours.get("loras") and "prompt" in settings:  # as A1111's tags, found again in --lora-dir
+            settings["prompt"] += lora_tags(ours["loras"])
+        if ours.get("controls"):  # their images are not stored: said, so that a different image is no surprise
+            names = ", ".join(control["name"] for control in ours["controls"])
+            warnings.warn(
+                f"{where} was steered by ControlNet {names}, whose control images a PNG does not hold: "
+                "give --control FOLDER:IMAGE again to steer this run the same way",
+                stacklevel=3,
+            )
+        return settings
+    if "parameters" in text:
+        if len(text["parameters"]) > MAX_CHUNK_BYTES:
+            raise SdcpuError(f"the parameters chunk of {where} is over the {MAX_CHUNK_BYTES:,}-byte limit")
+        return check_settings(parse_parameters(text["parameters"]), f"the parameters of {where}")
+    raise SdcpuError(f"{where} holds no generation settings (no sdcpu or A1111 parameters text chunk)")
+
+
+def png_text(source: Path | bytes, name: str = "PNG") -> dict[str, str]:
+    """The text chunks of an image (a path or its bytes), read by the one image reader."""
+    image = decode_image(source, name)
+    return {key: value for key, value in getattr(image, "text", image.info).items() if isinstance(value, str)}
+
+
+def read_png_settings(path: Path) -> dict[str, Any]:
+    """The generation settings stored in the PNG at `path` (`stored_settings`)."""
+    return stored_settings(png_text(path), str(path))
+
+
+def generation_request(prompt: str | None, given: dict[str, Any], from_png: Path | None) -> dict[str, Any]:
+    """The keyword arguments of one generation: the settings read from `from_png` (if any), overridden
+    by those given explicitly (`given`, None meaning not given), and `prompt` when there is one."""
+    request = read_png_settings(from_png) if from_png is not None else {}
+    request |= {key: value for key, value in given.items() if value is not None}
+    if prompt is not None:
+        request["prompt"] = prompt
+    if "prompt" not in request:
+        raise SdcpuError("give a PROMPT, or --from-png FILE to run the settings stored in an image again")
+    return request
+
+
+def _names(kinds: tuple[type, ...]) -> str:
+    return {str: "text", int: "a whole number", float: "a number"}[kinds[-1]]
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
