@@ -14,19 +14,22 @@ import asyncio
 import base64
 import json
 import time
+import warnings
 from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from sdcpu.errors import SdcpuError
 from sdcpu.runtime.io.infotext import SAMPLERS, sampler_names, scheduler_for
+from sdcpu.runtime.io.stored import png_text, stored_settings
 from sdcpu.runtime.lora.prompt import lora_names
 from sdcpu.serve.a1111_controlnet import controlnet_units
+from sdcpu.serve.bodies import CheckedBodyRoute
 from sdcpu.serve.jobs import Job
 from sdcpu.version import __version__
 
-router = APIRouter(prefix="/sdapi/v1", tags=["A1111"])
+router = APIRouter(prefix="/sdapi/v1", tags=["A1111"], route_class=CheckedBodyRoute)
 # A1111 >= 1.9's `scheduler` field, by label or name ("karras"); Uniform is the plain schedule.
 SCHEDULE_TYPES = ("Automatic", "Uniform", "Karras")
 # Fields that change the image in A1111 and that sdcpu cannot honour: refused unless at their default.
@@ -51,6 +54,17 @@ OVERRIDES: dict[str, tuple[Any, ...] | None] = {
     "sd_vae": (None, "Automatic", "None"),  # the model's own VAE
 }
 POLL_S = 0.05
+# sdcpu's setting -> the key of A1111's parsed generation parameters (png-info)
+A1111_KEYS = {
+    "prompt": "Prompt",
+    "negative_prompt": "Negative prompt",
+    "steps": "Steps",
+    "guidance": "CFG scale",
+    "seed": "Seed",
+    "width": "Size-1",
+    "height": "Size-2",
+    "num_images": "Batch size",
+}
 
 
 class Txt2ImgRequest(BaseModel):
@@ -61,8 +75,8 @@ class Txt2ImgRequest(BaseModel):
     sampler_name: str | None = None
     sampler_index: str = "Euler"
     scheduler: str | None = None
-    batch_size: int = 1
-    n_iter: int = 1
+    batch_size: int = Field(1, ge=1)
+    n_iter: int = Field(1, ge=1)
     steps: int = 50
     cfg_scale: float = 7.0
     width: int | None = None
@@ -95,20 +109,31 @@ def _check_supported(request: Txt2ImgRequest) -> None:
             raise SdcpuError(f"{what} is not supported by sdcpu yet; leave it out or at its default")
     if request.scheduler is not None and request.scheduler.lower() not in [s.lower() for s in SCHEDULE_TYPES]:
         raise SdcpuError(f"unknown scheduler {request.scheduler!r}; this server has: {', '.join(SCHEDULE_TYPES)}")
-    for key, value in (request.override_settings or {}).items():
+
+
+def check_options(options: dict[str, Any], pipeline: Any) -> None:
+    """The one rule for A1111's settings, whether a request's `override_settings` or `POST /options`
+    gives them: only OVERRIDES, each at a value sdcpu runs with, and the loaded model's own checkpoint.
+    (Accepting in /options what a request refuses would make later requests run silently without it.)"""
+    for key, value in options.items():
         if key not in OVERRIDES:
-            raise SdcpuError(f"override_settings {key!r} is not supported; supported: {', '.join(OVERRIDES)}")
+            raise SdcpuError(f"the setting {key!r} is not supported; supported: {', '.join(OVERRIDES)}")
         allowed = OVERRIDES[key]
-        if allowed is not None and value not in allowed:
-            raise SdcpuError(f"override_settings {key}={value!r} is not supported; sdcpu runs with {allowed[-1]!r}")
+        if allowed is not None and not any(_same(value, one) for one in allowed):
+            raise SdcpuError(f"the setting {key}={value!r} is not supported; sdcpu runs with {allowed[-1]!r}")
+    checkpoint = options.get("sd_model_checkpoint")
+    if checkpoint is not None and checkpoint not in _model_titles(pipeline):
+        raise SdcpuError(f"this server runs {_title(pipeline)} only; got sd_model_checkpoint {checkpoint!r}")
+
+
+def _same(value: Any, allowed: Any) -> bool:
+    return isinstance(value, bool) == isinstance(allowed, bool) and value == allowed  # JSON's true is not 1
 
 
 def _submit(http: Request, request: Txt2ImgRequest, init_image: str | None = None, strength: float = 0.8) -> Job:
     _check_supported(request)
     server = http.app.state.server
-    checkpoint = (request.override_settings or {}).get("sd_model_checkpoint")
-    if checkpoint is not None and checkpoint not in _model_titles(server.pipeline):
-        raise SdcpuError(f"this server runs {_title(server.pipeline)} only; got sd_model_checkpoint {checkpoint!r}")
+    check_options(request.override_settings or {}, server.pipeline)
     settings = {
         "negative_prompt": request.negative_prompt,
         "steps": request.steps,
@@ -238,14 +263,31 @@ def options(http: Request) -> dict[str, Any]:
 
 @router.post("/options")
 def set_options(http: Request, body: dict[str, Any]) -> dict[str, Any]:
-    """Only what this server already is: its one model (by title, name or hash) and PNG samples."""
-    pipe = http.app.state.server.pipeline
-    for key, value in body.items():
-        if key == "sd_model_checkpoint" and value not in _model_titles(pipe):
-            raise SdcpuError(f"this server runs {_title(pipe)} only; got {value!r}")
-        if key not in ("sd_model_checkpoint", "samples_format", "CLIP_stop_at_last_layers"):
-            raise SdcpuError(f"option {key!r} cannot be set on this server")
+    """Only what this server already is: its one model (by title, name or hash), PNG samples and the
+    other values `override_settings` takes (`check_options`)."""
+    check_options(body, http.app.state.server.pipeline)
     return {}
+
+
+class PngInfoRequest(BaseModel):
+    image: str  # base64, or a data: URL
+
+
+@router.post("/png-info")
+def png_info(http: Request, request: PngInfoRequest) -> dict[str, Any]:
+    """A1111's PNG info: the `parameters` text as `info`, the other text chunks as `items`, and the
+    settings as `parameters` (A1111's keys), read and type-checked as `generate --from-png` reads them."""
+    text = http.app.state.server.limits.read(png_text, request.image, "image")
+    settings: dict[str, Any] = {}
+    if "sdcpu" in text or "parameters" in text:
+        with warnings.catch_warnings():  # --from-png's notes (given noise, ControlNets) are for the CLI
+            warnings.simplefilter("ignore")
+            settings = stored_settings(text, "the image")
+    parameters = {A1111_KEYS[key]: value for key, value in settings.items() if key in A1111_KEYS}
+    sampler, schedule = SAMPLERS.get(settings.get("scheduler", ""), (None, None))
+    parameters |= {"Sampler": sampler, "Schedule type": schedule} if sampler else {}
+    items = {key: value for key, value in text.items() if key != "parameters"}
+    return {"info": text.get("parameters", ""), "items": items, "parameters": parameters}
 
 
 @router.get("/sd-models")

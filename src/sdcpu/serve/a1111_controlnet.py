@@ -26,8 +26,9 @@ from sdcpu.runtime.controlnet.annotators import ANNOTATORS, annotate
 from sdcpu.runtime.controlnet.folders import controlnet_names, controlnet_title, find_controlnet
 from sdcpu.runtime.controlnet.setting import CONTROL_MODES, ControlSetting
 from sdcpu.runtime.io.infotext import CONTROL_MODES as CONTROL_MODE_LABELS
+from sdcpu.serve.bodies import CheckedBodyRoute
 
-router = APIRouter(prefix="/controlnet", tags=["A1111 ControlNet"])
+router = APIRouter(prefix="/controlnet", tags=["A1111 ControlNet"], route_class=CheckedBodyRoute)
 MAX_UNITS = 3  # A1111's default unit count
 # control_mode as A1111's clients send it: an index or a label
 MODES: dict[int | str, str] = {0: "balanced", 1: "prompt", 2: "control"}
@@ -46,7 +47,7 @@ def _image(unit: dict[str, Any]) -> str:
 
 def _mode(unit: dict[str, Any]) -> str:
     given = unit.get("control_mode", 0)
-    mode = MODES.get(given.lower() if isinstance(given, str) else given)
+    mode = MODES.get(given.lower() if isinstance(given, str) else given) if _is(given, int, str) else None
     if unit.get("guessmode") is True:  # the extension's older API
         mode = "control"
     if mode is None:
@@ -54,11 +55,16 @@ def _mode(unit: dict[str, Any]) -> str:
     return mode
 
 
+def _is(value: Any, *kinds: type) -> bool:
+    """isinstance, where a JSON true or false is not a number."""
+    return isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+
+
 def _thresholds(unit: dict[str, Any]) -> tuple[float, float] | None:
     low, high = unit.get("threshold_a", -1), unit.get("threshold_b", -1)
     if low in (None, -1) and high in (None, -1):
         return None
-    if not all(isinstance(v, (int, float)) for v in (low, high)) or not 0 <= low <= high <= 255 * 8:
+    if not all(_is(v, int, float) for v in (low, high)) or not 0 <= low <= high <= 255 * 8:
         raise SdcpuError(f"canny's threshold_a and threshold_b must satisfy 0 <= a <= b; got {low}, {high}")
     return float(low), float(high)
 
@@ -70,7 +76,7 @@ def controlnet_units(scripts: dict[str, Any] | None, pipeline: Any, limits: Any)
     if others:
         raise SdcpuError(f"alwayson_scripts {', '.join(others)} are not supported; this server has: controlnet")
     script = next(iter(scripts.values()), None) or {}
-    units = script.get("args", []) if isinstance(script, dict) else []
+    units = script.get("args", []) if isinstance(script, dict) else None
     if not isinstance(units, list) or len(units) > MAX_UNITS:
         raise SdcpuError(f"alwayson_scripts.controlnet.args must be a list of at most {MAX_UNITS} units")
     controls = []
@@ -79,10 +85,12 @@ def controlnet_units(scripts: dict[str, Any] | None, pipeline: Any, limits: Any)
             raise SdcpuError("each ControlNet unit must be an object")
         if unit.get("enabled", True) is False or unit.get("model") in OFF:
             continue
-        folder = find_controlnet(str(unit["model"]), pipeline.controlnet_dir)
+        if not _is(unit["model"], str) or not _is(unit.get("module", "none"), str, type(None)):
+            raise SdcpuError("a ControlNet unit's model and module must be names (text)")
+        folder = find_controlnet(unit["model"], pipeline.controlnet_dir)
         image = limits.decode_image(_image(unit), "control image")
         weight, start, end = unit.get("weight", 1.0), unit.get("guidance_start", 0.0), unit.get("guidance_end", 1.0)
-        if not all(isinstance(v, (int, float)) for v in (weight, start, end)):
+        if not all(_is(v, int, float) for v in (weight, start, end)):
             raise SdcpuError("a ControlNet unit's weight, guidance_start and guidance_end must be numbers")
         module = str(unit.get("module") or "none")
         controls.append(ControlSetting.of(folder, image, weight, start, end, _mode(unit), module, _thresholds(unit)))

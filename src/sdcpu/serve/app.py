@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from sdcpu.errors import SdcpuError
 from sdcpu.runtime.controlnet.folders import controlnet_names, find_controlnet
@@ -22,13 +22,16 @@ from sdcpu.runtime.controlnet.setting import ControlSetting
 from sdcpu.runtime.lora.prompt import lora_names
 from sdcpu.runtime.schedulers import SCHEDULERS
 from sdcpu.runtime.tasks import ImageToImage, TextToImage
+from sdcpu.serve.bodies import CheckedBodyRoute, install_validation_errors
 from sdcpu.serve.jobs import FINISHED, Job, JobQueue, QueueFull
 from sdcpu.serve.limits import LimitError, ServeLimits
 from sdcpu.serve.security import guard
 
 STATIC = resources.files("sdcpu.serve") / "static"
 EVENT_POLL_S = 0.1
-router = APIRouter(prefix="/api", tags=["sdcpu"])  # the native API; the A1111 subset is in a1111.py
+router = APIRouter(
+    prefix="/api", tags=["sdcpu"], route_class=CheckedBodyRoute
+)  # the native API; the A1111 subset is in a1111.py
 
 
 class ControlRequest(BaseModel):
@@ -55,11 +58,11 @@ class JobRequest(BaseModel):
     seed: int | None = None
     width: int | None = None
     height: int | None = None
-    num_images: int = 1
+    num_images: int = Field(1, ge=1)
     scheduler: str | None = None
     init_image: str | None = None
     strength: float = 0.8
-    deep_cache: int = 1
+    deep_cache: int = Field(1, ge=1)
     controls: list[ControlRequest] = []
 
 
@@ -115,6 +118,7 @@ def create_app(
     app.state.server = server
     app.middleware("http")(guard(api_key, limits.max_upload_bytes))
     _errors(app)
+    install_validation_errors(app)
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     app.include_router(router)
     app.include_router(a1111.router)

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from PIL import Image
 
 from sdcpu.errors import SdcpuError
 from sdcpu.runtime.io.images import ImageTooLarge, read_image
 
+T = TypeVar("T")
 FORMATS = ["PNG", "JPEG", "WEBP"]  # the only decoders an upload reaches (not TIFF, PSD, EPS, ...)
 
 
@@ -51,13 +54,17 @@ class ServeLimits:
         """A base64 image (optionally a data: URL, as A1111 accepts) as RGB, read by the runtime's one image
         reader (`read_image`): its size checked from the header before the pixels are decoded (413 over
         this server's limit), EXIF orientation applied, 16-bit images scaled."""
+        return self.read(read_image, data, name)
+
+    def read(self, reader: Callable[..., T], data: str, name: str) -> T:
+        """`reader(raw, name, max_pixels=, formats=)` on a base64 upload: read_image, or stored.png_text."""
         payload = data.split(",", 1)[1] if data.startswith("data:") else data
         try:
             raw = base64.b64decode(payload, validate=True)
         except (binascii.Error, ValueError) as err:
             raise LimitError(f"the {name} is not a base64 PNG, JPEG or WebP image ({err})") from None
         try:
-            return read_image(raw, name, max_pixels=self.max_image_pixels, formats=FORMATS)
+            return reader(raw, name, max_pixels=self.max_image_pixels, formats=FORMATS)
         except ImageTooLarge as err:
             size = f"{err.size[0]}x{err.size[1]}" if err.size else "too large to decode"
             limit = f"{self.max_image_pixels / 1e6:.0f}-megapixel limit"

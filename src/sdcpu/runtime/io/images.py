@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, PngImagePlugin
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from sdcpu.errors import SdcpuError
 from sdcpu.runtime.io.outputs import follow_umask
@@ -69,6 +69,9 @@ def decode_image(
         raise
     except Image.DecompressionBombError as err:
         raise ImageTooLarge(f"{label} is too large to decode ({err})") from None
+    except UnidentifiedImageError:
+        kinds = f"a {', '.join(formats)} image" if formats else "an image file"
+        raise SdcpuError(f"cannot read {label}: it is not {kinds}") from None
     except Exception as err:
         # Pillow's decoders raise more than OSError for a damaged file: SyntaxError for a broken PNG chunk,
         # struct.error, EOFError, IndexError and others in its plugins. A file that does not decode is the

@@ -90,9 +90,10 @@ def stored_settings(text: dict[str, str], where: str) -> dict[str, Any]:
     raise SdcpuError(f"{where} holds no generation settings (no sdcpu or A1111 parameters text chunk)")
 
 
-def png_text(source: Path | bytes, name: str = "PNG") -> dict[str, str]:
-    """The text chunks of an image (a path or its bytes), read by the one image reader."""
-    image = decode_image(source, name)
+def png_text(source: Path | bytes, name: str = "PNG", **limits: Any) -> dict[str, str]:
+    """The text chunks of an image (a path or its bytes), read by the one image reader (`limits`:
+    its max_pixels and formats)."""
+    image = decode_image(source, name, **limits)
     return {key: value for key, value in getattr(image, "text", image.info).items() if isinstance(value, str)}
 
 
