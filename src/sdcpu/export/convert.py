@@ -20,7 +20,7 @@ from sdcpu.errors import SdcpuError
 from sdcpu.export.calibration import CalibrationSettings, collect_unet_inputs
 from sdcpu.export.controlnet import convert_controlnet, is_controlnet_folder, write_residual_graph
 from sdcpu.export.families import OPTIONAL_KINDS, export_family
-from sdcpu.export.folders import move_into_place, versions
+from sdcpu.export.folders import check_apart, move_into_place, versions, write_failure
 from sdcpu.export.lora import PREFIXES as LORA_NETWORKS
 from sdcpu.export.lora import Lora, check_lora_networks, check_loras, fuse_loras
 from sdcpu.export.quantize import FEW_STEP_RECIPE, NNCF_RECIPE, PRECISIONS, component_precision
@@ -76,6 +76,9 @@ def convert(
     `loras`: LoRA files fused into the UNet and text encoder before export (export/lora.py)."""
     out = Path(out).expanduser().absolute()
     check_target(format, precision, out, force)
+    given = {"source": source, "--config": config_dir, "--tokenizer": tokenizer_dir, "--tiny-vae": tiny_vae}
+    paths = {name: Path(value).expanduser() for name, value in given.items() if value is not None}
+    check_apart(out, paths | {f"--lora {lora.path.name}": lora.path for lora in loras})
     check_loras(list(loras))
     for stale in remove_stale_work(out):
         progress(f"removed {stale.name}, left by a convert that was killed")
@@ -118,6 +121,8 @@ def convert(
         for path in [staged, *staged.rglob("*")]:  # some writers make files 0600, as tempfile does
             follow_umask(path)
         move_into_place(staged, out)
+    except OSError as err:  # a full disk, a file-size limit, a read error: said, with nothing left behind
+        raise write_failure(err, out, work) from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     progress(f"done: {out}")

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sdcpu.export.folders import save_openvino
+
 IR_NAMES = ("openvino_tokenizer", "openvino_detokenizer")
 
 
@@ -17,12 +19,11 @@ def write_tokenizer_irs(folder: Path) -> list[str]:
         from openvino_tokenizers import convert_tokenizer
     except ImportError:  # optional: the folder still runs in sdcpu and optimum-intel
         return []
-    import openvino as ov
     from transformers import CLIPTokenizer
 
     graphs = convert_tokenizer(CLIPTokenizer.from_pretrained(folder), with_detokenizer=True)
     names = []
     for name, graph in zip(IR_NAMES, graphs, strict=True):
-        ov.save_model(graph, folder / f"{name}.xml")
+        save_openvino(graph, folder / f"{name}.xml")
         names += [f"{name}.xml", f"{name}.bin"]
     return [n for n in names if (folder / n).exists()]

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from sdcpu.export.families.base import ExportSpec
+from sdcpu.export.folders import save_openvino
 from sdcpu.export.quantize import NNCF_RECIPE, HybridRecipe, compress_openvino, store_onnx_weights_int8
 
 ONNX_OPSET = 17
@@ -54,7 +55,7 @@ def write_openvino(
     for name in spec.int64_inputs:
         _store_as_int64(model, name)
     model.set_rt_info(precision, ["sdcpu", "precision"])
-    ov.save_model(model, folder / "openvino_model.xml", compress_to_fp16=precision == "fp16")
+    save_openvino(model, folder / "openvino_model.xml", compress_to_fp16=precision == "fp16")
     return ["openvino_model.xml", "openvino_model.bin"]
 
 

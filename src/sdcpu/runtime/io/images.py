@@ -130,6 +130,10 @@ def save_png(image: Image.Image, path: Path, metadata: dict[str, str]) -> None:
             f.write(png_bytes(image, metadata))
         follow_umask(Path(tmp))
         os.replace(tmp, path)
+    except OSError as err:  # a full disk or quota (at write or close), a file-size limit, an I/O error
+        Path(tmp).unlink(missing_ok=True)
+        reason = err.strerror or str(err)
+        raise SdcpuError(f"cannot write {path}: {reason}; free some space, or write somewhere else") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
