@@ -108,10 +108,15 @@ def fuse_loras(model: Any, network: str, loras: list[Lora], warn: Callable[[str]
 
 
 def _check_shape(lora: Lora, network: str, name: str, module: Any, down: Any, up: Any) -> None:
-    # up @ down must have the layer's shape: (out, rank) @ (rank, in * kh * kw).
-    weight = module.weight
+    # up @ down must have the layer's shape: (out, rank) @ (rank, in * kh * kw); a convolution's up is
+    # (out, rank, 1, 1). Checked before anything is multiplied: a wrong shape is the file's fault, named.
+    weight, layer = module.weight, name.removeprefix("kohya:")
+    if up.ndim not in (2, 4) or down.ndim not in (2, 4) or up[0].numel() != up.shape[1] or 0 in down.shape:
+        raise SdcpuError(
+            f"--lora {lora.path.name} is damaged: its layer {layer} has a down of shape {tuple(down.shape)} and "
+            f"an up of shape {tuple(up.shape)}, which are not a low-rank pair"
+        )
     if up.shape[0] != weight.shape[0] or down[0].numel() != weight[0].numel() or up.shape[1] != down.shape[0]:
-        layer = name.removeprefix("kohya:")
         raise SdcpuError(
             f"--lora {lora.path.name} does not fit this model's {network}: its layer {layer} is "
             f"{up.shape[0]}x{down[0].numel()} in the LoRA and {weight.shape[0]}x{weight[0].numel()} here; "
@@ -157,9 +162,19 @@ def _pairs(lora: Lora, network: str) -> dict[str, tuple[Any, Any, float]]:
         network_alpha = metadata_alpha(f.metadata() or {}, network)
         for name, parts in _groups(list(f.keys()), network)[0].items():
             down, up = f.get_tensor(parts["down"]), f.get_tensor(parts["up"])
-            alpha = float(f.get_tensor(parts["alpha"])) if "alpha" in parts else network_alpha or float(down.shape[0])
+            alpha = _alpha(lora, f.get_tensor(parts["alpha"])) if "alpha" in parts else None
+            alpha = network_alpha or float(down.shape[0]) if alpha is None else alpha
+            for part, tensor in (("down", down), ("up", up)):
+                if not bool(tensor.float().isfinite().all()):
+                    raise SdcpuError(f"--lora {lora.path.name} holds NaN or Inf in {parts[part]}; the LoRA is damaged")
             pairs[_module_name(name, PREFIXES[network])] = (down, up, alpha)
     return pairs
+
+
+def _alpha(lora: Lora, tensor: Any) -> float:
+    if tensor.numel() != 1 or not bool(tensor.float().isfinite().all()):
+        raise SdcpuError(f"--lora {lora.path.name} is damaged: an alpha is not one finite number")
+    return float(tensor)
 
 
 def _module_name(name: str, prefixes: tuple[str, ...]) -> str:

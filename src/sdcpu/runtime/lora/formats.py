@@ -127,15 +127,18 @@ def _update(path: Path, network: str, layer: str, parts: dict[str, np.ndarray], 
     kinds = {"lora": set(LORA_PARTS) & set(parts), "loha": set(LOHA_PARTS) & set(parts)}
     kinds["lokr"] = set(LOKR_PARTS) & set(parts)
     found = [kind for kind, keys in kinds.items() if keys]
-    alpha = float(parts["alpha"]) if "alpha" in parts else metadata_alpha(metadata, network)
     try:
+        for name, tensor in parts.items():  # every part a non-empty array; alpha one number
+            if (tensor.size != 1) if name == "alpha" else (tensor.ndim == 0 or tensor.size == 0):
+                raise ValueError(f"{name} is of shape {tuple(tensor.shape)}")
+        alpha = float(parts["alpha"].reshape(())) if "alpha" in parts else metadata_alpha(metadata, network)
         if found == ["lora"] and {"down", "up"} <= {LORA_PARTS[k] for k in kinds["lora"]}:
             return _lora(parts, alpha)
         if found == ["loha"]:
             return _loha(parts, alpha)
         if found == ["lokr"]:
             return _lokr(parts, alpha)
-    except (KeyError, ValueError) as err:
+    except (KeyError, ValueError, IndexError) as err:  # IndexError: a part of too few dimensions
         raise SdcpuError(f"LoRA {path.name}: {network} layer {layer} is incomplete or misshapen ({err})") from None
     raise SdcpuError(f"LoRA {path.name}: {network} layer {layer} holds {', '.join(sorted(parts))}, no complete update")
 
