@@ -13,7 +13,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from sdcpu.bench import bad_loras
+from sdcpu.bench import bad_files, bad_loras
 from sdcpu.bench.battery import (
     EXPORT,
     F32,
@@ -82,7 +82,7 @@ def _init_images() -> list[Case]:
         ("init image is text", with_file("x.png", b"not an image", *init), "cannot read the init image"),
         ("init image is empty", with_file("x.png", b"", *init), "cannot read the init image"),
         ("init image truncated", with_file("x.png", png_header(64, 64)[:30], *init), "cannot read the init image"),
-        ("init image header 30000x30000", with_file("x.png", png_header(30000, 30000), *init), "cannot read"),
+        ("init image header 30000x30000", with_file("x.png", png_header(30000, 30000), *init), "megapixel limit"),
         ("init image header 10000x10000", with_file("x.png", png_header(10000, 10000), *init), "megapixel limit"),
         ("init image header 7100x7100", with_file("x.png", png_header(7100, 7100), *init), "megapixel limit"),
         ("init image with --strength 0", real_png(*init, "--strength", "0"), "strength must be in (0, 1]"),
@@ -367,4 +367,4 @@ def _given(args: list[str]) -> Setup:
 
 
 CASES = [*_settings(), *_prompts(), *_init_images(), *_outputs(), *_model_folders(), *_safetensors(), *_converts()]
-CASES += [*_previews(), *_masks(), *_serve(), *_faults(), *bad_loras.cases()]
+CASES += [*_previews(), *_masks(), *_serve(), *_faults(), *bad_loras.cases(), *bad_files.cases()]

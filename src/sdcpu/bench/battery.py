@@ -27,6 +27,7 @@ class Case:
     message: str  # a piece of the expected error message
     needs: tuple[str, ...] = ()  # modules the case needs (the export or serve extra), else skipped
     env: dict[str, str] = field(default_factory=dict)
+    file_limit: int | None = None  # bytes: the largest file the command may write (RLIMIT_FSIZE), a full disk
 
 
 def run(case: Case, scratch: Path) -> subprocess.CompletedProcess:
@@ -34,7 +35,15 @@ def run(case: Case, scratch: Path) -> subprocess.CompletedProcess:
     args = case.setup(scratch)
     env = {**os.environ, "SDCPU_CACHE_DIR": str(scratch / "cache"), "NO_COLOR": "1", **case.env}
     command = [sys.executable, "-m", "sdcpu", *args]
-    return subprocess.run(command, cwd=scratch, env=env, capture_output=True, timeout=300)
+    limit = case.file_limit
+
+    def limited() -> None:  # writes past the limit fail with EFBIG ("File too large"); Python ignores SIGXFSZ
+        import resource  # POSIX only, as this fault is
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    preexec = limited if limit is not None else None
+    return subprocess.run(command, cwd=scratch, env=env, capture_output=True, timeout=300, preexec_fn=preexec)
 
 
 def generate(*extra: str, prompt: str = "a red circle") -> Setup:

@@ -68,7 +68,8 @@ def decode_image(
     except SdcpuError:
         raise
     except Image.DecompressionBombError as err:
-        raise ImageTooLarge(f"{label} is too large to decode ({err})") from None
+        limit = f"{max_pixels / 1e6:.0f}-megapixel limit"
+        raise ImageTooLarge(f"{label} is over the {limit} ({err}); scale it down first") from None
     except UnidentifiedImageError:
         kinds = f"a {', '.join(formats)} image" if formats else "an image file"
         raise SdcpuError(f"cannot read {label}: it is not {kinds}") from None

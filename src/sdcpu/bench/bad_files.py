@@ -1,0 +1,241 @@
+"""The bad-input battery's second round: files sdcpu reads that were built to break a reader, and faults
+of the disk. Each class at least twice:
+
+- images that fail to decode in ways beyond OSError (Pillow's SyntaxError for a broken chunk);
+- PNG metadata for `--from-png`: not JSON, not an object, fields of the wrong type, deep nesting, and
+  A1111 text that took a quadratic parser minutes;
+- JSON files nested 100,000 deep: a manifest, a scheduler config, another tool's folder's config, a
+  convert source's and a tiny decoder's config;
+- LoRA tensors with the right names and the wrong shapes, at convert and at run time;
+- OUT equal to, inside, or holding the convert's source;
+- a full disk (here a file-size limit: the write fails the same way, with EFBIG for ENOSPC).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import struct
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from sdcpu.bench.bad_loras import LAYER
+from sdcpu.bench.battery import EXPORT, F32, Case, Setup, damaged_model, generate, safetensors, with_file
+from sdcpu.models import CONVERTED
+
+SOURCE = CONVERTED.parent / "source"  # the demo model's diffusers folder
+SCHEDULER, TOKENIZER = "scheduler/scheduler_config.json", "tokenizer/tokenizer_config.json"
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def broken_png() -> bytes:
+    """A 64x64 PNG whose image data is split in two chunks, the second's type broken: Pillow raises
+    SyntaxError ("broken PNG file") while decoding, not OSError."""
+    from PIL import Image
+
+    noise = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, format="PNG")
+    raw = buffer.getvalue()
+    at = raw.index(b"IDAT") - 4
+    length = struct.unpack(">I", raw[at : at + 4])[0]
+    data = raw[at + 8 : at + 8 + length]
+    return (
+        raw[:at]
+        + _chunk(b"IDAT", data[: length // 2])
+        + _chunk(b"ID\0T", data[length // 2 :])
+        + raw[at + 12 + length :]
+    )
+
+
+def png_with_text(**chunks: str) -> bytes:
+    """A small PNG holding these text chunks (sdcpu's `sdcpu` JSON, A1111's `parameters`)."""
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    for key, value in chunks.items():
+        info.add_itxt(key, value)
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def _images() -> list[Case]:
+    init = ("generate", "a cat", "--out", "out.png", "--steps", "2", "--init-image", "FILE")
+
+    def inpaint(scratch: Path) -> list[str]:
+        from PIL import Image
+
+        Image.new("RGB", (64, 64)).save(scratch / "x.png")
+        (scratch / "m.png").write_bytes(broken_png())
+        return ["inpaint", "a cat", "--image", "x.png", "--mask", "m.png", "--out", "out.png", "--steps", "2"]
+
+    control = ("generate", "a cat", "--out", "out.png", "--steps", "2", "--control", "edges:FILE")
+    cases = [
+        (
+            "init image with a broken chunk (SyntaxError)",
+            with_file("x.png", broken_png(), *init),
+            "cannot read the init",
+        ),
+        ("mask with a broken chunk (SyntaxError)", inpaint, "cannot read the mask"),
+        ("control image with a broken chunk", with_file("x.png", broken_png(), *control), "cannot read the control"),
+        (
+            "--from-png with a broken chunk",
+            with_file("x.png", broken_png(), "generate", "--from-png", "FILE", "--out", "out.png"),
+            "cannot read",
+        ),
+    ]
+    return [Case(name, "images", setup, message) for name, setup, message in cases]
+
+
+def _from_png(**chunks: str) -> Setup:
+    return with_file("in.png", png_with_text(**chunks), "generate", "--from-png", "FILE", "--out", "out.png")
+
+
+def _metadata() -> list[Case]:
+    lora = json.dumps({"prompt": "a", "loras": [{"name": "x", "scale": "big"}]})
+    cases = [
+        ("--from-png: sdcpu chunk not JSON", _from_png(sdcpu="{steps: 2"), "is not valid JSON"),
+        ("--from-png: sdcpu chunk a JSON list", _from_png(sdcpu="[1, 2]"), "a JSON list, not an object"),
+        ("--from-png: steps as text", _from_png(sdcpu='{"prompt": "a", "steps": "20"}'), "not a whole number"),
+        ("--from-png: prompt as a number", _from_png(sdcpu='{"prompt": 5}'), "prompt = 5, which is not text"),
+        ("--from-png: seed true", _from_png(sdcpu='{"prompt": "a", "seed": true}'), "seed = True"),
+        ("--from-png: a LoRA's scale as text", _from_png(sdcpu=lora), "scale is not a number"),
+        ("--from-png: sdcpu chunk nested 100,000 deep", _from_png(sdcpu=DEEP), "nests 100000 levels deep"),
+        ("--from-png: sdcpu chunk with NaN", _from_png(sdcpu='{"prompt": "a", "guidance": NaN}'), "NaN is not"),
+        # A1111's parser is quadratic in a long line of spaces: 300 KB took hours before its bounds.
+        ("--from-png: parameters of 300 KB of spaces", _from_png(parameters="a" + " " * 300_000 + "b"), "16,384-byte"),
+        ("--from-png: parameters Steps: 1e999", _from_png(parameters="a\nSteps: 1e999, Seed: 1, Size: 8x8"), "1e999"),
+    ]
+    return [Case(name, "png metadata", setup, message) for name, setup, message in cases]
+
+
+def _deep_manifest(folder: Path, manifest: dict) -> None:
+    (folder / "sdcpu.json").write_text(DEEP)
+    manifest.clear()  # written as it is
+
+
+def _foreign_deep(path: str) -> Callable[[Path, dict], None]:
+    def change(folder: Path, manifest: dict) -> None:
+        (folder / "sdcpu.json").unlink()  # with model_index.json kept, read as another tool's export
+        (folder / path).write_text(DEEP)
+        manifest.clear()
+
+    return change
+
+
+def _source_with(path: str, text: str, *extra: str) -> Setup:
+    """`convert` of a copy of the demo's diffusers folder with `path` replaced by `text`."""
+
+    def setup(scratch: Path) -> list[str]:
+        shutil.copytree(SOURCE, scratch / "source")
+        (scratch / "source" / path).write_text(text)
+        return ["convert", "source", "out", *extra]
+
+    return setup
+
+
+def _tiny_vae_deep(scratch: Path) -> list[str]:
+    (scratch / "taesd").mkdir()
+    (scratch / "taesd" / "config.json").write_text(DEEP)
+    (scratch / "taesd" / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    return ["convert", str(SOURCE), "out", "--tiny-vae", "taesd"]
+
+
+def _nested_json() -> list[Case]:
+    cases = [
+        ("manifest nested 100,000 deep", damaged_model(_deep_manifest), "nests 100000 levels deep", ()),
+        ("another tool's UNet config nested", damaged_model(_foreign_deep("unet/config.json")), "levels deep", ()),
+        ("another tool's scheduler config nested", damaged_model(_foreign_deep(SCHEDULER)), "levels deep", ()),
+        ("another tool's tokenizer config nested", damaged_model(_foreign_deep(TOKENIZER)), "levels deep", ()),
+        ("convert: model_index.json nested", _source_with("model_index.json", DEEP), "levels deep", EXPORT),
+        ("convert --tiny-vae: config nested", _tiny_vae_deep, "nests 100000 levels deep", EXPORT),
+    ]
+    return [Case(name, "nested JSON", setup, message, needs) for name, setup, message, needs in cases]
+
+
+def lora_of(parts: dict[str, tuple[tuple[int, ...], float]]) -> bytes:
+    """A kohya LoRA of one layer of the demo's UNet: {part: (shape, fill)}."""
+    header, data, offset = {}, b"", 0
+    for part, (shape, fill) in parts.items():
+        raw = np.full(shape, fill, np.float32).tobytes()
+        header[f"{LAYER}.{part}"] = {**F32, "shape": list(shape), "data_offsets": [offset, offset + len(raw)]}
+        data, offset = data + raw, offset + len(raw)
+    return safetensors(header, data)
+
+
+UP_1D = lora_of({"lora_down.weight": ((4, 64), 0.01), "lora_up.weight": ((64,), 0.01)})
+RANK_0 = lora_of({"lora_down.weight": ((0, 64), 0.01), "lora_up.weight": ((64, 0), 0.01)})
+ALPHA_3 = lora_of({"lora_down.weight": ((4, 64), 0.01), "lora_up.weight": ((64, 4), 0.01), "alpha": ((3,), 1.0)})
+NAN_LORA = lora_of({"lora_down.weight": ((4, 64), np.nan), "lora_up.weight": ((64, 4), 0.01)})
+
+
+def _loras() -> list[Case]:
+    def fuse(data: bytes) -> Setup:
+        return with_file("l.safetensors", data, "convert", str(SOURCE), "out", "--lora", "FILE")
+
+    def run(data: bytes) -> Setup:
+        return with_file(
+            "l.safetensors", data, "generate", "a cat", "--out", "out.png", "--steps", "2", "--lora", "FILE"
+        )
+
+    cases = [
+        ("convert --lora: an up of one dimension", fuse(UP_1D), "which are not a low-rank pair", EXPORT),
+        ("convert --lora: rank 0", fuse(RANK_0), "which are not a low-rank pair", EXPORT),
+        ("convert --lora: an alpha of 3 values", fuse(ALPHA_3), "an alpha is not one finite number", EXPORT),
+        ("convert --lora: NaN weights", fuse(NAN_LORA), "the LoRA is damaged", EXPORT),
+        ("--lora: rank 0", run(RANK_0), "lora_down.weight is of shape (0, 64)", ()),
+        ("--lora: an alpha of 3 values", run(ALPHA_3), "alpha is of shape (3,)", ()),
+    ]
+    return [Case(name, "LoRA shapes", setup, message, needs) for name, setup, message, needs in cases]
+
+
+def _source_copy(out: str) -> Setup:
+    def setup(scratch: Path) -> list[str]:
+        shutil.copytree(SOURCE, scratch / "source")
+        return ["convert", "source", out, "--force"]
+
+    return setup
+
+
+def _outs() -> list[Case]:
+    cases = [
+        ("convert SRC SRC --force", _source_copy("source"), "is the source"),
+        ("convert SRC SRC/unet --force", _source_copy("source/unet"), "is inside the source"),
+        ("convert SRC . --force (OUT holds SRC)", _source_copy("."), "holds the source"),
+    ]
+    return [Case(name, "convert OUT", setup, message, EXPORT) for name, setup, message in cases]
+
+
+def _full_disk() -> list[Case]:
+    no_cache = generate("--no-cache")
+    preview = generate("--no-cache", "--preview-every", "1", "--preview-out", "p.png")
+    convert_to = ("convert", str(SOURCE), "out")
+    cases = [
+        ("generate onto a full disk", no_cache, "cannot write out.png: File too large", (), 2_000),
+        ("preview onto a full disk", preview, "cannot write p.png: File too large", (), 100),
+        ("compile cache on a full disk", generate(), "cannot write to the cache folder", (), 2_000),
+        ("convert onto a full disk (OpenVINO)", lambda s: list(convert_to), "free some space", EXPORT, 200_000),
+        (
+            "convert onto a full disk (ONNX)",
+            lambda s: [*convert_to, "--format", "onnx"],
+            "File too large",
+            EXPORT,
+            200_000,
+        ),
+    ]
+    return [
+        Case(name, "full disk", setup, message, needs, file_limit=limit) for name, setup, message, needs, limit in cases
+    ]
+
+
+def cases() -> list[Case]:
+    return [*_images(), *_metadata(), *_nested_json(), *_loras(), *_outs(), *_full_disk()]

@@ -1,0 +1,162 @@
+"""The server against hostile request bodies (hypothesis): A1111's txt2img and img2img and the native
+/api/jobs, 500 bodies each, built from their schemas with hostile values (NaN and Infinity as JSON
+numbers, huge and negative integers, wrong types, nesting, broken and oversized images). No answer is a
+500, every answer is valid JSON, and the server still answers afterwards. Bodies that are valid run on
+the demo model, under limits that keep them to 64x64 and 2 steps."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+
+from fastapi.testclient import TestClient  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from sdcpu import Pipeline  # noqa: E402
+from sdcpu.bench.bad_files import broken_png  # noqa: E402
+from sdcpu.bench.battery import png_header  # noqa: E402
+from sdcpu.runtime.options import LoadOptions  # noqa: E402
+from sdcpu.serve.app import create_app  # noqa: E402
+from sdcpu.serve.limits import ServeLimits  # noqa: E402
+
+pytestmark = pytest.mark.slow
+STATUSES: dict[str, list[int]] = {}  # the answers, by path
+LIMITS = ServeLimits(max_width=64, max_height=64, max_steps=2, max_images=2)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _png(mode: str = "RGB", size: tuple[int, int] = (64, 64)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+IMAGES = st.sampled_from(
+    [
+        _b64(_png()),
+        "data:image/png;base64," + _b64(_png()),
+        _b64(_png("I;16")),
+        _b64(_png("RGB", (32, 48))),
+        _b64(broken_png()),
+        _b64(png_header(10_000, 10_000)),
+        _b64(b"GIF89a not really"),
+        "not base64!",
+        "",
+    ]
+)
+NUMBERS = st.one_of(
+    st.integers(min_value=-(2**80), max_value=2**80),
+    st.sampled_from([0, 1, 2, -1, 64, 63, 2**63, float("nan"), float("inf"), float("-inf"), 1e308, -0.0]),
+    st.floats(allow_nan=True, allow_infinity=True),
+)
+ANY = st.recursive(
+    st.none() | st.booleans() | NUMBERS | st.text(max_size=20) | IMAGES,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=6,
+)
+TEXT = st.text(max_size=30) | st.sampled_from(["a red circle", "\x00\x1b[31m", "<lora:../x:1>", "Euler", "karras"])
+
+
+def _bodies(valid: dict[str, st.SearchStrategy]) -> st.SearchStrategy[dict]:
+    """Bodies that are mostly valid (so that the checks past validation, the generation and the answer
+    are reached), with up to two fields, known or not, replaced by anything at all."""
+    base = st.fixed_dictionaries({}, optional=valid)
+    hostile = st.dictionaries(st.sampled_from([*valid, "extra", "include_init_images"]), ANY, max_size=2)
+    return st.tuples(base, hostile).map(lambda parts: parts[0] | parts[1])
+
+
+GOOD_IMAGE = _b64(_png())
+UNIT = _bodies({"model": st.just("edges"), "image": st.just(GOOD_IMAGE), "weight": st.sampled_from([0.5, 1])})
+UNIT_FIELDS = {"module": st.sampled_from(["canny", "none"]), "guidance_start": st.just(0.2), "control_mode": st.just(1)}
+SCRIPTS = st.fixed_dictionaries({"controlnet": st.fixed_dictionaries({"args": st.lists(UNIT, max_size=2)})})
+A1111 = {
+    "prompt": TEXT,
+    "negative_prompt": TEXT,
+    "seed": st.sampled_from([-1, 0, 5]),
+    "steps": st.sampled_from([1, 2]),
+    "cfg_scale": st.sampled_from([1.0, 7.5]),
+    "width": st.just(64),
+    "height": st.just(64),
+    "batch_size": st.sampled_from([1, 2]),
+    "n_iter": st.just(1),
+    "sampler_name": st.sampled_from(["Euler", "DDIM", "Euler a", "DPM++ 2M"]),
+    "scheduler": st.sampled_from(["Automatic", "Karras"]),
+    "override_settings": st.just({"CLIP_stop_at_last_layers": 1}),
+    "alwayson_scripts": SCRIPTS,
+}
+IMG2IMG = A1111 | {"init_images": st.lists(IMAGES, min_size=1, max_size=1), "denoising_strength": st.just(0.5)}
+JOBS = {
+    "prompt": TEXT,
+    "steps": st.sampled_from([1, 2]),
+    "guidance": st.sampled_from([1.0, 7.5]),
+    "seed": st.sampled_from([0, 5]),
+    "width": st.just(64),
+    "num_images": st.sampled_from([1, 2]),
+    "scheduler": st.sampled_from(["euler", "ddim"]),
+    "init_image": IMAGES,
+    "strength": st.just(0.5),
+    "controls": st.lists(_bodies({"model": st.just("edges"), "image": st.just(GOOD_IMAGE)} | UNIT_FIELDS), max_size=1),
+}
+RAW = st.sampled_from(["", "{", "[]", "null", '"x"', "[" * 50_000, '{"prompt": "a", "steps": NaN}', "\udcff"])
+FUZZ = settings(
+    max_examples=500, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck), database=None
+)
+
+
+@pytest.fixture(scope="module")
+def client():
+    pipe = Pipeline.load(None, LoadOptions(compute_precision="f32"))
+    with TestClient(create_app(pipe, LIMITS), base_url="http://127.0.0.1:7860") as c:
+        yield c
+        c.app.state.server.queue.close()
+
+
+def _post(client, path: str, body: object) -> None:
+    text = body if isinstance(body, str) else json.dumps(body, allow_nan=True)
+    answer = client.post(
+        path, content=text.encode("utf-8", "surrogatepass"), headers={"content-type": "application/json"}
+    )
+    assert answer.status_code < 500, f"{path} {answer.status_code}: {answer.text[:500]} for {text[:300]}"
+    json.loads(answer.text, parse_constant=lambda name: pytest.fail(f"{name} in the answer"))
+    if path == "/api/jobs" and answer.status_code == 202:  # wait, so that the queue never fills
+        job = answer.json()["id"]
+        while client.get(f"/api/jobs/{job}").json()["status"] in ("queued", "running"):
+            pass
+
+
+@FUZZ
+@given(body=_bodies(A1111) | RAW)
+def test_txt2img_never_answers_500(client, body):
+    _post(client, "/sdapi/v1/txt2img", body)
+
+
+@FUZZ
+@given(body=_bodies(IMG2IMG) | RAW)
+def test_img2img_never_answers_500(client, body):
+    _post(client, "/sdapi/v1/img2img", body)
+
+
+@FUZZ
+@given(body=_bodies(JOBS) | RAW)
+def test_jobs_never_answer_500(client, body):
+    _post(client, "/api/jobs", body)
+
+
+def test_the_server_still_answers_after_the_fuzzing(client):
+    # The fuzzing reached past validation: some bodies ran, others were refused.
+    for path, statuses in STATUSES.items():
+        assert {200, 202} & set(statuses) and {422} & set(statuses), (path, sorted(set(statuses)))
+    assert client.get("/api/model").status_code == 200
+    answer = client.post("/sdapi/v1/txt2img", json={"prompt": "a red circle", "steps": 2, "width": 64, "height": 64})
+    assert answer.status_code == 200 and len(answer.json()["images"]) == 1
