@@ -29,6 +29,7 @@ from sdcpu.models import CONVERTED
 
 SOURCE = CONVERTED.parent / "source"  # the demo model's diffusers folder
 SCHEDULER, TOKENIZER = "scheduler/scheduler_config.json", "tokenizer/tokenizer_config.json"
+ENCODER = "text_encoder/config.json"  # read by transformers, which parses without a nesting limit
 DEEP = "[" * 100_000 + "]" * 100_000
 
 
@@ -157,6 +158,7 @@ def _nested_json() -> list[Case]:
         ("another tool's scheduler config nested", damaged_model(_foreign_deep(SCHEDULER)), "levels deep", ()),
         ("another tool's tokenizer config nested", damaged_model(_foreign_deep(TOKENIZER)), "levels deep", ()),
         ("convert: model_index.json nested", _source_with("model_index.json", DEEP), "levels deep", EXPORT),
+        ("convert: the text encoder's config nested", _source_with(ENCODER, DEEP), "levels deep", EXPORT),
         ("convert --tiny-vae: config nested", _tiny_vae_deep, "nests 100000 levels deep", EXPORT),
     ]
     return [Case(name, "nested JSON", setup, message, needs) for name, setup, message, needs in cases]

@@ -40,6 +40,7 @@ def run(case: Case, scratch: Path) -> subprocess.CompletedProcess:
     def limited() -> None:  # writes past the limit fail with EFBIG ("File too large"); Python ignores SIGXFSZ
         import resource  # POSIX only, as this fault is
 
+        assert limit is not None
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     preexec = limited if limit is not None else None

@@ -9,7 +9,7 @@ from typing import Any
 
 from sdcpu.errors import SdcpuError
 from sdcpu.export.families import export_family
-from sdcpu.export.sources.base import Source, read_config
+from sdcpu.export.sources.base import Source, check_json_files, read_config
 from sdcpu.format.families import family_of
 from sdcpu.format.safetensors import check_safetensors
 from sdcpu.format.tokenizer_files import has_vocabulary
@@ -27,6 +27,7 @@ def open_diffusers_folder(folder: Path, description: str) -> Source:
             f"{folder} is already converted (it holds OpenVINO or ONNX graphs, not PyTorch weights); "
             f"generate with it: sdcpu generate PROMPT --model {folder} --out image.png"
         )
+    check_json_files(folder)
     unet_config = read_config(folder / "unet/config.json") if (folder / "unet/config.json").is_file() else {}
     index = read_config(folder / "model_index.json") if (folder / "model_index.json").exists() else {}
     family = family_of(unet_config, index)
@@ -82,6 +83,8 @@ def open_tiny_vae(folder: Path, latent_channels: int) -> Callable[[], Any]:
     safetensors weights, and latents of the pipeline's width."""
     folder = Path(folder).expanduser()
     config = read_config(folder / "config.json") if folder.is_dir() else None
+    if config is not None:
+        check_json_files(folder)
     if config is None or config.get("_class_name") != "AutoencoderTiny":
         raise SdcpuError(f"--tiny-vae {folder} is not a diffusers AutoencoderTiny folder (config.json, weights)")
     if int(config.get("latent_channels", 4)) != latent_channels:

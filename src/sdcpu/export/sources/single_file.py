@@ -22,7 +22,7 @@ from typing import Any
 
 from sdcpu.errors import SdcpuError
 from sdcpu.export.families import export_family
-from sdcpu.export.sources.base import Source, read_config
+from sdcpu.export.sources.base import Source, check_json_files, read_config
 from sdcpu.export.sources.presets import PRESETS, Preset
 from sdcpu.format.families import family_of
 from sdcpu.format.safetensors import check_safetensors
@@ -118,6 +118,9 @@ def open_single_file(
     if preset is not None and preset not in PRESETS:
         raise SdcpuError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     chosen = PRESETS[preset] if preset else detect_preset(state)
+    for given in (config_dir, tokenizer_dir):
+        if given is not None and given.is_dir():
+            check_json_files(given)
     configs = _configs(chosen, config_dir)
     # The first convolution says what the UNet takes: 4 channels, or an inpainting model's 9 (and so on).
     conv_in = state.get(f"{UNET_PREFIX}input_blocks.0.0.weight")
