@@ -65,7 +65,9 @@ ANY = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
     max_leaves=6,
 )
-TEXT = st.text(max_size=30) | st.sampled_from(["a red circle", "\x00\x1b[31m", "<lora:../x:1>", "Euler", "karras"])
+TEXT = st.text(max_size=30) | st.sampled_from(
+    ["a red circle", "\x00\x1b[31m", "<lora:../x:1>", f"<lora:{'n' * 3000}:1>", "Euler", "karras"]
+)
 
 
 def _bodies(valid: dict[str, st.SearchStrategy]) -> st.SearchStrategy[dict]:
@@ -77,7 +79,8 @@ def _bodies(valid: dict[str, st.SearchStrategy]) -> st.SearchStrategy[dict]:
 
 
 GOOD_IMAGE = _b64(_png())
-UNIT = _bodies({"model": st.just("edges"), "image": st.just(GOOD_IMAGE), "weight": st.sampled_from([0.5, 1])})
+NAMES = st.sampled_from(["edges", "edges [00000000]", "None", "nope", "n" * 5000, "/etc", "../edges", "x\0y"])
+UNIT = _bodies({"model": NAMES, "image": st.just(GOOD_IMAGE), "weight": st.sampled_from([0.5, 1])})
 UNIT_FIELDS = {"module": st.sampled_from(["canny", "none"]), "guidance_start": st.just(0.2), "control_mode": st.just(1)}
 SCRIPTS = st.fixed_dictionaries({"controlnet": st.fixed_dictionaries({"args": st.lists(UNIT, max_size=2)})})
 A1111 = {
@@ -106,7 +109,7 @@ JOBS = {
     "scheduler": st.sampled_from(["euler", "ddim"]),
     "init_image": IMAGES,
     "strength": st.just(0.5),
-    "controls": st.lists(_bodies({"model": st.just("edges"), "image": st.just(GOOD_IMAGE)} | UNIT_FIELDS), max_size=1),
+    "controls": st.lists(_bodies({"model": NAMES, "image": st.just(GOOD_IMAGE)} | UNIT_FIELDS), max_size=1),
 }
 RAW = st.sampled_from(["", "{", "[]", "null", '"x"', "[" * 50_000, '{"prompt": "a", "steps": NaN}', "\udcff"])
 FUZZ = settings(

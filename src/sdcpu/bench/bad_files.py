@@ -239,5 +239,22 @@ def _full_disk() -> list[Case]:
     ]
 
 
+def _long_names() -> list[Case]:
+    long = "n" * 300  # over the 255-byte file name of common filesystems: ENAMETOOLONG, not "not found"
+    cases = [
+        (
+            "--out a name of 300 bytes",
+            lambda s: ["generate", "a cat", "--out", f"{long}.png"],
+            "File name too long",
+            (),
+        ),
+        ("--model a name of 300 bytes", generate("--model", long), "File name too long", ()),
+        ("--lora a name of 300 bytes", generate("--lora", f"{long}.safetensors"), "File name too long", ()),
+        ("prompt <lora:300 bytes:1>", generate("--lora-dir", ".", prompt=f"a <lora:{long}:1>"), "not by a path", ()),
+        ("convert a source named in 300 bytes", lambda s: ["convert", long, "out"], "File name too long", EXPORT),
+    ]
+    return [Case(name, "long names", setup, message, needs) for name, setup, message, needs in cases]
+
+
 def cases() -> list[Case]:
-    return [*_images(), *_metadata(), *_nested_json(), *_loras(), *_outs(), *_full_disk()]
+    return [*_images(), *_metadata(), *_nested_json(), *_loras(), *_outs(), *_full_disk(), *_long_names()]

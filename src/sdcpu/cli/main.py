@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import sys
 
-from sdcpu.cli.app import app
+from sdcpu.cli.app import app, fail
 from sdcpu.cli.commands import bench, convert, edit, evaluate, generate, serve, system
+from sdcpu.errors import SdcpuError
 
 app.command()(convert.convert)
 app.command()(generate.generate)
@@ -23,4 +24,11 @@ __all__ = ["app", "main"]
 
 
 def main() -> None:
-    sys.exit(app())
+    """`sdcpu`, with a last line of defence: an OSError that no check foresaw (a name too long for the
+    filesystem, a disk that fails) is said in one line with exit code 2, like every other bad input,
+    never as a traceback. Checks that know what went wrong raise SdcpuError before it comes to this."""
+    try:
+        sys.exit(app())
+    except OSError as err:
+        where = f"{err.filename}: " if err.filename else ""
+        sys.exit(fail(SdcpuError(f"cannot use {where}{err.strerror or err}")).exit_code)

@@ -87,7 +87,7 @@ def controlnet_units(scripts: dict[str, Any] | None, pipeline: Any, limits: Any)
             continue
         if not _is(unit["model"], str) or not _is(unit.get("module", "none"), str, type(None)):
             raise SdcpuError("a ControlNet unit's model and module must be names (text)")
-        folder = find_controlnet(unit["model"], pipeline.controlnet_dir)
+        folder = find_controlnet(unit["model"], pipeline.controlnet_dir, paths=False)
         image = limits.decode_image(_image(unit), "control image")
         weight, start, end = unit.get("weight", 1.0), unit.get("guidance_start", 0.0), unit.get("guidance_end", 1.0)
         if not all(_is(v, int, float) for v in (weight, start, end)):

@@ -22,6 +22,7 @@ from sdcpu.runtime.controlnet.setting import ControlSetting
 from sdcpu.runtime.lora.prompt import lora_names
 from sdcpu.runtime.schedulers import SCHEDULERS
 from sdcpu.runtime.tasks import ImageToImage, TextToImage
+from sdcpu.serve.a1111_controlnet import MAX_UNITS
 from sdcpu.serve.bodies import CheckedBodyRoute, install_validation_errors
 from sdcpu.serve.jobs import FINISHED, Job, JobQueue, QueueFull
 from sdcpu.serve.limits import LimitError, ServeLimits
@@ -63,7 +64,7 @@ class JobRequest(BaseModel):
     init_image: str | None = None
     strength: float = 0.8
     deep_cache: int = Field(1, ge=1)
-    controls: list[ControlRequest] = []
+    controls: list[ControlRequest] = Field(default_factory=list, max_length=MAX_UNITS)
 
 
 class Server:
@@ -88,7 +89,7 @@ class Server:
 
     def control(self, unit: ControlRequest) -> ControlSetting:
         """A ControlNet of a request, found by name in the ControlNet folder, its image decoded and checked."""
-        folder = find_controlnet(unit.model, self.pipeline.controlnet_dir)
+        folder = find_controlnet(unit.model, self.pipeline.controlnet_dir, paths=False)
         image = self.limits.decode_image(unit.image, "control image")
         return ControlSetting.of(folder, image, unit.weight, unit.start, unit.end, unit.mode, unit.module)
 
@@ -233,6 +234,13 @@ def _errors(app: FastAPI) -> None:
     @app.exception_handler(SdcpuError)
     async def bad_request(request: Request, err: SdcpuError) -> JSONResponse:
         return JSONResponse({"detail": str(err)}, status_code=422)
+
+    @app.exception_handler(OSError)
+    async def file_error(request: Request, err: OSError) -> JSONResponse:
+        # The last line: a file the server could not read or write, which no check foresaw, is the
+        # server's condition (503), said in one line; never a 500 with a traceback in the log.
+        where = f" {err.filename}" if err.filename else ""
+        return JSONResponse({"detail": f"the server could not use{where}: {err.strerror or err}"}, status_code=503)
 
     @app.exception_handler(QueueFull)
     async def queue_full(request: Request, err: QueueFull) -> JSONResponse:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from sdcpu.errors import SdcpuError
 from sdcpu.format.controlnet import CONTROLNET_MANIFEST, ControlNetManifest
+from sdcpu.format.names import is_plain_name
 
 TITLE = re.compile(r"^(?P<name>.*?)\s*\[(?P<hash>[0-9a-fA-F]+)\]$")
 
@@ -25,18 +26,28 @@ def controlnet_title(folder: Path) -> str:
     return f"{folder.name} [{ControlNetManifest.load(folder).short_hash()}]"
 
 
-def find_controlnet(given: str | Path, folder: Path | None) -> Path:
-    """A ControlNet folder from a path, or from a name or title in the ControlNet folder `folder`."""
-    path = Path(given).expanduser()
-    if (path / CONTROLNET_MANIFEST).is_file():
-        return path
+def _is_controlnet(path: Path) -> bool:
+    try:
+        return (path / CONTROLNET_MANIFEST).is_file()
+    except OSError:  # a name too long for the filesystem is not a path to a ControlNet
+        return False
+
+
+def find_controlnet(given: str | Path, folder: Path | None, *, paths: bool = True) -> Path:
+    """A ControlNet folder from a path (with `paths`: the CLI's and Python's, never an HTTP client's), or
+    from a name or title in the ControlNet folder `folder`."""
+    if paths and _is_controlnet(Path(given).expanduser()):
+        return Path(given).expanduser()
     text = str(given).strip()
     match = TITLE.match(text)
     name = match["name"] if match else text
     if folder is None:
         raise SdcpuError(f"no ControlNet folder {given}; give a converted ControlNet's folder, or --controlnet-dir DIR")
-    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
-        raise SdcpuError(f"ControlNet {text!r}: named by its folder's name in the ControlNet folder, not by a path")
+    if not is_plain_name(name):
+        raise SdcpuError(
+            f"ControlNet {text!r}: named by its folder's name in the ControlNet folder (at most 255 bytes), "
+            "not by a path"
+        )
     root = folder.resolve()
     found = (root / name).resolve()
     if found.parent != root or not (found / CONTROLNET_MANIFEST).is_file():

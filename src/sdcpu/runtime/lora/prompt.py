@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from sdcpu.errors import SdcpuError
+from sdcpu.format.names import is_plain_name
 from sdcpu.runtime.lora.setting import LoraSetting
 
 TAG = re.compile(r"<lora:([^:>]*)(?::([^:>]*))?(?::[^>]*)?>", re.IGNORECASE)  # a third field (te weight) is ignored
@@ -39,8 +40,10 @@ def find_lora(name: str, folder: Path | None) -> Path:
     no folder."""
     if folder is None:
         raise SdcpuError(f"<lora:{name}> needs a LoRA folder: give --lora-dir DIR")
-    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
-        raise SdcpuError(f"<lora:{name}>: a LoRA is named by its file name in the LoRA folder, not by a path")
+    if not is_plain_name(name, ".safetensors"):
+        raise SdcpuError(
+            f"<lora:{name}>: a LoRA is named by its file name in the LoRA folder (at most 255 bytes), not by a path"
+        )
     root = folder.resolve()
     path = (root / f"{name}.safetensors").resolve()
     if path.parent != root or not path.is_file():
