@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import platform
+import re
 import tempfile
 from pathlib import Path
 
@@ -17,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 DOC = ROOT / "docs" / "reliability.md"
 START, END = "<!-- battery -->", "<!-- /battery -->"
+RUN = re.compile(r"(.)\1{39,}")  # one character 40 times or more
 
 
 def rows() -> list[str]:
@@ -30,6 +32,7 @@ def rows() -> list[str]:
         stderr = result.stderr.decode("utf-8", "replace").strip()
         first = next((line for line in stderr.splitlines() if "error" in line.lower()), stderr[-200:])
         first = first.replace(scratch, "…").replace(f"{ROOT}/", "").replace("|", "\\|")
+        first = RUN.sub(lambda run: f"{run[1] * 3}…({len(run[0])} times)", first)  # a 300-byte name, shortened
         traceback = " **traceback**" if "Traceback" in stderr else ""
         lines.append(f"| {i} | {case.category} | {case.name} | {result.returncode}{traceback} | {first} |")
         print(lines[-1], flush=True)

@@ -1,6 +1,8 @@
-"""The server against hostile request bodies (hypothesis): A1111's txt2img and img2img and the native
-/api/jobs, 500 bodies each, built from their schemas with hostile values (NaN and Infinity as JSON
-numbers, huge and negative integers, wrong types, nesting, broken and oversized images). No answer is a
+"""The server against hostile request bodies: each class of the hostile-inputs battery that reaches it
+(non-finite numbers, nesting, negative counts, options, broken, 16-bit and rotated uploads, PNG
+metadata), then hypothesis: A1111's txt2img and img2img and the native /api/jobs, 500 bodies each, built
+from their schemas with hostile values (NaN and Infinity as JSON numbers, huge and negative integers,
+wrong types, nesting, broken and oversized images, names that are paths or too long). No answer is a
 500, every answer is valid JSON, and the server still answers afterwards. Bodies that are valid run on
 the demo model, under limits that keep them to 64x64 and 2 steps."""
 
@@ -10,6 +12,7 @@ import base64
 import io
 import json
 
+import numpy as np
 import pytest
 
 pytest.importorskip("fastapi")
@@ -21,7 +24,7 @@ from hypothesis import strategies as st  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from sdcpu import Pipeline  # noqa: E402
-from sdcpu.bench.bad_files import broken_png  # noqa: E402
+from sdcpu.bench.bad_files import broken_png, png_with_text  # noqa: E402
 from sdcpu.bench.battery import png_header  # noqa: E402
 from sdcpu.runtime.options import LoadOptions  # noqa: E402
 from sdcpu.serve.app import create_app  # noqa: E402
@@ -123,6 +126,76 @@ def client():
     with TestClient(create_app(pipe, LIMITS), base_url="http://127.0.0.1:7860") as c:
         yield c
         c.app.state.server.queue.close()
+
+
+def _refused(client, path: str, text: str, message: str, status: int = 422) -> None:
+    answer = client.post(path, content=text.encode(), headers={"content-type": "application/json"})
+    assert answer.status_code == status and message in answer.text, answer.text[:500]
+    json.loads(answer.text, parse_constant=lambda name: pytest.fail(f"{name} in the answer"))
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('{"prompt": "a", "steps": NaN}', "NaN is not a number JSON allows"),  # a field that fails validation
+        ('{"prompt": "a", "steps": 1, "styles_x": Infinity}', "Infinity is not a number JSON allows"),  # echoed
+        ('{"prompt": "a", "cfg_scale": 1e400}', "the number 1e400 is out of range"),
+        ('{"prompt": ' + "[" * 40 + "]" * 40 + "}", "nests 41 levels deep, over the limit of 32"),
+        ('{"prompt": "a", "batch_size": -2, "n_iter": -1}', "greater than or equal to 1"),  # not 2 images
+        ('{"prompt": "a", "batch_size": 0}', "greater than or equal to 1"),
+    ],
+)
+def test_hostile_a1111_bodies_are_422s_with_valid_json(client, text, message):
+    _refused(client, "/sdapi/v1/txt2img", text, message)
+
+
+def test_jobs_refuse_non_finite_numbers_and_zero_counts(client):
+    _refused(client, "/api/jobs", '{"prompt": "a", "guidance": -Infinity}', "-Infinity is not a number")
+    _refused(client, "/api/jobs", '{"prompt": "a", "num_images": 0}', "greater than or equal to 1")
+    _refused(client, "/api/jobs", '{"prompt": "a", "deep_cache": -3}', "greater than or equal to 1")
+
+
+def test_options_refuse_what_override_settings_refuses_with_the_same_message(client):
+    for setting, value in [("CLIP_stop_at_last_layers", 2), ("samples_format", "jpg"), ("sd_vae", "x.pt")]:
+        options = client.post("/sdapi/v1/options", json={setting: value})
+        body = {"prompt": "a", "steps": 1, "override_settings": {setting: value}}
+        override = client.post("/sdapi/v1/txt2img", json=body)
+        assert options.status_code == override.status_code == 422
+        assert options.json()["detail"] == override.json()["detail"]
+        assert f"the setting {setting}={value!r} is not supported" in options.json()["detail"]
+    assert client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 1}).status_code == 200
+
+
+def _exif_rotated_jpeg() -> bytes:
+    pixels = Image.new("RGB", (16, 8), (0, 0, 0))
+    pixels.paste((255, 255, 255), (0, 0, 8, 8))  # the left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated 90 degrees clockwise
+    buffer = io.BytesIO()
+    pixels.save(buffer, format="JPEG", exif=exif.tobytes(), quality=100)
+    return buffer.getvalue()
+
+
+def test_uploads_are_read_by_the_one_image_reader(client):
+    limits = client.app.state.server.limits
+    grey = Image.fromarray(np.full((8, 8), 32896, np.uint16))  # 16-bit mid-grey
+    buffer = io.BytesIO()
+    grey.save(buffer, format="PNG")
+    assert np.asarray(limits.decode_image(_b64(buffer.getvalue())))[0, 0, 0] == 128  # scaled, not white
+    upright = np.asarray(limits.decode_image(_b64(_exif_rotated_jpeg())))
+    assert upright.shape == (16, 8, 3) and upright[:8].mean() > 200  # the white half on top
+    body = json.dumps({"prompt": "a", "steps": 1, "init_images": [_b64(broken_png())]})
+    _refused(client, "/sdapi/v1/img2img", body, "broken PNG file")
+
+
+def test_png_info_reads_settings_through_the_stored_settings_check(client):
+    made = client.post("/sdapi/v1/txt2img", json={"prompt": "a red circle", "steps": 2, "seed": 3}).json()
+    info = client.post("/sdapi/v1/png-info", json={"image": made["images"][0]}).json()
+    assert info["parameters"] | {"Prompt": "a red circle", "Steps": 2, "Seed": 3} == info["parameters"]
+    assert info["info"].startswith("a red circle\nSteps: 2")
+    for chunk, message in [("[1]", "a JSON list, not an object"), ('{"steps": "2"}', "not a whole number")]:
+        hostile = _b64(png_with_text(sdcpu=chunk))
+        _refused(client, "/sdapi/v1/png-info", json.dumps({"image": hostile}), message)
 
 
 def _post(client, path: str, body: object) -> None:
