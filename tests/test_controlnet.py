@@ -262,7 +262,8 @@ def test_convert_refuses_model_options_for_a_controlnet(tiny_controlnets, tmp_pa
     from sdcpu.export.convert import convert
 
     with pytest.raises(SdcpuError, match="--tiny-vae: not for a ControlNet"):
-        convert(str(tiny_controlnets[0]), tmp_path / "out", "openvino", "fp32", tiny_vae=tmp_path)
+        (tmp_path / "taesd").mkdir()
+        convert(str(tiny_controlnets[0]), tmp_path / "out", "openvino", "fp32", tiny_vae=tmp_path / "taesd")
     assert not (tmp_path / "out").exists()
 
 

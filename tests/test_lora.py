@@ -213,3 +213,23 @@ def test_an_sd1_lora_is_refused_by_an_sdxl_model(tiny_sdxl, unet_lora, tmp_path)
     with pytest.raises(SdcpuError, match="does not fit this model's unet: its layer .* is .* in the LoRA and .* here"):
         convert(str(tiny_sdxl), tmp_path / "out", "onnx", loras=[Lora(unet_lora)], progress=lambda _: None)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("tensors", "message"),
+    [
+        ({"down": torch.full((4, 8), 100.0), "up": torch.full((8, 4), 100.0), "alpha": torch.tensor(1e38)}, "overflow"),
+        ({"down": torch.zeros(0, 8), "up": torch.zeros(8, 0)}, "which are not a low-rank pair"),
+        ({"down": torch.zeros(4, 8), "up": torch.zeros(8, 4), "alpha": torch.ones(3)}, "an alpha is not one finite"),
+        ({"down": torch.zeros(4, 8), "up": torch.zeros(8, 4, 2)}, "which are not a low-rank pair"),
+    ],
+)
+def test_a_lora_of_the_right_names_and_wrong_values_is_refused_before_it_is_fused(tmp_path, tensors, message):
+    from sdcpu.export.lora import fuse_loras
+
+    model = torch.nn.Module()
+    model.x = torch.nn.Linear(8, 8)
+    parts = {"down": "lora_down.weight", "up": "lora_up.weight", "alpha": "alpha"}
+    save_file({f"lora_unet_x.{parts[role]}": tensor for role, tensor in tensors.items()}, tmp_path / "l.safetensors")
+    with pytest.raises(SdcpuError, match=message):
+        fuse_loras(model, "unet", [Lora(tmp_path / "l.safetensors")], print)

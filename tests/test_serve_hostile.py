@@ -27,6 +27,7 @@ from sdcpu import Pipeline  # noqa: E402
 from sdcpu.bench.bad_files import broken_png, png_with_text  # noqa: E402
 from sdcpu.bench.battery import png_header  # noqa: E402
 from sdcpu.runtime.options import LoadOptions  # noqa: E402
+from sdcpu.serve import a1111  # noqa: E402
 from sdcpu.serve.app import create_app  # noqa: E402
 from sdcpu.serve.limits import ServeLimits  # noqa: E402
 
@@ -122,10 +123,12 @@ FUZZ = settings(
 
 @pytest.fixture(scope="module")
 def client():
+    a1111.POLL_S, polled = 0.002, a1111.POLL_S  # A1111's answers wait for their job: check it often here
     pipe = Pipeline.load(None, LoadOptions(compute_precision="f32"))
     with TestClient(create_app(pipe, LIMITS), base_url="http://127.0.0.1:7860") as c:
         yield c
         c.app.state.server.queue.close()
+    a1111.POLL_S = polled
 
 
 def _refused(client, path: str, text: str, message: str, status: int = 422) -> None:

@@ -157,7 +157,6 @@ def _nested_json() -> list[Case]:
         ("another tool's UNet config nested", damaged_model(_foreign_deep("unet/config.json")), "levels deep", ()),
         ("another tool's scheduler config nested", damaged_model(_foreign_deep(SCHEDULER)), "levels deep", ()),
         ("another tool's tokenizer config nested", damaged_model(_foreign_deep(TOKENIZER)), "levels deep", ()),
-        ("convert: model_index.json nested", _source_with("model_index.json", DEEP), "levels deep", EXPORT),
         ("convert: the text encoder's config nested", _source_with(ENCODER, DEEP), "levels deep", EXPORT),
         ("convert --tiny-vae: config nested", _tiny_vae_deep, "nests 100000 levels deep", EXPORT),
     ]
@@ -191,8 +190,6 @@ def _loras() -> list[Case]:
 
     cases = [
         ("convert --lora: an up of one dimension", fuse(UP_1D), "which are not a low-rank pair", EXPORT),
-        ("convert --lora: rank 0", fuse(RANK_0), "which are not a low-rank pair", EXPORT),
-        ("convert --lora: an alpha of 3 values", fuse(ALPHA_3), "an alpha is not one finite number", EXPORT),
         ("convert --lora: NaN weights", fuse(NAN_LORA), "the LoRA is damaged", EXPORT),
         ("--lora: rank 0", run(RANK_0), "lora_down.weight is of shape (0, 64)", ()),
         ("--lora: an alpha of 3 values", run(ALPHA_3), "alpha is of shape (3,)", ()),
@@ -211,7 +208,6 @@ def _source_copy(out: str) -> Setup:
 def _outs() -> list[Case]:
     cases = [
         ("convert SRC SRC --force", _source_copy("source"), "is the source"),
-        ("convert SRC SRC/unet --force", _source_copy("source/unet"), "is inside the source"),
         ("convert SRC . --force (OUT holds SRC)", _source_copy("."), "holds the source"),
     ]
     return [Case(name, "convert OUT", setup, message, EXPORT) for name, setup, message in cases]
@@ -226,13 +222,6 @@ def _full_disk() -> list[Case]:
         ("preview onto a full disk", preview, "cannot write p.png: File too large", (), 100),
         ("compile cache on a full disk", generate(), "cannot write to the cache folder", (), 2_000),
         ("convert onto a full disk (OpenVINO)", lambda s: list(convert_to), "free some space", EXPORT, 200_000),
-        (
-            "convert onto a full disk (ONNX)",
-            lambda s: [*convert_to, "--format", "onnx"],
-            "File too large",
-            EXPORT,
-            200_000,
-        ),
     ]
     return [
         Case(name, "full disk", setup, message, needs, file_limit=limit) for name, setup, message, needs, limit in cases
@@ -251,7 +240,6 @@ def _long_names() -> list[Case]:
         ("--model a name of 300 bytes", generate("--model", long), "File name too long", ()),
         ("--lora a name of 300 bytes", generate("--lora", f"{long}.safetensors"), "File name too long", ()),
         ("prompt <lora:300 bytes:1>", generate("--lora-dir", ".", prompt=f"a <lora:{long}:1>"), "not by a path", ()),
-        ("convert a source named in 300 bytes", lambda s: ["convert", long, "out"], "File name too long", EXPORT),
     ]
     return [Case(name, "long names", setup, message, needs) for name, setup, message, needs in cases]
 

@@ -103,6 +103,11 @@ def fuse_loras(model: Any, network: str, loras: list[Lora], warn: Callable[[str]
             for name, (down, up, alpha) in pairs.items():
                 if name in modules:
                     _fuse(modules[name], down, up, lora.scale * alpha / down.shape[0])
+                    if not bool(torch.isfinite(modules[name].weight).all()):  # a huge alpha or scale overflowed
+                        raise SdcpuError(
+                            f"--lora {lora.path.name} makes layer {name.removeprefix('kohya:')} overflow (its alpha "
+                            f"{alpha:g} at scale {lora.scale:g}); the LoRA is damaged, or its scale too large"
+                        )
                     changed += 1
     return changed
 
