@@ -47,9 +47,10 @@ def write_failure(err: OSError, out: Path, work: Path) -> SdcpuError:
     """The error for a convert stopped by a failed write (or read) while it built OUT in `work`, which
     is deleted: files are named as they would have been in OUT."""
     name = Path(err.filename) if isinstance(err.filename, str) else None
-    if name is not None and name.is_relative_to(work):
-        name = out / Path(*name.relative_to(work).parts[1:])
-    where = f"writing {name}" if name is not None else "writing a file"
+    if name is None or name.is_relative_to(work):
+        where = f"writing {out / Path(*name.relative_to(work).parts[1:])}" if name is not None else "writing a file"
+    else:
+        where = f"at {name}"  # an input, not what it writes
     advice = "; free some space, or convert to a folder on another disk" if err.errno in FULL else ""
     return SdcpuError(f"the convert failed {where}: {err.strerror or err}{advice}. Nothing was written to {out}")
 
