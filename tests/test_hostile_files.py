@@ -47,7 +47,7 @@ def test_size_and_non_finite_numbers_are_refused_where_asked(tmp_path):
     assert np.isnan(parse_json('{"a": NaN}', "x")["a"])  # configs may hold NaN; request bodies may not
     for text in ('{"a": NaN}', "[Infinity]", "[-Infinity]", "[1e400]", "[-1e999]"):
         with pytest.raises(JsonError, match="the body is not valid JSON"):
-            parse_json(text, "the body", finite=True)
+            parse_json(text, "the body", strict=True)
     big = tmp_path / "big.json"
     big.write_text(" " * 2048)
     with pytest.raises(JsonError, match="2,048 bytes of JSON, over the 1,024-byte limit"):

@@ -201,6 +201,53 @@ def test_png_info_reads_settings_through_the_stored_settings_check(client):
         _refused(client, "/sdapi/v1/png-info", json.dumps({"image": hostile}), message)
 
 
+@pytest.mark.parametrize(
+    "path, text, message",
+    [  # a lone surrogate, escaped in JSON: no answer can be written with it, so the body is refused
+        ("/api/jobs", '{"\\udcff": 1}', "not Unicode"),
+        ("/sdapi/v1/txt2img", '{"prompt": "a <lora:night:\\udcff>"}', "not Unicode"),
+        ("/sdapi/v1/txt2img", '{"prompt": "a", "steps": 1, "x": "\\udcff"}', "not Unicode"),  # the echo
+        (
+            "/sdapi/v1/img2img",
+            '{"prompt": "a", "steps": 1, "init_images": ["data:nocomma"]}',
+            "init image is not a base64",
+        ),
+        ("/sdapi/v1/png-info", '{"image": "data:"}', "image is not a base64"),
+        (
+            "/sdapi/v1/img2img",
+            '{"prompt": "a", "steps": 1, "init_images": [""]}',
+            "init image is not a base64",
+        ),  # not txt2img
+        ("/api/jobs", '{"prompt": "a", "init_image": ""}', "init image is not a base64"),
+        ("/controlnet/detect", json.dumps({"controlnet_input_images": [GOOD_IMAGE] * 4}), "at most 3 items"),
+    ],
+)
+def test_bodies_found_by_trying_are_422s(client, path, text, message):
+    _refused(client, path, text, message)
+
+
+def test_names_that_took_quadratic_time_are_refused_at_once(client):
+    # A ControlNet title of 300 KB of spaces took 82 s before its pattern was bounded; a tag of 2,000
+    # "<lora:" is not a tag, and said so.
+    slow = {"model": "a" + " " * 300_000 + "x", "image": GOOD_IMAGE}
+    _refused(client, "/api/jobs", json.dumps({"prompt": "a", "controls": [slow]}), "not by a path")
+    _refused(client, "/api/jobs", json.dumps({"prompt": "<lora:" * 2000}), "a LoRA tag sdcpu cannot read")
+    _refused(client, "/api/jobs", json.dumps({"prompt": "a" + " <lora:night:60>" * 2}), "add up to 120")
+
+
+def test_host_names_are_case_insensitive_and_a_closing_server_refuses_new_jobs(pipe_for_close):
+    with TestClient(create_app(pipe_for_close, LIMITS), base_url="http://LOCALHOST:7860") as c:
+        assert c.get("/api/model").status_code == 200
+        c.app.state.server.queue.close()
+        answer = c.post("/api/jobs", json={"prompt": "a", "steps": 1})
+        assert answer.status_code == 429 and "shutting down" in answer.json()["detail"]
+
+
+@pytest.fixture(scope="module")
+def pipe_for_close():
+    return Pipeline.load(None, LoadOptions(compute_precision="f32"))
+
+
 def _post(client, path: str, body: object) -> None:
     text = body if isinstance(body, str) else json.dumps(body, allow_nan=True)
     answer = client.post(

@@ -39,8 +39,8 @@ def cache_limit() -> int:
         gigabytes = float(given) if given else DEFAULT_MAX_GB
     except ValueError:
         raise SdcpuError(f"SDCPU_CACHE_MAX_GB must be a number of gigabytes; got {given!r}") from None
-    if not gigabytes >= 0:
-        raise SdcpuError(f"SDCPU_CACHE_MAX_GB must be 0 or more; got {given!r}")
+    if not 0 <= gigabytes < 2**40:  # NaN and infinity fail too
+        raise SdcpuError(f"SDCPU_CACHE_MAX_GB must be a finite number of gigabytes, 0 or more; got {given!r}")
     return int(gigabytes * 2**30)
 
 

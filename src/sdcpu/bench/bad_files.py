@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import struct
 import zlib
@@ -244,5 +245,63 @@ def _long_names() -> list[Case]:
     return [Case(name, "long names", setup, message, needs) for name, setup, message, needs in cases]
 
 
+def _fifo(*args: str) -> Setup:
+    def setup(scratch: Path) -> list[str]:
+        os.mkfifo(scratch / "f.png")  # nothing ever writes to it: opening it would wait forever
+        return list(args)
+
+    return setup
+
+
+def _foreign_scheduler(config: dict) -> Callable[[Path, dict], None]:
+    def change(folder: Path, manifest: dict) -> None:
+        (folder / "sdcpu.json").unlink()  # read as another tool's export: no hash to catch the edit
+        path = folder / SCHEDULER
+        path.write_text(json.dumps(json.loads(path.read_text()) | config))
+        manifest.clear()
+
+    return change
+
+
+def _found_myself() -> list[Case]:
+    """Classes found by trying: quadratic patterns, counts and sizes that hung, LoRA tags that added up,
+    files that are not files, and values that reached a library unchecked."""
+    tags = "<lora:" * 3000  # 18 KB: the tag pattern was quadratic in it
+    night = " <lora:night:60>" * 2  # two tags of one LoRA add up, beyond +-100
+    cases = [
+        ("prompt of 3,000 '<lora:'", generate(prompt=tags), "a LoRA tag sdcpu cannot read", {}),
+        (
+            "--from-png: a prompt of 40,000 '<lora:'",
+            _from_png(sdcpu=json.dumps({"prompt": tags * 13})),
+            "cannot read",
+            {},
+        ),
+        ("prompt with <lora:night:60> twice", generate(prompt="a" + night), "its scales add up to 120", {}),
+        ("prompt with 17 LoRA tags", generate(prompt="a" + " <lora:night:0.1>" * 17), "17 LoRAs in one image", {}),
+        ("--num-images 999999999999", generate("--num-images", "999999999999"), "from 1 to 100,000", {}),
+        ("--width and --height 4000000000", generate("--width", "4000000000", "--height", "8"), "at most 16,384", {}),
+        ("--from-png: num_images 10**12", _from_png(sdcpu='{"prompt": "a", "num_images": 1e12}'), "whole number", {}),
+        ("SDCPU_CACHE_MAX_GB=inf", generate(), "must be a finite number of gigabytes", {"SDCPU_CACHE_MAX_GB": "inf"}),
+        ("SDCPU_CACHE_MAX_GB=1e400", generate(), "must be a finite number", {"SDCPU_CACHE_MAX_GB": "1e400"}),
+        ("--init-image a FIFO", _fifo(*generate("--init-image", "f.png")(Path("."))), "is not a regular file", {}),
+        ("--from-png a FIFO", _fifo("generate", "--from-png", "f.png", "--out", "o.png"), "not a regular file", {}),
+        ("scheduler beta_schedule bogus", damaged_model(_foreign_scheduler({"beta_schedule": "x"})), "beta_sched", {}),
+        ("scheduler of 10^9 steps", damaged_model(_foreign_scheduler({"num_train_timesteps": 10**9})), "0 to 100", {}),
+        ("eval --count 0", lambda s: ["eval", "--count", "0"], "greater than or equal to 1", {}),
+        ("serve --port 99999", lambda s: ["serve", "--port", "99999"], "less than or equal to 65535", {}),
+        ("serve --api-key of invalid UTF-8", lambda s: ["serve", "--api-key", "k\udcff"], "not valid UTF-8", {}),
+    ]
+    return [Case(name, "found by trying", setup, message, env=env) for name, setup, message, env in cases]
+
+
 def cases() -> list[Case]:
-    return [*_images(), *_metadata(), *_nested_json(), *_loras(), *_outs(), *_full_disk(), *_long_names()]
+    return [
+        *_images(),
+        *_metadata(),
+        *_nested_json(),
+        *_loras(),
+        *_outs(),
+        *_full_disk(),
+        *_long_names(),
+        *_found_myself(),
+    ]

@@ -29,12 +29,15 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 
+# Terminal control sequences a library's message (or a file name) may carry: CSI (colours, cursor) and OSC
+# (window titles, hyperlinks), then any other escape or control character but newline and tab.
+TERMINAL_CODES = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|[\x00-\x08\x0b-\x1f\x7f]")
 Step = Callable[[int, int, Any], Any]  # (steps done, steps, latents): a pipeline's step callback
 
 
 def fail(err: Exception) -> typer.Exit:
     # Plain text: terminal escapes that came with a library's message are dropped, and so is markup.
-    message = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", str(err))
+    message = TERMINAL_CODES.sub("", str(err))
     console.print("[red]error:[/red] ", escape(message), sep="", highlight=False, soft_wrap=True)
     return typer.Exit(code=2)
 
@@ -90,4 +93,4 @@ def _save(result: Any, out: Path, overwrite: bool, warned: list[warnings.Warning
         console.print(f"{kind} {escape(str(w.message))}", highlight=False, soft_wrap=True)
     for path in result.save(out, overwrite):
         ran = f"seed {result.settings.seed}, {result.runtime['compute_precision']} on {result.runtime['device']}"
-        console.print(f"wrote {path} ({ran})", highlight=False, soft_wrap=True)
+        console.print(f"wrote {escape(TERMINAL_CODES.sub('?', str(path)))} ({ran})", highlight=False, soft_wrap=True)

@@ -58,24 +58,31 @@ def parse_json(
     *,
     max_bytes: int = MAX_FILE_BYTES,
     max_depth: int = MAX_DEPTH,
-    finite: bool = False,
+    strict: bool = False,
 ) -> Any:
     """`data` parsed, or JsonError naming `what` ("the manifest x/sdcpu.json", "the request body").
-    With `finite`, NaN, Infinity and numbers beyond float range (1e400) are refused too."""
+    `strict` refuses, beyond that, what no JSON writer can echo back: NaN, Infinity, numbers beyond float
+    range (1e400) and text that is not Unicode (a lone surrogate, "\\udcff")."""
     raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
     if len(raw) > max_bytes:
         raise JsonError(f"{what} is {len(raw):,} bytes of JSON, over the {max_bytes:,}-byte limit")
     depth = nesting_depth(raw)
     if depth > max_depth:
         raise JsonError(f"{what} nests {depth} levels deep, over the limit of {max_depth}")
-    hooks: dict[str, Any] = {"parse_float": _finite_float, "parse_constant": _no_constant} if finite else {}
+    hooks: dict[str, Any] = {"parse_float": _finite_float, "parse_constant": _no_constant} if strict else {}
     try:
-        return json.loads(raw, **hooks)
+        data = json.loads(raw, **hooks)
     except (ValueError, RecursionError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise JsonError(f"{what} is not valid JSON: {err}") from None
+    if strict:
+        try:
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise JsonError(f"{what} holds text that is not Unicode (a lone surrogate such as \\udcff)") from None
+    return data
 
 
-def read_json(path: Path, what: str | None = None, *, max_bytes: int = MAX_FILE_BYTES, finite: bool = False) -> Any:
+def read_json(path: Path, what: str | None = None, *, max_bytes: int = MAX_FILE_BYTES, strict: bool = False) -> Any:
     """The JSON file at `path`, its size checked before it is read. JsonError names it (or `what`) when it
     is unreadable, too large, too deep or malformed."""
     name = what or str(path)
@@ -86,7 +93,7 @@ def read_json(path: Path, what: str | None = None, *, max_bytes: int = MAX_FILE_
         raw = path.read_bytes()
     except OSError as err:
         raise JsonError(f"cannot read {name}: {err.strerror or err}") from None
-    return parse_json(raw, name, max_bytes=max_bytes, finite=finite)
+    return parse_json(raw, name, max_bytes=max_bytes, strict=strict)
 
 
 def read_json_object(path: Path, what: str | None = None) -> dict[str, Any]:

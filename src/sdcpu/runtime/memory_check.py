@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sdcpu.errors import SdcpuError
 from sdcpu.runtime.memory import (
     UNET_BYTES_PER_LATENT_PIXEL,
@@ -34,14 +36,22 @@ def check_memory(s: GenerationSettings, policy: MemoryPolicy, weights: int, f: i
         return
     hint = "" if low_memory else ", or use --low-memory"
     if s.upscale is None:  # the largest square, in steps of 64 pixels, that fits as asked
-        sides = range(min(s.width, s.height) // 64 * 64, 63, -64)
-        side = next((n for n in sides if memory_need(s, policy, weights, f, n) <= have), 0)
+        side = _largest(lambda n: memory_need(s, policy, weights, f, n * 64) <= have, min(s.width, s.height) // 64) * 64
         hint = f" (about {side}x{side} fits){hint}" if side else f" (no size fits){hint}"
     else:
-        fitting = (n for n in range(s.width // SCALE, 7, -8) if memory_need(s, policy, weights, f, n * SCALE) <= have)
-        side = next(fitting, 0)
+        side = _largest(lambda n: memory_need(s, policy, weights, f, n * 8 * SCALE) <= have, s.width // SCALE // 8) * 8
         hint = f"; {f'inputs up to about {side}x{side} fit' if side else 'no input fits'}, or lower --tile"
     raise SdcpuError(
         f"{s.num_images} image(s) of {s.width}x{s.height} need about {need / 1e9:,.0f} GB, and this machine "
         f"has {have / 1e9:,.0f} GB of memory and swap: lower the size or --num-images{hint}"
     )
+
+
+def _largest(fits: Callable[[int], bool], most: int) -> int:
+    """The largest n in [1, most] with fits(n), by bisection (the need grows with n), else 0. A linear
+    search from a size of 4 billion pixels took minutes."""
+    low, high = 0, most
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle - 1)
+    return low

@@ -72,7 +72,7 @@ def openvino_capabilities(device: str) -> tuple[str, ...]:
 
     try:
         return tuple(ov.Core().get_property(device, "OPTIMIZATION_CAPABILITIES"))
-    except RuntimeError:  # no such device: compiling for it will say so
+    except (RuntimeError, TypeError):  # no such device (TypeError: a name that is not text to OpenVINO)
         return ()
 
 

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, replace
 from sdcpu.errors import SdcpuError
 from sdcpu.runtime.controlnet.setting import ControlSetting
 from sdcpu.runtime.io.infotext import format_parameters
+from sdcpu.runtime.io.outputs import MAX_IMAGES
 from sdcpu.runtime.io.watermark import MIN_PIXELS
 from sdcpu.runtime.lora.setting import LoraSetting
 from sdcpu.runtime.schedulers import SCHEDULERS
@@ -19,6 +20,8 @@ MAX_PROMPT_BYTES = 16 * 1024
 
 SCALE = 4  # the x4 upscaler's output pixels per input pixel, per side
 MAX_MASK_PIXELS = 256  # blur and padding, in pixels: more than any edit needs
+
+MAX_SIDE = 16_384  # pixels: 8x SD 1.5's native size and 16x SDXL's area; the memory check refuses most before
 
 
 @dataclass(frozen=True)
@@ -89,8 +92,10 @@ class GenerationSettings:
                 f"guidance must be a finite number from 0 to {MAX_GUIDANCE:g} (1 or less turns classifier-free "
                 f"guidance off); got {self.guidance}"
             )
-        if self.num_images < 1:
-            raise SdcpuError(f"num_images must be at least 1; got {self.num_images}")
+        if not 1 <= self.num_images <= MAX_IMAGES:
+            raise SdcpuError(f"num_images must be from 1 to {MAX_IMAGES:,}; got {self.num_images}")
+        if max(self.width, self.height) > MAX_SIDE:
+            raise SdcpuError(f"width and height must be at most {MAX_SIDE:,} pixels; got {self.width}x{self.height}")
         if self.strength is not None and not 0 < self.strength <= 1:
             raise SdcpuError(f"strength must be in (0, 1]; got {self.strength}")
         if self.deep_cache < 1:

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import base64
 import io
+import threading
 from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from sdcpu.errors import SdcpuError
 from sdcpu.runtime.controlnet.annotators import ANNOTATORS, annotate
@@ -34,6 +35,7 @@ MAX_UNITS = 3  # A1111's default unit count
 MODES: dict[int | str, str] = {0: "balanced", 1: "prompt", 2: "control"}
 MODES |= {label.lower(): mode for mode, label in CONTROL_MODE_LABELS.items()}
 OFF = (None, "", "None", "none")
+DETECTING = threading.Lock()
 
 
 def _image(unit: dict[str, Any]) -> str:
@@ -122,7 +124,7 @@ def module_list() -> dict[str, Any]:
 class DetectRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
     controlnet_module: str = "none"
-    controlnet_input_images: list[str] = []
+    controlnet_input_images: list[str] = Field(default_factory=list, max_length=MAX_UNITS)  # CPU per image
     controlnet_processor_res: int = 512
     controlnet_threshold_a: float = -1
     controlnet_threshold_b: float = -1
@@ -135,9 +137,10 @@ def detect(http: Request, request: DetectRequest) -> dict[str, Any]:
     unit = {"threshold_a": request.controlnet_threshold_a, "threshold_b": request.controlnet_threshold_b}
     thresholds = _thresholds(unit)
     images = []
-    for data in request.controlnet_input_images:
-        annotated = annotate(request.controlnet_module, limits.decode_image(data, "input image"), thresholds)
-        buffer = io.BytesIO()
-        annotated.save(buffer, format="PNG")
-        images.append(base64.b64encode(buffer.getvalue()).decode())
+    with DETECTING:  # one detection at a time: it runs beside the queue, and each image costs seconds of CPU
+        for data in request.controlnet_input_images:
+            annotated = annotate(request.controlnet_module, limits.decode_image(data, "input image"), thresholds)
+            buffer = io.BytesIO()
+            annotated.save(buffer, format="PNG")
+            images.append(base64.b64encode(buffer.getvalue()).decode())
     return {"images": images, "info": "Success"}

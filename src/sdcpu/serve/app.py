@@ -23,7 +23,7 @@ from sdcpu.runtime.lora.prompt import lora_names
 from sdcpu.runtime.schedulers import SCHEDULERS
 from sdcpu.runtime.tasks import ImageToImage, TextToImage
 from sdcpu.serve.a1111_controlnet import MAX_UNITS
-from sdcpu.serve.bodies import CheckedBodyRoute, install_validation_errors
+from sdcpu.serve.bodies import CheckedBodyRoute, install_validation_errors, plain
 from sdcpu.serve.jobs import FINISHED, Job, JobQueue, QueueFull
 from sdcpu.serve.limits import LimitError, ServeLimits
 from sdcpu.serve.security import guard
@@ -80,7 +80,7 @@ class Server:
         Raises LimitError, SdcpuError or QueueFull."""
         s, texts = settings, (prompt, settings.get("negative_prompt") or "")
         self.limits.check(s.get("width") or 0, s.get("height") or 0, s.get("steps") or 0, s["num_images"], *texts)
-        image = self.limits.decode_image(init_image, "init image") if init_image else None
+        image = self.limits.decode_image(init_image, "init image") if init_image is not None else None
         strength = settings.pop("strength", 0.8)
         task = ImageToImage(image, strength) if image is not None else TextToImage()
         checked = self.pipeline.settings(prompt, task, **settings)
@@ -229,18 +229,19 @@ async def _events(job: Job) -> AsyncIterator[str]:
 def _errors(app: FastAPI) -> None:
     @app.exception_handler(LimitError)
     async def over_limit(request: Request, err: LimitError) -> JSONResponse:
-        return JSONResponse({"detail": str(err)}, status_code=err.status)
+        return JSONResponse({"detail": plain(str(err))}, status_code=err.status)
 
     @app.exception_handler(SdcpuError)
     async def bad_request(request: Request, err: SdcpuError) -> JSONResponse:
-        return JSONResponse({"detail": str(err)}, status_code=422)
+        return JSONResponse({"detail": plain(str(err))}, status_code=422)
 
     @app.exception_handler(OSError)
     async def file_error(request: Request, err: OSError) -> JSONResponse:
         # The last line: a file the server could not read or write, which no check foresaw, is the
         # server's condition (503), said in one line; never a 500 with a traceback in the log.
         where = f" {err.filename}" if err.filename else ""
-        return JSONResponse({"detail": f"the server could not use{where}: {err.strerror or err}"}, status_code=503)
+        detail = plain(f"the server could not use{where}: {err.strerror or err}")
+        return JSONResponse({"detail": detail}, status_code=503)
 
     @app.exception_handler(QueueFull)
     async def queue_full(request: Request, err: QueueFull) -> JSONResponse:

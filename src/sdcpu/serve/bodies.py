@@ -36,9 +36,9 @@ class CheckedBodyRoute(APIRoute):
             body = await request.body()  # kept by the request: the route's own parsing reads it again
             if body:
                 try:
-                    parse_json(body, "the request body", max_bytes=len(body), max_depth=MAX_DEPTH, finite=True)
+                    parse_json(body, "the request body", max_bytes=len(body), max_depth=MAX_DEPTH, strict=True)
                 except JsonError as err:
-                    return JSONResponse({"detail": str(err)}, status_code=422)
+                    return JSONResponse({"detail": plain(str(err))}, status_code=422)
             return await handler(request)
 
         return checked
@@ -53,10 +53,15 @@ def install_validation_errors(app: FastAPI) -> None:
         return JSONResponse({"detail": [_safe(error) for error in err.errors()]}, status_code=422)
 
 
+def plain(message: str) -> str:
+    """`message` as text any JSON answer can hold: a lone surrogate it quotes is written as `\\udcff`."""
+    return message.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _safe(error: dict[str, Any]) -> dict[str, Any]:
     try:
-        json.dumps(error, allow_nan=False)
+        json.dumps(error, allow_nan=False, ensure_ascii=False).encode("utf-8")
         return error
-    except (TypeError, ValueError):
-        ctx = {key: str(value) for key, value in (error.get("ctx") or {}).items()}
+    except (TypeError, ValueError):  # UnicodeEncodeError is a ValueError
+        ctx = {key: plain(str(value)) for key, value in (error.get("ctx") or {}).items()}
         return {key: value for key, value in error.items() if key not in ("input", "ctx")} | {"ctx": ctx}

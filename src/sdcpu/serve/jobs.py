@@ -100,6 +100,8 @@ class JobQueue:
         """Queue a job; raises QueueFull when `limits.queue` jobs are already waiting or running."""
         with self._lock:
             active = len(self._pending) + (self.current() is not None)
+            if self._closed:
+                raise QueueFull("the server is shutting down; send the request to it again once it is back")
             if active >= self.limits.queue:
                 raise QueueFull(f"the queue is full ({active} jobs); try again when one has finished")
             job = Job(secrets.token_hex(8), mode, settings, task)

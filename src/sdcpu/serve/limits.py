@@ -58,7 +58,7 @@ class ServeLimits:
 
     def read(self, reader: Callable[..., T], data: str, name: str) -> T:
         """`reader(raw, name, max_pixels=, formats=)` on a base64 upload: read_image, or stored.png_text."""
-        payload = data.split(",", 1)[1] if data.startswith("data:") else data
+        payload = data.partition(",")[2] if data.startswith("data:") else data  # "data:...;base64,PAYLOAD"
         try:
             raw = base64.b64decode(payload, validate=True)
         except (binascii.Error, ValueError) as err:

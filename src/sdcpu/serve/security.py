@@ -37,7 +37,12 @@ Next = Callable[[Request], Awaitable[Response]]
 
 
 def check_bind(host: str, api_key: str | None) -> None:
-    """Refuse to serve beyond this machine without an API key."""
+    """Refuse to serve beyond this machine without an API key, and a key that is not text (bytes that are
+    not UTF-8, from a shell or an environment variable: no client could send it)."""
+    try:
+        (api_key or "").encode("utf-8")
+    except UnicodeEncodeError:
+        raise SdcpuError("the API key is not valid UTF-8 text; give it in UTF-8") from None
     if host not in LOOPBACK and not api_key:
         raise SdcpuError(
             f"binding to {host} serves every machine that can reach it; pass --api-key KEY (checked on every "
@@ -62,6 +67,7 @@ def _refusal(request: Request, api_key: str | None, max_body: int) -> Response |
         headers = {"WWW-Authenticate": 'Basic realm="sdcpu"'}
         return JSONResponse({"detail": "this server needs its API key"}, status_code=401, headers=headers)
     host = request.headers.get("host", "")
+    host = host.lower()  # host names are case-insensitive (RFC 4343)
     if not api_key and host.rsplit(":", 1)[0] not in LOOPBACK_HOSTS and host not in LOOPBACK_HOSTS:
         return _error(421, f"this server answers to 127.0.0.1 and localhost only, not {host!r}")
     if "transfer-encoding" in request.headers:

@@ -24,7 +24,7 @@ from sdcpu.errors import SdcpuError
 def evaluate(
     model: Model = None,
     reference: Annotated[Path | None, typer.Option(help="another model folder to compare with (SSIM, PSNR)")] = None,
-    count: Annotated[int, typer.Option(help="how many held-out captions (at most 240)")] = 240,
+    count: Annotated[int, typer.Option(help="how many held-out captions (at most 240)", min=1, max=240)] = 240,
     steps: Annotated[int, typer.Option(help="denoising steps")] = 20,
     guidance: Annotated[float, typer.Option(help="classifier-free guidance scale")] = 7.5,
     scheduler: Annotated[str | None, typer.Option(help="scheduler (default: the model's own)")] = None,

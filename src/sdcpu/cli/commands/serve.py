@@ -16,7 +16,7 @@ from sdcpu.runtime.options import LoadOptions
 def serve(
     model: Model = None,
     host: Annotated[str, typer.Option(help="address to listen on; beyond 127.0.0.1 it needs --api-key")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port to listen on")] = 7860,
+    port: Annotated[int, typer.Option(help="port to listen on", min=1, max=65535)] = 7860,
     api_key: Annotated[
         str | None,
         typer.Option(
@@ -48,7 +48,8 @@ def serve(
             pipe = Pipeline.load(model, options)
     except SdcpuError as err:
         raise fail(err) from None
-    console.print(f"serving {pipe.model_name} at http://{host}:{port}/ (A1111 API at /sdapi/v1)", highlight=False)
+    shown = f"[{host}]" if ":" in host else host  # an IPv6 address, as a URL writes it
+    console.print(f"serving {pipe.model_name} at http://{shown}:{port}/ (A1111 API at /sdapi/v1)", highlight=False)
     app_ = create_app(pipe, ServeLimits(queue=queue), api_key, preview_every)
     # Open event streams and waiting A1111 calls end with their jobs: give them 5 s, then the app's
     # shutdown cancels what is queued or running.

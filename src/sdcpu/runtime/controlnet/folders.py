@@ -11,7 +11,8 @@ from sdcpu.errors import SdcpuError
 from sdcpu.format.controlnet import CONTROLNET_MANIFEST, ControlNetManifest
 from sdcpu.format.names import is_plain_name
 
-TITLE = re.compile(r"^(?P<name>.*?)\s*\[(?P<hash>[0-9a-fA-F]+)\]$")
+# "NAME [HASH]", as A1111 lists models. Bounded: unbounded, `.*?\s*` took 82 s on a name of 300 KB of spaces.
+TITLE = re.compile(r"^(?P<name>[^\[]{0,255}?)\s{0,16}\[(?P<hash>[0-9a-fA-F]{1,64})\]$")
 
 
 def controlnet_names(folder: Path | None) -> list[str]:

@@ -101,7 +101,10 @@ class OpenVINOModel:
         # The compiled model holds its own (repacked) weights: drop the read graph, and the pages of the
         # weights file and of the blob that stay mapped, or both copies stay resident.
         self._model, self._shapes, self._compiled = None, shapes, compiled
-        self.compute_precision = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+        try:
+            self.compute_precision = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+        except RuntimeError:  # AUTO, MULTI and HETERO do not report it: what was asked, or their default
+            self.compute_precision = str(self.config.get("INFERENCE_PRECISION_HINT", "device default"))
         drop_mapped_pages(self.path.parent, *([self._cache.folder] if self._cache is not None else []))
         self._dtypes = {port.get_any_name(): port.get_element_type().to_dtype() for port in compiled.inputs}
         self._bound_set = False  # a new request: the bound inputs are set on it at its first call

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -60,6 +61,8 @@ def decode_image(
     if isinstance(source, Image.Image):
         _check_pixels(source, label, max_pixels)
         return ImageOps.exif_transpose(source)
+    if isinstance(source, (str, Path)):
+        check_regular_file(Path(source), label)
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=formats) as image:
             _check_pixels(image, label, max_pixels)
@@ -78,6 +81,17 @@ def decode_image(
         # struct.error, EOFError, IndexError and others in its plugins. A file that does not decode is the
         # user's input, never a traceback.
         raise SdcpuError(f"cannot read {label}: {err or type(err).__name__}") from None
+
+
+def check_regular_file(path: Path, label: str) -> None:
+    """Refuse what is not a regular file before it is opened: a FIFO (or a device) would block the read
+    until another process writes, or never end. A missing file is left to the reader to name."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode):
+        raise SdcpuError(f"{label} is not a regular file (a folder, a pipe or a device); give an image file")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

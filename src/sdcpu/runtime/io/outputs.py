@@ -14,6 +14,8 @@ from sdcpu.errors import SdcpuError
 
 SUFFIXES = (".png",)
 
+MAX_IMAGES = 100_000  # in one run: each is a file, and its working memory is checked (memory_check.py)
+
 
 def output_paths(path: str | Path, count: int, overwrite: bool = False) -> list[Path]:
     """The files `count` images are written to: `path` itself for one, `stem-i.png` for several.
@@ -28,6 +30,8 @@ def output_paths(path: str | Path, count: int, overwrite: bool = False) -> list[
         raise SdcpuError(f"the output folder {folder} does not exist")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise SdcpuError(f"the output folder {folder} is not writable; choose another --out")
+    if not 1 <= count <= MAX_IMAGES:
+        raise SdcpuError(f"num_images must be from 1 to {MAX_IMAGES:,}; got {count}")
     paths = [path] if count == 1 else [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(count)]
     for target in paths:
         if target.exists() and not overwrite:

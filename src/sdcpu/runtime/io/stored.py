@@ -66,7 +66,7 @@ def stored_settings(text: dict[str, str], where: str) -> dict[str, Any]:
     """The generation settings of a PNG's text chunks (`text`): sdcpu's own JSON chunk where present,
     else A1111's `parameters`. Raises SdcpuError, naming `where`, when they hold neither or are damaged."""
     if "sdcpu" in text:
-        ours = parse_json(text["sdcpu"], f"the sdcpu chunk of {where}", max_bytes=MAX_CHUNK_BYTES, finite=True)
+        ours = parse_json(text["sdcpu"], f"the sdcpu chunk of {where}", max_bytes=MAX_CHUNK_BYTES, strict=True)
         if not isinstance(ours, dict):
             raise SdcpuError(f"the sdcpu chunk of {where} is damaged: a JSON {type(ours).__name__}, not an object")
         settings = check_settings(ours, f"the sdcpu chunk of {where}")

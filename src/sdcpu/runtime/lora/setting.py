@@ -56,3 +56,20 @@ def _short_hash(path: Path) -> str:
         while block := f.read(1 << 22):
             digest.update(block)
     return digest.hexdigest()[:12]
+
+
+MAX_LORAS = 16  # in one image; each is a branch on every layer it adapts, and the branches stay compiled
+
+
+def check_lora_count(loras: tuple[LoraSetting, ...]) -> tuple[LoraSetting, ...]:
+    """`loras`, refused when they are more than MAX_LORAS, or when one file's scales (a tag repeated adds
+    up, as in A1111) sum beyond MAX_SCALE: a prompt of 1,000 tags took 3 GB and every later image's time."""
+    if len(loras) > MAX_LORAS:
+        raise SdcpuError(f"{len(loras)} LoRAs in one image, over the limit of {MAX_LORAS}; merge or drop some")
+    totals: dict[str, float] = {}
+    for lora in loras:
+        totals[lora.path] = totals.get(lora.path, 0.0) + lora.scale
+    for path, total in totals.items():
+        if abs(total) > MAX_SCALE:
+            raise SdcpuError(f"LoRA {Path(path).name}: its scales add up to {total:g}, beyond -100 to 100")
+    return loras

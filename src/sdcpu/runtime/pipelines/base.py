@@ -39,7 +39,7 @@ from sdcpu.runtime.io.watermark import embed as embed_watermark
 from sdcpu.runtime.lora import LoraSetting
 from sdcpu.runtime.lora.adapters import Adapters
 from sdcpu.runtime.lora.prompt import find_lora, prompt_loras
-from sdcpu.runtime.lora.setting import NEEDS_OPENVINO
+from sdcpu.runtime.lora.setting import NEEDS_OPENVINO, check_lora_count
 from sdcpu.runtime.memory import memory_policy
 from sdcpu.runtime.memory_check import check_memory
 from sdcpu.runtime.options import DECODERS, LoadOptions
@@ -288,7 +288,7 @@ class Pipeline(TaskMethods):
         checked = tuple(lora if isinstance(lora, LoraSetting) else self._lora(*lora) for lora in loras)
         if checked and self.options.backend != "openvino":
             raise SdcpuError(NEEDS_OPENVINO)
-        return checked
+        return check_lora_count(checked)
 
     def _lora(self, path: str | Path, scale: float) -> LoraSetting:
         # A file; or a bare name (no file of that name, no .safetensors) of a LoRA in the LoRA folder.

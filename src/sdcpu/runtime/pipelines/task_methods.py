@@ -10,6 +10,7 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
+from sdcpu.errors import SdcpuError
 from sdcpu.runtime.components.unet import UNetHook
 from sdcpu.runtime.controlnet.setting import ControlSetting
 from sdcpu.runtime.io import images as imaging
@@ -58,6 +59,8 @@ class TaskMethods:
         and `guidance` default to the model's (20 and 7.5; few-step models' schedulers imply fewer, unguided).
         `loras`: (file, scale) pairs, applied without reconverting (docs/lora.md). `controls`: ControlNets
         (`ControlSetting.of(folder, image, weight, start, end, mode, module)`, docs/controlnet.md)."""
+        if not 0 < strength <= 1:  # checked with or without an init image: a bad value is never ignored
+            raise SdcpuError(f"strength must be in (0, 1]; got {strength}")
         image = imaging.read_image(init_image) if init_image is not None else None
         task = ImageToImage(image, strength) if image is not None else TextToImage()
         options: dict[str, Any] = dict(

@@ -14,6 +14,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# The values of the config's named fields that the schedulers implement.
+KNOWN: dict[str, tuple[str | None, ...]] = {
+    "beta_schedule": ("scaled_linear", "linear", "squaredcos_cap_v2"),
+    "prediction_type": ("epsilon", "v_prediction", "sample"),
+    "timestep_spacing": (None, "leading", "trailing", "linspace"),
+}
+
 
 @dataclass(frozen=True)
 class SchedulerConfig:
@@ -39,7 +46,28 @@ class SchedulerConfig:
         values = {k: v for k, v in data.items() if k in names and v is not None}
         if "_class_name" in data:
             values["class_name"] = data["_class_name"]
-        return cls(**values)
+        return cls(**values).checked()
+
+    def checked(self) -> SchedulerConfig:
+        """Itself, or ValueError naming the first field a scheduler could not run with: a config file is
+        input like any other (a string where a number belongs, a billion training steps)."""
+        numbers = {"beta_start": (float, int), "beta_end": (float, int)}
+        for name, kinds in numbers.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, kinds) or not 0 <= value < 1:
+                raise ValueError(f"{name} must be a number from 0 to 1; got {value!r}")
+        for name, most in (("num_train_timesteps", 100_000), ("steps_offset", 1_000)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= most:
+                raise ValueError(f"{name} must be a whole number from 0 to {most:,}; got {value!r}")
+        if self.num_train_timesteps < 2:
+            raise ValueError(f"num_train_timesteps must be at least 2; got {self.num_train_timesteps}")
+        for name, known in KNOWN.items():
+            if getattr(self, name) not in known:
+                raise ValueError(f"{name} must be one of {', '.join(map(str, known))}; got {getattr(self, name)!r}")
+        if not isinstance(self.class_name, str) or not isinstance(self.set_alpha_to_one, bool):
+            raise ValueError("_class_name must be text and set_alpha_to_one true or false")
+        return self
 
 
 def alphas_cumprod(config: SchedulerConfig) -> np.ndarray:

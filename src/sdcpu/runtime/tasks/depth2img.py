@@ -54,6 +54,7 @@ def load_depth_map(source: str | Path | np.ndarray, image: Image.Image) -> np.nd
 def _read_npy(path: Path) -> np.ndarray:
     """A `.npy` depth map, its header's shape checked against the file's size and the pixel limit before
     anything is allocated (a 128-byte file can declare 10^10 values). Pickled arrays are never loaded."""
+    imaging.check_regular_file(path, f"the depth map {path}")
     try:
         with path.open("rb") as f:
             version = npy.read_magic(f)
