@@ -287,6 +287,8 @@ def _found_myself() -> list[Case]:
         ("--from-png a FIFO", _fifo("generate", "--from-png", "f.png", "--out", "o.png"), "not a regular file", {}),
         ("scheduler beta_schedule bogus", damaged_model(_foreign_scheduler({"beta_schedule": "x"})), "beta_sched", {}),
         ("scheduler of 10^9 steps", damaged_model(_foreign_scheduler({"num_train_timesteps": 10**9})), "0 to 100", {}),
+        ("--width 0 (not the default)", generate("--width", "0"), "positive multiples of", {}),
+        ("prompt <lora:night:1_0> (not 10)", generate(prompt="a <lora:night:1_0>"), "the weight is not a number", {}),
         ("eval --count 0", lambda s: ["eval", "--count", "0"], "greater than or equal to 1", {}),
         ("serve --port 99999", lambda s: ["serve", "--port", "99999"], "less than or equal to 65535", {}),
         ("serve --api-key of invalid UTF-8", lambda s: ["serve", "--api-key", "k\udcff"], "not valid UTF-8", {}),

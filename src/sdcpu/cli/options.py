@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from sdcpu.errors import SdcpuError
+from sdcpu.runtime.lora.prompt import NUMBER
 from sdcpu.runtime.options import LoadOptions
 
 WATERMARK_HELP = (
@@ -233,10 +234,10 @@ def parse_loras(given: list[str] | None) -> list[tuple[Path, float]]:
     parsed = []
     for text in given or []:
         path, _, scale = text.rpartition(":")
-        try:
-            parsed.append((Path(path), float(scale)) if path else (Path(text), 1.0))
-        except ValueError:
-            parsed.append((Path(text), 1.0))  # a colon in the file's name, no scale
+        if path and NUMBER.fullmatch(scale):  # as a tag's weight: not float()'s "1_0" (10)
+            parsed.append((Path(path), float(scale)))
+        else:
+            parsed.append((Path(text), 1.0))  # no scale, or a colon in the file's name
     return parsed
 
 

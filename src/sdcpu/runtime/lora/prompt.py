@@ -18,6 +18,7 @@ from sdcpu.runtime.lora.setting import LoraSetting
 
 # <lora:NAME[:WEIGHT[:TE_WEIGHT]]>, the third field ignored. Each field is bounded: unbounded, a prompt of
 # "<lora:" repeated cost quadratic time (21,000 of them took 58 s).
+NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|[+-]?(?:inf|nan)", re.ASCII | re.IGNORECASE)
 TAG = re.compile(r"<lora:([^:>]{0,1024})(?::([^:>]{0,64}))?(?::[^>]{0,64})?>", re.IGNORECASE)
 
 
@@ -26,10 +27,9 @@ def split_tags(prompt: str) -> tuple[str, list[tuple[str, float]]]:
     tags = []
     for match in TAG.finditer(prompt):
         name, weight = match[1].strip(), (match[2] or "1").strip()
-        try:
-            scale = float(weight)
-        except ValueError:
-            raise SdcpuError(f"<lora:{name}:{weight}>: the weight is not a number") from None
+        if not NUMBER.fullmatch(weight):  # float() also reads "1_0" as 10 and other scripts' digits
+            raise SdcpuError(f"<lora:{name}:{weight}>: the weight is not a number")
+        scale = float(weight)
         if not math.isfinite(scale):
             raise SdcpuError(f"<lora:{name}:{weight}>: the weight must be a finite number")
         tags.append((name, scale))

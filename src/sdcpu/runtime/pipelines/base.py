@@ -258,8 +258,8 @@ class Pipeline(TaskMethods):
             steps=steps if steps is not None else self.defaults.steps,
             guidance=guidance if guidance is not None else self.defaults.guidance,
             seed=secrets.randbelow(2**32) if seed is None else seed,
-            width=width or default_w,
-            height=height or default_h,
+            width=width if width is not None else default_w,  # 0 is refused, not taken as the default
+            height=height if height is not None else default_h,
             num_images=num_images,
             scheduler=scheduler or default_scheduler_name(self.scheduler_config),
             model=self.model_name,
