@@ -50,7 +50,7 @@ LAYERS = (
     ("sdcpu.errors", "sdcpu.version", "sdcpu.cache", "sdcpu.format", "sdcpu.models"),
     ("sdcpu.runtime",),
     ("sdcpu.export", "sdcpu.demo", "sdcpu.bench"),
-    ("sdcpu.cli", "sdcpu.serve", "sdcpu.__main__"),
+    ("sdcpu.cli", "sdcpu.serve", "sdcpu.batch", "sdcpu.__main__"),
 )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 from sdcpu.cli.app import app, fail
-from sdcpu.cli.commands import bench, convert, edit, evaluate, generate, serve, system
+from sdcpu.cli.commands import batch, bench, convert, edit, evaluate, generate, serve, system
 from sdcpu.errors import SdcpuError
 
 app.command()(convert.convert)
@@ -14,6 +14,7 @@ app.command()(generate.generate)
 app.command()(edit.inpaint)
 app.command()(edit.upscale)
 app.command()(edit.depth2img)
+app.command()(batch.batch)
 app.command(name="eval")(evaluate.evaluate)
 app.command(name="bench")(bench.benchmark)
 app.command()(serve.serve)
