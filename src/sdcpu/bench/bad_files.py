@@ -263,6 +263,10 @@ def _foreign_scheduler(config: dict) -> Callable[[Path, dict], None]:
     return change
 
 
+def _bad_key(scratch: Path) -> list[str]:
+    return ["serve", "--api-key", "k\udcff"]  # bytes that are not UTF-8, as a shell passes them
+
+
 def _found_myself() -> list[Case]:
     """Classes found by trying: quadratic patterns, counts and sizes that hung, LoRA tags that added up,
     files that are not files, and values that reached a library unchecked."""
@@ -291,9 +295,10 @@ def _found_myself() -> list[Case]:
         ("prompt <lora:night:1_0> (not 10)", generate(prompt="a <lora:night:1_0>"), "the weight is not a number", {}),
         ("eval --count 0", lambda s: ["eval", "--count", "0"], "greater than or equal to 1", {}),
         ("serve --port 99999", lambda s: ["serve", "--port", "99999"], "less than or equal to 65535", {}),
-        ("serve --api-key of invalid UTF-8", lambda s: ["serve", "--api-key", "k\udcff"], "not valid UTF-8", {}),
     ]
-    return [Case(name, "found by trying", setup, message, env=env) for name, setup, message, env in cases]
+    serve_extra = ("fastapi", "uvicorn")
+    key = Case("serve --api-key of invalid UTF-8", "found by trying", _bad_key, "not valid UTF-8", serve_extra)
+    return [Case(name, "found by trying", setup, message, env=env) for name, setup, message, env in cases] + [key]
 
 
 def cases() -> list[Case]:
