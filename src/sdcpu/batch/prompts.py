@@ -132,14 +132,15 @@ def _item(number: int, row: dict[str, Any], defaults: dict[str, Any], base: Path
         raise SdcpuError(f"line {number}: no prompt")
     if "num_images" in settings:
         raise SdcpuError(f"line {number}: a batch makes one image per line; repeat the line instead of num_images")
-    for key in ("init_image", "mask"):
-        if key in settings:
-            settings[key] = str((base / settings[key]).expanduser())
     if not all(isinstance(spec, str) for spec in settings.get("loras", [])):
         raise SdcpuError(f'line {number}: loras must be a list of "FILE" or "FILE:SCALE" texts')
+    # The id from the line as written: moving the list and its images elsewhere keeps the ids.
+    item_id = _given_id(number, given_id, taken) if given_id is not None else _derived_id(settings, taken)
+    for key in ("init_image", "mask"):  # paths relative to the list's folder
+        if key in settings:
+            settings[key] = str((base / settings[key]).expanduser())
     if settings.get("loras"):
         settings["loras"] = [str(base / spec) for spec in settings["loras"]]
-    item_id = _given_id(number, given_id, taken) if given_id is not None else _derived_id(settings, taken)
     settings.setdefault("seed", _seed_of(item_id))
     return BatchItem(item_id, number, settings)
 

@@ -41,6 +41,7 @@ def batch(
 
     defaults = dict(negative_prompt=negative_prompt, steps=steps, guidance=guidance, width=width, height=height)
     defaults |= dict(scheduler=scheduler, strength=strength)
+    report = None
     try:
         check_out(out)
         items, bad = read_prompts(prompts, defaults)
@@ -55,7 +56,8 @@ def batch(
     except SdcpuError as err:
         raise fail(err) from None
     except KeyboardInterrupt:
-        console.print(f"stopped: {report.made} made; run the same command again to go on", highlight=False)
+        made = report.made if report is not None else 0
+        console.print(f"stopped: {made} made; run the same command again to go on", highlight=False)
         raise typer.Exit(code=130) from None
     _summary(out, len(items) + len(bad), report)
 
