@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from sdcpu import Pipeline
-from sdcpu.bench.bad_files import broken_png, png_with_text
+from sdcpu.bench.bad_files import broken_png, exif_rotated_jpeg, png_with_text
 from sdcpu.errors import SdcpuError
 from sdcpu.export.folders import check_apart, write_failure
 from sdcpu.format.json_bounds import JsonError, nesting_depth, parse_json, read_json
@@ -71,14 +71,7 @@ def test_16_bit_and_float_images_are_scaled_not_clipped():
 
 
 def test_exif_orientation_is_applied():
-    # A 16x8 JPEG whose left half is white, stored with orientation 6 (shown rotated 90 degrees clockwise).
-    pixels = np.zeros((8, 16, 3), np.uint8)
-    pixels[:, :8] = 255
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG", exif=exif.tobytes(), quality=100)
-    shown = np.asarray(images.read_image(buffer.getvalue()))
+    shown = np.asarray(images.read_image(exif_rotated_jpeg()))
     assert shown.shape == (16, 8, 3)  # turned upright
     assert shown[:8].mean() > 200 and shown[8:].mean() < 50  # the white half is now on top
 

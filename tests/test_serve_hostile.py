@@ -24,7 +24,7 @@ from hypothesis import strategies as st  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from sdcpu import Pipeline  # noqa: E402
-from sdcpu.bench.bad_files import broken_png, png_with_text  # noqa: E402
+from sdcpu.bench.bad_files import broken_png, exif_rotated_jpeg, png_with_text  # noqa: E402
 from sdcpu.bench.battery import png_header  # noqa: E402
 from sdcpu.runtime.options import LoadOptions  # noqa: E402
 from sdcpu.serve import a1111  # noqa: E402
@@ -170,23 +170,13 @@ def test_options_refuse_what_override_settings_refuses_with_the_same_message(cli
     assert client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 1}).status_code == 200
 
 
-def _exif_rotated_jpeg() -> bytes:
-    pixels = Image.new("RGB", (16, 8), (0, 0, 0))
-    pixels.paste((255, 255, 255), (0, 0, 8, 8))  # the left half white
-    exif = Image.Exif()
-    exif[0x0112] = 6  # shown rotated 90 degrees clockwise
-    buffer = io.BytesIO()
-    pixels.save(buffer, format="JPEG", exif=exif.tobytes(), quality=100)
-    return buffer.getvalue()
-
-
 def test_uploads_are_read_by_the_one_image_reader(client):
     limits = client.app.state.server.limits
     grey = Image.fromarray(np.full((8, 8), 32896, np.uint16))  # 16-bit mid-grey
     buffer = io.BytesIO()
     grey.save(buffer, format="PNG")
     assert np.asarray(limits.decode_image(_b64(buffer.getvalue())))[0, 0, 0] == 128  # scaled, not white
-    upright = np.asarray(limits.decode_image(_b64(_exif_rotated_jpeg())))
+    upright = np.asarray(limits.decode_image(_b64(exif_rotated_jpeg())))
     assert upright.shape == (16, 8, 3) and upright[:8].mean() > 200  # the white half on top
     body = json.dumps({"prompt": "a", "steps": 1, "init_images": [_b64(broken_png())]})
     _refused(client, "/sdapi/v1/img2img", body, "broken PNG file")

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sdcpu.bench.bad_loras import LAYER
-from sdcpu.bench.battery import EXPORT, F32, Case, Setup, damaged_model, generate, safetensors, with_file
+from sdcpu.bench.bad_loras import lora_of
+from sdcpu.bench.battery import EXPORT, Case, Setup, damaged_model, generate, with_file
 from sdcpu.models import CONVERTED
 
 SOURCE = CONVERTED.parent / "source"  # the demo model's diffusers folder
@@ -56,6 +56,20 @@ def broken_png() -> bytes:
         + _chunk(b"ID\0T", data[length // 2 :])
         + raw[at + 12 + length :]
     )
+
+
+def exif_rotated_jpeg() -> bytes:
+    """A 16x8 JPEG whose left half is white, stored with EXIF orientation 6: shown turned 90 degrees
+    clockwise, 8x16 with the white half on top."""
+    from PIL import Image
+
+    pixels = np.zeros((8, 16, 3), np.uint8)
+    pixels[:, :8] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", exif=exif.tobytes(), quality=100)
+    return buffer.getvalue()
 
 
 def png_with_text(**chunks: str) -> bytes:
@@ -162,16 +176,6 @@ def _nested_json() -> list[Case]:
         ("convert --tiny-vae: config nested", _tiny_vae_deep, "nests 100000 levels deep", EXPORT),
     ]
     return [Case(name, "nested JSON", setup, message, needs) for name, setup, message, needs in cases]
-
-
-def lora_of(parts: dict[str, tuple[tuple[int, ...], float]]) -> bytes:
-    """A kohya LoRA of one layer of the demo's UNet: {part: (shape, fill)}."""
-    header, data, offset = {}, b"", 0
-    for part, (shape, fill) in parts.items():
-        raw = np.full(shape, fill, np.float32).tobytes()
-        header[f"{LAYER}.{part}"] = {**F32, "shape": list(shape), "data_offsets": [offset, offset + len(raw)]}
-        data, offset = data + raw, offset + len(raw)
-    return safetensors(header, data)
 
 
 UP_1D = lora_of({"lora_down.weight": ((4, 64), 0.01), "lora_up.weight": ((64,), 0.01)})

@@ -11,14 +11,19 @@ from sdcpu.bench.battery import F32, SDXL_LORA_FILE, Case, Setup, generate, safe
 LAYER = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q"
 
 
-def lora_file(down: tuple[int, int], up: tuple[int, int], fill: float = 0.01) -> bytes:
-    """A kohya LoRA of one layer of the demo's UNet, its tensors of these shapes, filled with `fill`."""
+def lora_of(parts: dict[str, tuple[tuple[int, ...], float]]) -> bytes:
+    """A kohya LoRA of one layer of the demo's UNet: {part ("lora_down.weight", "alpha"...): (shape, fill)}."""
     header, data, offset = {}, b"", 0
-    for part, shape in (("lora_down", down), ("lora_up", up)):
+    for part, (shape, fill) in parts.items():
         raw = np.full(shape, fill, np.float32).tobytes()
-        header[f"{LAYER}.{part}.weight"] = {**F32, "shape": list(shape), "data_offsets": [offset, offset + len(raw)]}
+        header[f"{LAYER}.{part}"] = {**F32, "shape": list(shape), "data_offsets": [offset, offset + len(raw)]}
         data, offset = data + raw, offset + len(raw)
     return safetensors(header, data)
+
+
+def lora_file(down: tuple[int, int], up: tuple[int, int], fill: float = 0.01) -> bytes:
+    """A kohya LoRA of one layer of the demo's UNet, its tensors of these shapes, filled with `fill`."""
+    return lora_of({"lora_down.weight": (down, fill), "lora_up.weight": (up, fill)})
 
 
 def _with_lora(data: bytes, spec: str = "FILE", name: str = "x.safetensors") -> Setup:
