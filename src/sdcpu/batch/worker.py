@@ -3,6 +3,7 @@ the same file as `sdcpu generate` (or `sdcpu inpaint`) with those settings, so t
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,6 @@ from typing import Any
 from sdcpu.batch.prompts import BatchItem
 from sdcpu.cli.options import parse_loras
 from sdcpu.errors import SdcpuError
-from sdcpu.format.manifest import sha256_file
 from sdcpu.runtime.io.images import save_png
 
 
@@ -31,8 +31,8 @@ def make_image(pipe: Any, item: BatchItem, out: Path) -> dict[str, Any]:
             result = pipe(prompt, **settings)
         seconds = time.perf_counter() - start
         target = out / f"{item.id}.png"
-        save_png(result.images[0], target, result.settings.png_metadata(0, result.runtime))
+        written = save_png(result.images[0], target, result.settings.png_metadata(0, result.runtime))
     except SdcpuError as err:
         return {"id": item.id, "line": item.line, "error": str(err)}
-    record = {"id": item.id, "line": item.line, "file": target.name, "sha256": sha256_file(target)}
+    record = {"id": item.id, "line": item.line, "file": target.name, "sha256": hashlib.sha256(written).hexdigest()}
     return record | {"seed": result.settings.seed, "settings": item.settings, "seconds": round(seconds, 4)}

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sdcpu.errors import SdcpuError
-from sdcpu.format.json_bounds import parse_json
+from sdcpu.format.json_bounds import read_json
 from sdcpu.format.manifest import GRAPH_FILE, files_digest, verify_files
 from sdcpu.format.schema import FORMATS
 
@@ -53,7 +53,7 @@ class ControlNetManifest:
                 "ControlNetModel folder into it with `sdcpu convert SOURCE OUT`"
             )
         try:
-            data = parse_json(path.read_bytes(), str(path))
+            data = read_json(path)
             version = data.pop("sdcpu_controlnet", None) if isinstance(data, dict) else None
             if version == CONTROLNET_VERSION:
                 manifest = cls(**data)

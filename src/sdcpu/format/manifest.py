@@ -15,7 +15,7 @@ from typing import Any
 
 from sdcpu.cache import write_cache_file
 from sdcpu.errors import SdcpuError
-from sdcpu.format.json_bounds import parse_json, read_json
+from sdcpu.format.json_bounds import read_json
 from sdcpu.format.schema import TASKS, check_fields
 
 MANIFEST_NAME = "sdcpu.json"
@@ -96,7 +96,7 @@ class Manifest:
                 "convert a checkpoint into it with `sdcpu convert SOURCE OUT`"
             )
         try:
-            data = parse_json(path.read_bytes(), str(path))
+            data = read_json(path)
             version = data.pop("sdcpu_manifest", None) if isinstance(data, dict) else None
             if version in READABLE_VERSIONS:
                 data.setdefault("task", "text-to-image")

@@ -133,18 +133,21 @@ def float_to_pil(images: np.ndarray) -> list[Image.Image]:
     return [Image.fromarray((image * 255).round().astype(np.uint8)) for image in images]
 
 
-def save_png(image: Image.Image, path: Path, metadata: dict[str, str]) -> None:
-    """Write atomically (temporary file + rename) with `metadata` as PNG text chunks."""
+def save_png(image: Image.Image, path: Path, metadata: dict[str, str]) -> bytes:
+    """Write atomically (temporary file + rename) with `metadata` as PNG text chunks; returns the bytes
+    written (a batch hashes them without reading the file back)."""
     folder = path.parent if str(path.parent) else Path(".")
     try:
         fd, tmp = tempfile.mkstemp(suffix=".png.partial", dir=folder)
     except OSError as err:
         raise SdcpuError(f"cannot write to {folder}: {err.strerror}; choose another --out") from err
     try:
+        data = png_bytes(image, metadata)
         with os.fdopen(fd, "wb") as f:
-            f.write(png_bytes(image, metadata))
+            f.write(data)
         follow_umask(Path(tmp))
         os.replace(tmp, path)
+        return data
     except OSError as err:  # a full disk or quota (at write or close), a file-size limit, an I/O error
         Path(tmp).unlink(missing_ok=True)
         reason = err.strerror or str(err)

@@ -94,7 +94,7 @@ def png_text(source: Path | bytes, name: str = "PNG", **limits: Any) -> dict[str
     """The text chunks of an image (a path or its bytes), read by the one image reader (`limits`:
     its max_pixels and formats)."""
     image = decode_image(source, name, **limits)
-    return {key: value for key, value in getattr(image, "text", image.info).items() if isinstance(value, str)}
+    return {key: value for key, value in image.info.items() if isinstance(key, str) and isinstance(value, str)}
 
 
 def read_png_settings(path: Path) -> dict[str, Any]:
