@@ -20,10 +20,11 @@ from sdcpu.errors import SdcpuError
 from sdcpu.export.calibration import CalibrationSettings, collect_unet_inputs
 from sdcpu.export.controlnet import convert_controlnet, is_controlnet_folder, write_residual_graph
 from sdcpu.export.families import OPTIONAL_KINDS, export_family
-from sdcpu.export.folders import check_apart, move_into_place, versions, write_failure
+from sdcpu.export.folders import move_into_place, versions, write_failure
 from sdcpu.export.lora import PREFIXES as LORA_NETWORKS
-from sdcpu.export.lora import Lora, check_lora_networks, check_loras, fuse_loras
-from sdcpu.export.quantize import FEW_STEP_RECIPE, NNCF_RECIPE, PRECISIONS, component_precision
+from sdcpu.export.lora import Lora, check_lora_networks, check_lora_tensors, fuse_loras
+from sdcpu.export.preflight import preflight
+from sdcpu.export.quantize import FEW_STEP_RECIPE, NNCF_RECIPE, component_precision
 from sdcpu.export.sources import Source, open_source, open_tiny_vae
 from sdcpu.export.tokenizer_ir import write_tokenizer_irs
 from sdcpu.export.writers import WRITERS, Calibrate
@@ -36,22 +37,6 @@ from sdcpu.runtime.io.outputs import follow_umask
 from sdcpu.runtime.schedulers import SamplingDefaults, SchedulerConfig, sampling_defaults
 
 OWNER = "convert.pid"  # in a convert's temporary folder: the process that writes it
-
-
-def check_target(fmt: str, precision: str, out: Path, force: bool) -> None:
-    """Refuse bad requests before any work starts."""
-    if fmt not in PRECISIONS:
-        raise SdcpuError(f"unknown format {fmt!r}; choose one of: {', '.join(PRECISIONS)}")
-    if precision not in PRECISIONS[fmt]:
-        others = [f for f in PRECISIONS if precision in PRECISIONS[f]]
-        elsewhere = f" ({precision} needs --format {others[0]})" if others else ""
-        raise SdcpuError(
-            f"{fmt} export cannot do precision {precision!r}; available: {', '.join(PRECISIONS[fmt])}{elsewhere}"
-        )
-    if out.exists() and not force:
-        raise SdcpuError(f"{out} already exists; pass --force to replace it")
-    if not out.parent.is_dir():
-        raise SdcpuError(f"the folder {out.parent} for the output does not exist")
 
 
 def convert(
@@ -75,11 +60,9 @@ def convert(
     `tiny_vae`: a diffusers AutoencoderTiny folder (TAESD), exported as tiny_vae_decoder and _encoder.
     `loras`: LoRA files fused into the UNet and text encoder before export (export/lora.py)."""
     out = Path(out).expanduser().absolute()
-    check_target(format, precision, out, force)
-    given = {"source": source, "--config": config_dir, "--tokenizer": tokenizer_dir, "--tiny-vae": tiny_vae}
-    paths = {name: Path(value).expanduser() for name, value in given.items() if value is not None}
-    check_apart(out, paths | {f"--lora {lora.path.name}": lora.path for lora in loras})
-    check_loras(list(loras))
+    given = {"--config": config_dir, "--tokenizer": tokenizer_dir, "--tiny-vae": tiny_vae}
+    inputs = {name: Path(value).expanduser() for name, value in given.items() if value is not None}
+    preflight(source, out, format, precision, force=force, inputs=inputs, loras=loras)
     for stale in remove_stale_work(out):
         progress(f"removed {stale.name}, left by a convert that was killed")
     controlnet = is_controlnet_folder(Path(source).expanduser())
@@ -103,7 +86,9 @@ def convert(
             "work_dir": work,
         }
         src = open_source(source, **options)
-        check_lora_networks(list(loras), set(export_family(src.family).loaders), NAMES.get(src.family, src.family))
+        networks = set(export_family(src.family).loaders)
+        check_lora_networks(list(loras), networks, NAMES.get(src.family, src.family))
+        check_lora_tensors(list(loras), networks)
         if tiny_vae is not None:
             latent_channels = int(src.vae_config.get("latent_channels", 4))
             src = replace(src, optional=src.optional | {"tiny_vae": open_tiny_vae(Path(tiny_vae), latent_channels)})

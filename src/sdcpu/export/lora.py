@@ -51,8 +51,7 @@ def check_loras(loras: list[Lora]) -> None:
             raise SdcpuError(f"--lora {lora.path} does not exist or is not a file")
         if lora.path.suffix != ".safetensors":
             raise SdcpuError(f"--lora {lora.path} is not a .safetensors file (pickled LoRAs are not read)")
-        check_safetensors(lora.path)
-        keys = _keys(lora)  # the names alone: no tensor is read here
+        keys = check_safetensors(lora.path)  # the names alone: no tensor is read here
         found = [_groups(keys, network) for network in PREFIXES]
         unknown = sorted({key for _, missing in found for key in missing})
         if unknown:
@@ -112,15 +111,29 @@ def fuse_loras(model: Any, network: str, loras: list[Lora], warn: Callable[[str]
     return changed
 
 
-def _check_shape(lora: Lora, network: str, name: str, module: Any, down: Any, up: Any) -> None:
-    # up @ down must have the layer's shape: (out, rank) @ (rank, in * kh * kw); a convolution's up is
-    # (out, rank, 1, 1). Checked before anything is multiplied: a wrong shape is the file's fault, named.
-    weight, layer = module.weight, name.removeprefix("kohya:")
+def check_lora_tensors(loras: list[Lora], networks: set[str]) -> None:
+    """Read every LoRA's tensors for the model's `networks` and refuse NaN or Inf, an alpha that is not
+    one number, and a down and up that are no low-rank pair, before the first network is exported."""
+    for lora in loras:
+        for network in sorted(networks & set(PREFIXES)):
+            for name, (down, up, _) in _pairs(lora, network).items():
+                _check_pair(lora, name.removeprefix("kohya:"), down, up)
+
+
+def _check_pair(lora: Lora, layer: str, down: Any, up: Any) -> None:
+    # up @ down is (out, rank) @ (rank, in * kh * kw); a convolution's up is (out, rank, 1, 1).
     if up.ndim not in (2, 4) or down.ndim not in (2, 4) or up[0].numel() != up.shape[1] or 0 in down.shape:
         raise SdcpuError(
             f"--lora {lora.path.name} is damaged: its layer {layer} has a down of shape {tuple(down.shape)} and "
             f"an up of shape {tuple(up.shape)}, which are not a low-rank pair"
         )
+
+
+def _check_shape(lora: Lora, network: str, name: str, module: Any, down: Any, up: Any) -> None:
+    # up @ down must have the layer's shape. Checked before anything is multiplied: a wrong shape is the
+    # file's fault, named.
+    weight, layer = module.weight, name.removeprefix("kohya:")
+    _check_pair(lora, layer, down, up)
     if up.shape[0] != weight.shape[0] or down[0].numel() != weight[0].numel() or up.shape[1] != down.shape[0]:
         raise SdcpuError(
             f"--lora {lora.path.name} does not fit this model's {network}: its layer {layer} is "
@@ -136,10 +149,7 @@ def _fuse(module: Any, down: Any, up: Any, scale: float) -> None:
 
 
 def _keys(lora: Lora) -> list[str]:
-    from safetensors import safe_open
-
-    with safe_open(str(lora.path), framework="pt") as f:
-        return list(f.keys())
+    return check_safetensors(lora.path)
 
 
 def _groups(keys: list[str], network: str) -> tuple[dict[str, dict[str, str]], list[str]]:

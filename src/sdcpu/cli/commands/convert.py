@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from sdcpu.cli.app import console, fail
 from sdcpu.cli.options import Format
 from sdcpu.errors import SdcpuError
+
+if TYPE_CHECKING:
+    from sdcpu.export.lora import Lora
 
 
 def convert(
@@ -43,6 +46,17 @@ def convert(
     ] = None,
 ) -> None:
     """Convert a Stable Diffusion checkpoint to OpenVINO IR or ONNX."""
+    from sdcpu.export.preflight import preflight
+
+    try:
+        # Everything that can be checked without torch first: a mistake is answered before it imports.
+        check_calibration(calibration_size, calibration_resolution)
+        loras = _loras(lora or [], lora_scale or [])
+        inputs = {"--config": config, "--tokenizer": tokenizer, "--tiny-vae": tiny_vae}
+        given = {name: path.expanduser() for name, path in inputs.items() if path is not None}
+        preflight(source, out.expanduser().absolute(), format.value, precision, force=force, inputs=given, loras=loras)
+    except SdcpuError as err:
+        raise fail(err) from None
     try:
         from sdcpu.export.convert import convert as run_convert
     except ImportError as err:
@@ -50,7 +64,6 @@ def convert(
         raise fail(missing) from None
     try:
         calibration = _calibration(calibration_prompts, calibration_size, calibration_resolution)
-        loras = _loras(lora or [], lora_scale or [])
         run_convert(
             source,
             out,
@@ -69,7 +82,7 @@ def convert(
         raise fail(err) from None
 
 
-def _loras(files: list[Path], scales: list[float]):
+def _loras(files: list[Path], scales: list[float]) -> list[Lora]:
     from sdcpu.export.lora import Lora
 
     if len(scales) > len(files):
@@ -77,13 +90,16 @@ def _loras(files: list[Path], scales: list[float]):
     return [Lora(path, scales[i] if i < len(scales) else 1.0) for i, path in enumerate(files)]
 
 
-def _calibration(prompts: Path | None, size: int, resolution: int | None):
-    from sdcpu.export.calibration import CalibrationSettings
-
+def check_calibration(size: int, resolution: int | None) -> None:
     if size < 1:
         raise SdcpuError(f"--calibration-size must be at least 1; got {size}")
     if resolution is not None and not 64 <= resolution <= 2048:
         raise SdcpuError(f"--calibration-resolution must be between 64 and 2048 pixels; got {resolution}")
+
+
+def _calibration(prompts: Path | None, size: int, resolution: int | None):
+    from sdcpu.export.calibration import CalibrationSettings
+
     if prompts is None:
         return CalibrationSettings(size=size, resolution=resolution)
     if not prompts.is_file():

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from sdcpu.errors import SdcpuError
+from sdcpu.export.preflight import check_source
 from sdcpu.export.sources.base import Source, read_config
 from sdcpu.export.sources.diffusers_folder import open_diffusers_folder, open_tiny_vae
 from sdcpu.export.sources.hub import download
@@ -14,19 +15,13 @@ from sdcpu.export.sources.single_file import open_single_file
 
 __all__ = ["Source", "open_source", "open_tiny_vae", "read_config"]
 
-SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
-
 
 def open_source(source: str, **single_file_options: Any) -> Source:
     """Resolve SOURCE (folder, single file or hub id) into a Source; raises SdcpuError if it cannot."""
+    check_source(source)  # its kind, and a local one's headers
     path = Path(source).expanduser()
     if path.is_file():
-        if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
-            raise SdcpuError(f"{path} is not a checkpoint: expected one of {', '.join(SINGLE_FILE_SUFFIXES)}")
         return open_single_file(path, **single_file_options)
-    looks_local = path.suffix.lower() in SINGLE_FILE_SUFFIXES or source.startswith((".", "/", "~"))
-    if not path.is_dir() and (looks_local or source.count("/") != 1):
-        raise SdcpuError(f"{source} does not exist (expected a diffusers folder, a checkpoint file or a hub id)")
     _refuse_single_file_options(source, single_file_options)
     if path.is_dir():
         return open_diffusers_folder(path, str(path.resolve()))

@@ -44,11 +44,3 @@ def read_config(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise SdcpuError(f"{path} is not a JSON object; the folder is damaged")
     return data
-
-
-def check_json_files(folder: Path) -> None:
-    """Read every JSON file of `folder` and of its component folders through the JSON bounds before
-    diffusers or transformers read them: they parse without a nesting limit (RecursionError) and read a
-    file of any size whole."""
-    for path in sorted(folder.glob("*.json")) + sorted(folder.glob("*/*.json")):
-        read_json(path)

@@ -9,12 +9,12 @@ from typing import Any
 
 from sdcpu.errors import SdcpuError
 from sdcpu.export.families import export_family
-from sdcpu.export.sources.base import Source, check_json_files, read_config
+from sdcpu.export.preflight import check_diffusers_folder, check_json_files
+from sdcpu.export.sources.base import Source, read_config
 from sdcpu.format.families import family_of
 from sdcpu.format.safetensors import check_safetensors
 from sdcpu.format.tokenizer_files import has_vocabulary
 
-CONVERTED_GRAPHS = ("openvino_model.xml", "model.onnx")
 # The x4 upscaler's scheduler for its low-res input's noise; depth2img's depth estimator's image processor.
 SUPPORT_CONFIGS = ("low_res_scheduler/scheduler_config.json", "feature_extractor/preprocessor_config.json")
 # The upscaler's noise level limit; SDXL's zeros for an empty negative prompt (runtime/pipelines/sdxl.py).
@@ -22,12 +22,7 @@ PIPELINE_OPTIONS = ("max_noise_level", "force_zeros_for_empty_prompt")
 
 
 def open_diffusers_folder(folder: Path, description: str) -> Source:
-    if (folder / "sdcpu.json").exists() or any((folder / "unet" / name).exists() for name in CONVERTED_GRAPHS):
-        raise SdcpuError(
-            f"{folder} is already converted (it holds OpenVINO or ONNX graphs, not PyTorch weights); "
-            f"generate with it: sdcpu generate PROMPT --model {folder} --out image.png"
-        )
-    check_json_files(folder)
+    check_diffusers_folder(folder)  # not converted; its JSON files and safetensors headers sound
     unet_config = read_config(folder / "unet/config.json") if (folder / "unet/config.json").is_file() else {}
     index = read_config(folder / "model_index.json") if (folder / "model_index.json").exists() else {}
     family = family_of(unet_config, index)
@@ -40,8 +35,6 @@ def open_diffusers_folder(folder: Path, description: str) -> Source:
             f"{folder} is not a Stable Diffusion diffusers folder: tokenizer/ needs vocab.json and merges.txt, "
             "or tokenizer.json"
         )
-    for weights in sorted(folder.glob("*/*.safetensors")):
-        check_safetensors(weights)
     scheduler_path = folder / "scheduler/scheduler_config.json"
     scheduler = read_config(scheduler_path) if scheduler_path.exists() else {}
     support = {rel: read_config(folder / rel) for rel in SUPPORT_CONFIGS if (folder / rel).exists()}

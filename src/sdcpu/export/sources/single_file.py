@@ -22,7 +22,8 @@ from typing import Any
 
 from sdcpu.errors import SdcpuError
 from sdcpu.export.families import export_family
-from sdcpu.export.sources.base import Source, check_json_files, read_config
+from sdcpu.export.preflight import check_json_files
+from sdcpu.export.sources.base import Source, read_config
 from sdcpu.export.sources.presets import PRESETS, Preset
 from sdcpu.format.families import family_of
 from sdcpu.format.safetensors import check_safetensors
