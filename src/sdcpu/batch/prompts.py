@@ -75,12 +75,12 @@ def read_prompts(source: str, defaults: dict[str, Any]) -> tuple[list[BatchItem]
 
 def _read(source: str) -> tuple[str, Path]:
     if source == "-":
-        return sys.stdin.read(), Path.cwd()
+        return sys.stdin.read(), Path.cwd()  # absolute, as the list's folder is
     path = Path(source).expanduser()
     if not path.is_file():
         raise SdcpuError(f"the prompt list {source} does not exist or is not a file")
     try:
-        return path.read_text(encoding="utf-8"), path.parent
+        return path.read_text(encoding="utf-8"), path.absolute().parent
     except (OSError, UnicodeDecodeError) as err:
         raise SdcpuError(f"cannot read the prompt list {source}: {err}") from None
 

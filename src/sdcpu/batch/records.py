@@ -33,6 +33,12 @@ def check_out(out: Path) -> None:
         raise SdcpuError(f"cannot write in the output folder {out}: {err.strerror or err}") from None
 
 
+def remove_partials(out: Path) -> None:
+    """Delete the temporary files of PNGs whose writer was killed (save_png's `*.png.partial`)."""
+    for partial in out.glob("*.png.partial"):
+        partial.unlink(missing_ok=True)
+
+
 def verified_results(out: Path) -> dict[str, dict[str, Any]]:
     """The result lines of `out` whose PNG is there with its sha256, by id (the last line of an id wins)."""
     path = out / RESULTS

@@ -92,6 +92,9 @@ LoraDir = Annotated[
 ControlNetDir = Annotated[
     Path | None, typer.Option(help="folder of converted ControlNets (one folder each), named by --control NAME:IMAGE")
 ]
+Threads = Annotated[
+    int, typer.Option(help="threads per network (OpenVINO, ONNX Runtime); 0: every core", show_default=True)
+]
 LoraRank = Annotated[
     int,
     typer.Option(
@@ -117,6 +120,7 @@ def load_options(
     lora_dir: Path | None = None,
     lora_rank: int = 0,
     controlnet_dir: Path | None = None,
+    threads: int = 0,
 ) -> LoadOptions:
     """The LoadOptions for these flags (validated when the model is loaded)."""
     return LoadOptions(
@@ -133,6 +137,7 @@ def load_options(
         lora_dir=lora_dir,
         lora_rank=lora_rank,
         controlnet_dir=controlnet_dir,
+        threads=threads,
     )
 
 
@@ -151,6 +156,7 @@ FLAG_TYPES = {
     "lora_dir": LoraDir,
     "lora_rank": LoraRank,
     "controlnet_dir": ControlNetDir,
+    "threads": Threads,
 }
 LOAD_FLAGS = [
     parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=FLAG_TYPES[name])

@@ -18,6 +18,7 @@ from sdcpu.runtime import precision as compute
 BACKENDS = ("openvino", "onnxruntime")
 NATIVE_BACKEND = {"openvino": "openvino", "onnx": "onnxruntime"}
 VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO", "BATCH")  # OpenVINO devices made of others
+MAX_THREADS = 4096
 MAX_LORA_RANK = 1024  # far above any LoRA's (4 to 128); each rank costs compute on every adapted layer
 DECODERS = {"full": "vae_decoder", "tiny": "tiny_vae_decoder"}  # --decoder -> the component that decodes
 
@@ -43,7 +44,9 @@ class LoadOptions:
     N > 0 compiles the UNet's and text encoders' attention and feed-forward layers with LoRA branches of
     rank N at load (OpenVINO), so that the first LoRA compiles nothing; 0: a LoRA's first use compiles
     the layers it adapts (runtime/lora/). `controlnet_dir`: the folder of converted ControlNets (one
-    folder each) that are named rather than given by path (A1111's `models/ControlNet`)."""
+    folder each) that are named rather than given by path (A1111's `models/ControlNet`). `threads`: the
+    threads each network runs on (OpenVINO's INFERENCE_NUM_THREADS, ONNX Runtime's intra-op threads); 0: the
+    engine's default, every core. A batch on Ray gives each worker its share."""
 
     backend: str | None = None
     device: str = "CPU"
@@ -59,6 +62,7 @@ class LoadOptions:
     lora_dir: Path | None = None
     lora_rank: int = 0
     controlnet_dir: Path | None = None
+    threads: int = 0
 
     def cache_folder(self) -> Path | None:
         """Where compiled models and verified hashes are kept; None without a cache."""
@@ -98,6 +102,8 @@ class LoadOptions:
             raise SdcpuError(f"lora_rank must be from 0 (off) to {MAX_LORA_RANK}; got {self.lora_rank}")
         if self.lora_rank and backend != "openvino":
             raise SdcpuError("LoRAs at run time (lora_rank) need the OpenVINO backend: use --backend openvino")
+        if not 0 <= self.threads <= MAX_THREADS:
+            raise SdcpuError(f"threads must be from 0 (every core) to {MAX_THREADS}; got {self.threads}")
         if self.token_downsampling < 1:
             raise SdcpuError(f"token_downsampling must be at least 1 (1 turns it off); got {self.token_downsampling}")
         # It rewrites OpenVINO's attention op; a graph read from ONNX has attention as separate MatMuls.
@@ -130,4 +136,7 @@ class LoadOptions:
     def record(self) -> dict[str, str]:
         """Each option as text, for the PNG metadata and bench reports (the LoRA and ControlNet folders,
         paths of this machine, are left out: the image records its LoRAs and ControlNets by name and hash)."""
-        return {key: str(value) for key, value in asdict(self).items() if key not in ("lora_dir", "controlnet_dir")}
+        # The thread count is left out too, a fact of the machine like those folders. It can change the last
+        # bits of an image: the same settings give the same bytes at the same thread count (docs/batch.md).
+        apart = ("lora_dir", "controlnet_dir", "threads")
+        return {key: str(value) for key, value in asdict(self).items() if key not in apart}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,6 +16,7 @@ from sdcpu.cli.options import Guidance, Height, Model, NegativePrompt, Scheduler
 from sdcpu.errors import SdcpuError
 from sdcpu.runtime.options import LoadOptions
 
+RAY_HELP = "run on a Ray cluster (pip install 'sdcpu[ray]'): actors load the model, OUT must be seen by every node"
 PROMPTS_HELP = "a JSON Lines file (one object per image: prompt and any generate setting), a .csv, or - for stdin"
 
 
@@ -30,15 +32,24 @@ def batch(
     height: Height = None,
     scheduler: Scheduler = None,
     strength: Annotated[float | None, typer.Option(help="img2img and inpaint lines: the default strength")] = None,
+    ray: Annotated[bool, typer.Option("--ray", help=RAY_HELP)] = False,
+    ray_address: Annotated[str, typer.Option(help="with --ray: the head's HOST:PORT, or auto")] = "auto",
+    workers: Annotated[int | None, typer.Option(help="with --ray: actors [default: one per node]", min=1)] = None,
+    cpus_per_worker: Annotated[
+        int | None, typer.Option(help="with --ray: CPUs (and threads) per actor [default: a node's]", min=1)
+    ] = None,
     *,
     options: LoadOptions,
 ) -> None:
     """Generate one image per line of PROMPTS into OUT; run it again to finish what a stopped run left."""
-    from sdcpu.batch.local import plan, run_local
+    from sdcpu.batch.local import plan
+    from sdcpu.batch.on_ray import RaySettings
     from sdcpu.batch.prompts import read_prompts
     from sdcpu.batch.records import check_out
-    from sdcpu.runtime.pipelines.base import Pipeline
 
+    given = {"--ray-address": ray_address != "auto", "--workers": workers, "--cpus-per-worker": cpus_per_worker}
+    if not ray and any(given.values()):
+        raise fail(SdcpuError(f"{', '.join(k for k, v in given.items() if v)}: for a batch on Ray; add --ray"))
     defaults = dict(negative_prompt=negative_prompt, steps=steps, guidance=guidance, width=width, height=height)
     defaults |= dict(scheduler=scheduler, strength=strength)
     report = None
@@ -47,12 +58,8 @@ def batch(
         items, bad = read_prompts(prompts, defaults)
         todo, report = plan(out, items, bad)
         if todo:
-            with console.status("loading model"):
-                pipe = Pipeline.load(model, options)
-            with _progress() as bar:
-                task = bar.add_task("images", total=len(todo), rate="")
-                started = time.perf_counter()
-                run_local(pipe, out, todo, report, lambda done, total, s: _advance(bar, task, done, started))
+            settings = RaySettings(ray_address, workers, cpus_per_worker) if ray else None
+            _run(model, options, out, todo, report, settings)
     except SdcpuError as err:
         raise fail(err) from None
     except KeyboardInterrupt:
@@ -60,6 +67,46 @@ def batch(
         console.print(f"stopped: {made} made; run the same command again to go on", highlight=False)
         raise typer.Exit(code=130) from None
     _summary(out, len(items) + len(bad), report)
+
+
+def _run(model: Path | None, options: LoadOptions, out: Path, todo: list, report: Any, ray: Any) -> None:
+    # In this process, or (ray: RaySettings) on a Ray cluster, with the same progress bar.
+    from sdcpu.batch.local import run_local
+    from sdcpu.runtime.pipelines.base import Pipeline
+
+    if ray is not None:
+        from sdcpu.batch.on_ray import connect, import_ray, run_ray
+
+        # Before the bar: a missing extra, a bad model folder or an unreachable cluster is said at once.
+        Pipeline.check(model, options)
+        connect(import_ray(), ray.address)
+    else:
+        with console.status("loading model"):
+            pipe = Pipeline.load(model, options)
+    with _progress() as bar:
+        task = bar.add_task("images", total=len(todo), rate="")
+        started = time.perf_counter()
+
+        def progress(done: int, total: int, seconds: float) -> None:
+            _advance(bar, task, done, started)
+
+        if ray is None:
+            run_local(pipe, out, todo, report, progress)
+        else:  # paths absolute: the actors do not run in this folder
+            where = str(model.absolute() if model.exists() else model) if model is not None else None
+            run_ray(where, absolute(options), out.absolute(), todo, report, progress, ray)
+
+
+def absolute(options: LoadOptions) -> LoadOptions:
+    def path(given: Path | None) -> Path | None:
+        return Path(given).absolute() if given is not None else None
+
+    return replace(
+        options,
+        cache_dir=path(options.cache_dir),
+        lora_dir=path(options.lora_dir),
+        controlnet_dir=path(options.controlnet_dir),
+    )
 
 
 def _progress() -> Progress:

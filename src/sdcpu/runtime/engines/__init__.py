@@ -42,5 +42,5 @@ def load_model(
             raise SdcpuError(f"graph passes ({', '.join(p.name for p in passes)}) need --backend openvino")
         from sdcpu.runtime.engines.onnxruntime import OnnxRuntimeModel
 
-        return OnnxRuntimeModel(path, lazy, interface.outputs if interface is not None else ())
+        return OnnxRuntimeModel(path, lazy, interface.outputs if interface is not None else (), options.threads)
     raise SdcpuError(f"unknown backend {options.backend!r}; resolve the load options first")

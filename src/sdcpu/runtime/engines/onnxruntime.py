@@ -29,7 +29,7 @@ _DTYPES = {
 }
 
 
-def session_options() -> ort.SessionOptions:
+def session_options(threads: int = 0) -> ort.SessionOptions:
     """Full graph optimisation, quiet logs, and every weight's DequantizeLinear folded at load.
 
     Folding: an int8 folder (export/quantize.py stores weights as int8 + DequantizeLinear) then runs the
@@ -41,6 +41,7 @@ def session_options() -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    options.intra_op_num_threads = threads  # 0: ONNX Runtime's default, a thread per core
     # Disables QDQ rewrites (there are none in sdcpu's graphs) and lets constant folding fold DequantizeLinear.
     options.add_session_config_entry("session.disable_quant_qdq", "1")
     return options
@@ -49,8 +50,8 @@ def session_options() -> ort.SessionOptions:
 class OnnxRuntimeModel:
     compute_precision: str | None = "f32"  # the CPU execution provider's float kernels
 
-    def __init__(self, path: Path, lazy: bool = False, extra_outputs: tuple[str, ...] = ()):
-        self.path, self.extra_outputs = path, extra_outputs
+    def __init__(self, path: Path, lazy: bool = False, extra_outputs: tuple[str, ...] = (), threads: int = 0):
+        self.path, self.extra_outputs, self.threads = path, extra_outputs, threads
         self._dtypes: dict[str, np.dtype] = {}
         self._session: ort.InferenceSession | None = None if lazy else self._open()
         # Shrink the CPU memory arena back after every run. Kept, it only grows: an int8 SD 1.5 UNet
@@ -60,7 +61,7 @@ class OnnxRuntimeModel:
 
     def _open(self) -> ort.InferenceSession:
         # Extra outputs are declared float32, the type of the only ones asked for (DeepCache's features).
-        options = session_options()
+        options = session_options(self.threads)
         model: str | bytes = str(self.path)
         if self.extra_outputs:
             model = self.path.read_bytes() + b"".join(_float_output(name) for name in self.extra_outputs)

@@ -40,6 +40,8 @@ def engine_config(options: LoadOptions) -> dict[str, str]:
     # "auto" is left (resolved) only for another device (GPU), which keeps its own default.
     if options.compute_precision != "auto":
         config["INFERENCE_PRECISION_HINT"] = options.compute_precision  # our names are OpenVINO's
+    if options.threads:
+        config["INFERENCE_NUM_THREADS"] = str(options.threads)
     return config
 
 

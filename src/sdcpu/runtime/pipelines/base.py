@@ -133,18 +133,25 @@ class Pipeline(TaskMethods):
         """Open a folder made by `sdcpu convert` (default: the bundled demo model; "demo-lcm": its few-step
         model), or exported by optimum-intel or optimum, as `options` say, checking its manifest and its
         files (`options.verify`), with the pipeline class of its family."""
+        folder, manifest = cls.check(model_dir, options)
+        return cls._family(manifest.family)(folder, manifest, options or LoadOptions())
+
+    @classmethod
+    def check(cls, model_dir: str | Path | None = None, options: LoadOptions | None = None) -> tuple[Path, Manifest]:
+        """What `load` checks before it loads a network: the folder, its manifest, its family, the options
+        and the files. Returns the folder and its manifest."""
         folder = model_folder(model_dir)
         options = options or LoadOptions()
         cache = options.cache_folder()
         if is_foreign(folder):  # another tool's export: its manifest is built from its files, its family first
             cls._family(foreign_family(folder))
-            manifest = foreign_manifest(folder, cache, lambda note: warnings.warn(note, SdcpuNotice, stacklevel=3))
+            manifest = foreign_manifest(folder, cache, lambda note: warnings.warn(note, SdcpuNotice, stacklevel=4))
         else:
             manifest = Manifest.load(folder)
-        family = cls._family(manifest.family)
+        cls._family(manifest.family)
         options.validate(manifest)
         manifest.verify(folder, options.verify, record=cache / VERIFIED_FILES if cache is not None else None)
-        return family(folder, manifest, options)
+        return folder, manifest
 
     @classmethod
     def _family(cls, name: str) -> type[Pipeline]:
