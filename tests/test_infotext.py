@@ -76,3 +76,15 @@ def test_given_noise_is_recorded_and_its_seed_not_trusted(tmp_path):
     assert text["noise"] == "given" and text["model"] == "sdcpu-demo" and text["model_source"].startswith("sdcpu demo")
     result = runner.invoke(app, ["generate", "--from-png", str(path), "--out", str(tmp_path / "again.png")])
     assert result.exit_code == 0 and "its seed does not reproduce it" in result.output
+
+
+def test_lora_hashes_are_read_from_ours_and_from_a1111s_parameters():
+    import json
+
+    from sdcpu.runtime.io.stored import stored_lora_hashes
+
+    a1111 = 'a cat <lora:night:0.8>\nSteps: 20, Seed: 1, Lora hashes: "night: 0123456789ab, day: ba9876543210", CFG: 7'
+    assert stored_lora_hashes({"parameters": a1111}) == {"night": "0123456789ab", "day": "ba9876543210"}
+    ours = json.dumps({"prompt": "a cat", "loras": [{"name": "night", "hash": "0123456789ab", "scale": 0.8}]})
+    assert stored_lora_hashes({"sdcpu": ours, "parameters": a1111}) == {"night": "0123456789ab"}
+    assert stored_lora_hashes({"parameters": "a cat\nSteps: 20, Seed: 1, Size: 64x64"}) == {}

@@ -228,8 +228,16 @@ def test_generate_applies_lora_flags_and_from_png_applies_them_again(sd1_openvin
     # Run again from the PNG: the LoRA is found by name in --lora-dir; without it, the error says so.
     folder = ["--lora-dir", str(two_loras[0].parent)]
     result = runner.invoke(app, ["generate", "--from-png", str(first), "--out", str(again), *flags, *folder])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 0 and "is not the file" not in result.output, result.output
     np.testing.assert_array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(first)))
+    # A LoRA of that name that is another file (one bit of its first weight changed): said, not silent.
+    other, data = tmp_path / "other", bytearray(two_loras[0].read_bytes())
+    data[8 + int.from_bytes(data[:8], "little")] ^= 1
+    other.mkdir()
+    (other / two_loras[0].name).write_bytes(bytes(data))
+    changed = ["generate", "--from-png", str(first), "--out", str(tmp_path / "c.png"), *flags, "--lora-dir", str(other)]
+    result = runner.invoke(app, changed)
+    assert result.exit_code == 0 and f"LoRA {two_loras[0].stem} in {other} is not the file the image" in result.output
     result = runner.invoke(app, ["generate", "--from-png", str(first), "--out", str(tmp_path / "x.png"), *flags])
     assert result.exit_code == 2 and "--lora-dir" in result.output and not (tmp_path / "x.png").exists()
     bad = runner.invoke(app, ["generate", PROMPT, "--out", str(tmp_path / "y.png"), "--lora", "nowhere.safetensors"])

@@ -77,6 +77,8 @@ def generate(
         with warnings.catch_warnings(record=True) as noted:
             warnings.simplefilter("always")
             request = generation_request(prompt, given, from_png)
+            if from_png is not None and not lora:  # the LoRAs of its tags: the files the image was made with?
+                _check_lora_hashes(from_png, request["prompt"], options.lora_dir)
             units = parse_controls(control)
     except SdcpuError as err:
         raise fail(err) from None
@@ -90,6 +92,14 @@ def generate(
 
     count = request.get("num_images", 1)
     run_and_save(model, options, out, overwrite, run, count, preview, noted)
+
+
+def _check_lora_hashes(png: Path, prompt: str, folder: Path | None) -> None:
+    from sdcpu.runtime.io.stored import png_text, stored_lora_hashes
+    from sdcpu.runtime.lora.prompt import changed_loras
+
+    for note in changed_loras(prompt, stored_lora_hashes(png_text(png)), folder):
+        warnings.warn(note, stacklevel=2)
 
 
 def _controls(pipe: Any, units: list[tuple[Path, Path, float, float, float]], mode: str, module: str) -> list[Any]:

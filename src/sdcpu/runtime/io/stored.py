@@ -10,6 +10,7 @@ key, rather than turned into something else.
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from sdcpu.errors import SdcpuError
 from sdcpu.format.json_bounds import MAX_CHUNK_BYTES, parse_json
 from sdcpu.runtime.io.images import decode_image
 from sdcpu.runtime.io.infotext import lora_tags, parse_parameters
+
+LORA_HASHES = re.compile(r'Lora hashes: "([^"]{0,4096})"')  # A1111's: "NAME: HASH, NAME: HASH"
 
 # The settings a PNG may give, and their JSON types (bool is not an integer here).
 SETTING_TYPES: dict[str, tuple[type, ...]] = {
@@ -88,6 +91,17 @@ def stored_settings(text: dict[str, str], where: str) -> dict[str, Any]:
             raise SdcpuError(f"the parameters chunk of {where} is over the {MAX_CHUNK_BYTES:,}-byte limit")
         return check_settings(parse_parameters(text["parameters"]), f"the parameters of {where}")
     raise SdcpuError(f"{where} holds no generation settings (no sdcpu or A1111 parameters text chunk)")
+
+
+def stored_lora_hashes(text: dict[str, str]) -> dict[str, str]:
+    """The LoRAs an image was made with, by name, and A1111's short hash of each: from sdcpu's chunk, else
+    from A1111's `Lora hashes`. Read after `stored_settings` has checked the chunks."""
+    if "sdcpu" in text:
+        ours = parse_json(text["sdcpu"], "the sdcpu chunk", max_bytes=MAX_CHUNK_BYTES, strict=True)
+        return {lora["name"]: lora["hash"] for lora in ours.get("loras", []) if isinstance(lora.get("hash"), str)}
+    found = LORA_HASHES.search(text.get("parameters", "")[:MAX_CHUNK_BYTES])
+    pairs = [entry.partition(":") for entry in found[1].split(",")] if found else []
+    return {name.strip(): digest.strip() for name, _, digest in pairs if name.strip() and digest.strip()}
 
 
 def png_text(source: Path | bytes, name: str = "PNG", **limits: Any) -> dict[str, str]:

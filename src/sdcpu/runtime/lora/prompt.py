@@ -68,3 +68,23 @@ def prompt_loras(prompt: str, folder: Path | None) -> tuple[str, list[LoraSettin
     """The prompt without its tags, and the LoRAs they name, found in `folder` and checked."""
     cleaned, tags = split_tags(prompt)
     return cleaned, [LoraSetting.of(find_lora(name, folder), scale) for name, scale in tags]
+
+
+def changed_loras(prompt: str, recorded: dict[str, str], folder: Path | None) -> list[str]:
+    """A note for each LoRA of the prompt's tags that `folder` holds in another version than the one an
+    image was made with (`recorded`: name -> A1111's short hash): its image will differ. A LoRA not found
+    is left to the generation, which says so."""
+    notes = []
+    for name, _ in split_tags(prompt)[1]:
+        if name not in recorded:
+            continue
+        try:
+            found = LoraSetting.of(find_lora(name, folder))
+        except SdcpuError:
+            continue
+        if found.hash != recorded[name]:
+            notes.append(
+                f"LoRA {name} in {folder} is not the file the image was made with (hash {found.hash}, the image "
+                f"records {recorded[name]}): this image will differ"
+            )
+    return notes
