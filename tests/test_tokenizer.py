@@ -53,8 +53,11 @@ def test_reads_length_and_pad_from_the_files(tmp_path):
     (tmp_path / "tokenizer_config.json").write_text('{"model_max_length": 6, "pad_token": "!"}')
     tok = ClipTokenizer(tmp_path)
     assert tok(["Red  e"]).tolist() == [[0, 7, 8, 1, 2, 2]]
-    with pytest.warns(UserWarning, match="cut: 'red e'"):
+    with pytest.warns(UserWarning, match="2 were cut, from: 'red e'"):
         assert tok(["red red red e red e"]).tolist() == [[0, 7, 7, 7, 8, 1]]
+    with pytest.warns(UserWarning) as caught:  # a long prompt's cut part is shown by its start, not whole
+        tok(["red " * 10_000])
+    assert "9996 were cut" in str(caught[0].message) and len(str(caught[0].message)) < 200
 
 
 @pytest.mark.parity

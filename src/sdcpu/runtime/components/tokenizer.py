@@ -22,6 +22,8 @@ from sdcpu.format.json_bounds import read_json_object
 # Every file a tokenizer folder may have; a converted folder keeps those its source had.
 CLIP_SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 
+SHOWN_CUT = 80  # characters of a prompt's cut part shown in the warning (its first and last 40)
+
 
 def _token_content(value: object) -> str:
     return value["content"] if isinstance(value, dict) else str(value)
@@ -82,8 +84,10 @@ class ClipTokenizer:
         ids = encoding.ids
         if len(ids) > n - 2:
             cut = prompt[encoding.offsets[n - 2][0] :].strip()
+            half = SHOWN_CUT // 2  # its start and its end, not a 100 KB prompt's tail again
+            shown = cut if len(cut) <= SHOWN_CUT else f"{cut[:half].rstrip()} ... {cut[-half:].lstrip()}"
             warnings.warn(
-                f"the prompt is longer than the model's {n} tokens; this part was cut: {cut!r}",
+                f"the prompt is longer than the model's {n} tokens; {len(ids) - (n - 2)} were cut, from: {shown!r}",
                 stacklevel=3,
             )
             ids = ids[: n - 2]
