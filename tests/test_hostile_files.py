@@ -25,7 +25,7 @@ from sdcpu.errors import SdcpuError
 from sdcpu.export.folders import check_apart, write_failure
 from sdcpu.format.json_bounds import JsonError, nesting_depth, parse_json, read_json
 from sdcpu.runtime.io import images
-from sdcpu.runtime.io.stored import check_settings, generation_request, read_png_settings
+from sdcpu.runtime.io.stored import check_settings, generation_request, read_png
 from sdcpu.runtime.options import LoadOptions
 from sdcpu.runtime.tasks import TextToImage
 from sdcpu.runtime.tasks.depth2img import load_depth_map
@@ -115,7 +115,7 @@ def test_stored_settings_are_type_checked():
 def test_from_png_reads_its_settings_and_refuses_damaged_ones(tmp_path):
     good = tmp_path / "good.png"
     good.write_bytes(png_with_text(sdcpu=json.dumps({"prompt": "a", "steps": 3, "loras": [{"name": "x", "scale": 1}]})))
-    assert read_png_settings(good) == {"prompt": "a <lora:x:1>", "steps": 3}
+    assert read_png(good)[0] == {"prompt": "a <lora:x:1>", "steps": 3}
     for chunk, message in [
         ("[1]", "a JSON list, not an object"),
         ('{"controls": [{"name": 5}]}', "controls record whose name is not text"),
@@ -124,7 +124,7 @@ def test_from_png_reads_its_settings_and_refuses_damaged_ones(tmp_path):
     ]:
         (tmp_path / "bad.png").write_bytes(png_with_text(sdcpu=chunk))
         with pytest.raises(SdcpuError, match=message):
-            read_png_settings(tmp_path / "bad.png")
+            read_png(tmp_path / "bad.png")
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +164,7 @@ def test_from_png_with_hostile_chunks_ends_in_settings_or_a_clear_error(demo, tm
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            request = generation_request(None, {"steps": 1}, path)
+            request = generation_request(None, {"steps": 1}, read_png(path)[0])
             demo.settings(request.pop("prompt"), TextToImage(), **request)
         except SdcpuError:
             pass  # the clear error the CLI prints; anything else would be a traceback

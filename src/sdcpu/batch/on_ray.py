@@ -71,10 +71,20 @@ def check_reachable(address: str) -> None:
         ) from None
 
 
+def join(model: str | Path | None, options: LoadOptions, address: str) -> Any:
+    """Ray, joined to the cluster at `address` (or, "auto", the running one, or one started on this
+    machine), once the model folder and options are checked here: an actor that cannot load them would
+    end the run with Ray's traces."""
+    from sdcpu.runtime.pipelines.base import Pipeline
+
+    ray = import_ray()
+    Pipeline.check(model, options)
+    connect(ray, address)
+    return ray
+
+
 def connect(ray: Any, address: str) -> None:
-    """Join the cluster at `address`, or ("auto") the running one, or start one on this machine (once)."""
-    if ray.is_initialized():
-        return
+    """Join the cluster at `address`, or ("auto") the running one, or start one on this machine."""
     check_reachable(address)
     try:
         ray.init(address=None if address == "auto" else address, logging_level="WARNING", log_to_driver=False)
@@ -117,6 +127,7 @@ class ImageMaker:
 
 
 def run_ray(
+    ray: Any,
     model: str | None,
     options: LoadOptions,
     out: Path,
@@ -125,13 +136,8 @@ def run_ray(
     progress: Progress,
     settings: RaySettings,
 ) -> BatchReport:
-    """Make every item of `todo` on the Ray cluster `settings` name, into `out` (a folder every node
-    sees), each record on disk as it comes back. Returns the report."""
-    from sdcpu.runtime.pipelines.base import Pipeline
-
-    ray = import_ray()
-    Pipeline.check(model, options)  # here, not in each actor: an actor that cannot start ends the run with a trace
-    connect(ray, settings.address)
+    """Make every item of `todo` on the cluster `ray` has joined (`join`), into `out` (a folder every
+    node sees), each record on disk as it comes back. Returns the report."""
     workers, cpus = actor_shape(ray, settings)
     rows = [{"item": json.dumps(asdict(item))} for item in todo]
     # One block per image, so that images spread evenly and a lost actor loses one. Ray Data's defaults

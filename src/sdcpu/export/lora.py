@@ -64,7 +64,7 @@ def check_lora_networks(loras: list[Lora], networks: set[str], family: str) -> N
     """Refuse a LoRA that adapts a network the model has not (an SDXL LoRA's second text encoder, given
     to an SD 1.x model), naming the family it is for."""
     for lora in loras:
-        keys = _keys(lora)
+        keys = check_safetensors(lora.path)
         adapted = {network for network in PREFIXES if _groups(keys, network)[0]}
         if adapted - networks:
             made_for = "Stable Diffusion XL" if "text_encoder_2" in adapted else "another family"
@@ -146,10 +146,6 @@ def _fuse(module: Any, down: Any, up: Any, scale: float) -> None:
     weight = module.weight
     delta = up.flatten(1).float() @ down.flatten(1).float()  # (out, rank) @ (rank, in * kh * kw)
     weight += (scale * delta).reshape(weight.shape).to(weight.dtype)
-
-
-def _keys(lora: Lora) -> list[str]:
-    return check_safetensors(lora.path)
 
 
 def _groups(keys: list[str], network: str) -> tuple[dict[str, dict[str, str]], list[str]]:

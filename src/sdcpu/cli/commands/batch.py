@@ -75,11 +75,9 @@ def _run(model: Path | None, options: LoadOptions, out: Path, todo: list, report
     from sdcpu.runtime.pipelines.base import Pipeline
 
     if ray is not None:
-        from sdcpu.batch.on_ray import connect, import_ray, run_ray
+        from sdcpu.batch.on_ray import join, run_ray
 
-        # Before the bar: a missing extra, a bad model folder or an unreachable cluster is said at once.
-        Pipeline.check(model, options)
-        connect(import_ray(), ray.address)
+        joined = join(model, options, ray.address)  # before the bar: a mistake is said at once
     else:
         with console.status("loading model"):
             pipe = Pipeline.load(model, options)
@@ -94,7 +92,7 @@ def _run(model: Path | None, options: LoadOptions, out: Path, todo: list, report
             run_local(pipe, out, todo, report, progress)
         else:  # paths absolute: the actors do not run in this folder
             where = str(model.absolute() if model.exists() else model) if model is not None else None
-            run_ray(where, absolute(options), out.absolute(), todo, report, progress, ray)
+            run_ray(joined, where, absolute(options), out.absolute(), todo, report, progress, ray)
 
 
 def absolute(options: LoadOptions) -> LoadOptions:

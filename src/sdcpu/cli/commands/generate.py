@@ -66,7 +66,8 @@ def generate(
 ) -> None:
     """Generate images from a prompt (or from an init image and a prompt, or the settings of a PNG)."""
     from sdcpu.runtime.io.preview import preview_writer
-    from sdcpu.runtime.io.stored import generation_request
+    from sdcpu.runtime.io.stored import generation_request, read_png
+    from sdcpu.runtime.lora.prompt import changed_loras
 
     given: dict[str, Any] = dict(negative_prompt=negative_prompt, steps=steps, guidance=guidance, seed=seed)
     given["width"] = width
@@ -76,9 +77,11 @@ def generate(
     try:
         with warnings.catch_warnings(record=True) as noted:
             warnings.simplefilter("always")
-            request = generation_request(prompt, given, from_png)
-            if from_png is not None and not lora:  # the LoRAs of its tags: the files the image was made with?
-                _check_lora_hashes(from_png, request["prompt"], options.lora_dir)
+            stored, recorded = read_png(from_png) if from_png is not None else ({}, {})
+            request = generation_request(prompt, given, stored)
+            if recorded and not lora:  # the LoRAs of its tags: the files the image was made with?
+                for note in changed_loras(request["prompt"], recorded, options.lora_dir):
+                    warnings.warn(note, stacklevel=1)
             units = parse_controls(control)
     except SdcpuError as err:
         raise fail(err) from None
@@ -92,14 +95,6 @@ def generate(
 
     count = request.get("num_images", 1)
     run_and_save(model, options, out, overwrite, run, count, preview, noted)
-
-
-def _check_lora_hashes(png: Path, prompt: str, folder: Path | None) -> None:
-    from sdcpu.runtime.io.stored import png_text, stored_lora_hashes
-    from sdcpu.runtime.lora.prompt import changed_loras
-
-    for note in changed_loras(prompt, stored_lora_hashes(png_text(png)), folder):
-        warnings.warn(note, stacklevel=2)
 
 
 def _controls(pipe: Any, units: list[tuple[Path, Path, float, float, float]], mode: str, module: str) -> list[Any]:

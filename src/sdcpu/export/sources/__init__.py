@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from sdcpu.errors import SdcpuError
-from sdcpu.export.preflight import check_source
+from sdcpu.export.preflight import check_diffusers_folder
 from sdcpu.export.sources.base import Source, read_config
 from sdcpu.export.sources.diffusers_folder import open_diffusers_folder, open_tiny_vae
 from sdcpu.export.sources.hub import download
@@ -17,15 +17,17 @@ __all__ = ["Source", "open_source", "open_tiny_vae", "read_config"]
 
 
 def open_source(source: str, **single_file_options: Any) -> Source:
-    """Resolve SOURCE (folder, single file or hub id) into a Source; raises SdcpuError if it cannot."""
-    check_source(source)  # its kind, and a local one's headers
+    """Resolve SOURCE (folder, single file or hub id), checked by `preflight`, into a Source; raises
+    SdcpuError if it cannot."""
     path = Path(source).expanduser()
     if path.is_file():
         return open_single_file(path, **single_file_options)
     _refuse_single_file_options(source, single_file_options)
     if path.is_dir():
         return open_diffusers_folder(path, str(path.resolve()))
-    return open_diffusers_folder(download(source), source)
+    folder = download(source)
+    check_diffusers_folder(folder)  # a local source was checked by `preflight`, before torch was imported
+    return open_diffusers_folder(folder, source)
 
 
 def _refuse_single_file_options(source: str, options: dict[str, Any]) -> None:

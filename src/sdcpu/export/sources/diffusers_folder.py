@@ -9,7 +9,7 @@ from typing import Any
 
 from sdcpu.errors import SdcpuError
 from sdcpu.export.families import export_family
-from sdcpu.export.preflight import check_diffusers_folder, check_json_files
+from sdcpu.export.preflight import check_json_files
 from sdcpu.export.sources.base import Source, read_config
 from sdcpu.format.families import family_of
 from sdcpu.format.safetensors import check_safetensors
@@ -22,7 +22,6 @@ PIPELINE_OPTIONS = ("max_noise_level", "force_zeros_for_empty_prompt")
 
 
 def open_diffusers_folder(folder: Path, description: str) -> Source:
-    check_diffusers_folder(folder)  # not converted; its JSON files and safetensors headers sound
     unet_config = read_config(folder / "unet/config.json") if (folder / "unet/config.json").is_file() else {}
     index = read_config(folder / "model_index.json") if (folder / "model_index.json").exists() else {}
     family = family_of(unet_config, index)

@@ -98,7 +98,7 @@ def stored_lora_hashes(text: dict[str, str]) -> dict[str, str]:
     from A1111's `Lora hashes`. Read after `stored_settings` has checked the chunks."""
     if "sdcpu" in text:
         ours = parse_json(text["sdcpu"], "the sdcpu chunk", max_bytes=MAX_CHUNK_BYTES, strict=True)
-        return {lora["name"]: lora["hash"] for lora in ours.get("loras", []) if isinstance(lora.get("hash"), str)}
+        return {lora["name"]: lora["hash"] for lora in ours.get("loras") or [] if isinstance(lora.get("hash"), str)}
     found = LORA_HASHES.search(text.get("parameters", "")[:MAX_CHUNK_BYTES])
     pairs = [entry.partition(":") for entry in found[1].split(",")] if found else []
     return {name.strip(): digest.strip() for name, _, digest in pairs if name.strip() and digest.strip()}
@@ -111,15 +111,17 @@ def png_text(source: Path | bytes, name: str = "PNG", **limits: Any) -> dict[str
     return {key: value for key, value in image.info.items() if isinstance(key, str) and isinstance(value, str)}
 
 
-def read_png_settings(path: Path) -> dict[str, Any]:
-    """The generation settings stored in the PNG at `path` (`stored_settings`)."""
-    return stored_settings(png_text(path), str(path))
+def read_png(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """The generation settings stored in the PNG at `path` (`stored_settings`) and the hashes of its LoRAs
+    (`stored_lora_hashes`), from one read of the file."""
+    text = png_text(path)
+    return stored_settings(text, str(path)), stored_lora_hashes(text)
 
 
-def generation_request(prompt: str | None, given: dict[str, Any], from_png: Path | None) -> dict[str, Any]:
-    """The keyword arguments of one generation: the settings read from `from_png` (if any), overridden
-    by those given explicitly (`given`, None meaning not given), and `prompt` when there is one."""
-    request = read_png_settings(from_png) if from_png is not None else {}
+def generation_request(prompt: str | None, given: dict[str, Any], stored: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of one generation: the settings stored in an image (`read_png`; {} for none),
+    overridden by those given explicitly (`given`, None meaning not given), and `prompt` when there is one."""
+    request = dict(stored)
     request |= {key: value for key, value in given.items() if value is not None}
     if prompt is not None:
         request["prompt"] = prompt

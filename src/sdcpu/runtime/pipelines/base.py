@@ -138,8 +138,7 @@ class Pipeline(TaskMethods):
 
     @classmethod
     def check(cls, model_dir: str | Path | None = None, options: LoadOptions | None = None) -> tuple[Path, Manifest]:
-        """What `load` checks before it loads a network: the folder, its manifest, its family, the options
-        and the files. Returns the folder and its manifest."""
+        """The folder and its manifest, with all `load` checks before loading a network (family, options, files)."""
         folder = model_folder(model_dir)
         options = options or LoadOptions()
         cache = options.cache_folder()
