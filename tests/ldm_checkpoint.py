@@ -86,3 +86,26 @@ def sdxl_checkpoint(text_encoder, text_encoder_2, unet, vae) -> dict:
     state.update(unet_to_ldm(unet.state_dict(), dict(unet.config)))
     state.update(vae_to_ldm(vae.state_dict(), dict(vae.config)))
     return {k: v.contiguous() for k, v in state.items()}
+
+
+def controlnet_to_ldm(state, config, prefix: str = "control_model.") -> dict:
+    """A diffusers ControlNetModel's weights in ControlNet v1.1's original layout (cldm's names)."""
+    names = unet_original_names(list(state), {**config, "up_block_types": []})
+    hint_blocks = len({key.split(".")[2] for key in state if key.startswith("controlnet_cond_embedding.blocks.")})
+    renames = [
+        ("controlnet_cond_embedding.conv_in.", "input_hint_block.0."),
+        ("controlnet_cond_embedding.conv_out.", f"input_hint_block.{2 * (hint_blocks + 1)}."),
+        ("controlnet_mid_block.", "middle_block_out.0."),
+    ]
+    for i in range(hint_blocks):
+        renames.append((f"controlnet_cond_embedding.blocks.{i}.", f"input_hint_block.{2 * (i + 1)}."))
+    zero_convs = len({key.split(".")[1] for key in state if key.startswith("controlnet_down_blocks.")})
+    renames += [(f"controlnet_down_blocks.{i}.", f"zero_convs.{i}.0.") for i in range(zero_convs)]
+    out = {}
+    for key, value in state.items():
+        if key in names:  # the UNet encoder's
+            out[prefix + names[key]] = value
+            continue
+        old, new = next((old, new) for old, new in renames if key.startswith(old))
+        out[prefix + new + key[len(old) :]] = value
+    return out

@@ -177,6 +177,7 @@ def test_a_refiner_hub_id_is_refused_before_its_weights_are_fetched(tmp_path, mo
     import huggingface_hub
 
     from sdcpu.export.convert import convert
+    from sdcpu.export.sources.hub import FAMILY_FILES
 
     folder = _refiner_folder(tmp_path / "refiner")
     asked: list[list[str]] = []
@@ -188,4 +189,4 @@ def test_a_refiner_hub_id_is_refused_before_its_weights_are_fetched(tmp_path, mo
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
     with pytest.raises(SdcpuError, match=REFINER_SENTENCE.format("convert")):
         convert("someone/tiny-refiner", tmp_path / "out", "onnx", progress=lambda _: None)
-    assert asked == [["model_index.json", "unet/config.json"]] and not (tmp_path / "out").exists()
+    assert asked == [FAMILY_FILES] and not (tmp_path / "out").exists()

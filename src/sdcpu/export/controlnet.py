@@ -1,5 +1,6 @@
-"""Convert a ControlNet (a diffusers `ControlNetModel` folder) into its own folder: `controlnet/` as
-OpenVINO IR or ONNX, its config, and the manifest `sdcpu-controlnet.json` (format/controlnet.py).
+"""Convert a ControlNet (a diffusers `ControlNetModel`, read by export/controlnet_sources.py) into its
+own folder: `controlnet/` as OpenVINO IR or ONNX, its config, and the manifest `sdcpu-controlnet.json`
+(format/controlnet.py).
 
 Tensor names: `sample, timestep, encoder_hidden_states, controlnet_cond` (SDXL's add `text_embeds` and
 `time_ids`) -> `down_block_res_sample_0` ... `_N-1`, `mid_block_res_sample`, as diffusers' ControlNetModel
@@ -19,29 +20,18 @@ from typing import Any
 import torch
 
 from sdcpu.errors import SdcpuError
+from sdcpu.export.controlnet_sources import load_controlnet
 from sdcpu.export.families.base import ExportSpec
 from sdcpu.export.folders import versions
 from sdcpu.export.quantize import component_precision
 from sdcpu.export.writers import WRITERS
 from sdcpu.format.controlnet import COMPONENT, CONTROLNET_MANIFEST, ControlNetManifest
 from sdcpu.format.graph_signature import read_inputs
-from sdcpu.format.json_bounds import read_json_object
 from sdcpu.format.manifest import GRAPH_FILE, describe_files
 from sdcpu.runtime.controlnet import RESIDUAL_GRAPH
 from sdcpu.runtime.io.outputs import follow_umask
 
 TRACE_LATENTS = 9  # an odd size traces the general path, as the UNet's (export/families/sd.py)
-
-
-def is_controlnet_folder(path: Path) -> bool:
-    """Whether `path` is a diffusers ControlNetModel folder (its config.json names the class)."""
-    config = path / "config.json"
-    if not path.is_dir() or not config.is_file():
-        return False
-    try:
-        return read_json_object(config).get("_class_name") == "ControlNetModel"
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 class _ControlNet(torch.nn.Module):
@@ -113,16 +103,20 @@ def _family(config: dict[str, Any]) -> str:
 
 
 def convert_controlnet(
-    source: Path, staged: Path, fmt: str, precision: str, progress: Callable[[str], None]
+    source: Path,
+    staged: Path,
+    target: tuple[str, str],
+    progress: Callable[[str], None],
+    *,
+    config_dir: Path | None = None,
+    named: str | None = None,
 ) -> ControlNetManifest:
-    """Export the ControlNetModel folder `source` into the new folder `staged`, manifest last."""
-    from diffusers import ControlNetModel
-
+    """Export the ControlNet folder or single file `source` into the new folder `staged`, manifest last.
+    `target`: (format, precision); `config_dir`: a single file's config (controlnet_sources.py); `named`:
+    what the manifest calls the source (a hub id), by default its path."""
+    fmt, precision = target
     start = time.perf_counter()
-    try:
-        model = ControlNetModel.from_pretrained(source).eval()
-    except (OSError, ValueError, KeyError, RuntimeError) as err:
-        raise SdcpuError(f"cannot read the ControlNet in {source} ({err}); is it a complete diffusers folder?") from err
+    model = load_controlnet(source, config_dir)
     spec = controlnet_spec(model)
     (staged / COMPONENT).mkdir(parents=True)
     exact = component_precision(precision, COMPONENT)
@@ -132,7 +126,7 @@ def convert_controlnet(
     files = [f"{COMPONENT}/{name}" for name in [*names, "config.json"]]
     channels, levels = _residual_shapes(spec, model)
     manifest = ControlNetManifest(
-        source=str(source.resolve()),
+        source=named or str(source.resolve()),
         family=_family(config),
         format=fmt,
         precision=exact,

@@ -18,14 +18,15 @@ from typing import Any
 
 from sdcpu.errors import SdcpuError
 from sdcpu.export.calibration import CalibrationSettings, collect_unet_inputs
-from sdcpu.export.controlnet import convert_controlnet, is_controlnet_folder, write_residual_graph
+from sdcpu.export.controlnet import convert_controlnet, write_residual_graph
+from sdcpu.export.controlnet_sources import is_controlnet
 from sdcpu.export.families import OPTIONAL_KINDS, export_family
 from sdcpu.export.folders import move_into_place, versions, write_failure
 from sdcpu.export.lora import PREFIXES as LORA_NETWORKS
 from sdcpu.export.lora import Lora, check_lora_networks, check_lora_tensors, fuse_loras
 from sdcpu.export.preflight import preflight
 from sdcpu.export.quantize import FEW_STEP_RECIPE, NNCF_RECIPE, component_precision
-from sdcpu.export.sources import Source, open_source, open_tiny_vae
+from sdcpu.export.sources import Source, locate, open_source, open_tiny_vae
 from sdcpu.export.tokenizer_ir import write_tokenizer_irs
 from sdcpu.export.writers import WRITERS, Calibrate
 from sdcpu.format.controlnet import ControlNetManifest
@@ -55,7 +56,8 @@ def convert(
     progress: Callable[[str], None] = print,
 ) -> Manifest | ControlNetManifest:
     """Convert SOURCE (diffusers folder, hub id, or .safetensors/.ckpt file) into OUT; returns its manifest.
-    A diffusers ControlNetModel folder becomes a ControlNet folder (export/controlnet.py).
+    A ControlNet (a diffusers folder, hub id or single .safetensors file) becomes a ControlNet folder
+    (export/controlnet.py, export/controlnet_sources.py).
     `calibration` sets the prompts and sample count of `int8-hybrid` (default: CalibrationSettings()).
     `tiny_vae`: a diffusers AutoencoderTiny folder (TAESD), exported as tiny_vae_decoder and _encoder.
     `loras`: LoRA files fused into the UNet and text encoder before export (export/lora.py)."""
@@ -65,9 +67,13 @@ def convert(
     preflight(source, out, format, precision, force=force, inputs=inputs, loras=loras)
     for stale in remove_stale_work(out):
         progress(f"removed {stale.name}, left by a convert that was killed")
-    controlnet = is_controlnet_folder(Path(source).expanduser())
+    where = locate(source)  # a hub id is fetched here: its configs, then the weights they call for
+    controlnet = is_controlnet(where)
     if controlnet:
-        _refuse_for_controlnet(preset=preset, config=config_dir, tokenizer=tokenizer_dir, tiny_vae=tiny_vae, lora=loras)
+        folder_config = config_dir if where.is_dir() else None  # a single file may be given its config
+        _refuse_for_controlnet(
+            preset=preset, config=folder_config, tokenizer=tokenizer_dir, tiny_vae=tiny_vae, lora=loras
+        )
     try:
         work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
         (work / OWNER).write_text(str(os.getpid()))
@@ -75,7 +81,11 @@ def convert(
         raise SdcpuError(f"cannot write in {out.parent}: {err.strerror}; choose another OUT") from err
     try:
         if controlnet:
-            made = convert_controlnet(Path(source).expanduser(), work / "controlnet", format, precision, progress)
+            named = None if where == Path(source).expanduser() else source
+            config = _opt_path(config_dir) if where.is_file() else None
+            made = convert_controlnet(
+                where, work / "controlnet", (format, precision), progress, config_dir=config, named=named
+            )
             move_into_place(work / "controlnet", out)
             progress(f"done: {out}")
             return made
@@ -85,7 +95,7 @@ def convert(
             "tokenizer_dir": _opt_path(tokenizer_dir),
             "work_dir": work,
         }
-        src = open_source(source, **options)
+        src = open_source(source, where, **options)
         networks = set(export_family(src.family).loaders)
         check_lora_networks(list(loras), networks, NAMES.get(src.family, src.family))
         check_lora_tensors(list(loras), networks)

@@ -87,7 +87,7 @@ def check_diffusers_folder(folder: Path) -> None:
             f"generate with it: sdcpu generate PROMPT --model {folder} --out image.png"
         )
     check_json_files(folder)
-    for weights in sorted(folder.glob("*/*.safetensors")):
+    for weights in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*/*.safetensors")):
         check_safetensors(weights)
 
 

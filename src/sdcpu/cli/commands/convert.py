@@ -26,7 +26,12 @@ def convert(
     preset: Annotated[
         str | None, typer.Option(help="single files: sd1, sd2-base, sd2-v or sdxl (default: detected)")
     ] = None,
-    config: Annotated[Path | None, typer.Option(help="single files: a diffusers folder whose configs to use")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="single files: a diffusers folder whose configs to use (a ControlNet's: with its config.json)"
+        ),
+    ] = None,
     tokenizer: Annotated[Path | None, typer.Option(help="single files: a CLIP tokenizer folder")] = None,
     calibration_prompts: Annotated[
         Path | None, typer.Option(help="int8-hybrid: a text file of prompts, one per line (default: 8 built in)")

@@ -13,19 +13,25 @@ from sdcpu.export.sources.diffusers_folder import open_diffusers_folder, open_ti
 from sdcpu.export.sources.hub import download
 from sdcpu.export.sources.single_file import open_single_file
 
-__all__ = ["Source", "open_source", "open_tiny_vae", "read_config"]
+__all__ = ["Source", "locate", "open_source", "open_tiny_vae", "read_config"]
 
 
-def open_source(source: str, **single_file_options: Any) -> Source:
+def locate(source: str) -> Path:
+    """Where SOURCE's files are: its own path, or a hub id's folder, fetched (hub.py)."""
+    path = Path(source).expanduser()
+    return path if path.exists() else download(source)
+
+
+def open_source(source: str, where: Path | None = None, **single_file_options: Any) -> Source:
     """Resolve SOURCE (folder, single file or hub id), checked by `preflight`, into a Source; raises
-    SdcpuError if it cannot."""
+    SdcpuError if it cannot. `where`: its files, if `locate` found them already."""
     path = Path(source).expanduser()
     if path.is_file():
         return open_single_file(path, **single_file_options)
     _refuse_single_file_options(source, single_file_options)
     if path.is_dir():
         return open_diffusers_folder(path, str(path.resolve()))
-    folder = download(source)
+    folder = where or download(source)
     check_diffusers_folder(folder)  # a local source was checked by `preflight`, before torch was imported
     return open_diffusers_folder(folder, source)
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sdcpu.errors import SdcpuError
+from sdcpu.export.controlnet_sources import controlnet_layout
 from sdcpu.export.families import export_family
 from sdcpu.export.preflight import check_json_files
 from sdcpu.export.sources.base import Source, read_config
@@ -77,6 +78,11 @@ def detect_preset(state: dict[str, Any]) -> Preset:
     """SDXL checkpoints carry a second text encoder. SD 2 checkpoints carry an OpenCLIP text encoder; we
     then assume the 768 v-prediction model, as diffusers does (pass `preset="sd2-base"` for the 512
     epsilon one)."""
+    if controlnet_layout(state) is not None:  # a .safetensors ControlNet never comes here (convert.py)
+        raise SdcpuError(
+            "this is a ControlNet in a pickle (.pth, .ckpt); sdcpu converts ControlNets from .safetensors files, "
+            "diffusers folders or hub ids: get its .safetensors version"
+        )
     if not any(k.startswith(UNET_PREFIX) for k in state):
         raise SdcpuError("this checkpoint has no Stable Diffusion UNet (no model.diffusion_model.* weights)")
     if any(k.startswith(SDXL_SECOND_ENCODER) for k in state):
