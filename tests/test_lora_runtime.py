@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -205,6 +207,8 @@ def test_a1111_prompt_tags_give_the_image_of_the_lora_flag(sd1_openvino, two_lor
         answer = client.post("/sdapi/v1/txt2img", json=body | {"sampler_name": "PNDM"})
         assert answer.status_code == 200
         image = Image.open(io.BytesIO(base64.b64decode(answer.json()["images"][0])))
+        info = json.loads(answer.json()["info"])  # as A1111's: the prompt as given, its tag kept
+        assert info["prompt"] == body["prompt"] and info["all_prompts"] == [body["prompt"]]
         missing = client.post("/sdapi/v1/txt2img", json=body | {"prompt": "x <lora:nowhere:1>"})
         escape = client.post("/sdapi/v1/txt2img", json=body | {"prompt": "x <lora:../../etc/passwd:1>"})
     np.testing.assert_array_equal(np.asarray(image), np.asarray(expected))

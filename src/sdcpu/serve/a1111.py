@@ -163,15 +163,17 @@ async def _answer(http: Request, request: Txt2ImgRequest, job: Job) -> dict[str,
             unit.pop("input_image", None)
     if not parameters.get("include_init_images"):
         parameters = {k: v for k, v in parameters.items() if k not in ("init_images", "mask")}
-    return {"images": images, "parameters": parameters, "info": json.dumps(_info(http, job))}
+    return {"images": images, "parameters": parameters, "info": json.dumps(_info(http, job, request.prompt))}
 
 
-def _info(http: Request, job: Job) -> dict[str, Any]:
+def _info(http: Request, job: Job, prompt: str) -> dict[str, Any]:
+    # `prompt` as the client gave it: A1111 keeps its <lora:...> tags in the info (its all_prompts), and
+    # removes them only from the text it encodes.
     s, pipe = job.settings, http.app.state.server.pipeline
     sampler, schedule = SAMPLERS[s.scheduler]
     return {
-        "prompt": s.prompt,
-        "all_prompts": [s.prompt] * s.num_images,
+        "prompt": prompt,
+        "all_prompts": [prompt] * s.num_images,
         "negative_prompt": s.negative_prompt,
         "all_negative_prompts": [s.negative_prompt] * s.num_images,
         "seed": s.seed,
