@@ -254,7 +254,7 @@ def test_annotate_names_its_modules():
     image = _disc(32)
     assert annotate("none", image) is image
     with pytest.raises(SdcpuError, match="none, canny"):
-        annotate("depth_midas", image)
+        annotate("openpose", image)
 
 
 @pytest.mark.parity

@@ -92,6 +92,12 @@ LoraDir = Annotated[
 ControlNetDir = Annotated[
     Path | None, typer.Option(help="folder of converted ControlNets (one folder each), named by --control NAME:IMAGE")
 ]
+DepthEstimator = Annotated[
+    Path | None,
+    typer.Option(
+        help="a converted depth estimator (sdcpu convert Intel/dpt-hybrid-midas DIR) for --control-module depth"
+    ),
+]
 Threads = Annotated[
     int, typer.Option(help="threads per network (OpenVINO, ONNX Runtime); 0: every core", show_default=True)
 ]
@@ -120,6 +126,7 @@ def load_options(
     lora_dir: Path | None = None,
     lora_rank: int = 0,
     controlnet_dir: Path | None = None,
+    depth_estimator: Path | None = None,
     threads: int = 0,
 ) -> LoadOptions:
     """The LoadOptions for these flags (validated when the model is loaded)."""
@@ -137,6 +144,7 @@ def load_options(
         lora_dir=lora_dir,
         lora_rank=lora_rank,
         controlnet_dir=controlnet_dir,
+        depth_estimator=depth_estimator,
         threads=threads,
     )
 
@@ -156,6 +164,7 @@ FLAG_TYPES = {
     "lora_dir": LoraDir,
     "lora_rank": LoraRank,
     "controlnet_dir": ControlNetDir,
+    "depth_estimator": DepthEstimator,
     "threads": Threads,
 }
 LOAD_FLAGS = [
@@ -210,7 +219,11 @@ ControlMode = Annotated[
     typer.Option(help="balanced, prompt (the prompt matters more) or control (the ControlNet does), as A1111's"),
 ]
 ControlModule = Annotated[
-    str, typer.Option(help="the annotator that makes the control images of the given ones: none or canny")
+    str,
+    typer.Option(
+        help="the annotator that makes the control images of the given ones: none, canny, or depth "
+        "(with --depth-estimator)"
+    ),
 ]
 
 

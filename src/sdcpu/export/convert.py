@@ -20,6 +20,7 @@ from sdcpu.errors import SdcpuError
 from sdcpu.export.calibration import CalibrationSettings, collect_unet_inputs
 from sdcpu.export.controlnet import convert_controlnet, write_residual_graph
 from sdcpu.export.controlnet_sources import is_controlnet
+from sdcpu.export.depth_estimator import convert_depth_estimator, is_depth_estimator_folder
 from sdcpu.export.families import OPTIONAL_KINDS, export_family
 from sdcpu.export.folders import move_into_place, versions, write_failure
 from sdcpu.export.lora import PREFIXES as LORA_NETWORKS
@@ -29,6 +30,7 @@ from sdcpu.export.quantize import FEW_STEP_RECIPE, NNCF_RECIPE, component_precis
 from sdcpu.export.sources import Source, locate, open_source, open_tiny_vae
 from sdcpu.export.tokenizer_ir import write_tokenizer_irs
 from sdcpu.export.writers import WRITERS, Calibrate
+from sdcpu.format.annotator import AnnotatorManifest
 from sdcpu.format.controlnet import ControlNetManifest
 from sdcpu.format.families import NAMES
 from sdcpu.format.graph_signature import read_inputs
@@ -54,10 +56,11 @@ def convert(
     tiny_vae: str | Path | None = None,
     loras: Sequence[Lora] = (),
     progress: Callable[[str], None] = print,
-) -> Manifest | ControlNetManifest:
+) -> Manifest | ControlNetManifest | AnnotatorManifest:
     """Convert SOURCE (diffusers folder, hub id, or .safetensors/.ckpt file) into OUT; returns its manifest.
     A ControlNet (a diffusers folder, hub id or single .safetensors file) becomes a ControlNet folder
-    (export/controlnet.py, export/controlnet_sources.py).
+    (export/controlnet.py, export/controlnet_sources.py), and a depth estimator (a transformers DPT folder
+    or hub id) an annotator folder (export/depth_estimator.py).
     `calibration` sets the prompts and sample count of `int8-hybrid` (default: CalibrationSettings()).
     `tiny_vae`: a diffusers AutoencoderTiny folder (TAESD), exported as tiny_vae_decoder and _encoder.
     `loras`: LoRA files fused into the UNet and text encoder before export (export/lora.py)."""
@@ -68,11 +71,11 @@ def convert(
     for stale in remove_stale_work(out):
         progress(f"removed {stale.name}, left by a convert that was killed")
     where = locate(source)  # a hub id is fetched here: its configs, then the weights they call for
-    controlnet = is_controlnet(where)
-    if controlnet:
-        folder_config = config_dir if where.is_dir() else None  # a single file may be given its config
-        _refuse_for_controlnet(
-            preset=preset, config=folder_config, tokenizer=tokenizer_dir, tiny_vae=tiny_vae, lora=loras
+    apart = "ControlNet" if is_controlnet(where) else "depth estimator" if is_depth_estimator_folder(where) else None
+    if apart:
+        folder_config = config_dir if where.is_dir() else None  # a single ControlNet file may be given its config
+        _refuse_apart(
+            apart, preset=preset, config=folder_config, tokenizer=tokenizer_dir, tiny_vae=tiny_vae, lora=loras
         )
     try:
         work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
@@ -80,13 +83,11 @@ def convert(
     except OSError as err:
         raise SdcpuError(f"cannot write in {out.parent}: {err.strerror}; choose another OUT") from err
     try:
-        if controlnet:
-            named = None if where == Path(source).expanduser() else source
+        if apart:
             config = _opt_path(config_dir) if where.is_file() else None
-            made = convert_controlnet(
-                where, work / "controlnet", (format, precision), progress, config_dir=config, named=named
-            )
-            move_into_place(work / "controlnet", out)
+            named = None if where == Path(source).expanduser() else source
+            made = _convert_apart(apart, where, work / "apart", (format, precision), progress, config, named)
+            move_into_place(work / "apart", out)
             progress(f"done: {out}")
             return made
         options = {
@@ -124,10 +125,25 @@ def convert(
     return manifest
 
 
-def _refuse_for_controlnet(**options: object) -> None:
+def _convert_apart(
+    what: str,
+    where: Path,
+    staged: Path,
+    target: tuple[str, str],
+    progress: Callable[[str], None],
+    config: Path | None,
+    named: str | None,
+) -> ControlNetManifest | AnnotatorManifest:
+    # A network converted into a folder of its own: a ControlNet, or the depth annotator's estimator.
+    if what == "ControlNet":
+        return convert_controlnet(where, staged, target, progress, config_dir=config, named=named)
+    return convert_depth_estimator(where, staged, target, progress, named=named)
+
+
+def _refuse_apart(what: str, **options: object) -> None:
     given = [f"--{name.replace('_', '-')}" for name, value in options.items() if value]
     if given:
-        raise SdcpuError(f"{', '.join(given)}: not for a ControlNet, which is converted on its own; leave it out")
+        raise SdcpuError(f"{', '.join(given)}: not for a {what}, which is converted on its own; leave it out")
 
 
 def remove_stale_work(out: Path) -> list[Path]:

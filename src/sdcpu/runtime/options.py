@@ -44,7 +44,8 @@ class LoadOptions:
     N > 0 compiles the UNet's and text encoders' attention and feed-forward layers with LoRA branches of
     rank N at load (OpenVINO), so that the first LoRA compiles nothing; 0: a LoRA's first use compiles
     the layers it adapts (runtime/lora/). `controlnet_dir`: the folder of converted ControlNets (one
-    folder each) that are named rather than given by path (A1111's `models/ControlNet`). `threads`: the
+    folder each) that are named rather than given by path (A1111's `models/ControlNet`). `depth_estimator`: a
+    converted depth estimator (or SD 2 depth model) folder, for the ControlNet depth module. `threads`: the
     threads each network runs on (OpenVINO's INFERENCE_NUM_THREADS, ONNX Runtime's intra-op threads); 0: the
     engine's default, every core. A batch on Ray gives each worker its share."""
 
@@ -62,6 +63,7 @@ class LoadOptions:
     lora_dir: Path | None = None
     lora_rank: int = 0
     controlnet_dir: Path | None = None
+    depth_estimator: Path | None = None
     threads: int = 0
 
     def cache_folder(self) -> Path | None:
@@ -98,6 +100,8 @@ class LoadOptions:
             raise SdcpuError(f"the LoRA folder {self.lora_dir} does not exist or is not a folder")
         if self.controlnet_dir is not None and not Path(self.controlnet_dir).is_dir():
             raise SdcpuError(f"the ControlNet folder {self.controlnet_dir} does not exist or is not a folder")
+        if self.depth_estimator is not None and not Path(self.depth_estimator).is_dir():
+            raise SdcpuError(f"the depth estimator {self.depth_estimator} does not exist or is not a folder")
         if not 0 <= self.lora_rank <= MAX_LORA_RANK:
             raise SdcpuError(f"lora_rank must be from 0 (off) to {MAX_LORA_RANK}; got {self.lora_rank}")
         if self.lora_rank and backend != "openvino":
@@ -138,5 +142,5 @@ class LoadOptions:
         paths of this machine, are left out: the image records its LoRAs and ControlNets by name and hash)."""
         # The thread count is left out too, a fact of the machine like those folders. It can change the last
         # bits of an image: the same settings give the same bytes at the same thread count (docs/batch.md).
-        apart = ("lora_dir", "controlnet_dir", "threads")
+        apart = ("lora_dir", "controlnet_dir", "depth_estimator", "threads")
         return {key: str(value) for key, value in asdict(self).items() if key not in apart}

@@ -23,7 +23,6 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from sdcpu.errors import SdcpuError
-from sdcpu.runtime.controlnet.annotators import ANNOTATORS, annotate
 from sdcpu.runtime.controlnet.folders import controlnet_names, controlnet_title, find_controlnet
 from sdcpu.runtime.controlnet.setting import CONTROL_MODES, ControlSetting
 from sdcpu.runtime.io.infotext import CONTROL_MODES as CONTROL_MODE_LABELS
@@ -95,7 +94,19 @@ def controlnet_units(scripts: dict[str, Any] | None, pipeline: Any, limits: Any)
         if not all(_is(v, int, float) for v in (weight, start, end)):
             raise SdcpuError("a ControlNet unit's weight, guidance_start and guidance_end must be numbers")
         module = str(unit.get("module") or "none")
-        controls.append(ControlSetting.of(folder, image, weight, start, end, _mode(unit), module, _thresholds(unit)))
+        controls.append(
+            ControlSetting.of(
+                folder,
+                image,
+                weight,
+                start,
+                end,
+                _mode(unit),
+                module,
+                _thresholds(unit),
+                pipeline.controlnets.annotators,
+            )
+        )
     return controls
 
 
@@ -117,8 +128,9 @@ def model_list(http: Request) -> dict[str, Any]:
 
 
 @router.get("/module_list")
-def module_list() -> dict[str, Any]:
-    return {"module_list": list(ANNOTATORS)}
+def module_list(http: Request) -> dict[str, Any]:
+    """The annotators this server runs: none and canny, and depth where it was given a depth estimator."""
+    return {"module_list": http.app.state.server.pipeline.controlnets.annotators.names()}
 
 
 class DetectRequest(BaseModel):
@@ -133,7 +145,7 @@ class DetectRequest(BaseModel):
 @router.post("/detect")
 def detect(http: Request, request: DetectRequest) -> dict[str, Any]:
     """Run an annotator on each image; base64 PNGs back."""
-    limits = http.app.state.server.limits
+    limits, annotate = http.app.state.server.limits, http.app.state.server.pipeline.controlnets.annotators
     unit = {"threshold_a": request.controlnet_threshold_a, "threshold_b": request.controlnet_threshold_b}
     thresholds = _thresholds(unit)
     images = []

@@ -91,7 +91,10 @@ class Server:
         """A ControlNet of a request, found by name in the ControlNet folder, its image decoded and checked."""
         folder = find_controlnet(unit.model, self.pipeline.controlnet_dir, paths=False)
         image = self.limits.decode_image(unit.image, "control image")
-        return ControlSetting.of(folder, image, unit.weight, unit.start, unit.end, unit.mode, unit.module)
+        annotators = self.pipeline.controlnets.annotators
+        return ControlSetting.of(
+            folder, image, unit.weight, unit.start, unit.end, unit.mode, unit.module, annotators=annotators
+        )
 
     def job(self, job_id: str) -> Job:
         job = self.queue.get(job_id)
@@ -156,6 +159,7 @@ def model(http: Request) -> dict[str, Any]:
         "limits": asdict(server.limits),
         "loras": lora_names(pipeline.lora_dir),  # what prompts may name as <lora:NAME:WEIGHT>
         "controlnets": controlnet_names(pipeline.controlnet_dir),
+        "control_modules": pipeline.controlnets.annotators.names(),
     }
 
 

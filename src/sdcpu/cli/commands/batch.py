@@ -104,6 +104,7 @@ def absolute(options: LoadOptions) -> LoadOptions:
         cache_dir=path(options.cache_dir),
         lora_dir=path(options.lora_dir),
         controlnet_dir=path(options.controlnet_dir),
+        depth_estimator=path(options.depth_estimator),
     )
 
 

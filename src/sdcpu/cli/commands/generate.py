@@ -107,5 +107,6 @@ def _controls(pipe: Any, units: list[tuple[Path, Path, float, float, float]], mo
     for folder, image, weight, start, end in units:
         picture = read_image(image, "control image")
         found = find_controlnet(folder, pipe.controlnet_dir)
-        controls.append(ControlSetting.of(found, picture, weight, start, end, mode, module))
+        annotators = pipe.controlnets.annotators  # depth where --depth-estimator was given
+        controls.append(ControlSetting.of(found, picture, weight, start, end, mode, module, annotators=annotators))
     return controls

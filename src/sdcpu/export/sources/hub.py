@@ -2,7 +2,8 @@
 
 The configs come first (`model_index.json`, the UNet's, and a lone model's `config.json`): a family sdcpu
 cannot convert is refused before gigabytes of its weights are fetched, and a ControlNet repository
-(`lllyasviel/control_v11p_sd15_canny`) fetches its one model's weights, not a pipeline's.
+(`lllyasviel/control_v11p_sd15_canny`) or a depth estimator's (`Intel/dpt-hybrid-midas`) fetches its one
+model's weights, not a pipeline's.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from pathlib import Path
 
 from sdcpu.errors import SdcpuError
 from sdcpu.export.controlnet_sources import FP16_WEIGHTS, WEIGHTS, is_controlnet_folder
+from sdcpu.export.depth_estimator import PROCESSOR, is_depth_estimator_folder
+from sdcpu.export.depth_estimator import WEIGHTS as DEPTH_WEIGHTS
 from sdcpu.export.families import export_family
 from sdcpu.export.sources.base import read_config
 from sdcpu.format.families import family_of
@@ -25,6 +28,11 @@ def download(repo_id: str) -> Path:
     configs = _snapshot(repo_id, FAMILY_FILES)
     if is_controlnet_folder(configs):
         return _controlnet(repo_id)
+    if is_depth_estimator_folder(configs):
+        folder = _snapshot(repo_id, ["config.json", PROCESSOR, DEPTH_WEIGHTS])
+        if not (folder / DEPTH_WEIGHTS).is_file():
+            raise SdcpuError(f"{repo_id} has no {DEPTH_WEIGHTS}; sdcpu never loads pickled weights (.bin, .pth)")
+        return folder
     unet, index = configs / "unet" / "config.json", configs / "model_index.json"
     export_family(family_of(read_config(unet) if unet.is_file() else {}, read_config(index) if index.is_file() else {}))
     return _snapshot(repo_id, PATTERNS)

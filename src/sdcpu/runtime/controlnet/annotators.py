@@ -1,5 +1,6 @@
 """Annotators ("preprocessors", "modules" in A1111): a photo to the control image a ControlNet was trained
-on. Torch-free. Pose, scribble, lineart and the others are given as control images ("none").
+on. Torch-free. Pose, scribble, lineart and the others are given as control images ("none"); depth runs
+a converted depth estimator (depth.py), where the pipeline was given one (`Annotators`).
 
 canny: Canny's edge detector (https://doi.org/10.1109/TPAMI.1986.4767851) as OpenCV's `cv2.Canny(image,
 100, 200)` runs it, which is what A1111's "canny" module calls: no smoothing first, 3x3 Sobel gradients
@@ -86,10 +87,32 @@ ANNOTATORS: dict[str, Callable[[Image.Image, tuple[float, float] | None], Image.
     "none": lambda image, thresholds: image,
     "canny": lambda image, thresholds: canny(image, *(thresholds or (CANNY_LOW, CANNY_HIGH))),
 }
+# Modules that run a network, by their A1111 names: offered where the network is given (Annotators).
+DEPTH_MODULES = ("depth", "depth_midas")
+ESTIMATORS = "a converted one (sdcpu convert Intel/dpt-hybrid-midas DIR) or a converted SD 2 depth model"
+NEEDS_ESTIMATOR = f"the depth module needs a depth estimator: give --depth-estimator DIR, {ESTIMATORS}"
 
 
 def annotate(module: str, image: Image.Image, thresholds: tuple[float, float] | None = None) -> Image.Image:
     """The control image `module` makes of `image`; SdcpuError naming the modules for an unknown one."""
-    if module not in ANNOTATORS:
-        raise SdcpuError(f"unknown ControlNet module {module!r}; choose one of: {', '.join(ANNOTATORS)}")
-    return ANNOTATORS[module](image, thresholds)
+    return Annotators()(module, image, thresholds)
+
+
+class Annotators:
+    """The modules a pipeline offers: those above, and the depth modules where it was given a depth estimator
+    (runtime/controlnet/depth.py), which makes an image's depth map."""
+
+    def __init__(self, depth: Callable[[Image.Image], Image.Image] | None = None):
+        self.depth = depth
+
+    def names(self) -> list[str]:
+        return list(ANNOTATORS) + (list(DEPTH_MODULES) if self.depth is not None else [])
+
+    def __call__(self, module: str, image: Image.Image, thresholds: tuple[float, float] | None = None) -> Image.Image:
+        if module in DEPTH_MODULES:
+            if self.depth is None:
+                raise SdcpuError(NEEDS_ESTIMATOR)
+            return self.depth(image)
+        if module not in ANNOTATORS:
+            raise SdcpuError(f"unknown ControlNet module {module!r}; choose one of: {', '.join(self.names())}")
+        return ANNOTATORS[module](image, thresholds)

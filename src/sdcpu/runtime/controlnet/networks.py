@@ -12,6 +12,8 @@ from sdcpu.format.controlnet import ControlNetManifest
 from sdcpu.format.json_bounds import read_json_object
 from sdcpu.format.manifest import Manifest
 from sdcpu.runtime.controlnet import NEEDS_CONVERT, RESIDUAL_GRAPH, residuals
+from sdcpu.runtime.controlnet.annotators import Annotators
+from sdcpu.runtime.controlnet.depth import DepthAnnotator
 from sdcpu.runtime.controlnet.hook import ControlNetHook, ControlUnit, control_image
 from sdcpu.runtime.engines import Model, load_model
 from sdcpu.runtime.engines.passes import GraphPass
@@ -49,7 +51,8 @@ def _check_onnx(folder: Path, manifest: ControlNetManifest, model: Manifest) -> 
 
 
 class ControlNets:
-    """`load(path)`: a ControlNet folder's network, opened once; `hook(settings, unet)` for a generation."""
+    """`load(path)`: a ControlNet folder's network, opened once; `hook(settings, unet)` for a generation;
+    `annotators`: the modules that make control images."""
 
     def __init__(self, options: LoadOptions, folder: Path, model: Manifest, free: Callable[[Model], None]):
         self.options, self.model, self.free = options, model, free
@@ -57,6 +60,9 @@ class ControlNets:
         self._checked: dict[str, ControlNetManifest] = {}  # verified once per folder, not at every generation
         self._levels: list[tuple[int, int]] | None = None  # the residual inputs the UNet was given, once given
         self.text_width = _text_width(folder, model)
+        # The annotators generations may name: depth with the depth estimator given (checked here, once).
+        given = options.depth_estimator
+        self.annotators = Annotators(DepthAnnotator(Path(given), options) if given is not None else None)
 
     def check(self, folder: str) -> ControlNetManifest:
         """The manifest of a ControlNet this model can take, its files verified; SdcpuError otherwise."""

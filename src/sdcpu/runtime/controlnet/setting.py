@@ -13,7 +13,7 @@ from PIL import Image
 
 from sdcpu.errors import SdcpuError
 from sdcpu.format.controlnet import ControlNetManifest
-from sdcpu.runtime.controlnet.annotators import annotate
+from sdcpu.runtime.controlnet.annotators import Annotators
 
 MAX_WEIGHT = 2.0  # A1111's slider's end: beyond it the control burns the image
 # A1111's control modes: "balanced" adds the residuals to both guidance halves; "prompt" ("My prompt is more
@@ -45,10 +45,12 @@ class ControlSetting:
         mode: str = "balanced",
         module: str = "none",
         thresholds: tuple[float, float] | None = None,
+        annotators: Annotators | None = None,
     ) -> ControlSetting:
         """Check everything but the match with the model (Pipeline.settings does that); SdcpuError says
         what is wrong. The annotator `module` (runtime/controlnet/annotators.py) runs here, once, with its
-        `thresholds` where it has them (canny's low and high; default 100 and 200)."""
+        `thresholds` where it has them (canny's low and high; default 100 and 200); `annotators`: the
+        pipeline's (`pipe.controlnets.annotators`), which offer depth where it was given an estimator."""
         path = Path(folder)
         manifest = ControlNetManifest.load(path)
         if not (math.isfinite(weight) and 0 <= weight <= MAX_WEIGHT):
@@ -59,7 +61,7 @@ class ControlSetting:
             )
         if mode not in CONTROL_MODES:
             raise SdcpuError(f"unknown control mode {mode!r}; choose one of: {', '.join(CONTROL_MODES)}")
-        control = annotate(module, image.convert("RGB"), thresholds)
+        control = (annotators or Annotators())(module, image.convert("RGB"), thresholds)
         return cls(
             str(path),
             float(weight),

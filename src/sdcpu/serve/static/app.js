@@ -27,6 +27,9 @@ async function init() {
   });
   // ControlNets are picked from the server's folder (--controlnet-dir, or the demo's own).
   for (const name of model.controlnets) $("control_model").add(new Option(name, name));
+  for (const name of model.control_modules.filter((name) => !["none", "canny", "depth_midas"].includes(name))) {
+    $("control_module").add(new Option(`${name}: the image's ${name} map`, name));
+  }
   $("controlnet").hidden = model.controlnets.length === 0;
   $("form").addEventListener("submit", generate);
   $("cancel").addEventListener("click", () => current && fetch(`/api/jobs/${current}/cancel`, { method: "POST" }));
