@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from sdcpu.bench.bad_loras import lora_of
-from sdcpu.bench.battery import EXPORT, Case, Setup, damaged_model, generate, with_file
+from sdcpu.bench.battery import EXPORT, Case, Setup, damaged_model, generate, real_png, with_file
 from sdcpu.models import CONVERTED
 
 SOURCE = CONVERTED.parent / "source"  # the demo model's diffusers folder
@@ -103,6 +103,16 @@ def _images() -> list[Case]:
         ),
         ("mask with a broken chunk (SyntaxError)", inpaint, "cannot read the mask"),
         ("control image with a broken chunk", with_file("x.png", broken_png(), *control), "cannot read the control"),
+        (
+            "--control-module depth without --depth-estimator",
+            real_png(*control, "--control-module", "depth"),
+            "the depth module needs a depth estimator",
+        ),
+        (
+            "--depth-estimator of a folder that holds none",
+            real_png(*control, "--control-module", "depth", "--depth-estimator", "."),
+            "holds no converted depth estimator",
+        ),
         (
             "--from-png with a broken chunk",
             with_file("x.png", broken_png(), "generate", "--from-png", "FILE", "--out", "out.png"),
