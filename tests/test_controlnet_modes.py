@@ -66,7 +66,7 @@ def test_controlnet_img2img_matches_diffusers(backend, tiny_sd1, tiny_controlnet
     init, control = _image(5), _image(6)
     noise = np.random.default_rng(9).standard_normal(LATENTS, dtype=np.float32)
     pipe = Pipeline.load(folder, LoadOptions(backend=backend, compute_precision="f32"))
-    settings = dict(steps=10, seed=4, scheduler="ddim", init_image=init, strength=0.6, latents=noise)
+    settings = dict(steps=6, seed=4, scheduler="ddim", init_image=init, strength=0.6, latents=noise)
     ours = pipe(PROMPT, controls=[ControlSetting.of(controlnet, control, 0.9)], **settings).array
     # diffusers draws (1) the VAE posterior sample, (2) the noise added at the start.
     posterior = np.random.default_rng(4).standard_normal(LATENTS, dtype=np.float32)
@@ -77,7 +77,7 @@ def test_controlnet_img2img_matches_diffusers(backend, tiny_sd1, tiny_controlnet
         image=init,
         control_image=control,
         strength=0.6,
-        num_inference_steps=10,
+        num_inference_steps=6,
         controlnet_conditioning_scale=0.9,
         output_type="np",
     ).images
@@ -101,7 +101,7 @@ def test_controlnet_inpainting_matches_diffusers(backend, tiny_sd1, tiny_control
     noise = np.random.default_rng(9).standard_normal(LATENTS, dtype=np.float32)
     pipe = Pipeline.load(folder, LoadOptions(backend=backend, compute_precision="f32"))
     as_diffusers = MaskSettings(blur=0, keep_unmasked=False)  # diffusers neither blurs nor pastes back
-    settings = dict(steps=8, seed=4, scheduler="ddim", latents=noise, mask_settings=as_diffusers)
+    settings = dict(steps=5, seed=4, scheduler="ddim", latents=noise, mask_settings=as_diffusers)
     unit = ControlSetting.of(controlnet, control, 1.2, 0.0, 0.8)
     ours = pipe.inpaint(PROMPT, _image(5), _mask(), controls=[unit], **settings).array
     # diffusers draws the image's latent sample, then the masked image's (which a 4-channel UNet leaves unused).
@@ -111,7 +111,7 @@ def test_controlnet_inpainting_matches_diffusers(backend, tiny_sd1, tiny_control
         image=_image(5),
         mask_image=_mask(),
         control_image=control,
-        num_inference_steps=8,
+        num_inference_steps=5,
         latents=torch.from_numpy(noise),
         controlnet_conditioning_scale=1.2,
         control_guidance_end=0.8,

@@ -144,18 +144,19 @@ def test_fp16_halves_the_weights_and_stays_close(fmt, tiny_sd1, sd1_openvino, sd
 
 
 @pytest.mark.slow
-def test_folder_with_tokenizer_json_only_converts_and_generates_the_same(tiny_sd1, sd1_openvino, tmp_path):
+def test_folder_with_tokenizer_json_only_converts_and_generates_the_same(tiny_sd1, sd1_onnx, tmp_path):
     # As transformers 5 saves a pipeline (and optimum-intel exports it): no vocab.json or merges.txt.
+    # ONNX, as the format is not the subject here: it exports several times faster.
     source = tmp_path / "source"
     shutil.copytree(tiny_sd1, source, ignore=shutil.ignore_patterns("tokenizer"))
     tiny.write_tokenizer_json_only(tiny_sd1 / "tokenizer", source / "tokenizer")
-    convert(str(source), tmp_path / "out", "openvino", **quiet)
+    convert(str(source), tmp_path / "out", "onnx", **quiet)
     assert (tmp_path / "out" / "tokenizer" / "tokenizer.json").is_file()
     assert not (tmp_path / "out" / "tokenizer" / "vocab.json").exists()
     latents = np.random.default_rng(0).standard_normal((1, 4, 8, 8), dtype=np.float32)
     images = [
         Pipeline.load(folder, LoadOptions(compute_precision="f32"))("a red cat", steps=2, latents=latents, seed=0).array
-        for folder in (tmp_path / "out", sd1_openvino)
+        for folder in (tmp_path / "out", sd1_onnx)
     ]
     np.testing.assert_array_equal(images[0], images[1])
 
@@ -269,9 +270,10 @@ def test_single_file_with_config_reads_the_tokenizer_length(tmp_path, monkeypatc
     models += [UNet2DConditionModel.from_pretrained(SOURCE, subfolder="unet")]
     models += [AutoencoderKL.from_pretrained(SOURCE, subfolder="vae")]
     save_file(ldm_checkpoint.sd1_checkpoint(*models), tmp_path / "demo.safetensors")
-    convert(str(tmp_path / "demo.safetensors"), tmp_path / "ov", "openvino", config_dir=SOURCE, **quiet)
-    options = LoadOptions(compute_precision="f32")
-    ours = Pipeline.load(tmp_path / "ov", options)("a red circle", steps=4, seed=0).array
+    # ONNX (the format is not the subject), run on OpenVINO as the bundled demo is: the same graphs' maths
+    convert(str(tmp_path / "demo.safetensors"), tmp_path / "onnx", "onnx", config_dir=SOURCE, **quiet)
+    options = LoadOptions(backend="openvino", compute_precision="f32")
+    ours = Pipeline.load(tmp_path / "onnx", options)("a red circle", steps=4, seed=0).array
     bundled = Pipeline.load(None, options)("a red circle", steps=4, seed=0).array
     assert float(np.abs(ours - bundled).max()) <= 1e-4
 
