@@ -317,8 +317,21 @@ def _previews() -> list[Case]:
             "a .png --preview-out",
         ),
         Case("preview without a file", "outputs", lambda s: [*base, "--preview-every", "1"], "a .png --preview-out"),
+        Case("preview to a folder", "outputs", _preview_folder, "--preview-out previews.png is a folder"),
+        Case("bench --json to a named pipe", "outputs", _bench_to_a_pipe, "is not a regular file"),
         Case("--decoder tiny without one", "outputs", no_tiny, "no tiny decoder; convert the checkpoint with"),
     ]
+
+
+def _preview_folder(scratch: Path) -> list[str]:
+    (scratch / "previews.png").mkdir()
+    base = ["generate", "a cat", "--out", "out.png", "--steps", "2"]
+    return [*base, "--preview-every", "1", "--preview-out", "previews.png"]
+
+
+def _bench_to_a_pipe(scratch: Path) -> list[str]:
+    os.mkfifo(scratch / "results.json")  # opened for writing, it would wait for a reader for ever
+    return ["bench", "--runs", "1", "--steps", "1", "--json", "results.json"]
 
 
 def _without_tiny_decoder(folder: Path, manifest: dict) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -35,12 +36,24 @@ def benchmark(
     settings = BenchSettings(steps=steps, runs=runs, width=width, height=height, deep_cache=deep_cache, load=options)
     folders = [model] if compare is None else [model, compare]
     try:
+        if json_out is not None:
+            _check_json_out(json_out)  # before minutes of benchmarking, not after
         report = bench(folders, settings, progress=lambda line: console.print(line, highlight=False))
     except SdcpuError as err:
         raise fail(err) from None
     _print_bench(report)
     if json_out is not None:
-        json_out.write_text(json.dumps(report, indent=2) + "\n")
+        partial = json_out.with_name(f".{json_out.name}.partial")
+        partial.write_text(json.dumps(report, indent=2) + "\n")
+        partial.replace(json_out)  # whole or not at all
+
+
+def _check_json_out(path: Path) -> None:
+    # A regular file to write (or replace): not a folder, a pipe or a device, in a folder that can be written.
+    if path.exists() and not path.is_file():
+        raise SdcpuError(f"--json {path} is not a regular file (a folder, pipe or device); give a file name")
+    if not path.parent.is_dir() or not os.access(path.parent, os.W_OK | os.X_OK):
+        raise SdcpuError(f"--json {path}: its folder {path.parent} does not exist or is not writable")
 
 
 def _print_bench(report: dict) -> None:

@@ -65,7 +65,7 @@ def generate(
     options: LoadOptions,
 ) -> None:
     """Generate images from a prompt (or from an init image and a prompt, or the settings of a PNG)."""
-    from sdcpu.runtime.io.preview import preview_writer
+    from sdcpu.runtime.io.preview import check_preview, preview_writer
     from sdcpu.runtime.io.stored import generation_request, read_png
     from sdcpu.runtime.lora.prompt import changed_loras
 
@@ -83,6 +83,8 @@ def generate(
                 for note in changed_loras(request["prompt"], recorded, options.lora_dir):
                     warnings.warn(note, stacklevel=1)
             units = parse_controls(control)
+            if preview_every or preview_out:
+                check_preview(preview_every, preview_out)  # before the model loads, not at the first write
     except SdcpuError as err:
         raise fail(err) from None
 

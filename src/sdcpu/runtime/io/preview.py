@@ -9,6 +9,7 @@ one. It is approximate by design: a preview of where the image is going, not the
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -50,6 +51,19 @@ def _rows(array: np.ndarray) -> np.ndarray:
     return array.transpose(0, 2, 3, 1).reshape(-1, array.shape[1]).astype(np.float32)
 
 
+def check_preview(every: int, path: Path | None) -> Path:
+    """The preview file, checked before any work: SdcpuError, saying what to do, for a count below 1, a
+    missing or non-PNG name, a folder, or a folder to write in that is missing or read-only."""
+    if every < 1 or path is None or path.suffix.lower() != ".png":
+        raise SdcpuError(f"previews need --preview-every of at least 1 and a .png --preview-out; got {every}, {path}")
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise SdcpuError(f"--preview-out {path} is a folder; give a file name such as {path / 'preview.png'}")
+    if not path.parent.is_dir() or not os.access(path.parent, os.W_OK | os.X_OK):
+        raise SdcpuError(f"--preview-out {path}: its folder {path.parent} does not exist or is not writable")
+    return path
+
+
 def preview_writer(
     preview: Callable[[np.ndarray], Image.Image], every: int, path: Path | None
 ) -> Callable[[int, int, np.ndarray], None]:
@@ -57,9 +71,7 @@ def preview_writer(
     one (atomically: a viewer that reloads the file never sees half of it)."""
     from sdcpu.runtime.io.images import save_png
 
-    if every < 1 or path is None or path.suffix.lower() != ".png":
-        raise SdcpuError(f"previews need --preview-every of at least 1 and a .png --preview-out; got {every}, {path}")
-    target = path
+    target = check_preview(every, path)
 
     def write(step: int, total: int, latents: np.ndarray) -> None:
         if step % every == 0 or step == total:
