@@ -22,14 +22,13 @@ import torch
 from sdcpu.errors import SdcpuError
 from sdcpu.export.controlnet_sources import load_controlnet
 from sdcpu.export.families.base import ExportSpec
-from sdcpu.export.folders import versions
+from sdcpu.export.folders import versions, write_manifest
 from sdcpu.export.quantize import component_precision
 from sdcpu.export.writers import WRITERS
 from sdcpu.format.controlnet import COMPONENT, CONTROLNET_MANIFEST, ControlNetManifest
 from sdcpu.format.graph_signature import read_inputs
 from sdcpu.format.manifest import GRAPH_FILE, describe_files
 from sdcpu.runtime.controlnet import RESIDUAL_GRAPH
-from sdcpu.runtime.io.outputs import follow_umask
 
 TRACE_LATENTS = 9  # an odd size traces the general path, as the UNet's (export/families/sd.py)
 
@@ -139,9 +138,7 @@ def convert_controlnet(
         versions=versions(fmt),
         extra={"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
     )
-    (staged / CONTROLNET_MANIFEST).write_text(manifest.to_json())
-    for path in [staged, *staged.rglob("*")]:
-        follow_umask(path)
+    write_manifest(staged, CONTROLNET_MANIFEST, manifest.to_json())
     progress(f"controlnet: exported to {fmt} {exact} in {time.perf_counter() - start:.1f} s")
     return manifest
 

@@ -22,7 +22,7 @@ from sdcpu.export.controlnet import convert_controlnet, write_residual_graph
 from sdcpu.export.controlnet_sources import is_controlnet
 from sdcpu.export.depth_estimator import convert_depth_estimator, is_depth_estimator_folder
 from sdcpu.export.families import OPTIONAL_KINDS, export_family
-from sdcpu.export.folders import move_into_place, versions, write_failure
+from sdcpu.export.folders import move_into_place, versions, write_failure, write_manifest
 from sdcpu.export.lora import PREFIXES as LORA_NETWORKS
 from sdcpu.export.lora import Lora, check_lora_networks, check_lora_tensors, fuse_loras
 from sdcpu.export.preflight import preflight
@@ -36,7 +36,6 @@ from sdcpu.format.families import NAMES
 from sdcpu.format.graph_signature import read_inputs
 from sdcpu.format.manifest import GRAPH_FILE, MANIFEST_NAME, Manifest, describe_files, task_of
 from sdcpu.format.tokenizer_files import TOKENIZER_FILES
-from sdcpu.runtime.io.outputs import follow_umask
 from sdcpu.runtime.schedulers import SamplingDefaults, SchedulerConfig, sampling_defaults
 
 OWNER = "convert.pid"  # in a convert's temporary folder: the process that writes it
@@ -113,9 +112,7 @@ def convert(
         manifest = _manifest(src, staged, (format, precision), components, files, calibration)
         if loras:
             manifest = replace(manifest, extra=manifest.extra | {"loras": [lora.record() for lora in loras]})
-        (staged / MANIFEST_NAME).write_text(manifest.to_json())
-        for path in [staged, *staged.rglob("*")]:  # some writers make files 0600, as tempfile does
-            follow_umask(path)
+        write_manifest(staged, MANIFEST_NAME, manifest.to_json())
         move_into_place(staged, out)
     except OSError as err:  # a full disk, a file-size limit, a read error: said, with nothing left behind
         raise write_failure(err, out, work) from None

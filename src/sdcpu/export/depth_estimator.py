@@ -16,14 +16,13 @@ from typing import Any
 
 from sdcpu.errors import SdcpuError
 from sdcpu.export.families.sd import depth_estimator_spec
-from sdcpu.export.folders import versions
+from sdcpu.export.folders import versions, write_manifest
 from sdcpu.export.quantize import component_precision
 from sdcpu.export.writers import WRITERS
 from sdcpu.format.annotator import ANNOTATOR_MANIFEST, KINDS, AnnotatorManifest
 from sdcpu.format.graph_signature import read_inputs
 from sdcpu.format.json_bounds import read_json_object
 from sdcpu.format.manifest import GRAPH_FILE, describe_files
-from sdcpu.runtime.io.outputs import follow_umask
 
 COMPONENT = KINDS["depth"]
 PROCESSOR = "preprocessor_config.json"
@@ -79,9 +78,7 @@ def convert_depth_estimator(
         versions=versions(fmt),
         extra={"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
     )
-    (staged / ANNOTATOR_MANIFEST).write_text(manifest.to_json())
-    for path in [staged, *staged.rglob("*")]:
-        follow_umask(path)
+    write_manifest(staged, ANNOTATOR_MANIFEST, manifest.to_json())
     progress(f"depth estimator: exported to {fmt} {exact} in {time.perf_counter() - start:.1f} s")
     return manifest
 

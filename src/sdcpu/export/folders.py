@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sdcpu.errors import SdcpuError
+from sdcpu.runtime.io.outputs import follow_umask
 
 # errno values that say the disk (or a quota or a file-size limit) is full, or that it cannot be written
 # (EIO: also OpenVINO's failed writes, save_openvino)
@@ -75,3 +76,11 @@ def move_into_place(staged: Path, out: Path) -> None:
     staged.rename(out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def write_manifest(staged: Path, name: str, text: str) -> None:
+    """Write the manifest `name` of the folder `staged` last, then give every file in it the umask's
+    permissions (some writers make files 0600, as tempfile does)."""
+    (staged / name).write_text(text)
+    for path in [staged, *staged.rglob("*")]:
+        follow_umask(path)

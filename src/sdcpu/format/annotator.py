@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sdcpu.errors import SdcpuError
-from sdcpu.format.json_bounds import read_json
-from sdcpu.format.manifest import GRAPH_FILE, files_digest, verify_files
+from sdcpu.format.manifest import GRAPH_FILE, files_digest, load_apart, verify_files
 from sdcpu.format.schema import FORMATS
 
 ANNOTATOR_MANIFEST = "sdcpu-annotator.json"
@@ -47,16 +46,7 @@ class AnnotatorManifest:
                 f"{folder} is not a converted annotator (no {ANNOTATOR_MANIFEST}); convert a depth estimator "
                 "into it with `sdcpu convert SOURCE OUT` (for example Intel/dpt-hybrid-midas)"
             )
-        try:
-            data = read_json(path)
-            version = data.pop("sdcpu_annotator", None) if isinstance(data, dict) else None
-            if version == ANNOTATOR_VERSION:
-                manifest = cls(**data)
-                if manifest.format in FORMATS and manifest.kind in KINDS:
-                    return manifest
-        except (OSError, ValueError, TypeError, RecursionError) as err:
-            raise SdcpuError(f"{path} is damaged ({err}); convert the annotator again") from None
-        raise SdcpuError(f"{path} is damaged or from another sdcpu version; convert the annotator again")
+        return load_apart(cls, path, "sdcpu_annotator", ANNOTATOR_VERSION, _valid, "convert the annotator again")
 
     def short_hash(self) -> str:
         """The first 8 hex digits of the sha256 of its files' hashes."""
@@ -68,3 +58,7 @@ class AnnotatorManifest:
     def verify(self, folder: Path, mode: str = "fast", record: Path | None = None) -> None:
         """Every file present, inside the folder, with its size and sha256 (Manifest.verify's modes)."""
         verify_files(folder, self.files, mode, record, ANNOTATOR_MANIFEST)
+
+
+def _valid(manifest: AnnotatorManifest) -> bool:
+    return manifest.format in FORMATS and manifest.kind in KINDS

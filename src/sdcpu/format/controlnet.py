@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sdcpu.errors import SdcpuError
-from sdcpu.format.json_bounds import read_json
-from sdcpu.format.manifest import GRAPH_FILE, files_digest, verify_files
+from sdcpu.format.manifest import GRAPH_FILE, files_digest, load_apart, verify_files
 from sdcpu.format.schema import FORMATS
 
 CONTROLNET_MANIFEST = "sdcpu-controlnet.json"
@@ -52,16 +51,7 @@ class ControlNetManifest:
                 f"{folder} is not a converted ControlNet (no {CONTROLNET_MANIFEST}); convert a diffusers "
                 "ControlNetModel folder into it with `sdcpu convert SOURCE OUT`"
             )
-        try:
-            data = read_json(path)
-            version = data.pop("sdcpu_controlnet", None) if isinstance(data, dict) else None
-            if version == CONTROLNET_VERSION:
-                manifest = cls(**data)
-                if manifest.format in FORMATS and len(manifest.residual_levels) == len(manifest.residual_channels):
-                    return manifest
-        except (OSError, ValueError, TypeError, RecursionError) as err:
-            raise SdcpuError(f"{path} is damaged ({err}); convert the ControlNet again") from None
-        raise SdcpuError(f"{path} is damaged or from another sdcpu version; convert the ControlNet again")
+        return load_apart(cls, path, "sdcpu_controlnet", CONTROLNET_VERSION, _valid, "convert the ControlNet again")
 
     def short_hash(self) -> str:
         """The first 8 hex digits of the sha256 of its files' hashes: what names these weights."""
@@ -77,3 +67,7 @@ class ControlNetManifest:
     def verify(self, folder: Path, mode: str = "fast", record: Path | None = None) -> None:
         """Every file present, inside the folder, with its size and sha256 (Manifest.verify's modes)."""
         verify_files(folder, self.files, mode, record, CONTROLNET_MANIFEST)
+
+
+def _valid(manifest: ControlNetManifest) -> bool:
+    return manifest.format in FORMATS and len(manifest.residual_levels) == len(manifest.residual_channels)

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sdcpu.cache import write_cache_file
 from sdcpu.errors import SdcpuError
 from sdcpu.format.json_bounds import read_json
 from sdcpu.format.schema import TASKS, check_fields
+
+T = TypeVar("T")
 
 MANIFEST_NAME = "sdcpu.json"
 # 3: `unet` has the single output `out_sample` (DeepCache's features are a named tensor inside it, listed
@@ -212,3 +215,18 @@ def describe_files(folder: Path, relative_paths: list[str], record: Path | None 
     if record is not None and known != stored:
         _write_record(record, known)
     return out
+
+
+def load_apart(cls: type[T], path: Path, key: str, version: int, valid: Callable[[T], bool], again: str) -> T:
+    """The manifest at `path` of a folder converted on its own (a ControlNet, an annotator): `key` naming
+    `version`, the rest `cls`'s fields, `valid` of it; SdcpuError saying to `again` otherwise."""
+    try:
+        data = read_json(path)
+        found = data.pop(key, None) if isinstance(data, dict) else None
+        if found == version:
+            manifest = cls(**data)
+            if valid(manifest):
+                return manifest
+    except (OSError, ValueError, TypeError, RecursionError) as err:
+        raise SdcpuError(f"{path} is damaged ({err}); {again}") from None
+    raise SdcpuError(f"{path} is damaged or from another sdcpu version; {again}")

@@ -68,12 +68,12 @@ def _open(folder: Path, options: LoadOptions) -> tuple[Path, DepthPreprocess]:
         annotator = AnnotatorManifest.load(folder)
         fmt, graph = annotator.format, annotator.graph_path(folder)
         annotator.verify(folder, options.verify, record)
-    elif (folder / MANIFEST_NAME).is_file() and COMPONENT in Manifest.load(folder).components:
-        model = Manifest.load(folder)
+    else:
+        model = Manifest.load(folder) if (folder / MANIFEST_NAME).is_file() else None
+        if model is None or COMPONENT not in model.components:
+            raise SdcpuError(f"{folder} holds no converted depth estimator; give {ESTIMATORS}")
         fmt, graph = model.format, model.graph_path(folder, COMPONENT)
         model.verify(folder, options.verify, record)
-    else:
-        raise SdcpuError(f"{folder} holds no converted depth estimator; give {ESTIMATORS}")
     if options.backend == "onnxruntime" and fmt != "onnx":
         raise SdcpuError(
             f"the depth estimator {folder.name} is an {fmt} folder; ONNX Runtime runs ONNX ones: convert it with "
