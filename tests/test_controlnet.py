@@ -421,9 +421,9 @@ def test_a_second_generation_with_a_controlnet_compiles_nothing(sd1_openvino, co
     compiled = []
     compile_once = engine.OpenVINOModel._compile
 
-    def counted(self, shapes):
+    def counted(self, shapes, repeated):
         compiled.append(self.path)
-        return compile_once(self, shapes)
+        return compile_once(self, shapes, repeated)
 
     monkeypatch.setattr(engine.OpenVINOModel, "_compile", counted)
     pipe = Pipeline.load(sd1_openvino, LoadOptions(compute_precision="f32", cache=False))

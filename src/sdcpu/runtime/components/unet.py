@@ -11,6 +11,10 @@ Its inputs come named, as the graph names them, each with a negative and a posit
 and `time_ids`, whose halves differ too) and the task's per-image inputs (the upscaler's
 `class_labels`, the same in both halves). Hooks (`UNetHook`) add inputs computed at each step from the
 sample, the timestep and those inputs: an extra network's residuals, such as ControlNet's.
+
+Hooks are told whether a call holds both halves of a guided batch, whose sample and timestep are then
+the same rows twice: ControlNet's computes what depends on those alone once (engines/passes/shared_rows.py).
+The UNet itself is fed whole: measured, the same rewrite made its step no faster (docs/speed.md).
 """
 
 from __future__ import annotations
@@ -61,12 +65,14 @@ class GuidedInput:
 
 @dataclass(frozen=True)
 class HookCall:
-    """Where a UNet call stands: the loop's `step` (from 0) of `steps`, and which of its rows belong to the
-    unconditional half of a guided batch (`negative`, one bool per row)."""
+    """Where a UNet call stands: the loop's `step` (from 0) of `steps`, which of its rows belong to the
+    unconditional half of a guided batch (`negative`, one bool per row), and whether the call holds both
+    halves, whose sample and timestep are then the same rows twice (`repeated`)."""
 
     step: int
     steps: int
     negative: np.ndarray
+    repeated: bool = False
 
 
 class UNetHook(Protocol):
@@ -129,7 +135,9 @@ class UNetRunner:
         for rows in self.memory.batches(len(sample)):
             inputs = {"sample": sample[rows]} | {name: value[rows] for name, value in self.inputs.items()}
             inputs["timestep"] = self._timestep(t, len(inputs["sample"]))
-            call = HookCall(step, self.steps, negative[rows])
+            call = HookCall(
+                step, self.steps, negative[rows], repeated=self.guided and len(inputs["sample"]) == len(sample)
+            )
             for hook in self.hooks:
                 inputs |= hook(inputs["sample"], t, inputs, call)
             if deep is not None and self.unet_shallow is not None:

@@ -25,7 +25,7 @@ from sdcpu.format.controlnet import ControlNetManifest
 from sdcpu.runtime.components.unet import HookCall
 from sdcpu.runtime.controlnet.residuals import MID_NAME, down_name
 from sdcpu.runtime.controlnet.setting import ControlSetting
-from sdcpu.runtime.engines import Model
+from sdcpu.runtime.engines import Input, Model, Repeated
 
 TEXT_INPUTS = ("encoder_hidden_states", "text_embeds", "time_ids")
 
@@ -101,13 +101,16 @@ class ControlNetHook:
         rows = ~call.negative if unit.conditional_only() else np.ones(len(sample), dtype=bool)
         if not rows.any():
             return self._zeros(sample)
-        channels = int(unit.manifest.inputs["sample"]["shape"][1])
-        feed = {
-            "sample": np.ascontiguousarray(sample[rows, :channels]),
-            "timestep": np.full(int(rows.sum()), t, np.float32),
+        channels, n = int(unit.manifest.inputs["sample"]["shape"][1]), int(rows.sum())
+        # Both halves of a guided batch: the sample, timestep and control image are the same rows twice.
+        half = n // 2 if call.repeated and rows.all() else 0
+        same: dict[str, np.ndarray] = {
+            "sample": np.ascontiguousarray(sample[rows, :channels][half:]),
+            "timestep": np.full(n - half, t, np.float32),
+            "controlnet_cond": np.repeat(unit.image, n - half, axis=0),
         }
+        feed: dict[str, Input] = {name: Repeated(v) if half else v for name, v in same.items()}
         feed |= {name: inputs[name][rows] for name in TEXT_INPUTS if name in unit.manifest.inputs}
-        feed["controlnet_cond"] = np.repeat(unit.image, int(rows.sum()), axis=0)
         outputs = unit.model.outputs(**feed)
         out = []
         for residual, scale in zip(outputs, unit.scales(), strict=True):

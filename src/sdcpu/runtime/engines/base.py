@@ -1,6 +1,6 @@
 """The interface every engine implements: `model(**inputs) -> first output as numpy` (`model.outputs(**inputs)`
-for all of them), what the pipeline asks of a graph beyond its file (`GraphInterface`), and the input casts
-(`conform`)."""
+for all of them), what the pipeline asks of a graph beyond its file (`GraphInterface`), inputs whose rows
+repeat (`Repeated`), and the input casts (`conform`)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,26 @@ class GraphInterface:
         return keys + (["dynamic"] if self.dynamic else [])
 
 
+@dataclass(frozen=True)
+class Repeated:
+    """An input whose rows are `rows` twice over: in a classifier-free guided batch, an input that the two
+    halves share (the sample, the timestep, a control image). An engine may compute what depends on such
+    inputs alone once (engines/passes/shared_rows.py); otherwise it is fed whole."""
+
+    rows: np.ndarray
+
+    def whole(self) -> np.ndarray:
+        return np.concatenate([self.rows, self.rows])
+
+
+Input = np.ndarray | Repeated
+
+
+def whole(inputs: dict[str, Input]) -> dict[str, np.ndarray]:
+    """The inputs with every repeated one written out."""
+    return {name: value.whole() if isinstance(value, Repeated) else value for name, value in inputs.items()}
+
+
 def conform(inputs: dict[str, np.ndarray], declared: dict[str, np.dtype]) -> dict[str, np.ndarray]:
     """Each input in the dtype its graph declares; floats fed to an integer input are rounded to nearest."""
     fed = {}
@@ -52,9 +72,9 @@ class Model(Protocol):
         self,
     ) -> str | None: ...  # what the engine computes in ("f32", "bf16", ...); None until compiled
 
-    def __call__(self, **inputs: np.ndarray) -> np.ndarray: ...
+    def __call__(self, **inputs: Input) -> np.ndarray: ...
 
-    def outputs(self, **inputs: np.ndarray) -> list[np.ndarray]: ...
+    def outputs(self, **inputs: Input) -> list[np.ndarray]: ...
 
     def adapt(self, branches: Any, tensors: dict[str, np.ndarray]) -> None: ...
 

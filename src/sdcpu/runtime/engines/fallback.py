@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from sdcpu.runtime.engines.base import Model
+from sdcpu.runtime.engines.base import Input, Model
 
 
 class RetryAtF32:
@@ -30,14 +30,14 @@ class RetryAtF32:
     def compute_precision(self) -> str | None:
         return self.model.compute_precision
 
-    def __call__(self, **inputs: np.ndarray) -> np.ndarray:
+    def __call__(self, **inputs: Input) -> np.ndarray:
         out = self.model(**inputs)
         if self.fell_back or np.isfinite(out).all():
             return out
         self._switch()
         return self.model(**inputs)
 
-    def outputs(self, **inputs: np.ndarray) -> list[np.ndarray]:
+    def outputs(self, **inputs: Input) -> list[np.ndarray]:
         outs = self.model.outputs(**inputs)
         if self.fell_back or all(np.isfinite(o).all() for o in outs):
             return outs

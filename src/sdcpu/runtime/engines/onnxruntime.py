@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from sdcpu.errors import SdcpuError
-from sdcpu.runtime.engines.base import conform
+from sdcpu.runtime.engines.base import Input, conform, whole
 
 # onnx.proto field numbers: ModelProto.graph, GraphProto.output, ValueInfoProto.name and .type,
 # TypeProto.tensor_type, TypeProto.Tensor.elem_type; TensorProto.FLOAT.
@@ -74,13 +74,13 @@ class OnnxRuntimeModel:
         self._dtypes = {i.name: _DTYPES[i.type] for i in session.get_inputs() if i.type in _DTYPES}
         return session
 
-    def __call__(self, **inputs: np.ndarray) -> np.ndarray:
+    def __call__(self, **inputs: Input) -> np.ndarray:
         return self.outputs(**inputs)[0]
 
-    def outputs(self, **inputs: np.ndarray) -> list[np.ndarray]:
-        """Every output of the graph, in order."""
+    def outputs(self, **inputs: Input) -> list[np.ndarray]:
+        """Every output of the graph, in order. Repeated inputs are fed whole: a session cannot rewrite its graph."""
         self._session = self._session or self._open()
-        return list(self._session.run(None, conform(inputs, self._dtypes), self._run_options))
+        return list(self._session.run(None, conform(whole(inputs), self._dtypes), self._run_options))
 
     def adapt(self, branches: Any, tensors: dict[str, np.ndarray]) -> None:
         from sdcpu.runtime.lora.setting import NEEDS_OPENVINO

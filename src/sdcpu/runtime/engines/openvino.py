@@ -1,9 +1,10 @@
 """OpenVINO backend. The graph is kept with dynamic shapes on disk and compiled for the static
 shapes of the first call (OpenVINO's CPU plugin runs static shapes faster), after the graph passes it
 was given; a call with other shapes compiles again. `adapt` adds inputs fed with every call (a LoRA's
-low-rank branches, runtime/lora/), `extend` inputs given with every call (ControlNet's residuals). With a
-cache folder, compiled models are kept there (engines/compiled_cache.py) and the graph is read only when
-there is no blob to import."""
+low-rank branches, runtime/lora/), `extend` inputs given with every call (ControlNet's residuals). Inputs
+given as `Repeated` (a guided batch's shared halves) are compiled with the shared-rows rewrite
+(passes/shared_rows.py) and fed once. With a cache folder, compiled models are kept there
+(engines/compiled_cache.py) and the graph is read only when there is no blob to import."""
 
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ import numpy as np
 import openvino as ov
 
 from sdcpu.errors import SdcpuError
-from sdcpu.runtime.engines.base import GraphInterface, conform
+from sdcpu.runtime.engines.base import GraphInterface, Input, Repeated, conform
 from sdcpu.runtime.engines.compiled_cache import CompiledModelCache
 from sdcpu.runtime.engines.pages import drop_mapped_pages
-from sdcpu.runtime.engines.passes import GraphPass
+from sdcpu.runtime.engines.passes import GraphPass, shared_rows
 from sdcpu.runtime.options import LoadOptions
 
 CONFIG = {"PERFORMANCE_HINT": "LATENCY"}
@@ -64,6 +65,8 @@ class OpenVINOModel:
         # With a cache folder, the graph is read only when there is no blob to import.
         self._model: ov.Model | None = None if lazy or folder is not None else self._read()
         self._shapes: dict[str, tuple[int, ...]] | None = None
+        self._repeated: tuple[str, ...] = ()  # the inputs compiled as Repeated, and whether they are fed once:
+        self._shares = False  # the graph could be rewritten (passes/shared_rows.py)
         self._compiled: ov.CompiledModel | None = None
         self._blob: np.memmap | None = None  # an imported model may use the blob's memory in place
         self._request: ov.InferRequest | None = None
@@ -89,20 +92,27 @@ class OpenVINOModel:
             _feed_as_float(model, name)
         return model
 
-    def _compile(self, shapes: dict[str, tuple[int, ...]]) -> ov.InferRequest:
+    def _compile(self, shapes: dict[str, tuple[int, ...]], repeated: tuple[str, ...]) -> ov.InferRequest:
         cache = self._cache if self._cache is not None and self._cache.can_export(self.device) else None
         keys = [p.key for p in self._passes()] + self.interface.keys
+        keys += [f"shared rows {','.join(repeated)} r{shared_rows.REVISION}"] if repeated else []
         blob = cache.blob_path(self.path, self.device, self.config, shapes, keys) if cache is not None else None
         imported = cache.load(blob, self.device, self.config) if cache is not None and blob is not None else None
         if imported is not None:
             compiled, self._blob = imported
         else:
-            compiled = self._compile_graph(shapes, use_cache_dir=blob is None)
+            compiled = self._compile_graph(shapes, repeated, use_cache_dir=blob is None)
             if cache is not None and blob is not None:
                 cache.store(compiled, blob)
         # The compiled model holds its own (repacked) weights: drop the read graph, and the pages of the
         # weights file and of the blob that stay mapped, or both copies stay resident.
         self._model, self._shapes, self._compiled = None, shapes, compiled
+        self._repeated = repeated
+        self._shares = any(  # the rewrite was made: the repeated inputs take half the rows
+            port.get_partial_shape()[0].get_length() * 2 == shapes[name][0]
+            for port in compiled.inputs
+            for name in port.get_names() & set(repeated)
+        )
         try:
             self.compute_precision = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
         except RuntimeError:  # AUTO, MULTI and HETERO do not report it: what was asked, or their default
@@ -112,11 +122,15 @@ class OpenVINOModel:
         self._bound_set = False  # a new request: the bound inputs are set on it at its first call
         return compiled.create_infer_request()
 
-    def _compile_graph(self, shapes: dict[str, tuple[int, ...]], use_cache_dir: bool) -> ov.CompiledModel:
-        model = self._model or self._read()
-        if not self.interface.dynamic:  # the graph's own inputs; those a pass adds take their shapes from them
-            names = {name for port in model.inputs for name in port.get_names()}
-            model.reshape({name: ov.PartialShape(list(shape)) for name, shape in shapes.items() if name in names})
+    def _compile_graph(
+        self, shapes: dict[str, tuple[int, ...]], repeated: tuple[str, ...], use_cache_dir: bool
+    ) -> ov.CompiledModel:
+        model = self._reshaped(self._model or self._read(), shapes)
+        if repeated:  # first: the passes after it see the rows each node computes
+            try:
+                shared_rows.share_rows(model, repeated)
+            except shared_rows.NotShareable:
+                model = self._reshaped(self._read(), shapes)  # as read: the repeated inputs are fed whole
         for graph_pass in self._passes():
             graph_pass.apply(model)
         config = dict(self.config)
@@ -126,6 +140,12 @@ class OpenVINOModel:
             return self._core.compile_model(model, self.device, config)
         except RuntimeError as err:
             raise SdcpuError(f"OpenVINO cannot compile for device {self.device!r}: {err}") from err
+
+    def _reshaped(self, model: ov.Model, shapes: dict[str, tuple[int, ...]]) -> ov.Model:
+        if not self.interface.dynamic:  # the graph's own inputs; those a pass adds take their shapes from them
+            names = {name for port in model.inputs for name in port.get_names()}
+            model.reshape({name: ov.PartialShape(list(shape)) for name, shape in shapes.items() if name in names})
+        return model
 
     def _passes(self) -> tuple[GraphPass, ...]:
         return self._extended + ((self._branches,) if self._branches is not None else ()) + self.passes
@@ -147,19 +167,23 @@ class OpenVINOModel:
             self._shapes, self._branches = None, branches
         self._bound, self._bound_set = tensors, False
 
-    def __call__(self, **inputs: np.ndarray) -> np.ndarray:
+    def __call__(self, **inputs: Input) -> np.ndarray:
         return self._infer(inputs).get_output_tensor(0).data.copy()
 
-    def outputs(self, **inputs: np.ndarray) -> list[np.ndarray]:
+    def outputs(self, **inputs: Input) -> list[np.ndarray]:
         """Every output of the graph, in order."""
         request = self._infer(inputs)
         return [request.get_output_tensor(i).data.copy() for i in range(len(request.model_outputs))]
 
-    def _infer(self, inputs: dict[str, np.ndarray]) -> ov.InferRequest:
-        shapes = {name: tuple(value.shape) for name, value in inputs.items()}
-        if self._request is None or shapes != self._shapes:
+    def _infer(self, given: dict[str, Input]) -> ov.InferRequest:
+        shapes = {name: _whole_shape(value) for name, value in given.items()}
+        repeated = () if self.interface.dynamic else tuple(n for n, v in given.items() if isinstance(v, Repeated))
+        if self._request is None or shapes != self._shapes or repeated != self._repeated:
             self._request = self._compiled = self._blob = None  # in this order: each may use the next
-            self._request = self._compile(shapes)
+            self._request = self._compile(shapes, repeated)
+        inputs = {
+            n: (v.rows if self._shares else v.whole()) if isinstance(v, Repeated) else v for n, v in given.items()
+        }
         request = self._request
         if not self._bound_set:
             # Set once per request, sharing the arrays' memory: not copied at every call, nor held twice.
@@ -179,6 +203,12 @@ class OpenVINOModel:
     def release(self) -> None:
         """Free the graph and the compiled model; the next call reads (and compiles or imports) again."""
         self._model = self._request = self._shapes = self._compiled = self._blob = None
+
+
+def _whole_shape(value: Input) -> tuple[int, ...]:
+    if isinstance(value, Repeated):
+        return (2 * len(value.rows), *value.rows.shape[1:])
+    return tuple(value.shape)
 
 
 def _feed_as_float(model: ov.Model, name: str) -> None:
