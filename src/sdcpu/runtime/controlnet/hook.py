@@ -10,6 +10,11 @@ StableDiffusionControlNetPipeline computes them, for one or several ControlNets:
   A1111's 0.825 ** (12 - i) differs by under 1%). In "control" mode, and for a ControlNet whose
   residuals are pooled over the image, they go to the conditional half of a guided batch only.
 - Several ControlNets' residuals are summed (diffusers' MultiControlNetModel).
+
+Two savings, both within float rounding: on both halves of a guided batch, the sample, timestep and
+control image are given `Repeated`, so that what depends on them alone is computed once
+(engines/passes/shared_rows.py); and where the networks compute in bf16 or f16 the residuals come and go
+as float16 (residuals.add_residual_inputs).
 """
 
 from __future__ import annotations
@@ -76,10 +81,13 @@ def control_image(image: Image.Image, width: int, height: int) -> np.ndarray:
 class ControlNetHook:
     """The summed residuals of `units` for each UNet call; zeros where none acts (or there is none: a UNet
     given residual inputs for an earlier generation must still be fed them). `levels`: each residual's
-    (width, times halved), from the ControlNet manifests."""
+    (width, times halved), from the ControlNet manifests; `dtype`: the residuals' (float16 where they are
+    handed over in half precision, see residuals.add_residual_inputs)."""
 
-    def __init__(self, units: Sequence[ControlUnit], levels: Sequence[tuple[int, int]]):
-        self.units, self.levels = tuple(units), tuple(levels)
+    def __init__(
+        self, units: Sequence[ControlUnit], levels: Sequence[tuple[int, int]], dtype: type[np.floating] = np.float32
+    ):
+        self.units, self.levels, self.dtype = tuple(units), tuple(levels), dtype
 
     def __call__(
         self, sample: np.ndarray, t: float, inputs: Mapping[str, np.ndarray], call: HookCall
@@ -118,7 +126,7 @@ class ControlNetHook:
             if rows.all():
                 out.append(residual)
                 continue
-            full = np.zeros((len(sample), *residual.shape[1:]), np.float32)
+            full = np.zeros((len(sample), *residual.shape[1:]), residual.dtype)
             full[rows] = residual
             out.append(full)
         return out
@@ -127,4 +135,4 @@ class ControlNetHook:
         # The residuals' shapes: each level halves the latents' size (rounding up, as the stride-2 convolutions do).
         h, w = sample.shape[-2:]
         shapes = [(len(sample), channels, -(-h // 2**level), -(-w // 2**level)) for channels, level in self.levels]
-        return [np.zeros(shape, np.float32) for shape in shapes]
+        return [np.zeros(shape, self.dtype) for shape in shapes]

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from sdcpu.cache import VERIFIED_FILES
 from sdcpu.errors import SdcpuError
 from sdcpu.format.controlnet import ControlNetManifest
@@ -15,19 +17,20 @@ from sdcpu.runtime.controlnet import NEEDS_CONVERT, RESIDUAL_GRAPH, residuals
 from sdcpu.runtime.controlnet.annotators import Annotators
 from sdcpu.runtime.controlnet.depth import DepthAnnotator
 from sdcpu.runtime.controlnet.hook import ControlNetHook, ControlUnit, control_image
-from sdcpu.runtime.engines import Model, load_model
+from sdcpu.runtime.engines import GraphInterface, Model, load_model
 from sdcpu.runtime.engines.passes import GraphPass
 from sdcpu.runtime.options import LoadOptions
 from sdcpu.runtime.settings import GenerationSettings
 
 
-def residual_inputs(channels: list[int]) -> GraphPass:
-    """The graph pass adding residual inputs of these widths (the middle block's last) to the UNet."""
+def residual_inputs(channels: list[int], half: bool = False) -> GraphPass:
+    """The graph pass adding residual inputs of these widths (the middle block's last) to the UNet; float16
+    ones where `half` (see residuals.add_residual_inputs)."""
 
     def apply(model: object) -> int:
-        return residuals.add_residual_inputs(model, channels)
+        return residuals.add_residual_inputs(model, channels, half)
 
-    name = "controlnet-residuals-" + "-".join(str(c) for c in channels)
+    name = "controlnet-residuals-" + "-".join(str(c) for c in channels) + ("-f16" if half else "")
     return GraphPass(name, residuals.REVISION, apply, frozenset({"unet"}), devices=None, onnx_graph=RESIDUAL_GRAPH)
 
 
@@ -60,6 +63,10 @@ class ControlNets:
         self._checked: dict[str, ControlNetManifest] = {}  # verified once per folder, not at every generation
         self._levels: list[tuple[int, int]] | None = None  # the residual inputs the UNet was given, once given
         self.text_width = _text_width(folder, model)
+        # Residuals handed over as float16 where the networks compute in bf16 or f16 (OpenVINO on the CPU
+        # by default where it has bf16), which round them as much: half the bytes (residuals.add_residual_inputs).
+        self.half = options.backend == "openvino" and options.compute_precision in ("bf16", "f16")
+        self.dtype = np.float16 if self.half else np.float32
         # The annotators generations may name: depth with the depth estimator given (checked here, once).
         given = options.depth_estimator
         self.annotators = Annotators(DepthAnnotator(Path(given), options) if given is not None else None)
@@ -85,14 +92,18 @@ class ControlNets:
     def _open(self, folder: str) -> tuple[ControlNetManifest, Model]:
         if folder not in self._opened:
             manifest = self.check(folder)
-            self._opened[folder] = manifest, load_model(manifest.graph_path(Path(folder)), self.options, lazy=True)
+            interface = GraphInterface(half_outputs=self.half)
+            self._opened[folder] = (
+                manifest,
+                load_model(manifest.graph_path(Path(folder)), self.options, lazy=True, interface=interface),
+            )
         return self._opened[folder]
 
     def hook(self, s: GenerationSettings, unet: Model) -> ControlNetHook | None:
         """The hook computing `s`'s ControlNets' residuals, with `unet` given their inputs. None for none, unless
         the UNet has those inputs already: it is then fed zeros (exact: x + 0 is x), not compiled again."""
         if not s.controls:
-            return ControlNetHook([], self._levels) if self._levels is not None else None
+            return ControlNetHook([], self._levels, self.dtype) if self._levels is not None else None
         units = []
         for setting in s.controls:
             manifest, model = self._open(setting.folder)
@@ -101,9 +112,9 @@ class ControlNets:
         if len(channels) > 1:
             raise SdcpuError("these ControlNets give residuals of different widths: they are for different families")
         manifest = units[0].manifest
-        unet.extend(residual_inputs(manifest.residual_channels))
+        unet.extend(residual_inputs(manifest.residual_channels, self.half))
         self._levels = list(zip(manifest.residual_channels, manifest.residual_levels, strict=True))
-        return ControlNetHook(units, self._levels)
+        return ControlNetHook(units, self._levels, self.dtype)
 
     def release(self) -> None:
         """After the loop: free the ControlNets as the memory policy says."""

@@ -18,17 +18,20 @@ class GraphInterface:
     tools that feed them so, that the graph only converts to float; fed as float32 instead, so that
     fractional timesteps survive (OpenVINO; ONNX Runtime cannot retype a graph, and rounds them).
     `dynamic`: compiled with the shapes the file declares, not the call's (OpenVINO 2026.4's CPU plugin
-    crashes compiling DPT-Hybrid's graph reshaped to static shapes; dynamic, it runs)."""
+    crashes compiling DPT-Hybrid's graph reshaped to static shapes; dynamic, it runs). `half_outputs`: the
+    declared outputs given as float16, for a network whose outputs another network reads at bf16 or f16
+    (ControlNet's residuals): half the bytes (OpenVINO; ONNX Runtime gives them as declared)."""
 
     outputs: tuple[str, ...] = ()
     float_inputs: tuple[str, ...] = ()
     dynamic: bool = False
+    half_outputs: bool = False
 
     @property
     def keys(self) -> list[str]:
         """For the compiled-model cache's key: what this changes in the compiled graph."""
         keys = [f"output {name}" for name in self.outputs] + [f"float {name}" for name in self.float_inputs]
-        return keys + (["dynamic"] if self.dynamic else [])
+        return keys + (["dynamic"] if self.dynamic else []) + (["half outputs"] if self.half_outputs else [])
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import openvino as ov
+from openvino.preprocess import PrePostProcessor
 
 from sdcpu.errors import SdcpuError
 from sdcpu.runtime.engines.base import GraphInterface, Input, Repeated, conform
@@ -90,6 +91,11 @@ class OpenVINOModel:
                 raise SdcpuError(f"{self.path} has no tensor {', '.join(self.interface.outputs)}: {err}") from err
         for name in self.interface.float_inputs:
             _feed_as_float(model, name)
+        if self.interface.half_outputs:
+            processor = PrePostProcessor(model)
+            for i in range(len(model.outputs)):
+                processor.output(i).tensor().set_element_type(ov.Type.f16)
+            model = processor.build()
         return model
 
     def _compile(self, shapes: dict[str, tuple[int, ...]], repeated: tuple[str, ...]) -> ov.InferRequest:
