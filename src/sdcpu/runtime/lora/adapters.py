@@ -43,7 +43,7 @@ class Adapters:
         self.bf16 = bf16  # the branches compute in bf16 (the load options' compute precision is bf16)
         self._names: dict[str, tuple[LayerNames, dict[str, Layer]]] = {}  # component -> names, {path: Layer}
         self._plans: dict[str, BranchPlan] = {}
-        self._files: dict[tuple[str, float], LoraFile] = {}  # by path and modification time
+        self._files: dict[tuple[str, float], LoraFile] = {}  # by path and modification time, while applying
         self.active: tuple[LoraSetting, ...] = ()
 
     def apply(self, loras: Sequence[LoraSetting], networks: Mapping[str, Model | None]) -> set[str]:
@@ -63,8 +63,9 @@ class Adapters:
                         fed[component] = (model, updates)
         for component, (model, updates) in fed.items():
             self._feed(component, model, updates)
-        active = {self._key(lora) for lora in loras}
-        self._files = {key: file for key, file in self._files.items() if key in active}  # the rest is re-read
+        # The networks hold their own copies now: the files' tensors are let go (a LoRA's size in memory),
+        # and read again, from the page cache, at the next change.
+        self._files.clear()
         self.active = loras
         return set(fed)
 

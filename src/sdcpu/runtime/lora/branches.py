@@ -95,7 +95,8 @@ def fit(update: Update, layer: Layer, where: str, scale: float = 1.0) -> Update:
             f"{where} does not fit this model: its layer {layer.path} is {given} in the LoRA and {out}x{size} "
             "here; is it for another family (SD 1.x, SD 2.x or SDXL)?"
         )
-    return Update(update.down.reshape(update.rank, *inner).astype(np.float32), update.up, update.scale * scale)
+    down = update.down.reshape(update.rank, *inner).astype(np.float32, copy=False)  # a view where it can
+    return Update(down, update.up, update.scale * scale)
 
 
 def add_branches(model: Any, plan: BranchPlan, bf16: bool = False) -> int:
