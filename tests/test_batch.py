@@ -74,12 +74,14 @@ def test_a_killed_batch_run_again_gives_the_same_files_and_no_duplicate_line(who
     prompts, out = whole[0], tmp_path / "out"
     run = _batch(str(prompts), "--out", str(out))
     deadline = time.time() + 120
-    while not (out / "results.jsonl").is_file() or len(_results(out)) < 8:
+    # Stopped after its second image: on a fast CPU the other 18 take about a second, which a test process
+    # descheduled on a busy machine can lose (stopped after the eighth, a run once finished first).
+    while not (out / "results.jsonl").is_file() or len(_results(out)) < 2:
         assert time.time() < deadline and run.poll() is None, "the batch ended before it could be stopped"
         time.sleep(0.01)
     os.kill(run.pid, stop)
     run.wait(timeout=60)
-    assert 8 <= len(_images(out)) < 20 and not list(out.glob("*.partial"))
+    assert 2 <= len(_images(out)) < 20 and not list(out.glob("*.partial"))
     again = _batch(str(prompts), "--out", str(out))
     assert again.wait(timeout=300) == 0, again.stderr.read().decode()
     ids = [r["id"] for r in _results(out)]
