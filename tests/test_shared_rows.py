@@ -138,3 +138,9 @@ def test_onnx_runtime_feeds_repeated_inputs_whole(sd1_onnx):
     inputs = _guided_unet_inputs(ov.Core().read_model(sd1_onnx / "unet" / "model.onnx"), sd1_onnx)
     repeated = {name: Repeated(value[:1]) for name, value in inputs.items() if name != "encoder_hidden_states"}
     np.testing.assert_array_equal(model(**inputs), model(**(inputs | repeated)))
+
+
+def test_a_graph_of_dynamic_shapes_is_refused():
+    sample = ops.parameter([-1, 3], np.float32, name="sample")
+    with pytest.raises(NotShareable, match="static"):
+        share_rows(ov.Model([ops.relu(sample)], [sample]), ("sample",))

@@ -62,6 +62,8 @@ def share_rows(model: ov.Model, names: Sequence[str]) -> int:
     rows = _rows(model, names)
     _fold_shapes(model)
     model.validate_nodes_and_infer_types()
+    if not all(out.get_partial_shape().is_static for op in model.get_ops() for out in op.outputs()):
+        raise NotShareable("the graph has shapes known only when it runs")
     kinds = _kinds(model, names, rows)
     shared = [op for op in model.get_ordered_ops() if kinds.get(op.get_name()) == SHARED]
     if not any(op.get_type_name() != "Parameter" for op in shared):
@@ -88,11 +90,10 @@ def share_rows(model: ov.Model, names: Sequence[str]) -> int:
 
 def _rows(model: ov.Model, names: Sequence[str]) -> int:
     """The batch's rows: the shared inputs' first dimension, which must be the same and even."""
-    found = {
-        int(port.get_partial_shape()[0].get_length())
-        for port in model.inputs
-        if port.get_names() & set(names) and port.get_partial_shape().rank.get_length() > 0
-    }
+    shapes = [port.get_partial_shape() for port in model.inputs if port.get_names() & set(names)]
+    if not all(shape.is_static for shape in shapes):
+        raise NotShareable(f"the inputs {', '.join(names)} have no static shapes")
+    found = {int(shape[0].get_length()) for shape in shapes if shape.rank.get_length() > 0}
     if len(found) != 1 or next(iter(found)) % 2:
         raise NotShareable(f"the inputs {', '.join(names)} have no common even number of rows: {sorted(found)}")
     return found.pop()
