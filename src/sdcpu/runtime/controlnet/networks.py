@@ -66,10 +66,14 @@ class ControlNets:
         # Residuals handed over as float16 where the networks compute in bf16 or f16 (OpenVINO on the CPU
         # by default where it has bf16), which round them as much: half the bytes (residuals.add_residual_inputs).
         self.half = options.backend == "openvino" and options.compute_precision in ("bf16", "f16")
-        self.dtype = np.float16 if self.half else np.float32
         # The annotators generations may name: depth with the depth estimator given (checked here, once).
         given = options.depth_estimator
         self.annotators = Annotators(DepthAnnotator(Path(given), options) if given is not None else None)
+
+    @property
+    def dtype(self) -> type[np.floating]:
+        """The residuals' dtype: float16 where they are handed over in half precision."""
+        return np.float16 if self.half else np.float32
 
     def check(self, folder: str) -> ControlNetManifest:
         """The manifest of a ControlNet this model can take, its files verified; SdcpuError otherwise."""

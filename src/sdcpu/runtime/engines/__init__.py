@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sdcpu.errors import SdcpuError
-from sdcpu.runtime.engines.base import GraphInterface, Input, Model, Repeated, conform, whole
+from sdcpu.runtime.engines.base import GraphInterface, Input, Model, Repeated, conform
 
 if TYPE_CHECKING:
     from sdcpu.runtime.engines.passes import GraphPass
     from sdcpu.runtime.options import LoadOptions
 
-__all__ = ["GraphInterface", "Input", "Model", "Repeated", "conform", "load_model", "whole"]
+__all__ = ["GraphInterface", "Input", "Model", "Repeated", "conform", "load_model"]
 
 
 def load_model(

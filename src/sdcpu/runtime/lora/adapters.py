@@ -43,7 +43,6 @@ class Adapters:
         self.bf16 = bf16  # the branches compute in bf16 (the load options' compute precision is bf16)
         self._names: dict[str, tuple[LayerNames, dict[str, Layer]]] = {}  # component -> names, {path: Layer}
         self._plans: dict[str, BranchPlan] = {}
-        self._files: dict[tuple[str, float], LoraFile] = {}  # by path and modification time, while applying
         self.active: tuple[LoraSetting, ...] = ()
 
     def apply(self, loras: Sequence[LoraSetting], networks: Mapping[str, Model | None]) -> set[str]:
@@ -52,7 +51,9 @@ class Adapters:
         loras = tuple(lora for lora in loras if lora.scale != 0.0)
         if loras == self.active:
             return set()
-        files = [(self._read(lora), lora) for lora in loras]
+        # Read for this change only: once fed, the networks hold their own copies, and a file's tensors (a
+        # LoRA's size in memory) are let go; the next change reads it again, from the page cache.
+        files = [(read_lora(Path(lora.path), partial(self._check_networks, lora)), lora) for lora in loras]
         fed = {}  # every network's updates, all checked before any network changes
         for network, components in COMPONENTS.items():
             for component in components:
@@ -63,9 +64,6 @@ class Adapters:
                         fed[component] = (model, updates)
         for component, (model, updates) in fed.items():
             self._feed(component, model, updates)
-        # The networks hold their own copies now: the files' tensors are let go (a LoRA's size in memory),
-        # and read again, from the page cache, at the next change.
-        self._files.clear()
         self.active = loras
         return set(fed)
 
@@ -79,17 +77,6 @@ class Adapters:
             _, layers = self._layers(component)
             common = frozenset(layer for path, layer in layers.items() if marker in path)
             self._feed(component, model, {}, common, rank)
-
-    @staticmethod
-    def _key(lora: LoraSetting) -> tuple[str, float]:
-        path = Path(lora.path)
-        return str(path.resolve()), path.stat().st_mtime
-
-    def _read(self, lora: LoraSetting) -> LoraFile:
-        key = self._key(lora)
-        if key not in self._files:
-            self._files[key] = read_lora(Path(lora.path), partial(self._check_networks, lora))
-        return self._files[key]
 
     def _check_networks(self, lora: LoraSetting, networks: set[str]) -> None:
         family = self.manifest.family
