@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from sdcpu.errors import SdcpuError
 from sdcpu.format.names import is_plain_name
-from sdcpu.runtime.lora.setting import LoraSetting
+from sdcpu.runtime.lora.setting import NEEDS_OPENVINO, LoraSetting, check_lora_count
 
 # <lora:NAME[:WEIGHT[:TE_WEIGHT]]>, the third field ignored. Each field is bounded: unbounded, a prompt of
 # "<lora:" repeated cost quadratic time (21,000 of them took 58 s).
@@ -88,3 +89,21 @@ def changed_loras(prompt: str, recorded: dict[str, str], folder: Path | None) ->
                 f"records {recorded[name]}): this image will differ"
             )
     return notes
+
+
+def given_loras(
+    loras: Sequence[LoraSetting | tuple[str | Path, float]], backend: str | None, folder: Path | None
+) -> tuple[LoraSetting, ...]:
+    """A generation's LoRAs as settings: each (path, scale) a file, or a bare name (no file of that name,
+    no .safetensors) of a LoRA in `folder`; SdcpuError on a backend other than OpenVINO, or for too many."""
+    checked = tuple(lora if isinstance(lora, LoraSetting) else _given(*lora, folder) for lora in loras)
+    if checked and backend != "openvino":
+        raise SdcpuError(NEEDS_OPENVINO)
+    return check_lora_count(checked)
+
+
+def _given(path: str | Path, scale: float, folder: Path | None) -> LoraSetting:
+    path = Path(path)
+    if not path.exists() and path.suffix != ".safetensors" and folder is not None:
+        path = find_lora(str(path), folder)
+    return LoraSetting.of(path, scale)

@@ -38,8 +38,7 @@ from sdcpu.runtime.io.preview import LatentPreview
 from sdcpu.runtime.io.watermark import embed as embed_watermark
 from sdcpu.runtime.lora import LoraSetting
 from sdcpu.runtime.lora.adapters import Adapters
-from sdcpu.runtime.lora.prompt import find_lora, prompt_loras
-from sdcpu.runtime.lora.setting import NEEDS_OPENVINO, check_lora_count
+from sdcpu.runtime.lora.prompt import given_loras, prompt_loras
 from sdcpu.runtime.memory import memory_policy
 from sdcpu.runtime.memory_check import check_memory
 from sdcpu.runtime.options import DECODERS, LoadOptions
@@ -272,7 +271,7 @@ class Pipeline(TaskMethods):
             deep_cache=deep_cache,
             watermark=watermark,
             noise="given" if given else "seed",
-            loras=self._loras([*loras, *tagged]),
+            loras=given_loras([*loras, *tagged], self.options.backend, self.lora_dir),
             controls=tuple(controls),
             **fields,
         ).validate(self.manifest.vae_scale_factor, self.scheduler_config.num_train_timesteps)
@@ -289,19 +288,6 @@ class Pipeline(TaskMethods):
         weights = sum(info["bytes"] for info in self.manifest.files.values())
         check_memory(settings, self.memory, weights, self.manifest.vae_scale_factor, self.options.low_memory)
         return settings
-
-    def _loras(self, loras: Sequence[LoraSetting | tuple[str | Path, float]]) -> tuple[LoraSetting, ...]:
-        checked = tuple(lora if isinstance(lora, LoraSetting) else self._lora(*lora) for lora in loras)
-        if checked and self.options.backend != "openvino":
-            raise SdcpuError(NEEDS_OPENVINO)
-        return check_lora_count(checked)
-
-    def _lora(self, path: str | Path, scale: float) -> LoraSetting:
-        # A file; or a bare name (no file of that name, no .safetensors) of a LoRA in the LoRA folder.
-        path = Path(path)
-        if not path.exists() and path.suffix != ".safetensors" and self.lora_dir is not None:
-            path = find_lora(str(path), self.lora_dir)
-        return LoraSetting.of(path, scale)
 
     # Generation
 
