@@ -1,0 +1,129 @@
+"""The peers' runners for bench/compare_peers.py, each one guided 512x512 Euler generation of PROMPT,
+reported as sdcpu's runner reports (sdcpu.bench.peers.report), and the peers' own exports.
+
+Each runs in its tool's own virtual environment, with this repository's src on PYTHONPATH (the report
+helpers import only the standard library and numpy):
+- optimum-intel's OVStableDiffusionPipeline (venv with optimum-intel[openvino], diffusers, nncf);
+- openvino.genai's Text2ImagePipeline (openvino-genai, the same OpenVINO as sdcpu's);
+- stable-diffusion.cpp through stable-diffusion-cpp-python (built from source with -march=native).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from sdcpu.bench.peers import PROMPT, report
+from sdcpu.bench.timing import Timed
+
+SIZE, GUIDANCE = 512, 7.5
+
+
+def run_optimum(folder: Path, steps: int) -> dict[str, Any]:
+    """optimum-intel, static 512x512 shapes (as its docs advise), OpenVINO's default precision."""
+    import torch
+    from diffusers import EulerDiscreteScheduler
+    from optimum.intel import OVStableDiffusionPipeline
+
+    start = time.perf_counter()
+    pipe = OVStableDiffusionPipeline.from_pretrained(folder, compile=False)
+    pipe.reshape(batch_size=1, height=SIZE, width=SIZE, num_images_per_prompt=1)
+    pipe.compile()
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    load = time.perf_counter() - start
+    text, unet, vae = Timed(pipe.text_encoder.forward), Timed(pipe.unet.forward), Timed(pipe.vae_decoder.forward)
+    pipe.text_encoder.forward, pipe.unet.forward, pipe.vae_decoder.forward = text, unet, vae
+    start = time.perf_counter()
+    generator = torch.Generator().manual_seed(0)
+    pipe(PROMPT, num_inference_steps=steps, guidance_scale=GUIDANCE, generator=generator, height=SIZE, width=SIZE)
+    total = time.perf_counter() - start
+    return report(load, total, text.seconds, unet.seconds, vae.seconds)
+
+
+def run_genai(folder: Path, steps: int) -> dict[str, Any]:
+    """openvino.genai's C++ loop, reshaped to static 512x512 shapes, OpenVINO's default precision, Euler.
+    Its own performance metrics give each network's time (microseconds)."""
+    import openvino_genai as genai
+
+    start = time.perf_counter()
+    pipe = genai.Text2ImagePipeline(str(folder))
+    config = folder / "scheduler" / "scheduler_config.json"
+    pipe.set_scheduler(genai.Scheduler.from_config(str(config), genai.Scheduler.Type.EULER_DISCRETE))
+    pipe.reshape(1, SIZE, SIZE, GUIDANCE)
+    pipe.compile("CPU")
+    load = time.perf_counter() - start
+    start = time.perf_counter()
+    pipe.generate(PROMPT, width=SIZE, height=SIZE, num_inference_steps=steps, guidance_scale=GUIDANCE, rng_seed=0)
+    total = time.perf_counter() - start
+    metrics = pipe.get_performance_metrics()
+    unet = [d / 1e6 for d in metrics.raw_metrics.unet_inference_durations]
+    text = [sum(metrics.get_text_encoder_infer_duration().values()) / 1e3]  # milliseconds
+    vae = [metrics.get_vae_decoder_infer_duration() / 1e3]
+    return report(load, total, text, unet, vae)
+
+
+def run_sdcpp(checkpoint: Path, steps: int, weight_type: str) -> dict[str, Any]:
+    """stable-diffusion.cpp on the single-file checkpoint, its weights converted to `weight_type` (f16,
+    q8_0, q4_0) at load, as its --type does; every core. It reports each sampling step through its
+    progress callback: the steps are the intervals between callbacks, the first one counted from the
+    call (so it holds the text encoder too), and the decode is what follows the last."""
+    import os
+
+    from stable_diffusion_cpp import StableDiffusion
+
+    start = time.perf_counter()
+    sd = StableDiffusion(model_path=str(checkpoint), wtype=weight_type, n_threads=os.cpu_count() or 1, verbose=False)
+    load = time.perf_counter() - start
+    marks: list[float] = []
+
+    def progress(step: int, total_steps: int, _seconds: float) -> None:
+        if total_steps == steps:
+            marks.append(time.perf_counter())
+
+    start = time.perf_counter()
+    sd.generate_image(
+        PROMPT,
+        width=SIZE,
+        height=SIZE,
+        cfg_scale=GUIDANCE,
+        sample_method="euler",
+        scheduler="discrete",
+        sample_steps=steps,
+        seed=0,
+        progress_callback=progress,
+    )
+    total = time.perf_counter() - start
+    if len(marks) < steps:
+        raise RuntimeError(f"stable-diffusion.cpp reported {len(marks)} of {steps} steps")
+    marks = marks[-steps:]
+    first = marks[0] - start
+    intervals = [marks[i + 1] - marks[i] for i in range(steps - 1)]
+    return report(load, total, [0.0], [first, *intervals], [start + total - marks[-1]])
+
+
+def export_optimum(diffusers: Path, out: Path, precision: str, calibration_calls: int, prompts: list[str]) -> None:
+    """optimum-intel's export: fp32, int8 weight-only, or NNCF's hybrid int8 (weights of every network
+    int8, and the UNet's activations too, from `calibration_calls` UNet calls of `prompts` at 512x512)."""
+    from optimum.intel import OVStableDiffusionPipeline, OVWeightQuantizationConfig
+
+    if precision == "fp32":
+        pipe = OVStableDiffusionPipeline.from_pretrained(diffusers, export=True, compile=False)
+    elif precision == "int8":
+        config = OVWeightQuantizationConfig(bits=8)
+        pipe = OVStableDiffusionPipeline.from_pretrained(
+            diffusers, export=True, compile=False, quantization_config=config
+        )
+    else:
+        config = OVWeightQuantizationConfig(
+            bits=8, quant_method="hybrid", dataset=prompts, num_samples=calibration_calls
+        )
+        pipe = OVStableDiffusionPipeline.from_pretrained(
+            diffusers, export=True, compile=False, quantization_config=config
+        )
+    pipe.save_pretrained(out)
+    # What optimum-cli adds to the export (openvino.genai tokenizes with it); save_pretrained does not.
+    from optimum.exporters.openvino.convert import export_tokenizer
+
+    export_tokenizer(pipe.tokenizer, out / "tokenizer")
