@@ -292,3 +292,26 @@ def test_openvino_folders_carry_the_tokenizer_as_openvino_irs(sd1_openvino):
         theirs = tokenizer([prompt])["input_ids"][0]
         ours = ClipTokenizer(sd1_openvino / "tokenizer")([prompt])[0]
         assert ours[: len(theirs)].tolist() == theirs.tolist()
+
+
+def test_tokenizer_irs_are_made_once_per_tokenizer_and_process(sd1_openvino, tmp_path, monkeypatch):
+    # A second folder of the same tokenizer files gets the IR bytes made first; other files get new IRs.
+    pytest.importorskip("openvino_tokenizers")
+    import openvino_tokenizers
+
+    from sdcpu.export import tokenizer_ir
+
+    made = []
+    real = openvino_tokenizers.convert_tokenizer
+    monkeypatch.setattr(openvino_tokenizers, "convert_tokenizer", lambda *a, **k: made.append(1) or real(*a, **k))
+    monkeypatch.setattr(tokenizer_ir, "_MADE", {})
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder in (first, second):
+        shutil.copytree(sd1_openvino / "tokenizer", folder, ignore=shutil.ignore_patterns("openvino_*"))
+    names = tokenizer_ir.write_tokenizer_irs(first)
+    assert tokenizer_ir.write_tokenizer_irs(second) == names and len(made) == 1
+    assert all((first / name).read_bytes() == (second / name).read_bytes() for name in names)
+    config = json.loads((second / "tokenizer_config.json").read_text())
+    (second / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": 16}))
+    tokenizer_ir.write_tokenizer_irs(second)
+    assert len(made) == 2

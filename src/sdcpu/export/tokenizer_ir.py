@@ -5,11 +5,16 @@ not need them."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from sdcpu.export.folders import save_openvino
 
 IR_NAMES = ("openvino_tokenizer", "openvino_detokenizer")
+# The IR files already made in this process, by the digest of the tokenizer files they were made from:
+# converting CLIP's 49,408-token vocabulary takes seconds, and one process often converts one model
+# several times (a precision each, or a test run's fixtures). The IRs depend on those files alone.
+_MADE: dict[str, dict[str, bytes]] = {}
 
 
 def write_tokenizer_irs(folder: Path) -> list[str]:
@@ -21,9 +26,22 @@ def write_tokenizer_irs(folder: Path) -> list[str]:
         return []
     from transformers import CLIPTokenizer
 
-    graphs = convert_tokenizer(CLIPTokenizer.from_pretrained(folder), with_detokenizer=True)
-    names = []
-    for name, graph in zip(IR_NAMES, graphs, strict=True):
-        save_openvino(graph, folder / f"{name}.xml")
-        names += [f"{name}.xml", f"{name}.bin"]
-    return [n for n in names if (folder / n).exists()]
+    key = _digest(folder)
+    if key not in _MADE:
+        graphs = convert_tokenizer(CLIPTokenizer.from_pretrained(folder), with_detokenizer=True)
+        for name, graph in zip(IR_NAMES, graphs, strict=True):
+            save_openvino(graph, folder / f"{name}.xml")
+        made = [folder / f"{name}{suffix}" for name in IR_NAMES for suffix in (".xml", ".bin")]
+        _MADE[key] = {path.name: path.read_bytes() for path in made if path.exists()}
+    for name, data in _MADE[key].items():
+        (folder / name).write_bytes(data)
+    return list(_MADE[key])
+
+
+def _digest(folder: Path) -> str:
+    """sha256 over the tokenizer files' names and contents (any IRs already there left out)."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and not path.name.startswith(IR_NAMES):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
