@@ -310,7 +310,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--runs", type=int, default=3, help="rounds; every runner runs once per round")
     parser.add_argument("--runners", default=";".join(RUNNERS), help="names from the list above, separated by ;")
-    parser.add_argument("--optimum-python", help="python of a venv with optimum-intel (and openvino-genai)")
+    parser.add_argument(
+        "--optimum-python", "--peer-python", help="python of a venv with optimum-intel (and openvino-genai)"
+    )
     parser.add_argument("--genai-python", help="python of a venv with openvino-genai (default: --optimum-python)")
     parser.add_argument("--sdcpp-python", help="python of a venv with stable-diffusion-cpp-python")
     parser.add_argument(
