@@ -162,28 +162,20 @@ def prepare(work: Path, names: list[str], pythons: dict[str, str]) -> None:
             continue  # genai runs the folders of other runners, made for them
         print(f"preparing {folder}", flush=True)
         if kind == "optimum":
-            code = (
-                "import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; import peer_runners; "
-                "peer_runners.export_optimum(Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4], "
-                "int(sys.argv[5]), sys.argv[6].split('|'))"
-            )
+            from peer_runners import export_optimum_in
+
             from sdcpu.export.calibration import CalibrationSettings
 
             calibration = CalibrationSettings()  # sdcpu's int8-hybrid defaults: as many UNet calls, same prompts
-            args = [str(work / "diffusers"), str(work / folder), precision, str(calibration.size)]
-            cmd = [pythons["optimum"], "-c", code, str(ROOT / "bench"), *args, "|".join(calibration.prompts)]
-            subprocess.run(cmd, check=True, env=peer_env())
+            args = (work / "diffusers", work / folder, precision, calibration.size, list(calibration.prompts))
+            if export_optimum_in(pythons["optimum"], *args) != 0:
+                raise SystemExit(f"optimum-intel could not export {folder}")
         elif kind == "sdcpp":
             single_file(work / "diffusers", work / folder / SINGLE_FILE)
         else:
             from sdcpu.export.convert import convert
 
             convert(str(work / "diffusers"), work / folder, "onnx" if kind == "onnxruntime" else "openvino", precision)
-
-
-def peer_env() -> dict[str, str]:
-    """A peer's venv finds the report helpers in this repository's src (they need only numpy)."""
-    return {**os.environ, "PYTHONPATH": str(ROOT / "src")}
 
 
 def run_round(names: list[str], work: Path, steps: dict[str, int], pythons: dict[str, str]) -> dict[str, dict]:
@@ -194,6 +186,8 @@ def run_round(names: list[str], work: Path, steps: dict[str, int], pythons: dict
         python = pythons.get(kind, sys.executable)
         count = steps.get(kind, steps["*"])
         cmd = [python, __file__, "--worker", name, "--work", str(work), "--steps", str(count)]
+        from peer_runners import peer_env
+
         env = {**(peer_env() if kind in pythons else os.environ), "SDCPU_CACHE_DIR": str(work / "compile-cache")}
         out = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if "RESULT " in out.stdout:

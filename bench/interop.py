@@ -32,6 +32,18 @@ DOC = ROOT / "docs" / "interop.md"
 START, END = "<!-- interop -->", "<!-- /interop -->"
 SETTINGS = {"prompt": "a red circle on the left", "negative": "", "steps": 20, "guidance": 7.5, "size": 64}
 SETTINGS_XL = SETTINGS | {"guidance": 5.0}  # SDXL's default guidance; no negative prompt: zeros as its half
+# openvino.genai's generator handing over given initial latents (runner code, run in genai's venv)
+GENAI_GIVEN = """
+import openvino as ov, openvino_genai as genai
+class Given(genai.Generator):  # the initial latents, as the others get them
+    def __init__(self, array):
+        genai.Generator.__init__(self)
+        self.array = array
+    def next(self):
+        raise RuntimeError("only the initial latents are drawn")
+    def randn_tensor(self, shape):
+        return ov.Tensor(self.array.reshape(list(shape)))
+"""
 VERSIONS = """
 import json, sys
 from importlib import metadata
@@ -62,16 +74,8 @@ image = pipe(s["prompt"], negative_prompt=s["negative"] or None, num_inference_s
              guidance_scale=s["guidance"], latents=torch.from_numpy(latents), height=s["size"],
              width=s["size"], output_type="np").images[0]
 """,
-    "openvino.genai": """
-import openvino as ov, openvino_genai as genai
-class Given(genai.Generator):  # the initial latents, as the others get them
-    def __init__(self, array):
-        genai.Generator.__init__(self)
-        self.array = array
-    def next(self):
-        raise RuntimeError("only the initial latents are drawn")
-    def randn_tensor(self, shape):
-        return ov.Tensor(self.array.reshape(list(shape)))
+    "openvino.genai": GENAI_GIVEN
+    + """
 pipe = genai.Text2ImagePipeline(sys.argv[1], "CPU", INFERENCE_PRECISION_HINT="f32")
 image = pipe.generate(s["prompt"], negative_prompt=s["negative"], width=s["size"], height=s["size"],
                       num_inference_steps=s["steps"], guidance_scale=s["guidance"], generator=Given(latents)).data[0]

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 from demo_quality import GUIDANCE, STEPS, calibration_prompts, sdcpu_runner
+from interop import GENAI_GIVEN
+from peer_runners import export_optimum_in
 
 from sdcpu.bench.machine import machine_line
 from sdcpu.demo import world
@@ -62,16 +63,8 @@ def generate(caption, seed):
     return pipe(caption, num_inference_steps=s["steps"], guidance_scale=s["guidance"], height=s["size"],
                 width=s["size"], latents=torch.from_numpy(latents(seed)), output_type="np").images[0]
 """,
-    "genai": """
-import openvino as ov, openvino_genai as genai
-class Given(genai.Generator):  # the initial latents, as the others get them
-    def __init__(self, array):
-        genai.Generator.__init__(self)
-        self.array = array
-    def next(self):
-        raise RuntimeError("only the initial latents are drawn")
-    def randn_tensor(self, shape):
-        return ov.Tensor(self.array.reshape(list(shape)))
+    "genai": GENAI_GIVEN
+    + """
 pipe = genai.Text2ImagePipeline(folder, "CPU")
 def generate(caption, seed):
     image = pipe.generate(caption, width=s["size"], height=s["size"], num_inference_steps=s["steps"],
@@ -126,14 +119,8 @@ def prepare(work: Path, pythons: dict[str, str]) -> None:
             convert(str(SOURCE), work / f"openvino-{precision}", "openvino", precision, calibration=calibration)
     for precision in ("fp32", "int8", "int8-hybrid"):
         if "optimum" in pythons and not (work / f"optimum-{precision}").exists():
-            code = (
-                "import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; import peer_runners; "
-                "peer_runners.export_optimum(Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4], "
-                "int(sys.argv[5]), sys.argv[6].split('|'))"
-            )
-            args = [str(SOURCE), str(work / f"optimum-{precision}"), precision, str(CALIBRATION_CALLS)]
-            cmd = [pythons["optimum"], "-c", code, str(ROOT / "bench"), *args, "|".join(calibration.prompts)]
-            subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+            args = (SOURCE, work / f"optimum-{precision}", precision, CALIBRATION_CALLS, list(calibration.prompts))
+            export_optimum_in(pythons["optimum"], *args)  # a failed export leaves its rows' errors
     if not (work / "demo.safetensors").exists():
         from compare_peers import single_file
 
@@ -150,7 +137,7 @@ def run_row(tool: str, python: str, folder: Path, job: Path, out: Path) -> np.nd
     done = subprocess.run([python, "-c", code, str(folder), str(job), str(out)], capture_output=True, text=True)
     if done.returncode != 0:  # the tool's own word on why, where it logged one, else the exception
         lines = (done.stdout + done.stderr).strip().splitlines() or [f"exit status {done.returncode}"]
-        said = [line for line in lines if "failed" in line.lower() or "error:" in line.lower()]
+        said = [line for line in lines if "failed" in line.lower()]  # its log's own line, before the traceback
         raise RuntimeError("; ".join(dict.fromkeys([*said[-1:], lines[-1]])))
     return np.load(out).astype(np.float32) / 255.0
 

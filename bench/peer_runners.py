@@ -10,6 +10,8 @@ helpers import only the standard library and numpy):
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,12 @@ from sdcpu.bench.peers import PROMPT, report
 from sdcpu.bench.timing import Timed
 
 SIZE, GUIDANCE = 512, 7.5
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def peer_env() -> dict[str, str]:
+    """A peer's venv finds the report helpers in this repository's src (they need only numpy)."""
+    return {**os.environ, "PYTHONPATH": str(SRC)}
 
 
 def run_optimum(folder: Path, steps: int) -> dict[str, Any]:
@@ -69,8 +77,6 @@ def run_sdcpp(checkpoint: Path, steps: int, weight_type: str) -> dict[str, Any]:
     q8_0, q4_0) at load, as its --type does; every core. It reports each sampling step through its
     progress callback: the steps are the intervals between callbacks, the first one counted from the
     call (so it holds the text encoder too), and the decode is what follows the last."""
-    import os
-
     from stable_diffusion_cpp import StableDiffusion
 
     start = time.perf_counter()
@@ -108,22 +114,28 @@ def export_optimum(diffusers: Path, out: Path, precision: str, calibration_calls
     int8, and the UNet's activations too, from `calibration_calls` UNet calls of `prompts` at 512x512)."""
     from optimum.intel import OVStableDiffusionPipeline, OVWeightQuantizationConfig
 
-    if precision == "fp32":
-        pipe = OVStableDiffusionPipeline.from_pretrained(diffusers, export=True, compile=False)
-    elif precision == "int8":
+    config = None  # fp32
+    if precision == "int8":
         config = OVWeightQuantizationConfig(bits=8)
-        pipe = OVStableDiffusionPipeline.from_pretrained(
-            diffusers, export=True, compile=False, quantization_config=config
-        )
-    else:
-        config = OVWeightQuantizationConfig(
-            bits=8, quant_method="hybrid", dataset=prompts, num_samples=calibration_calls
-        )
-        pipe = OVStableDiffusionPipeline.from_pretrained(
-            diffusers, export=True, compile=False, quantization_config=config
-        )
+    elif precision == "int8-hybrid":
+        hybrid = {"quant_method": "hybrid", "dataset": prompts, "num_samples": calibration_calls}
+        config = OVWeightQuantizationConfig(bits=8, **hybrid)
+    pipe = OVStableDiffusionPipeline.from_pretrained(diffusers, export=True, compile=False, quantization_config=config)
     pipe.save_pretrained(out)
     # What optimum-cli adds to the export (openvino.genai tokenizes with it); save_pretrained does not.
     from optimum.exporters.openvino.convert import export_tokenizer
 
     export_tokenizer(pipe.tokenizer, out / "tokenizer")
+
+
+def export_optimum_in(
+    python: str, diffusers: Path, out: Path, precision: str, calibration_calls: int, prompts: list[str]
+) -> int:
+    """export_optimum, run by `python` (optimum-intel's venv); returns its exit status."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; import peer_runners; "
+        "peer_runners.export_optimum(Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4], "
+        "int(sys.argv[5]), sys.argv[6].split('|'))"
+    )
+    args = [str(Path(__file__).parent), str(diffusers), str(out), precision, str(calibration_calls), "|".join(prompts)]
+    return subprocess.run([python, "-c", code, *args], env=peer_env()).returncode
