@@ -258,7 +258,8 @@ def table(summary: dict[str, dict], sizes: dict[str, float], flops: dict | None,
         for name, m in summary.items():
             if deep_cache(name) > 1 or "error" in m:
                 continue  # the shallow steps skip work: a FLOP rate per step would not compare
-            rate, arithmetic = flops["unet_step_gflop"] / m["unet_step_s"], limit_kind(name)
+            native_bf16 = "bf16" in limit["limit_gflops"]
+            rate, arithmetic = flops["unet_step_gflop"] / m["unet_step_s"], limit_kind(name, native_bf16)
             if arithmetic not in limit["limit_gflops"]:  # bf16 emulated on a CPU without it: held to f32's
                 arithmetic = f"f32 (no native {arithmetic})"
             best = limit["limit_gflops"][arithmetic.split()[0]]
@@ -266,13 +267,15 @@ def table(summary: dict[str, dict], sizes: dict[str, float], flops: dict | None,
     return "\n".join(lines)
 
 
-def limit_kind(name: str) -> str:
+def limit_kind(name: str, native_bf16: bool) -> str:
     """The arithmetic a runner's UNet mostly computes in, whose limit (bench/limit.py) its rate is held to:
     int8 where its activations are int8 too (hybrid, or int8 activations), bf16 where it computes in bf16,
-    f32 otherwise (weight-only int8 and int4, and stable-diffusion.cpp's quantized formats, dequantize)."""
+    f32 otherwise (weight-only int8 and int4, and stable-diffusion.cpp's quantized formats, dequantize).
+    optimum-intel and openvino.genai run at OpenVINO's default, which is bf16 on CPUs with native bf16."""
     if "int8-hybrid" in name or "int8 activations" in name:
         return "int8"
-    return "bf16" if "bf16" in name else "f32"
+    at_default = RUNNERS[name][0] in ("optimum", "genai")
+    return "bf16" if "bf16" in name or (at_default and native_bf16) else "f32"
 
 
 def chart(summary: dict[str, dict], path: Path) -> None:

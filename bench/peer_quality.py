@@ -14,7 +14,8 @@ Rows:
 - stable-diffusion.cpp on the demo's single-file checkpoint (its loader knows SD's own widths only: the
   row records what it says).
 
-Every row runs at its tool's default compute precision, as in bench/compare_peers.py. Accuracy is the
+Every peer row runs at its tool's default compute precision, as in bench/compare_peers.py (bf16 on CPUs
+with native bf16); sdcpu's rows say theirs, the bf16 ones on such CPUs only. Accuracy is the
 oracle's; SSIM and PSNR are against sdcpu's OpenVINO fp32 images at f32 compute. Results go to
 docs/peer_quality.json, and the table is printed.
 """
@@ -40,6 +41,7 @@ from sdcpu.demo.oracle import evaluate
 from sdcpu.export.calibration import CalibrationSettings
 from sdcpu.export.convert import convert
 from sdcpu.models import SOURCE
+from sdcpu.runtime.precision import openvino_capabilities
 
 ROOT = Path(__file__).resolve().parents[1]
 CALIBRATION_CALLS = 128  # as bench/demo_quality.py calibrates sdcpu's int8-hybrid
@@ -92,6 +94,9 @@ SDCPU_ROWS = {
     "sdcpu OpenVINO int8-hybrid": ("openvino-int8-hybrid", "f32"),
     "sdcpu OpenVINO int8-hybrid + int8 activations": ("openvino-int8-hybrid", "f32+int8"),
     "sdcpu OpenVINO int4": ("openvino-int4", "f32"),
+    # on CPUs with native bf16 (where OpenVINO's default, optimum-intel's and genai's, is bf16 too)
+    "sdcpu OpenVINO fp32, bf16 compute": ("openvino-fp32", "bf16"),
+    "sdcpu OpenVINO int8-hybrid + int8 activations, bf16 compute": ("openvino-int8-hybrid", "bf16+int8"),
 }
 # the peers' rows: row -> (tool, folder under --work)
 ROWS = {
@@ -162,7 +167,10 @@ def main() -> None:
     reference_run = sdcpu_runner(args.work / "openvino-fp32", "openvino", compute="f32")
     reference = {key: reference_run(*key) for key in asked}
     results: dict[str, dict] = {}
+    native_bf16 = "BF16" in openvino_capabilities("CPU")
     for name, (folder, compute) in SDCPU_ROWS.items():
+        if compute.startswith("bf16") and not native_bf16:
+            continue  # the CPU has no bf16 to compute in
         run = sdcpu_runner(args.work / folder, "openvino", compute=compute)
         results[name] = evaluate(run, args.count, lookup(reference)).summary()
         print(f"{name}: {results[name]}", flush=True)

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sdcpu.bench.machine import peak_rss_gb
 from sdcpu.bench.peers import PROMPT, report
 from sdcpu.bench.timing import Timed
 
@@ -139,3 +140,90 @@ def export_optimum_in(
     )
     args = [str(Path(__file__).parent), str(diffusers), str(out), precision, str(calibration_calls), "|".join(prompts)]
     return subprocess.run([python, "-c", code, *args], env=peer_env()).returncode
+
+
+# Few-step images (bench/fewstep_speed.py): SD-Turbo's schedule (Euler a, trailing timesteps), no guidance,
+# whole images timed end to end after one to warm up, as sdcpu's and diffusers' runners there are.
+
+
+def tiny_decoder_view(folder: Path, out: Path) -> Path:
+    """`folder` (an sdcpu conversion with a tiny decoder) as the peers read a pipeline: every component
+    linked as it is, but vae_decoder/ is the tiny decoder (the same input and output names, pixels in
+    [-1, 1]) with the full decoder's config, its scaling factor 1 (TAESD's), as FastSD CPU and
+    optimum-intel's SD-Turbo notebook give optimum-intel a TAESD decoder."""
+    import json
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    for entry in folder.iterdir():
+        if entry.name not in ("vae_decoder", "tiny_vae_decoder"):
+            (out / entry.name).symlink_to(entry.resolve())
+    (out / "vae_decoder").mkdir()
+    for name in ("openvino_model.xml", "openvino_model.bin"):
+        (out / "vae_decoder" / name).symlink_to((folder / "tiny_vae_decoder" / name).resolve())
+    config = json.loads((folder / "vae_decoder" / "config.json").read_text()) | {"scaling_factor": 1.0}
+    (out / "vae_decoder" / "config.json").write_text(json.dumps(config, indent=2))
+    return out
+
+
+def _timed_images(generate: Any, runs: int) -> list[float]:
+    generate(0)  # compilation and first-call costs
+    times = []
+    for seed in range(1, runs + 1):
+        start = time.perf_counter()
+        generate(seed)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def fast_optimum(folder: Path, steps: int, runs: int) -> dict[str, Any]:
+    """optimum-intel's OVStableDiffusionPipeline, static 512x512 shapes, OpenVINO's default precision."""
+    import torch
+    from optimum.intel import OVStableDiffusionPipeline
+
+    pipe = OVStableDiffusionPipeline.from_pretrained(folder, compile=False)
+    pipe.reshape(batch_size=1, height=SIZE, width=SIZE, num_images_per_prompt=1)
+    # its static UNet batch assumes guidance (2); without guidance the UNet gets a batch of 1
+    shapes = {node.get_any_name(): node.get_partial_shape() for node in pipe.unet.model.inputs}
+    for name in ("sample", "encoder_hidden_states"):
+        shapes[name][0] = 1
+    pipe.unet.model.reshape(shapes)
+    pipe.compile()
+    pipe.set_progress_bar_config(disable=True)
+
+    def generate(seed: int) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        pipe(PROMPT, num_inference_steps=steps, guidance_scale=0.0, generator=generator, height=SIZE, width=SIZE)
+
+    return {"seconds": _timed_images(generate, runs), "compute": "OpenVINO default", "peak_rss_gb": peak_rss_gb()}
+
+
+def fast_genai(folder: Path, steps: int, runs: int) -> dict[str, Any]:
+    """openvino.genai's Text2ImagePipeline, its scheduler read from the folder, static 512x512 shapes."""
+    import openvino_genai as genai
+
+    pipe = genai.Text2ImagePipeline(str(folder))
+    pipe.reshape(1, SIZE, SIZE, 0.0)
+    pipe.compile("CPU")
+
+    def generate(seed: int) -> None:
+        pipe.generate(PROMPT, width=SIZE, height=SIZE, num_inference_steps=steps, guidance_scale=0.0, rng_seed=seed)
+
+    return {"seconds": _timed_images(generate, runs), "compute": "OpenVINO default", "peak_rss_gb": peak_rss_gb()}
+
+
+def fast_sdcpp(checkpoint: Path, taesd: Path | None, steps: int, runs: int, weight_type: str) -> dict[str, Any]:
+    """stable-diffusion.cpp on the single-file checkpoint at `weight_type`, Euler a, no guidance; with
+    `taesd` (diffusers' AutoencoderTiny weights) its tiny decoder (its --taesd)."""
+    from stable_diffusion_cpp import StableDiffusion
+
+    extra = {"taesd_path": str(taesd)} if taesd else {}
+    threads = os.cpu_count() or 1
+    sd = StableDiffusion(model_path=str(checkpoint), wtype=weight_type, n_threads=threads, verbose=False, **extra)
+
+    def generate(seed: int) -> None:
+        settings = {"cfg_scale": 1.0, "sample_method": "euler_a", "sample_steps": steps}
+        sd.generate_image(PROMPT, width=SIZE, height=SIZE, seed=seed, **settings)
+
+    return {"seconds": _timed_images(generate, runs), "compute": f"{weight_type} weights", "peak_rss_gb": peak_rss_gb()}
