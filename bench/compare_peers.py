@@ -210,13 +210,13 @@ def summarise(runs: dict[str, list[dict]]) -> dict[str, dict]:
             key: statistics.median(r[key] for r in rounds) if isinstance(value, float) else value
             for key, value in rounds[0].items()
         }
-        # 20 steps from the measured parts: text encoder, first step, 19 further steps, decode. With
-        # DeepCache N, ceil(20 / N) of the 20 steps run the whole UNet and the rest the shallow pass.
+        # 20 steps from the measured parts, once started: text encoder, 20 steady steps, decode. What the
+        # first step costs beyond a steady one (sdcpu compiles at its first call, the peers in their load)
+        # is start-up, below. With DeepCache N, ceil(20 / N) of the 20 steps run the whole UNet and the
+        # rest the shallow pass.
         full = math.ceil(20 / deep_cache(name))
-        unet = (full - 1) * median["unet_step_s"] + (20 - full) * median.get("unet_shallow_step_s", 0.0)
-        median["estimated_20_steps_s"] = (
-            median["text_encoder_s"] + median["unet_first_step_s"] + unet + median["vae_decode_s"]
-        )
+        unet = full * median["unet_step_s"] + (20 - full) * median.get("unet_shallow_step_s", 0.0)
+        median["estimated_20_steps_s"] = median["text_encoder_s"] + unet + median["vae_decode_s"]
         median["peak_rss_gb"] = max(r["peak_rss_gb"] for r in rounds)
         # Start-up: load plus what the first step costs beyond a steady one (compiling, or importing a
         # cached compile). Round 1 starts cold; later rounds find sdcpu's compile cache warm.
