@@ -255,10 +255,10 @@ def table(summary: dict[str, dict], sizes: dict[str, float], flops: dict | None,
         )
     if flops and limit:
         lines += ["", "| | GFLOP/s per UNet step | limit used | of the limit |", "|---|---:|---|---:|"]
+        native_bf16 = "bf16" in limit["limit_gflops"]
         for name, m in summary.items():
             if deep_cache(name) > 1 or "error" in m:
                 continue  # the shallow steps skip work: a FLOP rate per step would not compare
-            native_bf16 = "bf16" in limit["limit_gflops"]
             rate, arithmetic = flops["unet_step_gflop"] / m["unet_step_s"], limit_kind(name, native_bf16)
             if arithmetic not in limit["limit_gflops"]:  # bf16 emulated on a CPU without it: held to f32's
                 arithmetic = f"f32 (no native {arithmetic})"

@@ -21,7 +21,6 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import peer_runners
@@ -29,6 +28,7 @@ import peer_runners
 from sdcpu.bench.machine import machine_line as machine
 from sdcpu.bench.machine import peak_rss_gb
 from sdcpu.bench.peers import PROMPT, random_pipeline
+from sdcpu.bench.timing import timed_images
 
 ROOT = Path(__file__).resolve().parents[1]
 SD14 = ROOT.parent / "shared" / "reference-configs" / "stable-diffusion-v1-4"
@@ -84,13 +84,8 @@ def run_sdcpu(work: Path, steps: int, decoder: str, runs: int, todo: int) -> dic
     options = LoadOptions(decoder=decoder, token_downsampling=todo or 1)
     pipe = Pipeline.load(work / FOLDER, options)
     generate = lambda seed: pipe(PROMPT, steps=steps, guidance=0.0, scheduler="euler-a", seed=seed)  # noqa: E731
-    info = generate(0).runtime
-    times = []
-    for seed in range(1, runs + 1):
-        start = time.perf_counter()
-        generate(seed)
-        times.append(time.perf_counter() - start)
-    return {"seconds": times, "compute": info["compute_precision"], "peak_rss_gb": peak_rss_gb()}
+    times = timed_images(generate, runs)
+    return {"seconds": times, "compute": pipe.runtime_info()["compute_precision"], "peak_rss_gb": peak_rss_gb()}
 
 
 def run_diffusers(work: Path, steps: int, decoder: str, runs: int, todo: int) -> dict:
@@ -108,13 +103,7 @@ def run_diffusers(work: Path, steps: int, decoder: str, runs: int, todo: int) ->
         with torch.no_grad():
             pipe(PROMPT, num_inference_steps=steps, guidance_scale=0.0, generator=torch.manual_seed(seed))
 
-    generate(0)
-    times = []
-    for seed in range(1, runs + 1):
-        start = time.perf_counter()
-        generate(seed)
-        times.append(time.perf_counter() - start)
-    return {"seconds": times, "compute": "f32 (PyTorch)", "peak_rss_gb": peak_rss_gb()}
+    return {"seconds": timed_images(generate, runs), "compute": "f32 (PyTorch)", "peak_rss_gb": peak_rss_gb()}
 
 
 def spawn(runner: str, work: Path, case: tuple[int, str, int], runs: int, python: str = sys.executable) -> dict:

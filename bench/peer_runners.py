@@ -18,7 +18,7 @@ from typing import Any
 
 from sdcpu.bench.machine import peak_rss_gb
 from sdcpu.bench.peers import PROMPT, report
-from sdcpu.bench.timing import Timed
+from sdcpu.bench.timing import Timed, timed_images
 
 SIZE, GUIDANCE = 512, 7.5
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -167,16 +167,6 @@ def tiny_decoder_view(folder: Path, out: Path) -> Path:
     return out
 
 
-def _timed_images(generate: Any, runs: int) -> list[float]:
-    generate(0)  # compilation and first-call costs
-    times = []
-    for seed in range(1, runs + 1):
-        start = time.perf_counter()
-        generate(seed)
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def fast_optimum(folder: Path, steps: int, runs: int) -> dict[str, Any]:
     """optimum-intel's OVStableDiffusionPipeline, static 512x512 shapes, OpenVINO's default precision."""
     import torch
@@ -196,7 +186,7 @@ def fast_optimum(folder: Path, steps: int, runs: int) -> dict[str, Any]:
         generator = torch.Generator().manual_seed(seed)
         pipe(PROMPT, num_inference_steps=steps, guidance_scale=0.0, generator=generator, height=SIZE, width=SIZE)
 
-    return {"seconds": _timed_images(generate, runs), "compute": "OpenVINO default", "peak_rss_gb": peak_rss_gb()}
+    return {"seconds": timed_images(generate, runs), "compute": "OpenVINO default", "peak_rss_gb": peak_rss_gb()}
 
 
 def fast_genai(folder: Path, steps: int, runs: int) -> dict[str, Any]:
@@ -210,7 +200,7 @@ def fast_genai(folder: Path, steps: int, runs: int) -> dict[str, Any]:
     def generate(seed: int) -> None:
         pipe.generate(PROMPT, width=SIZE, height=SIZE, num_inference_steps=steps, guidance_scale=0.0, rng_seed=seed)
 
-    return {"seconds": _timed_images(generate, runs), "compute": "OpenVINO default", "peak_rss_gb": peak_rss_gb()}
+    return {"seconds": timed_images(generate, runs), "compute": "OpenVINO default", "peak_rss_gb": peak_rss_gb()}
 
 
 def fast_sdcpp(checkpoint: Path, taesd: Path | None, steps: int, runs: int, weight_type: str) -> dict[str, Any]:
@@ -222,8 +212,9 @@ def fast_sdcpp(checkpoint: Path, taesd: Path | None, steps: int, runs: int, weig
     threads = os.cpu_count() or 1
     sd = StableDiffusion(model_path=str(checkpoint), wtype=weight_type, n_threads=threads, verbose=False, **extra)
 
+    settings = {"cfg_scale": 1.0, "sample_method": "euler_a", "sample_steps": steps}
+
     def generate(seed: int) -> None:
-        settings = {"cfg_scale": 1.0, "sample_method": "euler_a", "sample_steps": steps}
         sd.generate_image(PROMPT, width=SIZE, height=SIZE, seed=seed, **settings)
 
-    return {"seconds": _timed_images(generate, runs), "compute": f"{weight_type} weights", "peak_rss_gb": peak_rss_gb()}
+    return {"seconds": timed_images(generate, runs), "compute": f"{weight_type} weights", "peak_rss_gb": peak_rss_gb()}

@@ -32,6 +32,7 @@ from pathlib import Path
 from sdcpu.bench.machine import machine_line as machine
 from sdcpu.bench.machine import peak_rss_gb
 from sdcpu.bench.peers import PROMPT, random_pipeline
+from sdcpu.bench.timing import timed_images
 
 ROOT = Path(__file__).resolve().parents[1]
 SDXL = ROOT.parent / "shared" / "reference-configs" / "stable-diffusion-xl-base-1.0"
@@ -108,13 +109,8 @@ def prepare(name: str, case: Case, work: Path) -> dict:
 
 
 def timed(generate, runs: int) -> list[float]:
-    generate(0, 1)  # warm: every network loaded and compiled, at the case's size (one step does it)
-    times = []
-    for seed in range(1, runs + 1):
-        start = time.perf_counter()
-        generate(seed)
-        times.append(time.perf_counter() - start)
-    return times
+    # warm: every network loaded and compiled, at the case's size (one step does it)
+    return timed_images(generate, runs, warm_up=lambda: generate(0, 1))
 
 
 def run_sdcpu(name: str, case: Case, work: Path, runs: int, low_memory: bool = False) -> dict:

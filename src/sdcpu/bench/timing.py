@@ -3,7 +3,20 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
+
+
+def timed_images(generate: Callable[[int], Any], runs: int, warm_up: Callable[[], Any] | None = None) -> list[float]:
+    """Seconds of `generate(seed)` for seeds 1 to `runs`, after a first image that is not timed (compilation
+    and first-call costs): `warm_up()`, by default `generate(0)`."""
+    warm_up() if warm_up is not None else generate(0)
+    times = []
+    for seed in range(1, runs + 1):
+        start = time.perf_counter()
+        generate(seed)
+        times.append(time.perf_counter() - start)
+    return times
 
 
 class Timed:
